@@ -1,0 +1,197 @@
+"""Artifact folders written through staging and promoted only when a pipeline succeeds.
+
+Layout under the project folder (the plan's folder)::
+
+    train_artifacts/  inference_artifacts/      the last good run of each pipeline
+    history/{train|inference}/{id}/              earlier good runs (with their plan)
+    history/{train|inference}/{id}-error/        failed runs, with their logs
+    .alo/staging/{pipeline}-{id}/                a run in progress
+    .alo/previous-{pipeline}/                    the old artifacts during the swap
+    .alo/lock                                    held by the running process
+
+Promotion is two renames on one filesystem, so a run killed at any point leaves either the
+old or the new artifacts in place; :meth:`ArtifactStore.recover` finishes an interrupted swap.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alo.errors import LockError
+
+logger = logging.getLogger("alo.artifacts")
+
+SUBFOLDERS = ("output", "extra_output", "log", "models", "score")
+
+
+@contextmanager
+def project_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the project folder for the duration of a run.
+
+    The lock is an OS file lock, released by the kernel even when the process is killed.
+
+    Args:
+        root: The project folder.
+
+    Yields:
+        Nothing.
+
+    Raises:
+        LockError: Another run holds the lock.
+    """
+    internal = root / ".alo"
+    internal.mkdir(parents=True, exist_ok=True)
+    handle = (internal / "lock").open("a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            msg = f"another run is using {root} (lock {internal / 'lock'}); wait for it to finish, then run again"
+            raise LockError(msg) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def folder_size(path: Path) -> int:
+    """Return the total size in bytes of the files under ``path``."""
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file() and not item.is_symlink())
+
+
+def _run_id_of(folder: Path) -> str:
+    record = folder / "log" / "experimental_history.json"
+    try:
+        return str(json.loads(record.read_text(encoding="utf-8"))["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unknown-{int(folder.stat().st_mtime)}"
+
+
+class ArtifactStore:
+    """The artifact folders of one pipeline in one project folder."""
+
+    def __init__(self, root: Path, pipeline: str, run_id: str) -> None:
+        self.root = root
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.final = root / f"{pipeline}_artifacts"
+        self.internal = root / ".alo"
+        self.staging = self.internal / "staging" / f"{pipeline}-{run_id}"
+        self.previous = self.internal / f"previous-{pipeline}"
+        self.history = root / "history" / pipeline
+
+    def recover(self) -> None:
+        """Finish or undo a swap or run that was interrupted, so the folders are consistent."""
+        if self.previous.exists():
+            if self.final.exists():
+                logger.warning(f"finishing an interrupted promotion: archiving {self.previous}")
+                self._archive(self.previous, _run_id_of(self.previous))
+            else:
+                logger.warning(f"restoring {self.final} from an interrupted promotion")
+                self.previous.replace(self.final)
+        staging_root = self.internal / "staging"
+        if staging_root.is_dir():
+            for stale in sorted(staging_root.glob(f"{self.pipeline}-*")):
+                if stale != self.staging:
+                    run_id = stale.name.removeprefix(f"{self.pipeline}-")
+                    logger.warning(f"keeping interrupted run {run_id} as history/{self.pipeline}/{run_id}-error")
+                    self._archive(stale, f"{run_id}-error")
+
+    def begin(self) -> Path:
+        """Create the staging folder of this run.
+
+        Returns:
+            The staging folder (the run writes all its artifacts there).
+        """
+        self.recover()
+        for sub in SUBFOLDERS:
+            (self.staging / sub).mkdir(parents=True, exist_ok=True)
+        return self.staging
+
+    def promote(self, backup: bool, backup_size_mb: int) -> Path:
+        """Make the staged run the current artifacts, keeping the old ones in history.
+
+        Args:
+            backup: Keep the replaced artifacts under ``history/``.
+            backup_size_mb: Cap of the whole ``history/`` folder in MB (oldest pruned first).
+
+        Returns:
+            The promoted artifacts folder.
+        """
+        if self.final.exists():
+            self.final.replace(self.previous)
+        self.staging.replace(self.final)
+        if self.previous.exists():
+            if backup:
+                self._archive(self.previous, _run_id_of(self.previous))
+            else:
+                shutil.rmtree(self.previous, ignore_errors=True)
+        prune_history(self.root / "history", backup_size_mb)
+        return self.final
+
+    def fail(self, backup_size_mb: int) -> Path | None:
+        """Keep a failed run's staging folder as ``history/{pipeline}/{id}-error``.
+
+        Args:
+            backup_size_mb: Cap of the whole ``history/`` folder in MB.
+
+        Returns:
+            Where the failed run was kept, or None if nothing was staged.
+        """
+        if not self.staging.exists():
+            return None
+        kept = self._archive(self.staging, f"{self.run_id}-error")
+        prune_history(self.root / "history", backup_size_mb, keep=kept)
+        return kept
+
+    def _archive(self, folder: Path, name: str) -> Path:
+        self.history.mkdir(parents=True, exist_ok=True)
+        target = self.history / name
+        suffix = 1
+        while target.exists():
+            target = self.history / f"{name}.{suffix}"
+            suffix += 1
+        folder.replace(target)
+        return target
+
+
+def prune_history(history: Path, cap_mb: int, keep: Path | None = None) -> list[Path]:
+    """Delete the oldest runs under ``history/`` until it fits in ``cap_mb``.
+
+    Args:
+        history: The history folder (with ``train/`` and ``inference/`` inside).
+        cap_mb: Size cap in MB.
+        keep: A run never to delete (the failed run just kept, for its logs).
+
+    Returns:
+        The folders deleted.
+    """
+    if not history.is_dir():
+        return []
+    runs = [run for pipeline in history.iterdir() if pipeline.is_dir() for run in pipeline.iterdir() if run.is_dir()]
+    sizes = {run: folder_size(run) for run in runs}
+    total = sum(sizes.values())
+    removed: list[Path] = []
+    for run in sorted(runs, key=lambda r: r.name):
+        if total <= cap_mb * 1024 * 1024:
+            break
+        if run == keep:
+            continue
+        shutil.rmtree(run, ignore_errors=True)
+        total -= sizes[run]
+        removed.append(run)
+        logger.info(f"history is over {cap_mb} MB: removed the oldest run {run.parent.name}/{run.name}")
+    return removed

@@ -1,0 +1,28 @@
+"""User-facing errors of the framework.
+
+Every error a user can cause (a bad plan, missing data, an unusable file) is raised as an
+:class:`AloError` whose message is one line naming the problem and the fix. ``main.py`` prints
+that line and exits non-zero; only ``--debug`` shows a traceback.
+"""
+
+
+class AloError(Exception):
+    """A problem the user can fix; its message is a single actionable line."""
+
+    exit_code = 2
+
+
+class PlanError(AloError):
+    """The experimental plan is malformed or holds an invalid value."""
+
+
+class DataError(AloError):
+    """The input data (folder, CSV, images) cannot be used as given."""
+
+
+class ModelError(AloError):
+    """The trained model cannot be found or does not fit the request."""
+
+
+class LockError(AloError):
+    """Another run holds the project folder."""

@@ -1,0 +1,218 @@
+"""The runner: validate the plan, then run each pipeline's steps in plan order.
+
+Everything a run writes goes to a staging folder; it becomes ``{pipeline}_artifacts/`` only when
+every step succeeded (see :mod:`alo.artifacts`). A failed run is kept in history with its logs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alo.archive import extract_archive, make_archive
+from alo.args import StepArgs, validate_args
+from alo.artifacts import ArtifactStore, project_lock
+from alo.asset import Asset, StepContext, load_asset
+from alo.errors import DataError, ModelError, PlanError
+from alo.history import hash_code, hash_files, hash_object, new_run_id, write_record
+from alo.logs import FRAMEWORK_LOGGER, PIPELINE_LOGGER, log_files
+from alo.plan import PIPELINES, Plan, load_plan
+
+logger = logging.getLogger(f"{FRAMEWORK_LOGGER}.runner")
+MODEL_RECORD = "train_run.json"
+MODEL_ARCHIVE = "model.tar.gz"
+
+
+@dataclass(frozen=True)
+class PreparedStep:
+    """A plan step resolved to its class, with validated arguments."""
+
+    name: str
+    asset: type[Asset]
+    args: StepArgs
+
+
+def prepare(plan: Plan, pipeline: str, package: str) -> list[PreparedStep]:
+    """Resolve and validate the steps of one pipeline before anything runs.
+
+    Args:
+        plan: The loaded plan.
+        pipeline: ``train`` or ``inference``.
+        package: The solution package holding the steps.
+
+    Returns:
+        The steps in plan order.
+
+    Raises:
+        PlanError: The pipeline is missing, a step is unknown or an argument is invalid.
+    """
+    if pipeline not in plan.pipelines:
+        msg = f"plan error: the plan has no '{pipeline}_pipeline' under user_parameters; add it or pick another --mode"
+        raise PlanError(msg)
+    steps = []
+    for step in plan.pipelines[pipeline]:
+        asset = load_asset(package, step.name, step.where.removesuffix(".args"))
+        args = validate_args(asset.Args, step.args, step.where)
+        steps.append(PreparedStep(step.name, asset, args))
+    return steps
+
+
+def _data_path(plan: Plan, pipeline: str) -> Path:
+    key = f"load_{pipeline}_data_path"
+    path = plan.resolve(getattr(plan.external_path, key))
+    if path is None:
+        msg = f"plan error: 'external_path.{key}' is empty; set it to the folder holding your {pipeline} images"
+        raise PlanError(msg)
+    if not path.is_dir():
+        msg = f"data error: {key} {path} is not an existing folder; create it or fix the path in the plan"
+        raise DataError(msg)
+    return path
+
+
+def _model_dir(plan: Plan, workdir: Path) -> Path:
+    """Find the trained models for inference: ``load_model_path`` or ``train_artifacts/models``."""
+    source = plan.resolve(plan.external_path.load_model_path)
+    if source is None:
+        models = plan.root / "train_artifacts" / "models"
+        if not models.is_dir():
+            msg = f"model error: no trained model in {models}; run 'main.py --mode train' first or set load_model_path"
+            raise ModelError(msg)
+        return models
+    if source.is_dir() and (source / MODEL_ARCHIVE).is_file():
+        source = source / MODEL_ARCHIVE
+    if source.is_dir():
+        return source / "models" if (source / "models").is_dir() else source
+    if source.is_file() and source.name.endswith((".tar.gz", ".tgz")):
+        return extract_archive(source, workdir)
+    msg = f"model error: load_model_path {source} is neither a model.tar.gz nor a folder holding one; fix the path"
+    raise ModelError(msg)
+
+
+def _input_files(path: Path | None) -> list[Path]:
+    if path is None:
+        return []
+    return [p for p in path.rglob("*") if p.is_file()]
+
+
+def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: str) -> Path:
+    """Run one pipeline and promote its artifacts.
+
+    Args:
+        plan: The plan.
+        pipeline: ``train`` or ``inference``.
+        steps: The prepared steps.
+        package: The solution package (its code is hashed into the record).
+
+    Returns:
+        The promoted artifacts folder.
+    """
+    run_id = new_run_id(plan.name)
+    store = ArtifactStore(plan.root, pipeline, run_id)
+    staging = store.begin()
+    model_work = store.internal / "staging" / f"{pipeline}-{run_id}.model"
+    record: dict[str, object] = {"id": run_id, "pipeline": pipeline, "plan": str(plan.path), "name": plan.name,
+                                 "version": plan.version, "start_time": datetime.now(UTC).isoformat()}
+    failed = True
+    with log_files(staging / "log"):
+        try:
+            logger.info(f"{pipeline} pipeline {run_id} started ({len(steps)} steps)")
+            data_path = _data_path(plan, pipeline)
+            if pipeline == "train":
+                model_dir = staging / "models"
+            else:
+                model_dir = _model_dir(plan, model_work)
+                record["train_id"] = _train_id(model_dir)
+            record["data_id"] = hash_files(_input_files(data_path), data_path)
+            record["param_id"] = hash_object({s.name: s.args.model_dump(mode="json") for s in steps})
+            record["code_id"] = hash_code(Path(importlib.import_module(package).__path__[0]))
+            shutil.copyfile(plan.path, staging / "log" / "experimental_plan.yaml")
+            data: dict[str, object] = {}
+            config: dict[str, object] = {}
+            for step in steps:
+                ctx = StepContext(
+                    pipeline=pipeline, step=step.name, args=step.args, run_id=run_id, plan=plan,
+                    artifacts=staging, data_path=data_path, model_dir=model_dir,
+                    logger=logging.getLogger(f"{PIPELINE_LOGGER}.{step.name}"),
+                )
+                started = time.perf_counter()
+                logger.info(f"step '{step.name}' started")
+                data, config = _run_step(step, ctx, data, config)
+                logger.info(f"step '{step.name}' finished in {time.perf_counter() - started:.1f}s")
+            if pipeline == "train":
+                write_record(model_dir / MODEL_RECORD, {"train_id": run_id, "name": plan.name, "version": plan.version})
+            failed = False
+        except BaseException as exc:
+            record["error"] = f"{exc.__class__.__name__}: {exc}"
+            logger.error(f"{pipeline} pipeline failed: {exc.__class__.__name__}: {exc}")
+            logger.debug(traceback.format_exc())
+            raise
+        finally:
+            record["end_time"] = datetime.now(UTC).isoformat()
+            record["status"] = "error" if failed else "success"
+            write_record(staging / "log" / "experimental_history.json", record)
+            shutil.rmtree(model_work, ignore_errors=True)
+            if failed:
+                kept = store.fail(plan.control.backup_size)
+                if kept is not None:
+                    logger.info(f"failed run kept in {kept}; the previous {pipeline}_artifacts are unchanged")
+    final = store.promote(plan.control.backup_artifacts, plan.control.backup_size)
+    logger.info(f"{pipeline} pipeline {run_id} succeeded: artifacts in {final}")
+    _save_archives(plan, pipeline, final)
+    return final
+
+
+def _train_id(model_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((model_dir / MODEL_RECORD).read_text(encoding="utf-8")).get("train_id")
+    except (OSError, ValueError):
+        return None
+
+
+def _run_step(step: PreparedStep, ctx: StepContext, data: dict, config: dict) -> tuple[dict, dict]:
+    before_data, before_config = set(data), set(config)
+    result = step.asset().run(ctx, data, config)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        msg = f"step '{step.name}' must return (data, config), got {type(result).__name__}"
+        raise TypeError(msg)
+    new_data, new_config = result
+    lost = (before_data - set(new_data)) | (before_config - set(new_config))
+    if lost:
+        msg = f"step '{step.name}' removed keys {sorted(lost)}; steps may add keys, never remove them"
+        raise RuntimeError(msg)
+    return new_data, new_config
+
+
+def _save_archives(plan: Plan, pipeline: str, final: Path) -> None:
+    destination = plan.resolve(getattr(plan.external_path, f"save_{pipeline}_artifacts_path"))
+    if destination is None:
+        return
+    make_archive(final, destination / f"{pipeline}_artifacts.tar.gz")
+    if pipeline == "train":
+        make_archive(final / "models", destination / MODEL_ARCHIVE)
+    logger.info(f"{pipeline} archives written to {destination}")
+
+
+def run(plan_path: str | Path, mode: str = "all", package: str = "assets") -> list[Path]:
+    """Run the pipelines a mode asks for.
+
+    Args:
+        plan_path: The plan file.
+        mode: ``train``, ``inference`` or ``all`` (train, then inference).
+        package: The solution package holding the steps.
+
+    Returns:
+        The promoted artifact folders, in run order.
+    """
+    plan = load_plan(plan_path)
+    pipelines = list(PIPELINES) if mode == "all" else [mode]
+    prepared = {pipeline: prepare(plan, pipeline, package) for pipeline in pipelines}
+    with project_lock(plan.root):
+        return [run_pipeline(plan, pipeline, prepared[pipeline], package) for pipeline in pipelines]

@@ -1,0 +1,74 @@
+"""Inference step: score every image with the trained model, optionally saving heatmaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from alo import Asset, Config, Data, StepArgs, StepContext
+from assets.train import use_all_cores
+from assets.vad.models import load
+from assets.vad.reports import image_auroc
+from assets.vad.scoring import Scorer, score_images
+
+BATCH_SIZE = 8
+
+
+class InferenceArgs(StepArgs):
+    """Arguments of the inference step."""
+
+    inference_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    save_anomaly_maps: bool = False
+
+
+class InferenceStep(Asset):
+    """Scores the images prepared by readiness."""
+
+    Args = InferenceArgs
+
+    def run(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
+        """Score, label and (optionally) draw heatmaps.
+
+        Args:
+            ctx: Run context (``ctx.model_dir`` holds the trained model).
+            data: Needs ``samples`` and ``dataframe``.
+            config: Needs ``readiness``.
+
+        Returns:
+            ``data`` with ``predictions``; ``config`` with ``inference``.
+        """
+        args: InferenceArgs = ctx.args  # type: ignore[assignment]
+        use_all_cores()
+        model, spec, scoring = load(ctx.model_dir / "train")
+        scorer = Scorer(scoring, args.inference_threshold)
+        samples: pd.DataFrame = data["samples"]
+        files = list(samples["_file"])
+        labels = list(samples["_label"]) if "_label" in samples else ["unknown"] * len(files)
+        raw = np.empty(len(files), dtype=np.float64)
+        folder = ctx.artifacts / "extra_output" / "inference" / "images"
+        ctx.logger.info(f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} "
+                        f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}")
+        for positions, scores, maps in score_images(model, files, spec, BATCH_SIZE, ctx.logger, "inference"):
+            raw[positions] = scores
+            if args.save_anomaly_maps:
+                preds = scorer.columns(scores)["pred_label"]
+                for position, raw_map, pred in zip(positions, maps, preds, strict=True):
+                    scorer.save_heatmap(files[position], raw_map, labels[position], str(pred), folder)
+        predictions = data["dataframe"].loc[samples.index].copy()
+        columns = scorer.columns(raw)
+        for name, values in columns.items():
+            predictions[name] = values
+        summary = {"n_images": len(files), "n_ng": int((columns["anomaly_score"] >= args.inference_threshold).sum())}
+        if "_is_ng" in samples:
+            summary["auroc"] = image_auroc(samples["_is_ng"].to_numpy(dtype=bool), columns["anomaly_score"])
+            accuracy = float(np.mean((columns["pred_label"] == scorer.ng_name) == samples["_is_ng"].to_numpy()))
+            summary["accuracy"] = accuracy
+            ctx.logger.info(f"labels found: image AUROC {summary['auroc']:.4f}, accuracy {accuracy:.4f}")
+        data["predictions"] = predictions
+        config["inference"] = {**summary, "model_name": spec.model_name, "ok_class": scorer.ok_name,
+                               "ng_name": scorer.ng_name, "inference_threshold": args.inference_threshold}
+        return data, config
+
+
+ASSET = InferenceStep

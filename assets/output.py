@@ -1,0 +1,76 @@
+"""Output step: write ``output.csv`` and the edge conductor's ``inference_summary.yaml``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from alo import Asset, Config, Data, StepArgs, StepContext, build_summary, write_summary
+from alo.summary import MAX_RESULT
+
+
+class OutputArgs(StepArgs):
+    """The output step takes no arguments."""
+
+
+def summarize(predictions: pd.DataFrame, ok_name: str, ng_name: str) -> tuple[str, float, dict[str, float]]:
+    """Result, score and probability of the summary.
+
+    One image: its predicted label, its certainty and {OK: 1-p, NG: p}. Several: counts per
+    label (``good:12,bad:3``; ``OK:12,NG:3`` when the names do not fit 32 characters), the mean
+    certainty and the mean probabilities.
+
+    Args:
+        predictions: ``output.csv`` rows.
+        ok_name: OK class name.
+        ng_name: NG name.
+
+    Returns:
+        (result, score, probability).
+    """
+    p = float(np.mean(predictions["anomaly_score"]))
+    score = float(np.mean(predictions["certainty"]))
+    probability = {ok_name: 1.0 - p, ng_name: p}
+    if len(predictions) == 1:
+        return str(predictions["pred_label"].iloc[0])[:MAX_RESULT], score, probability
+    n_ng = int((predictions["pred_label"] == ng_name).sum())
+    n_ok = len(predictions) - n_ng
+    result = f"{ok_name}:{n_ok},{ng_name}:{n_ng}"
+    if len(result) > MAX_RESULT:
+        result = f"OK:{n_ok},NG:{n_ng}"
+    return result, score, probability
+
+
+class OutputStep(Asset):
+    """Writes the inference results."""
+
+    Args = OutputArgs
+
+    def run(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
+        """Write ``output/output.csv`` and ``score/inference_summary.yaml``.
+
+        Args:
+            ctx: Run context.
+            data: Needs ``predictions``.
+            config: Needs ``inference``.
+
+        Returns:
+            ``data`` and ``config`` with ``summary``.
+        """
+        predictions: pd.DataFrame = data["predictions"]
+        info = config["inference"]
+        predictions.to_csv(ctx.artifact_path("output", "output.csv"), index=False)
+        result, score, probability = summarize(predictions, info["ok_name"], info["ng_name"])
+        samples = data["samples"]
+        file_path = samples["_file"].iloc[0] if len(samples) == 1 else str(data["data_dir"])
+        note = (f"{info['model_name']}: {info['n_images']} image(s), {info['n_ng']} {info['ng_name']} "
+                f"at threshold {info['inference_threshold']}")
+        summary = build_summary(result=result, score=score, probability=probability, note=note,
+                                file_path=str(file_path), version=ctx.plan.version)
+        write_summary(summary, ctx.artifact_path("score", "inference_summary.yaml"))
+        ctx.logger.info(f"summary: result {summary['result']}, score {summary['score']}")
+        config["summary"] = summary
+        return data, config
+
+
+ASSET = OutputStep

@@ -1,0 +1,241 @@
+"""Readiness step: check the ground truth, pick the OK class, split train/valid, choose the threshold method.
+
+Bad rows (empty cells, missing or non-image files, duplicates) are skipped with a warning that
+counts and names them; a run that could not be meaningful (no OK image to fit) stops.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from alo import Asset, Config, Data, DataError, ModelError, StepArgs, StepContext
+from alo.args import suggest
+from assets.input import GENERATED_PATH_COLUMN
+from assets.vad.images import IMAGE_EXTENSIONS
+
+READINESS_FILE = "readiness_config.json"
+SPLIT_SEED = 42
+TRAIN, VALID = "train", "valid"
+
+
+class ReadinessArgs(StepArgs):
+    """Arguments of the readiness step (reference guide defaults)."""
+
+    y_column: str = "label"
+    path_column: str = "image_path"
+    ok_class: str = ""
+    train_validate_column: str = ""
+    validation_split_rate: float = Field(default=0.1, ge=0.0, lt=1.0)
+    threshold_method: Literal["F1", "Percentile"] = "F1"
+    num_minor_threshold: int = Field(default=5, ge=0)
+    ratio_minor_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+def _require_column(table: pd.DataFrame, column: str, role: str, arg: str) -> None:
+    if column not in table.columns:
+        columns = [str(c) for c in table.columns]
+        msg = (f"data error: the CSV has no {role} column '{column}'{suggest(column, columns)} (columns: "
+               f"{', '.join(columns)}); rename it or set readiness arg {arg}")
+        raise DataError(msg)
+
+
+def _names(paths: list[str], limit: int = 5) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def clean_rows(table: pd.DataFrame, columns: list[str], data_dir: Path, path_column: str, ctx: StepContext) -> pd.DataFrame:
+    """Drop rows that cannot be used, warning with counts and names.
+
+    Args:
+        table: The ground truth.
+        columns: Columns that must not be empty.
+        data_dir: Folder the image paths are relative to.
+        path_column: The image path column.
+        ctx: Run context (for the logger).
+
+    Returns:
+        The usable rows (original index kept), with an added absolute ``_file`` column.
+    """
+    table = table.copy()
+    for column in columns:
+        table[column] = table[column].astype("string").str.strip()
+    empty = table[columns].isna().any(axis=1) | (table[columns] == "").any(axis=1)
+    if empty.any():
+        rows = [str(i + 2) for i in table.index[empty]]
+        ctx.logger.warning(f"skipped {int(empty.sum())} row(s) with an empty {' or '.join(columns)} (CSV lines {_names(rows)})")
+        table = table[~empty]
+    root = data_dir.resolve()
+    table["_file"] = [str((root / p).resolve()) for p in table[path_column]]
+    checks = (
+        ("point outside the data folder", lambda f: not Path(f).is_relative_to(root)),
+        ("point to missing files", lambda f: not Path(f).is_file()),
+        (f"are not images ({', '.join(sorted(IMAGE_EXTENSIONS))})", lambda f: Path(f).suffix.lower() not in IMAGE_EXTENSIONS),
+    )
+    for what, is_bad in checks:
+        bad = table["_file"].map(is_bad).astype(bool)
+        if bad.any():
+            ctx.logger.warning(f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}")
+            table = table[~bad]
+    duplicated = table["_file"].duplicated()
+    if duplicated.any():
+        ctx.logger.warning(f"skipped {int(duplicated.sum())} duplicate row(s) of the same image: "
+                           f"{_names(list(table[path_column][duplicated]))}")
+        table = table[~duplicated]
+    return table
+
+
+class ReadinessStep(Asset):
+    """Validates the ground truth and decides how training will use it."""
+
+    Args = ReadinessArgs
+
+    def run(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
+        """Check, clean and split the data (train) or match it to the trained model (inference).
+
+        Args:
+            ctx: Run context.
+            data: Needs ``dataframe`` and ``data_dir`` from the input step.
+            config: Flowing settings.
+
+        Returns:
+            ``data`` with ``samples`` (usable rows with ``_file``, ``_label``, ``_split``, ``_is_ng``);
+            ``config`` with ``readiness``.
+        """
+        if ctx.pipeline == "train":
+            return self._train(ctx, data, config)
+        return self._inference(ctx, data, config)
+
+    def _train(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
+        args: ReadinessArgs = ctx.args  # type: ignore[assignment]
+        table: pd.DataFrame = data["dataframe"]
+        _require_column(table, args.y_column, "label", "y_column")
+        _require_column(table, args.path_column, "image path", "path_column")
+        if args.train_validate_column:
+            _require_column(table, args.train_validate_column, "train/valid split", "train_validate_column")
+        samples = clean_rows(table, [args.y_column, args.path_column], data["data_dir"], args.path_column, ctx)
+        if samples.empty:
+            msg = "data error: no usable rows left in the CSV (see the warnings above); fix the label/image_path cells"
+            raise DataError(msg)
+        labels = samples[args.y_column].astype(str)
+        counts = labels.value_counts()
+        if args.ok_class:
+            if args.ok_class not in counts.index:
+                found = ", ".join(map(str, counts.index))
+                msg = (f"data error: ok_class '{args.ok_class}' is not a label in the CSV{suggest(args.ok_class, list(counts.index))}"
+                       f" (labels: {found}); set readiness arg ok_class to one of them")
+                raise DataError(msg)
+            ok_class = args.ok_class
+        else:
+            top = counts[counts == counts.max()].index
+            ok_class = sorted(map(str, top))[0]
+            ctx.logger.info(f"ok_class not set: using the most frequent label '{ok_class}' ({counts.max()} rows)")
+        ng_labels = sorted(str(label) for label in counts.index if label != ok_class)
+        samples["_label"] = labels
+        samples["_is_ng"] = labels != ok_class
+        samples["_split"] = self._split(samples, args, ctx)
+        ok_train = int(((samples["_split"] == TRAIN) & ~samples["_is_ng"]).sum())
+        ok_valid = int(((samples["_split"] == VALID) & ~samples["_is_ng"]).sum())
+        ng_valid = int(((samples["_split"] == VALID) & samples["_is_ng"]).sum())
+        if ok_train == 0:
+            msg = (f"data error: no '{ok_class}' (OK) image in the train split to learn from; "
+                   "mark OK rows as 'train' or lower validation_split_rate")
+            raise DataError(msg)
+        if ok_valid == 0:
+            msg = (f"data error: no '{ok_class}' (OK) image in the validation split to set the threshold; "
+                   "mark some OK rows 'valid' or set validation_split_rate above 0")
+            raise DataError(msg)
+        if ok_train < 10:
+            ctx.logger.warning(f"only {ok_train} OK training images: results will be unreliable (100+ recommended)")
+        method = self._threshold_method(args, ok_valid, ng_valid, ctx)
+        readiness = {
+            "y_column": args.y_column, "path_column": args.path_column, "ok_class": ok_class,
+            "ng_labels": ng_labels, "ng_name": ng_labels[0] if len(ng_labels) == 1 else "NG",
+            "train_validate_column": args.train_validate_column, "threshold_method": method,
+            "counts": {"train_ok": ok_train, "valid_ok": ok_valid, "valid_ng": ng_valid},
+        }
+        path = ctx.model_dir / "readiness" / READINESS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(readiness, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        ctx.logger.info(f"data ready: {ok_train} OK train, {ok_valid} OK + {ng_valid} NG validation; "
+                        f"threshold method {method}")
+        data["samples"] = samples
+        config["readiness"] = readiness
+        return data, config
+
+    @staticmethod
+    def _split(samples: pd.DataFrame, args: ReadinessArgs, ctx: StepContext) -> pd.Series:
+        if args.train_validate_column:
+            split = samples[args.train_validate_column].astype("string").str.strip().str.lower()
+            unknown = sorted(set(split.dropna()) - {TRAIN, VALID})
+            if unknown or split.isna().any():
+                shown = ", ".join(repr(u) for u in unknown) or "empty cells"
+                msg = (f"data error: column '{args.train_validate_column}' must hold only 'train' or 'valid', found "
+                       f"{shown}; fix those cells")
+                raise DataError(msg)
+            moved = (split == TRAIN) & samples["_is_ng"]
+            if moved.any():
+                ctx.logger.warning(f"{int(moved.sum())} NG row(s) marked 'train' moved to validation (only OK images are fitted)")
+                split = split.where(~moved, VALID)
+            return split.astype(str)
+        split = pd.Series(VALID, index=samples.index, dtype=object)
+        ok_index = samples.index[~samples["_is_ng"]].to_numpy()
+        rng = np.random.default_rng(SPLIT_SEED)
+        shuffled = rng.permutation(ok_index)
+        n_valid = int(round(len(shuffled) * args.validation_split_rate))
+        if args.validation_split_rate > 0 and len(shuffled) >= 2:
+            n_valid = min(max(n_valid, 1), len(shuffled) - 1)
+        split.loc[shuffled[n_valid:]] = TRAIN
+        ctx.logger.info(f"no train_validate_column: {n_valid} of {len(shuffled)} OK images held out for validation "
+                        f"(validation_split_rate {args.validation_split_rate}), all NG images validate")
+        return split.astype(str)
+
+    @staticmethod
+    def _threshold_method(args: ReadinessArgs, ok_valid: int, ng_valid: int, ctx: StepContext) -> str:
+        if args.threshold_method == "Percentile":
+            return "Percentile"
+        reason = ""
+        if ng_valid <= args.num_minor_threshold:
+            reason = f"only {ng_valid} NG validation image(s) (num_minor_threshold {args.num_minor_threshold})"
+        elif ng_valid / ok_valid <= args.ratio_minor_threshold:
+            reason = (f"NG/OK validation ratio {ng_valid}/{ok_valid} = {ng_valid / ok_valid:.3f} "
+                      f"<= ratio_minor_threshold {args.ratio_minor_threshold}")
+        if reason:
+            ctx.logger.warning(f"threshold_method F1 -> Percentile: {reason}; monitor_metric -> loss")
+            return "Percentile"
+        return "F1"
+
+    def _inference(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
+        args: ReadinessArgs = ctx.args  # type: ignore[assignment]
+        path = ctx.model_dir / "readiness" / READINESS_FILE
+        try:
+            trained = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            msg = f"model error: {path} is missing or unreadable; train again or point load_model_path at a train run"
+            raise ModelError(msg) from None
+        table: pd.DataFrame = data["dataframe"]
+        path_column = args.path_column if "path_column" in args.model_fields_set else trained["path_column"]
+        y_column = args.y_column if "y_column" in args.model_fields_set else trained["y_column"]
+        if not config.get("has_csv"):
+            path_column = GENERATED_PATH_COLUMN
+        _require_column(table, path_column, "image path", "path_column")
+        samples = clean_rows(table, [path_column], data["data_dir"], path_column, ctx)
+        if samples.empty:
+            msg = "data error: no usable image rows to score (see the warnings above); fix the image paths"
+            raise DataError(msg)
+        if y_column in samples.columns:
+            samples["_label"] = samples[y_column].astype("string").str.strip()
+            samples["_is_ng"] = samples["_label"] != trained["ok_class"]
+        ctx.logger.info(f"{len(samples)} image(s) to score")
+        data["samples"] = samples
+        config["readiness"] = {**trained, "y_column": y_column, "path_column": path_column}
+        return data, config
+
+
+ASSET = ReadinessStep

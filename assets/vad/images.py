@@ -1,0 +1,143 @@
+"""Reading product images of any common kind into RGB arrays and model tensors.
+
+Handles EXIF orientation, grayscale, palette, RGBA (composited on black), 16-bit and float
+images, and refuses decompression bombs and files that are not images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from alo.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+MAX_PIXELS = 64_000_000  # far above the 1920x1920 the product supports; larger files are refused
+SIZE_MULTIPLE = 32
+
+
+class ImageReadError(DataError):
+    """An image file cannot be decoded."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Read an image file as an upright 8-bit RGB PIL image.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        The decoded image.
+
+    Raises:
+        ImageReadError: Missing, empty, corrupt, not an image, or too large.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    msg = f"{image.width}x{image.height} pixels is over the {MAX_PIXELS:,} limit"
+                    raise ImageReadError(msg)
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                return _to_rgb(upright)
+    except ImageReadError as exc:
+        msg = f"data error: image {path} is too large ({exc}); downscale it below 8000x8000"
+        raise ImageReadError(msg) from None
+    except FileNotFoundError:
+        msg = f"data error: image {path} does not exist; fix the path in the CSV or restore the file"
+        raise ImageReadError(msg) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        msg = f"data error: cannot read image {path} ({exc.__class__.__name__}); replace or remove the file"
+        raise ImageReadError(msg) from None
+
+
+def model_input_size(img_size: int | Sequence[int], height: int, width: int) -> tuple[int, int]:
+    """Turn the plan's ``img_size`` into a fixed (height, width) for the model.
+
+    An int keeps the aspect ratio of the reference image (the shorter side gets the int);
+    ``[h, w]`` is used as given. Both sides are rounded to a multiple of 32 so every feature
+    stride divides them.
+
+    Args:
+        img_size: ``256`` or ``[256, 256]``.
+        height: Height of a reference training image.
+        width: Width of a reference training image.
+
+    Returns:
+        (height, width) in pixels.
+    """
+    if isinstance(img_size, int):
+        scale = img_size / min(height, width)
+        size = (height * scale, width * scale)
+    else:
+        size = (float(img_size[0]), float(img_size[1]))
+    return tuple(max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for side in size)  # type: ignore[return-value]
+
+
+def to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Resize (antialiased) and normalise an RGB image into a CHW float tensor.
+
+    Args:
+        image: RGB image.
+        size: (height, width).
+        mean: Per-channel mean of the backbone's training data.
+        std: Per-channel standard deviation.
+
+    Returns:
+        The tensor.
+    """
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+class ImageDataset(Dataset):
+    """Images as model tensors, with an optional augmentation applied to the PIL image."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: object | None = None,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.size = size
+        self.mean = mean
+        self.std = std
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = read_image(self.paths[index])
+        if self.augment is not None:
+            image = self.augment(image)  # type: ignore[operator]
+        return to_tensor(image, self.size, self.mean, self.std), index

@@ -1,0 +1,176 @@
+"""FastFlow on any timm CNN backbone, extending anomalib's ``FastflowModel``.
+
+anomalib accepts four backbone names only; its CNN branch (per-stage LayerNorm over the
+feature maps, one 2-D flow per stage) works for any timm CNN, which this subclass allows.
+The backbone is frozen, so its features can be computed once and reused across epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components import TimmFeatureExtractor
+from anomalib.models.image.fastflow.anomaly_map import AnomalyMapGenerator
+from anomalib.models.image.fastflow.loss import FastflowLoss
+from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fast_flow_block
+from torch import nn
+
+from assets.vad.backbones import load_pretrained_weights
+
+HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
+
+
+class OfflineFastflow(FastflowModel):
+    """FastFlow with a timm CNN backbone given by name and feature layers."""
+
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        backbone: str,
+        layers: Sequence[str],
+        flow_steps: int = 8,
+        conv3x3_only: bool = False,
+        hidden_ratio: float = 1.0,
+        pretrained: bool = True,
+        weights_path: str | Path | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        self.input_size = tuple(input_size)
+        extractor = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=False)
+        self.feature_extractor = extractor.feature_extractor
+        self.weights_source = "random initialisation (pretrained: false)"
+        if pretrained:
+            self.weights_source = load_pretrained_weights(self.feature_extractor, backbone, weights_path)
+        for parameter in self.feature_extractor.parameters():
+            parameter.requires_grad = False
+        self.feature_extractor.eval()
+        with torch.no_grad():
+            shapes = [tuple(f.shape[1:]) for f in self.feature_extractor(torch.zeros(1, 3, *self.input_size))]
+        self.norms = nn.ModuleList([nn.LayerNorm(list(shape), elementwise_affine=True) for shape in shapes])
+        self.fast_flow_blocks = nn.ModuleList(
+            [
+                create_fast_flow_block(
+                    input_dimensions=list(shape),
+                    conv3x3_only=conv3x3_only,
+                    hidden_ratio=hidden_ratio,
+                    flow_steps=flow_steps,
+                )
+                for shape in shapes
+            ]
+        )
+        self.anomaly_map_generator = AnomalyMapGenerator(input_size=self.input_size)
+
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen backbone features of a batch.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            One feature map per layer.
+        """
+        self.feature_extractor.eval()
+        with torch.no_grad():
+            return list(self.feature_extractor(images))
+
+    def flow(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Run the per-stage norms and flows on backbone features (anomalib's forward, after extraction).
+
+        Args:
+            features: Output of :meth:`extract`.
+
+        Returns:
+            In training mode the hidden variables and log-Jacobians; otherwise scores and anomaly maps.
+        """
+        hidden: list[torch.Tensor] = []
+        jacobians: list[torch.Tensor] = []
+        for norm, block, feature in zip(self.norms, self.fast_flow_blocks, features, strict=True):
+            hidden_variable, log_jacobian = block(norm(feature))
+            hidden.append(hidden_variable)
+            jacobians.append(log_jacobian)
+        if self.training:
+            return hidden, jacobians
+        anomaly_map = self.anomaly_map_generator(hidden)
+        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Score a batch of images (or return flow outputs in training mode).
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            See :meth:`flow`.
+        """
+        return self.flow(self.extract(images))
+
+
+def fit_fastflow(
+    model: OfflineFastflow,
+    train_batches: Callable[[], list[list[torch.Tensor]] | object],
+    evaluate: Callable[[OfflineFastflow], dict[str, float]],
+    max_epochs: int,
+    monitor: str,
+    patience: int,
+    logger: logging.Logger,
+) -> dict[str, float]:
+    """Train the flows with Adam (anomalib's settings), keep the best epoch by ``monitor``.
+
+    Args:
+        model: The model.
+        train_batches: Returns an iterable of feature batches (lists of per-layer tensors) for one epoch.
+        evaluate: Scores the validation set, returning ``image_AUROC``, ``image_F1Score`` and ``loss``.
+        max_epochs: Upper bound on epochs.
+        monitor: Metric deciding the best epoch and early stopping.
+        patience: Epochs without improvement before stopping.
+        logger: Progress logger.
+
+    Returns:
+        The validation metrics of the kept epoch, plus ``epoch``.
+    """
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=0.001, weight_decay=0.00001
+    )
+    criterion = FastflowLoss()
+    higher = HIGHER_IS_BETTER[monitor]
+    best: dict[str, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for features in train_batches():  # type: ignore[union-attr]
+            hidden, jacobians = model.flow(features)  # type: ignore[misc]
+            loss = criterion(hidden, jacobians)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(features[0])
+            count += len(features[0])
+        model.eval()
+        metrics = evaluate(model)
+        value = metrics[monitor]
+        improved = best is None or (value > best[monitor] if higher else value < best[monitor])
+        logger.info(
+            f"epoch {epoch}/{max_epochs}: train loss {total / max(count, 1):.4g}, "
+            + ", ".join(f"valid {k} {v:.4g}" for k, v in metrics.items())
+            + (" (best)" if improved else "")
+        )
+        if improved:
+            best = {**metrics, "epoch": float(epoch)}
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if stale >= patience:
+                logger.info(f"early stopping: {monitor} did not improve for {patience} epochs")
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return best or {}

@@ -1,0 +1,107 @@
+"""Validation reports: scores table, confusion matrix, classification report, threshold sweep plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+
+def image_auroc(is_ng: np.ndarray, scores: np.ndarray) -> float:
+    """Image-level AUROC, or NaN when only one class is present.
+
+    Args:
+        is_ng: True for NG images.
+        scores: Raw or normalised scores.
+
+    Returns:
+        The AUROC.
+    """
+    is_ng = np.asarray(is_ng, dtype=bool)
+    if is_ng.all() or not is_ng.any():
+        return float("nan")
+    return float(roc_auc_score(is_ng, scores))
+
+
+def write_validation_reports(
+    folder: Path, is_ng: np.ndarray, pred_ng: np.ndarray, scores: np.ndarray, ok_name: str, ng_name: str,
+    threshold: float,
+) -> dict[str, float]:
+    """Write ``validation_score.csv``, ``validation_confusion_matrix.csv`` and the classification report.
+
+    Args:
+        folder: The ``output`` folder.
+        is_ng: True labels (NG = True).
+        pred_ng: Predictions (NG = True).
+        scores: Normalised scores (for AUROC).
+        ok_name: Name of the OK class.
+        ng_name: Name shown for NG.
+        threshold: The raw threshold used.
+
+    Returns:
+        The scores written.
+    """
+    metrics = {
+        "accuracy": float(accuracy_score(is_ng, pred_ng)),
+        "precision": float(precision_score(is_ng, pred_ng, zero_division=0)),
+        "recall": float(recall_score(is_ng, pred_ng, zero_division=0)),
+        "f1": float(f1_score(is_ng, pred_ng, zero_division=0)),
+        "auroc": image_auroc(is_ng, scores),
+        "threshold": float(threshold),
+        "n_ok": int((~is_ng).sum()),
+        "n_ng": int(is_ng.sum()),
+    }
+    pd.DataFrame([metrics]).to_csv(folder / "validation_score.csv", index=False)
+    matrix = confusion_matrix(is_ng, pred_ng, labels=[False, True])
+    names = [ok_name, ng_name]
+    pd.DataFrame(matrix, index=[f"true_{n}" for n in names], columns=[f"pred_{n}" for n in names]).to_csv(
+        folder / "validation_confusion_matrix.csv", index_label="label"
+    )
+    report = classification_report(is_ng, pred_ng, labels=[False, True], target_names=names, output_dict=True,
+                                   zero_division=0)
+    (folder / "validation_classification_report.json").write_text(json.dumps(report, indent=2) + "\n",
+                                                                  encoding="utf-8")
+    return metrics
+
+
+def plot_sweep(table: pd.DataFrame, chosen: float, path: Path, title: str) -> Path:
+    """Plot accuracy, precision, recall and F1 against the threshold and mark the chosen one.
+
+    Args:
+        table: The sweep table.
+        chosen: The trained threshold.
+        path: PNG to write.
+        title: Plot title.
+
+    Returns:
+        The path written.
+    """
+    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for column in ("accuracy", "precision", "recall", "f1"):
+        axis.plot(table["threshold"], table[column], label=column, linewidth=1.5)
+    axis.axvline(chosen, color="black", linestyle="--", linewidth=1, label=f"threshold {chosen:.4g}")
+    axis.set_xlabel("raw anomaly score threshold (NG when score >= threshold)")
+    axis.set_ylabel("validation metric")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny generated datasets and plans in temporary project folders."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PLAN = ROOT / "experimental_plan.yaml"
+
+
+def texture(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A smooth periodic texture with small random shifts and noise: the 'good' product."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx, dy = rng.uniform(-1, 1, 2)
+    base = 128 + 50 * np.sin((x + dx) / 3.0) * np.cos((y + dy) / 4.0)
+    image = np.stack([base, base * 0.9 + 10, base * 0.8 + 20], axis=-1)
+    image += rng.normal(0, 3, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def defect(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A dark square blotch at a random place: the 'bad' product."""
+    out = image.copy()
+    size = image.shape[0]
+    y, x = rng.integers(8, size - 20, 2)
+    out[y:y + 12, x:x + 12] = rng.integers(0, 30)
+    return out
+
+
+def make_dataset(folder: Path, n_train: int = 24, n_valid_ok: int = 8, n_valid_ng: int = 6, seed: int = 0,
+                 size: int = 64) -> Path:
+    """Write good/bad PNGs and a train.csv with a split column into ``folder``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    (folder / "good").mkdir(parents=True, exist_ok=True)
+    (folder / "bad").mkdir(parents=True, exist_ok=True)
+    for i in range(n_train + n_valid_ok):
+        Image.fromarray(texture(rng, size)).save(folder / "good" / f"g{i:03d}.png")
+        rows.append({"label": "good", "image_path": f"good/g{i:03d}.png", "split": "train" if i < n_train else "valid"})
+    for i in range(n_valid_ng):
+        Image.fromarray(defect(rng, texture(rng, size))).save(folder / "bad" / f"b{i:03d}.png")
+        rows.append({"label": "bad", "image_path": f"bad/b{i:03d}.png", "split": "valid"})
+    pd.DataFrame(rows).to_csv(folder / "train.csv", index=False)
+    return folder
+
+
+def make_inference_folder(folder: Path, n_ok: int = 3, n_ng: int = 2, seed: int = 1, size: int = 64) -> Path:
+    """Write images only (no CSV) for inference."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_ok):
+        Image.fromarray(texture(rng, size)).save(folder / f"ok_{i}.png")
+    for i in range(n_ng):
+        Image.fromarray(defect(rng, texture(rng, size))).save(folder / f"ng_{i}.png")
+    return folder
+
+
+def load_default_plan() -> dict:
+    return yaml.safe_load(DEFAULT_PLAN.read_text(encoding="utf-8"))
+
+
+def step_args(plan: dict, pipeline: str, step: str) -> dict:
+    """The (mutable) args map of a step in a plan dict."""
+    for entry in plan["user_parameters"]:
+        if f"{pipeline}_pipeline" in entry:
+            for item in entry[f"{pipeline}_pipeline"]:
+                if item["step"] == step:
+                    if not item.get("args"):
+                        item["args"] = [{}]
+                    return item["args"][0]
+    raise KeyError(step)
+
+
+def set_external(plan: dict, key: str, value: str | None) -> None:
+    for entry in plan["external_path"]:
+        if key in entry:
+            entry[key] = value
+            return
+    plan["external_path"].append({key: value})
+
+
+def write_plan(folder: Path, plan: dict, name: str = "experimental_plan.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> dict:
+    """A project folder with tiny train data, a no-CSV inference folder and a fast plan."""
+    make_dataset(tmp_path / "data" / "train")
+    make_inference_folder(tmp_path / "data" / "inference")
+    plan = copy.deepcopy(load_default_plan())
+    set_external(plan, "load_train_data_path", "data/train")
+    set_external(plan, "load_inference_data_path", "data/inference")
+    train = step_args(plan, "train", "train")
+    train.update({"img_size": [64, 64], "batch_size": 8, "max_epochs": 2})
+    return {"root": tmp_path, "plan": plan}

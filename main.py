@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from alo.errors import AloError
 from alo.logs import setup_console
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         The process exit code.
     """
     args = parse_args(argv)
+    if not args.debug:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
     setup_console(args.debug)
     log = logging.getLogger("alo.main")
     try:

@@ -1,0 +1,72 @@
+"""Image reading (modes, EXIF, corrupt files), input sizes and heatmap pictures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from assets.vad.heatmaps import heatmap_name, render
+from assets.vad.images import ImageReadError, model_input_size, read_image, to_tensor
+
+
+def test_reads_gray_rgba_palette_and_16bit(tmp_path):
+    gray = np.tile(np.arange(64, dtype=np.uint8) * 4, (32, 1))
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    rgba = np.zeros((32, 64, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 255
+    rgba[:, :10, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(gray).convert("P").save(tmp_path / "palette.png")
+    deep = (gray.astype(np.uint16) * 257)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    for name in ("gray", "rgba", "palette", "deep"):
+        image = read_image(tmp_path / f"{name}.png")
+        assert image.mode == "RGB" and image.size == (64, 32), name
+    assert np.asarray(read_image(tmp_path / "rgba.png"))[0, 0].tolist() == [0, 0, 0]
+    assert np.asarray(read_image(tmp_path / "rgba.png"))[0, 20].tolist() == [200, 0, 0]
+    deep_rgb = np.asarray(read_image(tmp_path / "deep.png"))
+    assert abs(int(deep_rgb[0, 63, 0]) - 252) <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_image(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00garbage"])
+def test_unreadable_files_raise_one_line(tmp_path, content):
+    path = tmp_path / "broken.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert "broken.png" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_input_size_keeps_aspect_for_int_and_rounds_to_32():
+    assert model_input_size([256, 256], 1000, 500) == (256, 256)
+    assert model_input_size(256, 480, 640) == (256, 352)
+    assert model_input_size([250, 300], 10, 10) == (256, 288)
+
+
+def test_to_tensor_resizes_and_normalises():
+    image = Image.new("RGB", (100, 50), (255, 0, 128))
+    tensor = to_tensor(image, (32, 64), mean=[0.5] * 3, std=[0.5] * 3)
+    assert tuple(tensor.shape) == (3, 32, 64)
+    assert tensor[0].mean().item() == pytest.approx(1.0)
+    assert tensor[1].mean().item() == pytest.approx(-1.0)
+
+
+def test_heatmap_has_three_panels_at_original_resolution():
+    image = Image.new("RGB", (90, 60), (100, 100, 100))
+    anomaly = np.zeros((16, 16), dtype=np.float32)
+    anomaly[4:8, 4:8] = 1.0
+    picture = render(image, anomaly, threshold=0.5)
+    assert picture.size == (270, 60)
+    region = np.asarray(picture)[:, 180:]
+    assert (region[..., 0] > region[..., 1]).any(), "predicted region is tinted red"
+    assert heatmap_name("bad", "good", "dir/x y.png") == "bad_good_x_y.png"

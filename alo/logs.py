@@ -93,4 +93,4 @@ class Progress:
             self.last = now
             elapsed = now - self.start
             rate = self.done / elapsed if elapsed > 0 else 0.0
-            self.logger.info(f"{self.what}: {self.done}/{self.total} ({rate:.1f}/s, {elapsed:.1f}s)")
+            self.logger.info(f"{self.what}: {self.done}/{self.total} ({rate:.1f}/s, {elapsed:.1f}s)", stacklevel=2)

@@ -60,7 +60,7 @@ class OutputStep(Asset):
         predictions: pd.DataFrame = data["predictions"]
         info = config["inference"]
         predictions.to_csv(ctx.artifact_path("output", "output.csv"), index=False)
-        result, score, probability = summarize(predictions, info["ok_name"], info["ng_name"])
+        result, score, probability = summarize(predictions, info["ok_class"], info["ng_name"])
         samples = data["samples"]
         file_path = samples["_file"].iloc[0] if len(samples) == 1 else str(data["data_dir"])
         note = (f"{info['model_name']}: {info['n_images']} image(s), {info['n_ng']} {info['ng_name']} "

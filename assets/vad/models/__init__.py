@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from alo.errors import ModelError
 
@@ -69,7 +69,8 @@ def save(model: torch.nn.Module, spec: ModelSpec, scoring: dict[str, object], fo
         folder: ``models/train``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / WEIGHTS_FILE))
+    state = {name: tensor.detach().contiguous().clone() for name, tensor in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
     config = {"model": asdict(spec), "scoring": scoring}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -95,7 +96,7 @@ def load(folder: Path) -> tuple[torch.nn.Module, ModelSpec, dict[str, object]]:
         spec = ModelSpec(**config["model"])
         scoring = dict(config["scoring"])
         model = build_model(spec, pretrained=False)
-        load_model(model, str(weights_path), strict=True)
+        model.load_state_dict(load_file(str(weights_path)), strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
         msg = f"model error: the model in {folder} cannot be loaded ({exc.__class__.__name__}: {str(exc)[:120]}); train again"
         raise ModelError(msg) from None

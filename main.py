@@ -22,8 +22,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         The parsed flags.
     """
     parser = argparse.ArgumentParser(description="Visual anomaly detection pipeline (PatchCore / FastFlow).")
-    parser.add_argument("--mode", choices=["train", "inference", "all"], default="all",
-                        help="which pipeline(s) to run (default: all = train, then inference)")
+    parser.add_argument(
+        "--mode",
+        choices=["train", "inference", "all"],
+        default="all",
+        help="which pipeline(s) to run (default: all = train, then inference)",
+    )
     parser.add_argument("--config", default="experimental_plan.yaml", help="the plan file (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="show DEBUG messages and tracebacks")
     return parser.parse_args(argv)

@@ -116,8 +116,14 @@ def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: 
     store = ArtifactStore(plan.root, pipeline, run_id)
     staging = store.begin()
     model_work = store.internal / "staging" / f"{pipeline}-{run_id}.model"
-    record: dict[str, object] = {"id": run_id, "pipeline": pipeline, "plan": str(plan.path), "name": plan.name,
-                                 "version": plan.version, "start_time": datetime.now(UTC).isoformat()}
+    record: dict[str, object] = {
+        "id": run_id,
+        "pipeline": pipeline,
+        "plan": str(plan.path),
+        "name": plan.name,
+        "version": plan.version,
+        "start_time": datetime.now(UTC).isoformat(),
+    }
     failed = True
     with log_files(staging / "log"):
         try:
@@ -136,8 +142,14 @@ def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: 
             config: dict[str, object] = {}
             for step in steps:
                 ctx = StepContext(
-                    pipeline=pipeline, step=step.name, args=step.args, run_id=run_id, plan=plan,
-                    artifacts=staging, data_path=data_path, model_dir=model_dir,
+                    pipeline=pipeline,
+                    step=step.name,
+                    args=step.args,
+                    run_id=run_id,
+                    plan=plan,
+                    artifacts=staging,
+                    data_path=data_path,
+                    model_dir=model_dir,
                     logger=logging.getLogger(f"{PIPELINE_LOGGER}.{step.name}"),
                 )
                 started = time.perf_counter()

@@ -47,8 +47,10 @@ class InferenceStep(Asset):
         labels = list(samples["_label"]) if "_label" in samples else ["unknown"] * len(files)
         raw = np.empty(len(files), dtype=np.float64)
         folder = ctx.artifacts / "extra_output" / "inference" / "images"
-        ctx.logger.info(f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} "
-                        f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}")
+        ctx.logger.info(
+            f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} "
+            f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}"
+        )
         for positions, scores, maps in score_images(model, files, spec, BATCH_SIZE, ctx.logger, "inference"):
             raw[positions] = scores
             if args.save_anomaly_maps:
@@ -66,8 +68,13 @@ class InferenceStep(Asset):
             summary["accuracy"] = accuracy
             ctx.logger.info(f"labels found: image AUROC {summary['auroc']:.4f}, accuracy {accuracy:.4f}")
         data["predictions"] = predictions
-        config["inference"] = {**summary, "model_name": spec.model_name, "ok_class": scorer.ok_name,
-                               "ng_name": scorer.ng_name, "inference_threshold": args.inference_threshold}
+        config["inference"] = {
+            **summary,
+            "model_name": spec.model_name,
+            "ok_class": scorer.ok_name,
+            "ng_name": scorer.ng_name,
+            "inference_threshold": args.inference_threshold,
+        }
         return data, config
 
 

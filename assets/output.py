@@ -63,10 +63,18 @@ class OutputStep(Asset):
         result, score, probability = summarize(predictions, info["ok_class"], info["ng_name"])
         samples = data["samples"]
         file_path = samples["_file"].iloc[0] if len(samples) == 1 else str(data["data_dir"])
-        note = (f"{info['model_name']}: {info['n_images']} image(s), {info['n_ng']} {info['ng_name']} "
-                f"at threshold {info['inference_threshold']}")
-        summary = build_summary(result=result, score=score, probability=probability, note=note,
-                                file_path=str(file_path), version=ctx.plan.version)
+        note = (
+            f"{info['model_name']}: {info['n_images']} image(s), {info['n_ng']} {info['ng_name']} "
+            f"at threshold {info['inference_threshold']}"
+        )
+        summary = build_summary(
+            result=result,
+            score=score,
+            probability=probability,
+            note=note,
+            file_path=str(file_path),
+            version=ctx.plan.version,
+        )
         write_summary(summary, ctx.artifact_path("score", "inference_summary.yaml"))
         ctx.logger.info(f"summary: result {summary['result']}, score {summary['score']}")
         config["summary"] = summary

@@ -40,8 +40,10 @@ class ReadinessArgs(StepArgs):
 def _require_column(table: pd.DataFrame, column: str, role: str, arg: str) -> None:
     if column not in table.columns:
         columns = [str(c) for c in table.columns]
-        msg = (f"data error: the CSV has no {role} column '{column}'{suggest(column, columns)} (columns: "
-               f"{', '.join(columns)}); rename it or set readiness arg {arg}")
+        msg = (
+            f"data error: the CSV has no {role} column '{column}'{suggest(column, columns)} (columns: "
+            f"{', '.join(columns)}); rename it or set readiness arg {arg}"
+        )
         raise DataError(msg)
 
 
@@ -50,7 +52,9 @@ def _names(paths: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def clean_rows(table: pd.DataFrame, columns: list[str], data_dir: Path, path_column: str, ctx: StepContext) -> pd.DataFrame:
+def clean_rows(
+    table: pd.DataFrame, columns: list[str], data_dir: Path, path_column: str, ctx: StepContext
+) -> pd.DataFrame:
     """Drop rows that cannot be used, warning with counts and names.
 
     Args:
@@ -69,24 +73,33 @@ def clean_rows(table: pd.DataFrame, columns: list[str], data_dir: Path, path_col
     empty = table[columns].isna().any(axis=1) | (table[columns] == "").any(axis=1)
     if empty.any():
         rows = [str(i + 2) for i in table.index[empty]]
-        ctx.logger.warning(f"skipped {int(empty.sum())} row(s) with an empty {' or '.join(columns)} (CSV lines {_names(rows)})")
+        ctx.logger.warning(
+            f"skipped {int(empty.sum())} row(s) with an empty {' or '.join(columns)} (CSV lines {_names(rows)})"
+        )
         table = table[~empty]
     root = data_dir.resolve()
     table["_file"] = [str((root / p).resolve()) for p in table[path_column]]
     checks = (
         ("point outside the data folder", lambda f: not Path(f).is_relative_to(root)),
         ("point to missing files", lambda f: not Path(f).is_file()),
-        (f"are not images ({', '.join(sorted(IMAGE_EXTENSIONS))})", lambda f: Path(f).suffix.lower() not in IMAGE_EXTENSIONS),
+        (
+            f"are not images ({', '.join(sorted(IMAGE_EXTENSIONS))})",
+            lambda f: Path(f).suffix.lower() not in IMAGE_EXTENSIONS,
+        ),
     )
     for what, is_bad in checks:
         bad = table["_file"].map(is_bad).astype(bool)
         if bad.any():
-            ctx.logger.warning(f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}")
+            ctx.logger.warning(
+                f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}"
+            )
             table = table[~bad]
     duplicated = table["_file"].duplicated()
     if duplicated.any():
-        ctx.logger.warning(f"skipped {int(duplicated.sum())} duplicate row(s) of the same image: "
-                           f"{_names(list(table[path_column][duplicated]))}")
+        ctx.logger.warning(
+            f"skipped {int(duplicated.sum())} duplicate row(s) of the same image: "
+            f"{_names(list(table[path_column][duplicated]))}"
+        )
         table = table[~duplicated]
     return table
 
@@ -128,8 +141,11 @@ class ReadinessStep(Asset):
         if args.ok_class:
             if args.ok_class not in counts.index:
                 found = ", ".join(map(str, counts.index))
-                msg = (f"data error: ok_class '{args.ok_class}' is not a label in the CSV{suggest(args.ok_class, list(counts.index))}"
-                       f" (labels: {found}); set readiness arg ok_class to one of them")
+                msg = (
+                    f"data error: ok_class '{args.ok_class}' is not a label in the CSV"
+                    f"{suggest(args.ok_class, list(counts.index))}"
+                    f" (labels: {found}); set readiness arg ok_class to one of them"
+                )
                 raise DataError(msg)
             ok_class = args.ok_class
         else:
@@ -144,27 +160,36 @@ class ReadinessStep(Asset):
         ok_valid = int(((samples["_split"] == VALID) & ~samples["_is_ng"]).sum())
         ng_valid = int(((samples["_split"] == VALID) & samples["_is_ng"]).sum())
         if ok_train == 0:
-            msg = (f"data error: no '{ok_class}' (OK) image in the train split to learn from; "
-                   "mark OK rows as 'train' or lower validation_split_rate")
+            msg = (
+                f"data error: no '{ok_class}' (OK) image in the train split to learn from; "
+                "mark OK rows as 'train' or lower validation_split_rate"
+            )
             raise DataError(msg)
         if ok_valid == 0:
-            msg = (f"data error: no '{ok_class}' (OK) image in the validation split to set the threshold; "
-                   "mark some OK rows 'valid' or set validation_split_rate above 0")
+            msg = (
+                f"data error: no '{ok_class}' (OK) image in the validation split to set the threshold; "
+                "mark some OK rows 'valid' or set validation_split_rate above 0"
+            )
             raise DataError(msg)
         if ok_train < 10:
             ctx.logger.warning(f"only {ok_train} OK training images: results will be unreliable (100+ recommended)")
         method = self._threshold_method(args, ok_valid, ng_valid, ctx)
         readiness = {
-            "y_column": args.y_column, "path_column": args.path_column, "ok_class": ok_class,
-            "ng_labels": ng_labels, "ng_name": ng_labels[0] if len(ng_labels) == 1 else "NG",
-            "train_validate_column": args.train_validate_column, "threshold_method": method,
+            "y_column": args.y_column,
+            "path_column": args.path_column,
+            "ok_class": ok_class,
+            "ng_labels": ng_labels,
+            "ng_name": ng_labels[0] if len(ng_labels) == 1 else "NG",
+            "train_validate_column": args.train_validate_column,
+            "threshold_method": method,
             "counts": {"train_ok": ok_train, "valid_ok": ok_valid, "valid_ng": ng_valid},
         }
         path = ctx.model_dir / "readiness" / READINESS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(readiness, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        ctx.logger.info(f"data ready: {ok_train} OK train, {ok_valid} OK + {ng_valid} NG validation; "
-                        f"threshold method {method}")
+        ctx.logger.info(
+            f"data ready: {ok_train} OK train, {ok_valid} OK + {ng_valid} NG validation; threshold method {method}"
+        )
         data["samples"] = samples
         config["readiness"] = readiness
         return data, config
@@ -176,24 +201,30 @@ class ReadinessStep(Asset):
             unknown = sorted(set(split.dropna()) - {TRAIN, VALID})
             if unknown or split.isna().any():
                 shown = ", ".join(repr(u) for u in unknown) or "empty cells"
-                msg = (f"data error: column '{args.train_validate_column}' must hold only 'train' or 'valid', found "
-                       f"{shown}; fix those cells")
+                msg = (
+                    f"data error: column '{args.train_validate_column}' must hold only 'train' or 'valid', found "
+                    f"{shown}; fix those cells"
+                )
                 raise DataError(msg)
             moved = (split == TRAIN) & samples["_is_ng"]
             if moved.any():
-                ctx.logger.warning(f"{int(moved.sum())} NG row(s) marked 'train' moved to validation (only OK images are fitted)")
+                ctx.logger.warning(
+                    f"{int(moved.sum())} NG row(s) marked 'train' moved to validation (only OK images are fitted)"
+                )
                 split = split.where(~moved, VALID)
             return split.astype(str)
         split = pd.Series(VALID, index=samples.index, dtype=object)
         ok_index = samples.index[~samples["_is_ng"]].to_numpy()
         rng = np.random.default_rng(SPLIT_SEED)
         shuffled = rng.permutation(ok_index)
-        n_valid = int(round(len(shuffled) * args.validation_split_rate))
+        n_valid = round(len(shuffled) * args.validation_split_rate)
         if args.validation_split_rate > 0 and len(shuffled) >= 2:
             n_valid = min(max(n_valid, 1), len(shuffled) - 1)
         split.loc[shuffled[n_valid:]] = TRAIN
-        ctx.logger.info(f"no train_validate_column: {n_valid} of {len(shuffled)} OK images held out for validation "
-                        f"(validation_split_rate {args.validation_split_rate}), all NG images validate")
+        ctx.logger.info(
+            f"no train_validate_column: {n_valid} of {len(shuffled)} OK images held out for validation "
+            f"(validation_split_rate {args.validation_split_rate}), all NG images validate"
+        )
         return split.astype(str)
 
     @staticmethod
@@ -204,8 +235,10 @@ class ReadinessStep(Asset):
         if ng_valid <= args.num_minor_threshold:
             reason = f"only {ng_valid} NG validation image(s) (num_minor_threshold {args.num_minor_threshold})"
         elif ng_valid / ok_valid <= args.ratio_minor_threshold:
-            reason = (f"NG/OK validation ratio {ng_valid}/{ok_valid} = {ng_valid / ok_valid:.3f} "
-                      f"<= ratio_minor_threshold {args.ratio_minor_threshold}")
+            reason = (
+                f"NG/OK validation ratio {ng_valid}/{ok_valid} = {ng_valid / ok_valid:.3f} "
+                f"<= ratio_minor_threshold {args.ratio_minor_threshold}"
+            )
         if reason:
             ctx.logger.warning(f"threshold_method F1 -> Percentile: {reason}; monitor_metric -> loss")
             return "Percentile"

@@ -35,12 +35,16 @@ Augmentation = Literal["rotation", "brightness", "contrast", "saturation", "hue"
 class ModelParameters(StepArgs):
     """``model_parameters`` of the train step; the reference guide's ``*_backborn`` spelling is accepted."""
 
-    fastflow_backbone: str = Field(DEFAULT_BACKBONE, validation_alias=AliasChoices("fastflow_backbone", "fastflow_backborn"))
+    fastflow_backbone: str = Field(
+        DEFAULT_BACKBONE, validation_alias=AliasChoices("fastflow_backbone", "fastflow_backborn")
+    )
     fastflow_layers: list[str] | None = None
     fastflow_flow_steps: int = Field(8, ge=1, le=32)
     fastflow_hidden_ratio: float = Field(1.0, gt=0.0, le=8.0)
     fastflow_conv3x3_only: bool = False
-    patchcore_backbone: str = Field(DEFAULT_BACKBONE, validation_alias=AliasChoices("patchcore_backbone", "patchcore_backborn"))
+    patchcore_backbone: str = Field(
+        DEFAULT_BACKBONE, validation_alias=AliasChoices("patchcore_backbone", "patchcore_backborn")
+    )
     patchcore_layers: list[str] | None = None
     patchcore_coreset_sampling_ratio: float = Field(0.1, gt=0.0, le=1.0)
     patchcore_num_neighbors: int = Field(9, ge=1)
@@ -75,7 +79,7 @@ class TrainArgs(StepArgs):
     @classmethod
     def _check_img_size(cls, value: int | list[int]) -> int | list[int]:
         sizes = [value] if isinstance(value, int) else value
-        if isinstance(value, list) and len(value) != 2 or not all(32 <= size <= 2048 for size in sizes):
+        if (isinstance(value, list) and len(value) != 2) or not all(32 <= size <= 2048 for size in sizes):
             msg = "use an int (e.g. 256) or [height, width], each between 32 and 2048"
             raise ValueError(msg)
         return value
@@ -88,7 +92,7 @@ def seed_everything(seed: int) -> None:
         seed: The experiment seed.
     """
     random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - libraries may use the global generator
+    np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -129,11 +133,19 @@ class TrainStep(Asset):
             model = build_model(spec, args.model_parameters.pretrained, weights)
         except backbones.BackboneError as exc:
             raise PlanError(f"plan error: {exc}") from None
-        ctx.logger.info(f"{spec.model_name}: backbone {spec.backbone} {spec.layers} ({model.weights_source}), "
-                        f"input {spec.input_size[0]}x{spec.input_size[1]}")
+        ctx.logger.info(
+            f"{spec.model_name}: backbone {spec.backbone} {spec.layers} ({model.weights_source}), "
+            f"input {spec.input_size[0]}x{spec.input_size[1]}"
+        )
         augment = build_augmentation(
-            args.augmentation_list, args.augmentation_choice, args.rotation_angle, args.brightness_degree,
-            args.contrast_degree, args.saturation_degree, args.hue_degree, args.blur_kernel_size,
+            args.augmentation_list,
+            args.augmentation_choice,
+            args.rotation_angle,
+            args.brightness_degree,
+            args.contrast_degree,
+            args.saturation_degree,
+            args.hue_degree,
+            args.blur_kernel_size,
         )
         started = time.perf_counter()
         train_files = list(train_rows["_file"])
@@ -152,9 +164,15 @@ class TrainStep(Asset):
             raw[positions] = scores
         threshold, table = self._threshold(raw, is_ng, method, args.percentile)
         scoring = {
-            "threshold": threshold, "min": float(raw.min()), "max": float(raw.max()),
-            "ok_class": readiness["ok_class"], "ng_name": readiness["ng_name"], "threshold_method": method,
-            "percentile": args.percentile, "weights_source": model.weights_source, "fit_seconds": round(fit_seconds, 2),
+            "threshold": threshold,
+            "min": float(raw.min()),
+            "max": float(raw.max()),
+            "ok_class": readiness["ok_class"],
+            "ng_name": readiness["ng_name"],
+            "threshold_method": method,
+            "percentile": args.percentile,
+            "weights_source": model.weights_source,
+            "fit_seconds": round(fit_seconds, 2),
             "fit_metrics": fit_metrics,
         }
         scorer = Scorer(scoring)
@@ -168,8 +186,10 @@ class TrainStep(Asset):
             self._heatmaps(ctx, model, spec, args, valid_rows, columns, scorer)
         save(model, spec, {**scoring, "validation": metrics}, ctx.model_dir / "train")
         auroc = metrics.get("auroc", float("nan"))
-        ctx.logger.info(f"trained in {fit_seconds:.1f}s; raw threshold {threshold:.5g} ({method}); "
-                        f"validation image AUROC {auroc:.4f}")
+        ctx.logger.info(
+            f"trained in {fit_seconds:.1f}s; raw threshold {threshold:.5g} ({method}); "
+            f"validation image AUROC {auroc:.4f}"
+        )
         data["validation"] = output
         config["train"] = {"spec": spec, "scoring": scoring, "metrics": metrics}
         return data, config
@@ -188,23 +208,36 @@ class TrainStep(Asset):
             raise PlanError(f"plan error: {exc}") from None
         for layer in layers:
             if layer not in valid_layers:
-                msg = (f"plan error: '{name}_layers' has '{layer}', not a feature layer of {backbone}; "
-                       f"valid layers: {', '.join(valid_layers)}")
+                msg = (
+                    f"plan error: '{name}_layers' has '{layer}', not a feature layer of {backbone}; "
+                    f"valid layers: {', '.join(valid_layers)}"
+                )
                 raise PlanError(msg)
         cfg = timm.models.get_pretrained_cfg(backbone)
         height, width = reference.height, reference.width  # type: ignore[attr-defined]
         return ModelSpec(
-            model_name=name, backbone=backbone, layers=layers,
+            model_name=name,
+            backbone=backbone,
+            layers=layers,
             input_size=list(model_input_size(args.img_size, height, width)),
-            mean=list(cfg.mean), std=list(cfg.std),
+            mean=list(cfg.mean),
+            std=list(cfg.std),
             coreset_sampling_ratio=params.patchcore_coreset_sampling_ratio,
-            num_neighbors=params.patchcore_num_neighbors, flow_steps=params.fastflow_flow_steps,
-            hidden_ratio=params.fastflow_hidden_ratio, conv3x3_only=params.fastflow_conv3x3_only,
+            num_neighbors=params.patchcore_num_neighbors,
+            flow_steps=params.fastflow_flow_steps,
+            hidden_ratio=params.fastflow_hidden_ratio,
+            conv3x3_only=params.fastflow_conv3x3_only,
         )
 
     @staticmethod
-    def _fit_patchcore(model: torch.nn.Module, spec: ModelSpec, args: TrainArgs, files: list[str],
-                       augment: object | None, ctx: StepContext) -> None:
+    def _fit_patchcore(
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        args: TrainArgs,
+        files: list[str],
+        augment: object | None,
+        ctx: StepContext,
+    ) -> None:
         passes = [loader(files, spec, args.batch_size)]
         if augment is not None:
             passes.append(loader(files, spec, args.batch_size, augment=augment))
@@ -212,10 +245,18 @@ class TrainStep(Asset):
         model.fit(batches, len(files) * len(passes), spec.coreset_sampling_ratio, args.experiment_seed, ctx.logger)
 
     @staticmethod
-    def _fit_fastflow(model: torch.nn.Module, spec: ModelSpec, args: TrainArgs, train_files: list[str],
-                      valid_files: list[str], is_ng: np.ndarray, augment: object | None, monitor: str,
-                      ctx: StepContext) -> dict[str, float]:
-        from anomalib.models.image.fastflow.loss import FastflowLoss  # noqa: PLC0415
+    def _fit_fastflow(
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        args: TrainArgs,
+        train_files: list[str],
+        valid_files: list[str],
+        is_ng: np.ndarray,
+        augment: object | None,
+        monitor: str,
+        ctx: StepContext,
+    ) -> dict[str, float]:
+        from anomalib.models.image.fastflow.loss import FastflowLoss
 
         rng = np.random.default_rng(args.experiment_seed)
         valid_features = [model.extract(images) for images, _ in loader(valid_files, spec, args.batch_size)]
@@ -226,9 +267,11 @@ class TrainStep(Asset):
             def train_batches() -> list[list[torch.Tensor]]:
                 return [cached[i] for i in rng.permutation(len(cached))]
         else:
+
             def train_batches() -> object:  # type: ignore[misc]
-                shuffled = loader(train_files, spec, args.batch_size, augment, shuffle=True,
-                                  seed=int(rng.integers(1 << 31)))
+                shuffled = loader(
+                    train_files, spec, args.batch_size, augment, shuffle=True, seed=int(rng.integers(1 << 31))
+                )
                 return (model.extract(images) for images, _ in shuffled)
 
         criterion = FastflowLoss()
@@ -250,8 +293,15 @@ class TrainStep(Asset):
             loss = float(np.average(losses, weights=sizes)) if ok_mask.any() else float("nan")
             return {"image_AUROC": image_auroc(is_ng, raw), "image_F1Score": best_f1, "loss": loss}
 
-        return fit_fastflow(model, train_batches, evaluate, args.max_epochs, monitor,
-                            args.model_parameters.early_stopping_patience, ctx.logger)
+        return fit_fastflow(
+            model,
+            train_batches,
+            evaluate,
+            args.max_epochs,
+            monitor,
+            args.model_parameters.early_stopping_patience,
+            ctx.logger,
+        )
 
     @staticmethod
     def _threshold(raw: np.ndarray, is_ng: np.ndarray, method: str, percentile: float) -> tuple[float, pd.DataFrame]:
@@ -261,23 +311,48 @@ class TrainStep(Asset):
         return percentile_threshold(raw[~is_ng], percentile), table
 
     @staticmethod
-    def _reports(ctx: StepContext, table: pd.DataFrame, threshold: float, is_ng: np.ndarray,
-                 columns: dict[str, np.ndarray], scorer: Scorer, spec: ModelSpec) -> dict[str, float]:
+    def _reports(
+        ctx: StepContext,
+        table: pd.DataFrame,
+        threshold: float,
+        is_ng: np.ndarray,
+        columns: dict[str, np.ndarray],
+        scorer: Scorer,
+        spec: ModelSpec,
+    ) -> dict[str, float]:
         table.to_csv(ctx.artifact_path("extra_output", "train", "threshold_test_result.csv"), index=False)
-        plot_sweep(table, threshold, ctx.artifact_path("extra_output", "train", "threshold_test_result.png"),
-                   f"{spec.model_name} / {spec.backbone}: validation metrics by threshold")
+        plot_sweep(
+            table,
+            threshold,
+            ctx.artifact_path("extra_output", "train", "threshold_test_result.png"),
+            f"{spec.model_name} / {spec.backbone}: validation metrics by threshold",
+        )
         if not is_ng.any():
             ctx.logger.info("validation holds no NG image: no confusion matrix or classification report")
             return {}
         pred_ng = columns["pred_label"] == scorer.ng_name
         if scorer.ng_name == scorer.ok_name:  # pragma: no cover - readiness prevents it
             pred_ng = columns["anomaly_score"] >= 0.5
-        return write_validation_reports(ctx.artifacts / "output", is_ng, pred_ng, columns["anomaly_score"],
-                                        scorer.ok_name, scorer.ng_name, threshold)
+        return write_validation_reports(
+            ctx.artifacts / "output",
+            is_ng,
+            pred_ng,
+            columns["anomaly_score"],
+            scorer.ok_name,
+            scorer.ng_name,
+            threshold,
+        )
 
     @staticmethod
-    def _heatmaps(ctx: StepContext, model: torch.nn.Module, spec: ModelSpec, args: TrainArgs,
-                  valid_rows: pd.DataFrame, columns: dict[str, np.ndarray], scorer: Scorer) -> None:
+    def _heatmaps(
+        ctx: StepContext,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        args: TrainArgs,
+        valid_rows: pd.DataFrame,
+        columns: dict[str, np.ndarray],
+        scorer: Scorer,
+    ) -> None:
         pred_ng = columns["anomaly_score"] >= 0.5
         keep = pred_ng | valid_rows["_is_ng"].to_numpy(dtype=bool)
         files = list(valid_rows["_file"][keep])

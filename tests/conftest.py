@@ -30,12 +30,13 @@ def defect(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     out = image.copy()
     size = image.shape[0]
     y, x = rng.integers(8, size - 20, 2)
-    out[y:y + 12, x:x + 12] = rng.integers(0, 30)
+    out[y : y + 12, x : x + 12] = rng.integers(0, 30)
     return out
 
 
-def make_dataset(folder: Path, n_train: int = 24, n_valid_ok: int = 8, n_valid_ng: int = 6, seed: int = 0,
-                 size: int = 64) -> Path:
+def make_dataset(
+    folder: Path, n_train: int = 24, n_valid_ok: int = 8, n_valid_ng: int = 6, seed: int = 0, size: int = 64
+) -> Path:
     """Write good/bad PNGs and a train.csv with a split column into ``folder``."""
     rng = np.random.default_rng(seed)
     rows = []

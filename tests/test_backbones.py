@@ -12,7 +12,13 @@ from safetensors.torch import save_file
 from skimage import data
 
 from assets.vad import backbones
-from assets.vad.backbones import BackboneError, available_layers, default_layers, load_pretrained_weights, resolve_backbone
+from assets.vad.backbones import (
+    BackboneError,
+    available_layers,
+    default_layers,
+    load_pretrained_weights,
+    resolve_backbone,
+)
 
 OFFLINE = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"]
 CATS = range(281, 286)  # ImageNet's domestic cat classes

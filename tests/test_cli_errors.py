@@ -12,8 +12,14 @@ import main
 
 
 def run_cli(plan_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), "--mode", "train", "--config", str(plan_path)],
-                          capture_output=True, text=True, cwd=plan_path.parent, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--mode", "train", "--config", str(plan_path)],
+        capture_output=True,
+        text=True,
+        cwd=plan_path.parent,
+        timeout=300,
+        check=False,
+    )
 
 
 def error_lines(stderr: str) -> list[str]:

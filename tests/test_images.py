@@ -19,7 +19,7 @@ def test_reads_gray_rgba_palette_and_16bit(tmp_path):
     rgba[:, :10, 3] = 0
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     Image.fromarray(gray).convert("P").save(tmp_path / "palette.png")
-    deep = (gray.astype(np.uint16) * 257)
+    deep = gray.astype(np.uint16) * 257
     Image.fromarray(deep).save(tmp_path / "deep.png")
     for name in ("gray", "rgba", "palette", "deep"):
         image = read_image(tmp_path / f"{name}.png")

@@ -13,14 +13,26 @@ from conftest import make_inference_folder, set_external, step_args, write_plan
 import main
 
 TRAIN_FILES = [
-    "models/readiness/readiness_config.json", "models/train/model.safetensors", "models/train/train_config.json",
-    "output/output.csv", "output/validation_score.csv", "output/validation_confusion_matrix.csv",
-    "output/validation_classification_report.json", "extra_output/train/threshold_test_result.csv",
-    "extra_output/train/threshold_test_result.png", "log/experimental_history.json", "log/pipeline.log",
+    "models/readiness/readiness_config.json",
+    "models/train/model.safetensors",
+    "models/train/train_config.json",
+    "output/output.csv",
+    "output/validation_score.csv",
+    "output/validation_confusion_matrix.csv",
+    "output/validation_classification_report.json",
+    "extra_output/train/threshold_test_result.csv",
+    "extra_output/train/threshold_test_result.png",
+    "log/experimental_history.json",
+    "log/pipeline.log",
     "log/process.log",
 ]
-INFERENCE_FILES = ["output/output.csv", "score/inference_summary.yaml", "log/experimental_history.json",
-                   "log/pipeline.log", "log/process.log"]
+INFERENCE_FILES = [
+    "output/output.csv",
+    "score/inference_summary.yaml",
+    "log/experimental_history.json",
+    "log/pipeline.log",
+    "log/process.log",
+]
 
 
 @pytest.mark.parametrize("model_name", ["patchcore", "fastflow"])
@@ -75,8 +87,7 @@ def test_single_image_inference_and_model_archive(project, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("edge")
     single = make_inference_folder(elsewhere / "one", n_ok=0, n_ng=1)
     edge_plan = dict(plan)
-    edge_plan["external_path"] = [{"load_inference_data_path": str(single)},
-                                  {"load_model_path": str(exported)}]
+    edge_plan["external_path"] = [{"load_inference_data_path": str(single)}, {"load_model_path": str(exported)}]
     path = write_plan(elsewhere, edge_plan)
     assert main.main(["--mode", "inference", "--config", str(path)]) == 0
     summary = yaml.safe_load((elsewhere / "inference_artifacts/score/inference_summary.yaml").read_text())

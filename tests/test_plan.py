@@ -89,7 +89,8 @@ def test_img_size_int_or_pair(tmp_path):
 def test_backborn_aliases_are_accepted(tmp_path):
     plan = load_default_plan()
     step_args(plan, "train", "train")["model_parameters"] = {
-        "fastflow_backborn": "mobilenetv2_100", "patchcore_backborn": "tf_efficientnet_lite1",
+        "fastflow_backborn": "mobilenetv2_100",
+        "patchcore_backborn": "tf_efficientnet_lite1",
     }
     params = prepared_args(tmp_path, plan).model_parameters
     assert params.fastflow_backbone == "mobilenetv2_100"

@@ -35,7 +35,7 @@ def dataset(tmp_path):
 
 def test_split_column_and_inferred_ok_class(tmp_path, dataset):
     folder, table = dataset
-    samples, readiness = run_readiness(tmp_path, table, folder, train_validate_column="split")
+    _, readiness = run_readiness(tmp_path, table, folder, train_validate_column="split")
     assert readiness["ok_class"] == "good"
     assert readiness["ng_name"] == "bad"
     assert readiness["counts"] == {"train_ok": 20, "valid_ok": 10, "valid_ng": 8}
@@ -62,22 +62,26 @@ def test_few_ng_switches_to_percentile(tmp_path, dataset, caplog):
 
 def test_low_ng_ratio_switches_to_percentile(tmp_path, dataset):
     folder, table = dataset
-    _, readiness = run_readiness(tmp_path, table, folder, train_validate_column="split", num_minor_threshold=2,
-                                 ratio_minor_threshold=0.9)
+    _, readiness = run_readiness(
+        tmp_path, table, folder, train_validate_column="split", num_minor_threshold=2, ratio_minor_threshold=0.9
+    )
     assert readiness["threshold_method"] == "Percentile"
 
 
 def test_bad_rows_are_skipped_and_named(tmp_path, dataset, caplog):
     folder, table = dataset
-    extra = pd.DataFrame([
-        {"label": None, "image_path": "good/g000.png", "split": "train"},
-        {"label": "good", "image_path": "good/missing.png", "split": "train"},
-        {"label": "good", "image_path": "../outside.png", "split": "train"},
-        {"label": "good", "image_path": "good/g001.png", "split": "train"},
-    ])
+    extra = pd.DataFrame(
+        [
+            {"label": None, "image_path": "good/g000.png", "split": "train"},
+            {"label": "good", "image_path": "good/missing.png", "split": "train"},
+            {"label": "good", "image_path": "../outside.png", "split": "train"},
+            {"label": "good", "image_path": "good/g001.png", "split": "train"},
+        ]
+    )
     with caplog.at_level(logging.WARNING):
-        samples, _ = run_readiness(tmp_path, pd.concat([table, extra], ignore_index=True), folder,
-                                   train_validate_column="split")
+        samples, _ = run_readiness(
+            tmp_path, pd.concat([table, extra], ignore_index=True), folder, train_validate_column="split"
+        )
     assert len(samples) == len(table)
     assert "missing.png" in caplog.text and "outside the data folder" in caplog.text
     assert "duplicate" in caplog.text and "empty label" in caplog.text
@@ -92,12 +96,12 @@ def test_unknown_ok_class_lists_labels(tmp_path, dataset):
 def test_bad_split_values_are_refused(tmp_path, dataset):
     folder, table = dataset
     table.loc[0, "split"] = "test"
-    with pytest.raises(DataError, match="only 'train' or 'valid'.*'test'"):
+    with pytest.raises(DataError, match=r"only 'train' or 'valid'.*'test'"):
         run_readiness(tmp_path, table, folder, train_validate_column="split")
 
 
 def test_no_ok_training_images_stops(tmp_path, dataset):
     folder, table = dataset
     table["split"] = "valid"
-    with pytest.raises(DataError, match="no 'good' \\(OK\\) image in the train split"):
+    with pytest.raises(DataError, match=r"no 'good' \(OK\) image in the train split"):
         run_readiness(tmp_path, table, folder, train_validate_column="split")

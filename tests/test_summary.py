@@ -13,8 +13,9 @@ from assets.output import summarize
 def test_single_image_summary_and_sorted_keys(tmp_path):
     predictions = pd.DataFrame({"anomaly_score": [0.83], "certainty": [0.342], "pred_label": ["bad"]})
     result, score, probability = summarize(predictions, "good", "bad")
-    summary = build_summary(result=result, score=score, probability=probability, note="n", file_path="a.png",
-                            version="1.0.0")
+    summary = build_summary(
+        result=result, score=score, probability=probability, note="n", file_path="a.png", version="1.0.0"
+    )
     path = write_summary(summary, tmp_path / "inference_summary.yaml")
     text = path.read_text(encoding="utf-8")
     keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
@@ -26,8 +27,9 @@ def test_single_image_summary_and_sorted_keys(tmp_path):
 
 
 def test_several_images_counts_and_mean_certainty():
-    predictions = pd.DataFrame({"anomaly_score": [0.1, 0.2, 0.9], "certainty": [0.5, 0.3, 0.7],
-                                "pred_label": ["good", "good", "bad"]})
+    predictions = pd.DataFrame(
+        {"anomaly_score": [0.1, 0.2, 0.9], "certainty": [0.5, 0.3, 0.7], "pred_label": ["good", "good", "bad"]}
+    )
     result, score, probability = summarize(predictions, "good", "bad")
     assert result == "good:2,bad:1"
     assert score == pytest.approx(0.5)
@@ -35,8 +37,13 @@ def test_several_images_counts_and_mean_certainty():
 
 
 def test_long_label_names_fall_back_to_short_counts():
-    predictions = pd.DataFrame({"anomaly_score": [0.1, 0.9], "certainty": [0.5, 0.5],
-                                "pred_label": ["normal_product_surface", "scratched_product_surface"]})
+    predictions = pd.DataFrame(
+        {
+            "anomaly_score": [0.1, 0.9],
+            "certainty": [0.5, 0.5],
+            "pred_label": ["normal_product_surface", "scratched_product_surface"],
+        }
+    )
     result, _, _ = summarize(predictions, "normal_product_surface", "scratched_product_surface")
     assert result == "OK:1,NG:1"
 
@@ -49,12 +56,18 @@ def test_probabilities_round_to_two_decimals_and_sum_to_one():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("result", "x" * 33), ("note", "y" * 129), ("score", 1.5), ("date", "yesterday"),
-     ("probability", {"good": 0.5, "bad": 0.4})],
+    [
+        ("result", "x" * 33),
+        ("note", "y" * 129),
+        ("score", 1.5),
+        ("date", "yesterday"),
+        ("probability", {"good": 0.5, "bad": 0.4}),
+    ],
 )
 def test_contract_violations_are_refused(key, value):
-    summary = build_summary(result="good", score=0.9, probability={"good": 0.9, "bad": 0.1}, note="",
-                            file_path="x", version="1")
+    summary = build_summary(
+        result="good", score=0.9, probability={"good": 0.9, "bad": 0.1}, note="", file_path="x", version="1"
+    )
     summary[key] = value
     with pytest.raises(SummaryContractError):
         validate_summary(summary)

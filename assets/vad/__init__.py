@@ -1,0 +1,1 @@
+"""The VAD library shared by the steps: backbones, models, thresholds, heatmaps, images, reports."""

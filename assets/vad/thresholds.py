@@ -45,8 +45,17 @@ def sweep(scores: np.ndarray, is_ng: np.ndarray) -> pd.DataFrame:
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     accuracy = (tp + tn) / scores.size
     return pd.DataFrame(
-        {"threshold": thresholds, "accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1,
-         "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+        {
+            "threshold": thresholds,
+            "accuracy": accuracy,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "tp": tp,
+            "fp": fp,
+            "tn": tn,
+            "fn": fn,
+        }
     )
 
 
@@ -90,9 +99,7 @@ def normalize(raw: np.ndarray | torch.Tensor, threshold: float, low: float, high
         Normalised values as float32.
     """
     tensor = torch.as_tensor(raw, dtype=torch.float32)
-    normalized = PostProcessor._normalize(  # noqa: SLF001 - anomalib's own normalisation, kept for parity
-        tensor, torch.tensor(low), torch.tensor(high), torch.tensor(threshold)
-    )
+    normalized = PostProcessor._normalize(tensor, torch.tensor(low), torch.tensor(high), torch.tensor(threshold))
     return normalized.numpy()
 
 

@@ -48,14 +48,20 @@ def build_model(spec: ModelSpec, pretrained: bool, weights_path: str | Path | No
         The model, in eval mode.
     """
     if spec.model_name == "patchcore":
-        from assets.vad.models.patchcore import OfflinePatchcore  # noqa: PLC0415
+        from assets.vad.models.patchcore import OfflinePatchcore
 
         return OfflinePatchcore(spec.backbone, spec.layers, spec.num_neighbors, pretrained, weights_path)
-    from assets.vad.models.fastflow import OfflineFastflow  # noqa: PLC0415
+    from assets.vad.models.fastflow import OfflineFastflow
 
     return OfflineFastflow(
-        tuple(spec.input_size), spec.backbone, spec.layers, spec.flow_steps, spec.conv3x3_only,
-        spec.hidden_ratio, pretrained, weights_path,
+        tuple(spec.input_size),
+        spec.backbone,
+        spec.layers,
+        spec.flow_steps,
+        spec.conv3x3_only,
+        spec.hidden_ratio,
+        pretrained,
+        weights_path,
     ).eval()
 
 
@@ -89,7 +95,10 @@ def load(folder: Path) -> tuple[torch.nn.Module, ModelSpec, dict[str, object]]:
     """
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
-        msg = f"model error: {folder} lacks {CONFIG_FILE} or {WEIGHTS_FILE}; train again or point load_model_path at a train run"
+        msg = (
+            f"model error: {folder} lacks {CONFIG_FILE} or {WEIGHTS_FILE}; "
+            "train again or point load_model_path at a train run"
+        )
         raise ModelError(msg)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -98,7 +107,8 @@ def load(folder: Path) -> tuple[torch.nn.Module, ModelSpec, dict[str, object]]:
         model = build_model(spec, pretrained=False)
         model.load_state_dict(load_file(str(weights_path)), strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
-        msg = f"model error: the model in {folder} cannot be loaded ({exc.__class__.__name__}: {str(exc)[:120]}); train again"
+        detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+        msg = f"model error: the model in {folder} cannot be loaded ({detail}); train again"
         raise ModelError(msg) from None
     return model.eval(), spec, scoring
 

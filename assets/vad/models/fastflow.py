@@ -133,9 +133,7 @@ def fit_fastflow(
     Returns:
         The validation metrics of the kept epoch, plus ``epoch``.
     """
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=0.001, weight_decay=0.00001
-    )
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.001, weight_decay=0.00001)
     criterion = FastflowLoss()
     higher = HIGHER_IS_BETTER[monitor]
     best: dict[str, float] | None = None

@@ -31,7 +31,9 @@ class OfflinePatchcore(PatchcoreModel):
         super().__init__(layers=list(layers), backbone=backbone, pre_trained=False, num_neighbors=num_neighbors)
         self.weights_source = "random initialisation (pretrained: false)"
         if pretrained:
-            self.weights_source = load_pretrained_weights(self.feature_extractor.feature_extractor, backbone, weights_path)
+            self.weights_source = load_pretrained_weights(
+                self.feature_extractor.feature_extractor, backbone, weights_path
+            )
         self.eval()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,6 @@ def k_center_greedy(
         index = int(torch.argmax(min_distance))
         if progress and (step + 1) % 256 == 0:
             progress.update(256)
-    if progress:
+    if progress and progress.done < size:
         progress.update(size - progress.done)
     return selected

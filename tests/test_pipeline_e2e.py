@@ -106,3 +106,15 @@ def test_second_run_backs_up_previous_artifacts(project):
     backup = root / "history" / "train" / first_id
     assert (backup / "models/train/model.safetensors").is_file()
     assert (backup / "log/experimental_plan.yaml").is_file()
+
+
+@pytest.mark.parametrize("model_name", ["patchcore", "fastflow"])
+def test_same_seed_gives_identical_scores(project, model_name):
+    root, plan = project["root"], project["plan"]
+    step_args(plan, "train", "train")["model_name"] = model_name
+    path = write_plan(root, plan)
+    scores = []
+    for _ in range(2):
+        assert main.main(["--mode", "train", "--config", str(path)]) == 0
+        scores.append(pd.read_csv(root / "train_artifacts/output/output.csv")["raw_score"].tolist())
+    assert scores[0] == scores[1]

@@ -18,7 +18,7 @@ def k_center_greedy(
     embedding: torch.Tensor,
     size: int,
     seed: int = 0,
-    projection_dim: int = 128,
+    projection_dim: int = 64,
     logger: logging.Logger | None = None,
 ) -> torch.Tensor:
     """Select ``size`` rows of ``embedding`` that cover it best (greedy k-center).

@@ -13,6 +13,9 @@ from alo.logs import Progress
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.coreset import k_center_greedy
 
+CHUNK_PATCHES = 16384
+MERGE_FACTOR = 2.0
+
 
 class OfflinePatchcore(PatchcoreModel):
     """anomalib's PatchCore whose backbone weights come from offline sources.
@@ -58,7 +61,12 @@ class OfflinePatchcore(PatchcoreModel):
         seed: int,
         logger: logging.Logger,
     ) -> None:
-        """Build the memory bank from normal images.
+        """Build the memory bank from normal images, holding only one chunk of embeddings at a time.
+
+        Embeddings are gathered in chunks of about ``CHUNK_PATCHES`` patches; each full chunk is reduced
+        at once by greedy k-center to ``MERGE_FACTOR`` times the sampling ratio, and the union of those
+        picks is reduced to the final size by one more greedy pass (merge and reduce). Peak memory thus
+        follows the coreset size, not the number of training images.
 
         Args:
             batches: Batches of normalised OK training images.
@@ -69,13 +77,32 @@ class OfflinePatchcore(PatchcoreModel):
         """
         self.eval()
         progress = Progress(logger, "feature extraction", total)
-        embeddings = []
+        buffer: list[torch.Tensor] = []
+        buffered = seen = 0
+        picks: list[torch.Tensor] = []
         for images in batches:
-            embeddings.append(self.embed(images))
+            embedding = self.embed(images)
+            buffer.append(embedding)
+            buffered += len(embedding)
+            seen += len(embedding)
             progress.update(len(images))
-        bank = torch.cat(embeddings)
-        del embeddings
-        size = max(1, int(bank.shape[0] * sampling_ratio))
-        logger.info(f"coreset: keeping {size} of {bank.shape[0]} patch embeddings ({bank.shape[1]} dims)")
-        indices = k_center_greedy(bank, size, seed=seed, logger=logger)
-        self.memory_bank = bank[indices].contiguous()
+            if buffered >= CHUNK_PATCHES:
+                picks.append(_reduce(torch.cat(buffer), sampling_ratio * MERGE_FACTOR, seed + len(picks)))
+                buffer, buffered = [], 0
+        if buffer:
+            chunk = torch.cat(buffer)
+            picks.append(chunk if picks else _reduce(chunk, sampling_ratio, seed))
+            buffer = []
+        union = torch.cat(picks)
+        del picks
+        size = max(1, int(seen * sampling_ratio))
+        logger.info(f"coreset: keeping {size} of {seen} patch embeddings ({union.shape[1]} dims)")
+        if len(union) > size:
+            union = union[k_center_greedy(union, size, seed=seed, logger=logger)]
+        self.memory_bank = union.contiguous()
+
+
+def _reduce(embedding: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """Keep the greedy k-center picks of one chunk."""
+    size = max(1, min(len(embedding), int(len(embedding) * ratio)))
+    return embedding[k_center_greedy(embedding, size, seed=seed)]

@@ -9,7 +9,8 @@ from pydantic import Field
 from alo import Asset, Config, Data, StepArgs, StepContext
 from assets.train import use_all_cores
 from assets.vad.models import load
-from assets.vad.reports import image_auroc
+from assets.vad.pixel_metrics import PixelRows
+from assets.vad.reports import classification_scores
 from assets.vad.scoring import Scorer, score_images
 
 BATCH_SIZE = 8
@@ -51,8 +52,10 @@ class InferenceStep(Asset):
             f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} "
             f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}"
         )
+        pixels = PixelRows(samples)
         for positions, scores, maps in score_images(model, files, spec, BATCH_SIZE, ctx.logger, "inference"):
             raw[positions] = scores
+            pixels.update(positions, maps)
             if args.save_anomaly_maps:
                 preds = scorer.columns(scores)["pred_label"]
                 for position, raw_map, pred in zip(positions, maps, preds, strict=True):
@@ -63,10 +66,13 @@ class InferenceStep(Asset):
             predictions[name] = values
         summary = {"n_images": len(files), "n_ng": int((columns["anomaly_score"] >= args.inference_threshold).sum())}
         if "_is_ng" in samples:
-            summary["auroc"] = image_auroc(samples["_is_ng"].to_numpy(dtype=bool), columns["anomaly_score"])
-            accuracy = float(np.mean((columns["pred_label"] == scorer.ng_name) == samples["_is_ng"].to_numpy()))
-            summary["accuracy"] = accuracy
-            ctx.logger.info(f"labels found: image AUROC {summary['auroc']:.4f}, accuracy {accuracy:.4f}")
+            is_ng = samples["_is_ng"].to_numpy(dtype=bool)
+            scores = classification_scores(is_ng, columns["pred_label"] == scorer.ng_name, columns["anomaly_score"])
+            scores.update(pixels.compute())
+            pd.DataFrame([scores]).to_csv(ctx.artifact_path("output", "inference_score.csv"), index=False)
+            summary.update(scores)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+            ctx.logger.info(f"labels found, scores written to output/inference_score.csv: {shown}")
         data["predictions"] = predictions
         config["inference"] = {
             **summary,

@@ -35,6 +35,35 @@ class ReadinessArgs(StepArgs):
     threshold_method: Literal["F1", "Percentile"] = "F1"
     num_minor_threshold: int = Field(default=5, ge=0)
     ratio_minor_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
+    mask_column: str = "mask_path"
+
+
+def attach_masks(samples: pd.DataFrame, column: str, data_dir: Path, ctx: StepContext) -> pd.DataFrame:
+    """Add ``_mask`` (absolute mask path, '' for none) when the CSV has a mask column.
+
+    Masks enable pixel metrics. An NG row without a usable mask is left out of them (warned when the file is missing).
+
+    Args:
+        samples: Usable rows.
+        column: The mask column name.
+        data_dir: Folder mask paths are relative to.
+        ctx: Run context (for the logger).
+
+    Returns:
+        The rows, with ``_mask`` when the column exists.
+    """
+    if column not in samples.columns:
+        return samples
+    root = data_dir.resolve()
+    cells = samples[column].astype("string").str.strip().fillna("")
+    paths = ["" if not cell else str((root / cell).resolve()) for cell in cells]
+    lost = [cell for cell, path in zip(cells, paths, strict=True) if path and not Path(path).is_file()]
+    if lost:
+        ctx.logger.warning(f"{len(lost)} mask file(s) not found, treated as unknown: {_names(lost)}")
+    samples = samples.copy()
+    samples["_mask"] = [path if path and Path(path).is_file() else "" for path in paths]
+    ctx.logger.info(f"mask column '{column}': {sum(bool(p) for p in samples['_mask'])} mask(s) for pixel metrics")
+    return samples
 
 
 def _require_column(table: pd.DataFrame, column: str, role: str, arg: str) -> None:
@@ -156,6 +185,7 @@ class ReadinessStep(Asset):
         samples["_label"] = labels
         samples["_is_ng"] = labels != ok_class
         samples["_split"] = self._split(samples, args, ctx)
+        samples = attach_masks(samples, args.mask_column, data["data_dir"], ctx)
         ok_train = int(((samples["_split"] == TRAIN) & ~samples["_is_ng"]).sum())
         ok_valid = int(((samples["_split"] == VALID) & ~samples["_is_ng"]).sum())
         ng_valid = int(((samples["_split"] == VALID) & samples["_is_ng"]).sum())
@@ -262,6 +292,7 @@ class ReadinessStep(Asset):
         if samples.empty:
             msg = "data error: no usable image rows to score (see the warnings above); fix the image paths"
             raise DataError(msg)
+        samples = attach_masks(samples, args.mask_column, data["data_dir"], ctx)
         if y_column in samples.columns:
             samples["_label"] = samples[y_column].astype("string").str.strip()
             samples["_is_ng"] = samples["_label"] != trained["ok_class"]

@@ -24,6 +24,7 @@ from assets.vad.augment import build_augmentation
 from assets.vad.images import model_input_size, read_image
 from assets.vad.models import ModelSpec, build_model, save
 from assets.vad.models.fastflow import fit_fastflow
+from assets.vad.pixel_metrics import PixelRows
 from assets.vad.reports import image_auroc, plot_sweep, write_validation_reports
 from assets.vad.scoring import Scorer, loader, score_images
 from assets.vad.thresholds import f1_threshold, percentile_threshold, sweep
@@ -160,8 +161,12 @@ class TrainStep(Asset):
             fit_metrics = self._fit_fastflow(model, spec, args, train_files, valid_files, is_ng, augment, monitor, ctx)
         fit_seconds = time.perf_counter() - started
         raw = np.empty(len(valid_files), dtype=np.float64)
-        for positions, scores, _ in score_images(model, valid_files, spec, args.batch_size, ctx.logger, "validation"):
+        pixels = PixelRows(valid_rows)
+        for positions, scores, maps in score_images(
+            model, valid_files, spec, args.batch_size, ctx.logger, "validation"
+        ):
             raw[positions] = scores
+            pixels.update(positions, maps)
         threshold, table = self._threshold(raw, is_ng, method, args.percentile)
         scoring = {
             "threshold": threshold,
@@ -181,7 +186,7 @@ class TrainStep(Asset):
         for name, values in columns.items():
             output[name] = values
         output.to_csv(ctx.artifact_path("output", "output.csv"), index=False)
-        metrics = self._reports(ctx, table, threshold, is_ng, columns, scorer, spec)
+        metrics = self._reports(ctx, table, threshold, is_ng, columns, scorer, spec, pixels.compute())
         if args.save_validation_heatmap:
             self._heatmaps(ctx, model, spec, args, valid_rows, columns, scorer)
         save(model, spec, {**scoring, "validation": metrics}, ctx.model_dir / "train")
@@ -319,6 +324,7 @@ class TrainStep(Asset):
         columns: dict[str, np.ndarray],
         scorer: Scorer,
         spec: ModelSpec,
+        pixel: dict[str, float],
     ) -> dict[str, float]:
         table.to_csv(ctx.artifact_path("extra_output", "train", "threshold_test_result.csv"), index=False)
         plot_sweep(
@@ -341,6 +347,7 @@ class TrainStep(Asset):
             scorer.ok_name,
             scorer.ng_name,
             threshold,
+            pixel,
         )
 
     @staticmethod

@@ -16,6 +16,7 @@ import csv
 import io
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +25,50 @@ from skimage import data
 
 SIZE = 256
 DEFECTS = ("scratch", "crack", "spot", "stain", "missing")
-TINT = np.array([1.0, 0.93, 0.82], dtype=np.float32)
 
 
-def load_source() -> np.ndarray:
-    """The gravel photograph (512x512 gray, bundled in the scikit-image wheel) as float RGB in [0, 1]."""
-    gray = data.gravel().astype(np.float32) / 255.0
-    return np.clip(gray[..., None] * TINT * 0.9 + 0.06, 0.0, 1.0)
+@dataclass(frozen=True)
+class Product:
+    """A product to photograph: its source picture and how much its position varies."""
+
+    name: str
+    source: np.ndarray
+    shift: int | None  # None: a texture, cropped anywhere; an int: an object, shifted at most this many pixels
 
 
-def good_image(source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def load_product(name: str = "gravel") -> Product:
+    """Load a product from a photograph bundled in the scikit-image wheel (no download).
+
+    Args:
+        name: ``gravel``, ``brick`` or ``grass`` (surface textures) or ``coffee`` (an object: a cup).
+
+    Returns:
+        The product, its picture as float RGB in [0, 1].
+    """
+    if name == "coffee":
+        picture = Image.fromarray(data.coffee()).resize((450, 300), Image.Resampling.LANCZOS)
+        rgb = np.asarray(picture, dtype=np.float32)[:, 60:380] / 255.0
+        return Product(name, rgb, shift=4)
+    tints = {"gravel": (1.0, 0.93, 0.82), "brick": (1.0, 0.78, 0.66), "grass": (0.78, 1.0, 0.7)}
+    gray = getattr(data, name)().astype(np.float32) / 255.0
+    rgb = np.clip(gray[..., None] * np.array(tints[name], dtype=np.float32) * 0.9 + 0.06, 0.0, 1.0)
+    return Product(name, rgb, shift=None)
+
+
+def good_image(product: Product, rng: np.random.Generator) -> np.ndarray:
     """One photo of the good product: crop with small rotation and shift, exposure, contrast and noise."""
+    source = product.source
     height, width = source.shape[:2]
     big = Image.fromarray((source * 255).astype(np.uint8))
-    angle = float(rng.uniform(-2.0, 2.0))
+    angle = float(rng.uniform(-2.0, 2.0)) if product.shift is None else float(rng.uniform(-1.0, 1.0))
     rotated = big.rotate(angle, resample=Image.Resampling.BILINEAR, center=(width / 2, height / 2))
-    margin = 40
-    left = int(rng.integers(margin, width - SIZE - margin))
-    top = int(rng.integers(margin, height - SIZE - margin))
+    if product.shift is None:
+        margin = 40
+        left = int(rng.integers(margin, width - SIZE - margin))
+        top = int(rng.integers(margin, height - SIZE - margin))
+    else:
+        left = (width - SIZE) // 2 + int(rng.integers(-product.shift, product.shift + 1))
+        top = (height - SIZE) // 2 + int(rng.integers(-product.shift, product.shift + 1))
     crop = np.asarray(rotated.crop((left, top, left + SIZE, top + SIZE)), dtype=np.float32) / 255.0
     gain = rng.uniform(0.92, 1.08)
     contrast = rng.uniform(0.92, 1.08)
@@ -180,7 +207,8 @@ def missing(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     cavity = 0.16 + 0.05 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + rng.normal(0, 0.01, (SIZE, SIZE))
     shade = np.roll(alpha, (2, 2), axis=(0, 1))
-    out = image * (1 - alpha[..., None]) + (cavity[..., None] * TINT) * alpha[..., None]
+    tone = image.reshape(-1, 3).mean(axis=0) / max(float(image.mean()), 1e-3)
+    out = image * (1 - alpha[..., None]) + (cavity[..., None] * tone) * alpha[..., None]
     rim = np.clip(alpha - shade, 0, 1)[..., None]
     out = out * (1 - 0.5 * rim) + 0.85 * 0.5 * rim
     return np.clip(out, 0, 1).astype(np.float32), alpha
@@ -210,6 +238,7 @@ def save_mask(alpha: np.ndarray, path: Path) -> None:
 
 def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str]) -> None:
     """Write rows as UTF-8 CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -217,7 +246,14 @@ def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str]) -> Non
 
 
 def generate(
-    out: Path, seed: int, n_train: int = 80, n_valid: int = 20, n_bad: int = 12, n_inf_ok: int = 12, n_inf_ng: int = 6
+    out: Path,
+    seed: int,
+    n_train: int = 80,
+    n_valid: int = 20,
+    n_bad: int = 12,
+    n_inf_ok: int = 12,
+    n_inf_ng: int = 6,
+    product: str = "gravel",
 ) -> None:
     """Write the dataset.
 
@@ -229,16 +265,17 @@ def generate(
         n_bad: Defective validation images.
         n_inf_ok: Good inference images.
         n_inf_ng: Defective inference images.
+        product: Which product to photograph (see :func:`load_product`).
     """
     if out.exists():
         shutil.rmtree(out)
     rng = np.random.default_rng(seed)
-    source = load_source()
+    item = load_product(product)
     train, inference = out / "train", out / "inference"
     rows: list[dict[str, str]] = []
     for i in range(n_train + n_valid):
         name = f"good/good_{i:03d}.jpg"
-        save_jpeg(good_image(source, rng), train / name)
+        save_jpeg(good_image(item, rng), train / name)
         rows.append(
             {
                 "label": "good",
@@ -250,7 +287,7 @@ def generate(
         )
     for i in range(n_bad):
         kind = DEFECTS[i % len(DEFECTS)]
-        image, alpha = MAKERS[kind](good_image(source, rng), rng)
+        image, alpha = MAKERS[kind](good_image(item, rng), rng)
         name, mask = f"abnormal/bad_{i:03d}.jpg", f"abnormal/masks/bad_{i:03d}.png"
         save_jpeg(image, train / name)
         save_mask(alpha, train / mask)
@@ -259,11 +296,11 @@ def generate(
     rows = []
     for i in range(n_inf_ok):
         name = f"ok_{i:03d}.jpg"
-        save_jpeg(good_image(source, rng), inference / name)
+        save_jpeg(good_image(item, rng), inference / name)
         rows.append({"label": "good", "image_path": name, "defect_type": "", "mask_path": ""})
     for i in range(n_inf_ng):
         kind = DEFECTS[(i + 2) % len(DEFECTS)]
-        image, alpha = MAKERS[kind](good_image(source, rng), rng)
+        image, alpha = MAKERS[kind](good_image(item, rng), rng)
         name, mask = f"ng_{i:03d}.jpg", f"masks/ng_{i:03d}.png"
         save_jpeg(image, inference / name)
         save_mask(alpha, inference / mask)

@@ -38,6 +38,28 @@ def image_auroc(is_ng: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(is_ng, scores))
 
 
+def classification_scores(is_ng: np.ndarray, pred_ng: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Image-level accuracy, precision, recall, F1 (NG is the positive class) and AUROC.
+
+    Args:
+        is_ng: True labels (NG = True).
+        pred_ng: Predictions (NG = True).
+        scores: Scores for the AUROC.
+
+    Returns:
+        The metrics with the class counts.
+    """
+    return {
+        "accuracy": float(accuracy_score(is_ng, pred_ng)),
+        "precision": float(precision_score(is_ng, pred_ng, zero_division=0)),
+        "recall": float(recall_score(is_ng, pred_ng, zero_division=0)),
+        "f1": float(f1_score(is_ng, pred_ng, zero_division=0)),
+        "auroc": image_auroc(is_ng, scores),
+        "n_ok": int((~is_ng).sum()),
+        "n_ng": int(is_ng.sum()),
+    }
+
+
 def write_validation_reports(
     folder: Path,
     is_ng: np.ndarray,
@@ -46,6 +68,7 @@ def write_validation_reports(
     ok_name: str,
     ng_name: str,
     threshold: float,
+    extra: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Write ``validation_score.csv``, ``validation_confusion_matrix.csv`` and the classification report.
 
@@ -57,20 +80,12 @@ def write_validation_reports(
         ok_name: Name of the OK class.
         ng_name: Name shown for NG.
         threshold: The raw threshold used.
+        extra: More metrics for the score table (pixel metrics).
 
     Returns:
         The scores written.
     """
-    metrics = {
-        "accuracy": float(accuracy_score(is_ng, pred_ng)),
-        "precision": float(precision_score(is_ng, pred_ng, zero_division=0)),
-        "recall": float(recall_score(is_ng, pred_ng, zero_division=0)),
-        "f1": float(f1_score(is_ng, pred_ng, zero_division=0)),
-        "auroc": image_auroc(is_ng, scores),
-        "threshold": float(threshold),
-        "n_ok": int((~is_ng).sum()),
-        "n_ng": int(is_ng.sum()),
-    }
+    metrics = {**classification_scores(is_ng, pred_ng, scores), "threshold": float(threshold), **(extra or {})}
     pd.DataFrame([metrics]).to_csv(folder / "validation_score.csv", index=False)
     matrix = confusion_matrix(is_ng, pred_ng, labels=[False, True])
     names = [ok_name, ng_name]

@@ -1,0 +1,1 @@
+"""Benchmarks that compare configurations and baselines in one run on this machine."""

@@ -1,0 +1,141 @@
+"""Accuracy benchmark: every model x backbone on every product, run through main.py as a user would.
+
+For each product a plan is written whose train data is the product's ``train/`` folder (the threshold
+is set on its 20 OK + 10 NG validation images) and whose inference data is the held-out ``test/``
+folder (50 OK + 50 NG, with masks). Image AUROC, F1 at the trained threshold and pixel AUROC come
+from ``inference_artifacts/output/inference_score.csv``; times from each run's history record.
+
+    .venv/bin/python -m benchmarks.accuracy [--products gravel brick] [--models patchcore] [--backbones ...]
+
+The table is written to ``BENCHMARKS.md`` (section "Accuracy") and ``results/accuracy.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from benchmarks import dataset
+from benchmarks.report import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")
+MODELS = ("patchcore", "fastflow")
+
+
+def make_plan(product_dir: Path, model: str, backbone: str, overrides: dict) -> dict:
+    """A plan like the bundled one, pointed at a product and set to one model and backbone."""
+    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    plan["external_path"] = [
+        {"load_train_data_path": str(product_dir / "train")},
+        {"load_inference_data_path": str(product_dir / "test")},
+    ]
+    for entry in plan["user_parameters"]:
+        for steps in entry.values():
+            for step in steps:
+                if step["step"] == "train":
+                    args = step["args"][0]
+                    args["model_name"] = model
+                    args["save_validation_heatmap"] = False
+                    args["model_parameters"] = {f"{model}_backbone": backbone, **overrides}
+                if step["step"] == "inference":
+                    step["args"][0]["save_anomaly_maps"] = False
+    return plan
+
+
+def seconds(record_path: Path) -> float:
+    """Wall time of a run from its experimental_history.json."""
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    start, end = (datetime.fromisoformat(record[key]) for key in ("start_time", "end_time"))
+    return (end - start).total_seconds()
+
+
+def run_one(work: Path, product_dir: Path, model: str, backbone: str, overrides: dict) -> dict:
+    """Train and infer once through main.py; return the test metrics and times."""
+    work.mkdir(parents=True, exist_ok=True)
+    plan_path = work / "experimental_plan.yaml"
+    plan_path.write_text(yaml.safe_dump(make_plan(product_dir, model, backbone, overrides), sort_keys=False))
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--mode", "all", "--config", str(plan_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        return {"error": tail[0] if tail else f"exit {result.returncode}"}
+    scores = pd.read_csv(work / "inference_artifacts/output/inference_score.csv").iloc[0].to_dict()
+    return {
+        "image_auroc": scores["auroc"],
+        "f1": scores["f1"],
+        "pixel_auroc": scores.get("pixel_auroc", float("nan")),
+        "pixel_aupro": scores.get("pixel_aupro", float("nan")),
+        "train_s": seconds(work / "train_artifacts/log/experimental_history.json"),
+        "inference_s": seconds(work / "inference_artifacts/log/experimental_history.json"),
+        "process_s": time.perf_counter() - started,
+    }
+
+
+def table(frame: pd.DataFrame) -> str:
+    """Markdown tables: per product and the average, for each model and backbone."""
+    lines = []
+    metrics = ["image_auroc", "f1", "pixel_auroc", "train_s", "inference_s"]
+    for (model, backbone), group in frame.groupby(["model", "backbone"], sort=False):
+        lines.append(f"\n**{model} / {backbone}**\n")
+        lines.append(
+            "| product | image AUROC | F1 @ trained threshold | pixel AUROC | train s | inference s (100 img) |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        for row in group.itertuples():
+            lines.append(f"| {row.product} | " + " | ".join(_fmt(getattr(row, m)) for m in metrics) + " |")
+        lines.append("| **average** | " + " | ".join(_fmt(group[m].mean()) for m in metrics) + " |")
+    summary = frame.groupby(["model", "backbone"], sort=False)[metrics].mean().reset_index()
+    lines.append("\n**Averages over products**\n")
+    lines.append("| model | backbone | image AUROC | F1 | pixel AUROC | train s | inference s |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for row in summary.itertuples():
+        lines.append(f"| {row.model} | {row.backbone} | " + " | ".join(_fmt(getattr(row, m)) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if pd.isna(value) else (f"{value:.3f}" if abs(value) < 10 else f"{value:.0f}")
+
+
+def main() -> None:
+    """Run the benchmark and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", nargs="+", default=list(dataset.PRODUCTS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--work", type=Path, default=ROOT / "results" / "accuracy")
+    parser.add_argument("--set", nargs="*", default=[], help="extra model_parameters, key=value (YAML values)")
+    args = parser.parse_args()
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    products = dataset.build(ROOT / "results" / "data", tuple(args.products))
+    rows = []
+    for model in args.models:
+        for backbone in args.backbones:
+            for product, folder in products.items():
+                row = {"model": model, "backbone": backbone, "product": product}
+                row.update(run_one(args.work / product / f"{model}-{backbone}", folder, model, backbone, overrides))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    frame = pd.DataFrame(rows)
+    out = ROOT / "results" / "accuracy.csv"
+    frame.to_csv(out, index=False)
+    command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:])
+    write_section(ROOT / "BENCHMARKS.md", "Accuracy", f"Command: `{command.strip()}`\n" + table(frame))
+
+
+if __name__ == "__main__":
+    main()

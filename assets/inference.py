@@ -64,13 +64,16 @@ class InferenceStep(Asset):
         columns = scorer.columns(raw)
         for name, values in columns.items():
             predictions[name] = values
-        summary = {"n_images": len(files), "n_ng": int((columns["anomaly_score"] >= args.inference_threshold).sum())}
+        summary: dict[str, object] = {
+            "n_images": len(files),
+            "n_pred_ng": int((columns["pred_label"] == scorer.ng_name).sum()),
+        }
         if "_is_ng" in samples:
             is_ng = samples["_is_ng"].to_numpy(dtype=bool)
             scores = classification_scores(is_ng, columns["pred_label"] == scorer.ng_name, columns["anomaly_score"])
             scores.update(pixels.compute())
             pd.DataFrame([scores]).to_csv(ctx.artifact_path("output", "inference_score.csv"), index=False)
-            summary.update(scores)
+            summary["labelled_scores"] = scores
             shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
             ctx.logger.info(f"labels found, scores written to output/inference_score.csv: {shown}")
         data["predictions"] = predictions

@@ -64,7 +64,7 @@ class OutputStep(Asset):
         samples = data["samples"]
         file_path = samples["_file"].iloc[0] if len(samples) == 1 else str(data["data_dir"])
         note = (
-            f"{info['model_name']}: {info['n_images']} image(s), {info['n_ng']} {info['ng_name']} "
+            f"{info['model_name']}: {info['n_images']} image(s), {info['n_pred_ng']} {info['ng_name']} "
             f"at threshold {info['inference_threshold']}"
         )
         summary = build_summary(

@@ -68,6 +68,9 @@ def test_train_then_inference(project, model_name):
     summary = yaml.safe_load((inference / "score/inference_summary.yaml").read_text())
     counts = dict(item.split(":") for item in summary["result"].split(","))
     assert sum(int(v) for v in counts.values()) == 5
+    predicted_ng = int((output["pred_label"] == "bad").sum())
+    assert int(counts["bad"]) == predicted_ng
+    assert f"{predicted_ng} bad" in summary["note"], "the note counts predictions, not true labels"
     assert len(list((inference / "extra_output/inference/images").glob("*.png"))) == 5
     record = json.loads((inference / "log/experimental_history.json").read_text())
     train_record = json.loads((train / "log/experimental_history.json").read_text())

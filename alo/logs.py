@@ -23,6 +23,14 @@ def _formatter() -> logging.Formatter:
     return formatter
 
 
+FILE_ONLY = {"file_only": True}
+"""Pass as ``extra=`` to keep a record out of the console (``main.py`` prints the error line itself)."""
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
 def setup_console(debug: bool = False) -> None:
     """Send framework and pipeline messages to the console.
 
@@ -33,6 +41,7 @@ def setup_console(debug: bool = False) -> None:
     handler.setFormatter(_formatter())
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
     handler.set_name("alo-console")
+    handler.addFilter(_not_file_only)
     for name in (FRAMEWORK_LOGGER, PIPELINE_LOGGER):
         logger = logging.getLogger(name)
         logger.setLevel(logging.DEBUG)

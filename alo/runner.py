@@ -21,7 +21,7 @@ from alo.artifacts import ArtifactStore, project_lock
 from alo.asset import Asset, StepContext, load_asset
 from alo.errors import DataError, ModelError, PlanError
 from alo.history import hash_code, hash_files, hash_object, new_run_id, write_record
-from alo.logs import FRAMEWORK_LOGGER, PIPELINE_LOGGER, log_files
+from alo.logs import FILE_ONLY, FRAMEWORK_LOGGER, PIPELINE_LOGGER, log_files
 from alo.plan import PIPELINES, Plan, load_plan
 
 logger = logging.getLogger(f"{FRAMEWORK_LOGGER}.runner")
@@ -161,7 +161,7 @@ def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: 
             failed = False
         except BaseException as exc:
             record["error"] = f"{exc.__class__.__name__}: {exc}"
-            logger.error(f"{pipeline} pipeline failed: {exc.__class__.__name__}: {exc}")
+            logger.error(f"{pipeline} pipeline failed: {exc.__class__.__name__}: {exc}", extra=FILE_ONLY)
             logger.debug(traceback.format_exc())
             raise
         finally:

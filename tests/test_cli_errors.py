@@ -23,7 +23,10 @@ def run_cli(plan_path) -> subprocess.CompletedProcess:
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ERROR:")]
+    """The lines that report the problem; the user must see it once, as the last line."""
+    lines = [line for line in stderr.splitlines() if "error:" in line.lower()]
+    assert lines and lines[-1].startswith("ERROR:") and stderr.rstrip().endswith(lines[-1])
+    return lines
 
 
 def test_misspelt_plan_key_cli(project):

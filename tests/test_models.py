@@ -54,3 +54,27 @@ def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
     again, loaded_spec, _ = load(tmp_path)
     assert loaded_spec == spec
     assert np.allclose(predict(again, torch.cat([good, bad]))[0], scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    from assets.vad.models import patchcore
+
+    monkeypatch.setattr(patchcore, "QUERY_BLOCK", 100)  # several blocks, the last one partial
+    generator = torch.Generator().manual_seed(0)
+    model = build_model(ModelSpec("patchcore", "resnet18", ["layer2"], [64, 64], [0.5] * 3, [0.5] * 3), False)
+    model.memory_bank = torch.randn(700, 32, generator=generator) * 3 + 1
+    queries = torch.randn(450, 32, generator=generator) * 3 + 1
+    ours = model.nearest_neighbors(queries, k)
+    theirs = PatchcoreModel.nearest_neighbors(model, queries, k)
+    assert torch.equal(ours[1], theirs[1])
+    assert torch.allclose(ours[0], theirs[0], rtol=1e-4, atol=1e-4)
+    model.memory_bank = model.memory_bank[:300] * 2  # a new bank must not reuse the cached norms
+    assert torch.allclose(
+        model.nearest_neighbors(queries, k)[0],
+        PatchcoreModel.nearest_neighbors(model, queries, k)[0],
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -15,6 +15,7 @@ from assets.vad.coreset import k_center_greedy
 
 CHUNK_PATCHES = 16384
 MERGE_FACTOR = 2.0
+QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
 
 
 class OfflinePatchcore(PatchcoreModel):
@@ -38,6 +39,45 @@ class OfflinePatchcore(PatchcoreModel):
                 self.feature_extractor.feature_extractor, backbone, weights_path
             )
         self.eval()
+
+    def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact nearest memory-bank rows of each query, as anomalib's method returns them.
+
+        anomalib materialises the full query x bank distance matrix and takes its square root
+        everywhere; here each block of queries is one ``addmm`` against the bank (its squared norms
+        cached), the minimum is taken on squared distances, and only the winners get the query norm
+        and the square root.
+
+        Args:
+            embedding: Query embeddings (N, D).
+            n_neighbors: Neighbours to return per query.
+
+        Returns:
+            Distances (N,) or (N, k) and memory-bank indices of the same shape.
+        """
+        bank = self.memory_bank
+        bank_squared = self._bank_squared()
+        distances, indices = [], []
+        for block in embedding.split(QUERY_BLOCK):
+            squared = torch.addmm(bank_squared.unsqueeze(0), block, bank.T, beta=1.0, alpha=-2.0)
+            if n_neighbors == 1:
+                value, index = squared.min(dim=1)
+                value = value + (block * block).sum(dim=1)
+            else:
+                value, index = squared.topk(k=n_neighbors, largest=False, dim=1)
+                value = value + (block * block).sum(dim=1, keepdim=True)
+            distances.append(value.clamp_min_(0).sqrt_())
+            indices.append(index)
+        return torch.cat(distances), torch.cat(indices)
+
+    def _bank_squared(self) -> torch.Tensor:
+        """Squared norms of the memory-bank rows, recomputed only when the bank changes."""
+        bank = self.memory_bank
+        key = (bank.data_ptr(), tuple(bank.shape), bank._version)
+        if getattr(self, "_squared_key", None) != key:
+            self._squared = (bank * bank).sum(dim=1)
+            self._squared_key = key
+        return self._squared
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of a batch, shape (batch * h * w, dims), as in anomalib's forward.

@@ -121,3 +121,22 @@ def test_same_seed_gives_identical_scores(project, model_name):
         assert main.main(["--mode", "train", "--config", str(path)]) == 0
         scores.append(pd.read_csv(root / "train_artifacts/output/output.csv")["raw_score"].tolist())
     assert scores[0] == scores[1]
+
+
+def test_labelled_inference_scores_and_counts_predictions(project):
+    root, plan = project["root"], project["plan"]
+    folder = root / "data/inference"
+    names = sorted(p.name for p in folder.glob("*.png"))
+    labels = ["bad" if name.startswith("ng_") else "good" for name in names]
+    pd.DataFrame({"label": labels, "image_path": names}).to_csv(folder / "inference.csv", index=False)
+    assert main.main(["--mode", "all", "--config", str(write_plan(root, plan))]) == 0
+    inference = root / "inference_artifacts"
+    scores = pd.read_csv(inference / "output/inference_score.csv").iloc[0]
+    assert scores["n_ng"] == 2 and scores["n_ok"] == 3
+    assert scores["auroc"] == 1.0
+    output = pd.read_csv(inference / "output/output.csv")
+    assert list(output["label"]) == labels
+    summary = yaml.safe_load((inference / "score/inference_summary.yaml").read_text())
+    predicted_ng = int((output["pred_label"] == "bad").sum())
+    assert summary["result"] == f"good:{5 - predicted_ng},bad:{predicted_ng}"
+    assert summary["note"].startswith(f"patchcore: 5 image(s), {predicted_ng} bad")

@@ -29,7 +29,11 @@ from assets.vad.reports import image_auroc, plot_sweep, write_validation_reports
 from assets.vad.scoring import Scorer, loader, score_images
 from assets.vad.thresholds import f1_threshold, percentile_threshold, sweep
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+# Default backbones, chosen from BENCHMARKS.md (accuracy on four products, offline weights only).
+DEFAULT_BACKBONE = {"patchcore": "mobilenetv2_100", "fastflow": "tf_efficientnet_lite0"}
+# img_size when the plan leaves it out, chosen from BENCHMARKS.md: PatchCore gains most from resolution
+# (small defects span more stride-8 patches); FastFlow keeps the reference guide's fixed 256x256.
+DEFAULT_IMG_SIZE: dict[str, int | list[int]] = {"patchcore": 320, "fastflow": [256, 256]}
 Augmentation = Literal["rotation", "brightness", "contrast", "saturation", "hue", "blur"]
 
 
@@ -37,14 +41,14 @@ class ModelParameters(StepArgs):
     """``model_parameters`` of the train step; the reference guide's ``*_backborn`` spelling is accepted."""
 
     fastflow_backbone: str = Field(
-        DEFAULT_BACKBONE, validation_alias=AliasChoices("fastflow_backbone", "fastflow_backborn")
+        DEFAULT_BACKBONE["fastflow"], validation_alias=AliasChoices("fastflow_backbone", "fastflow_backborn")
     )
     fastflow_layers: list[str] | None = None
     fastflow_flow_steps: int = Field(8, ge=1, le=32)
     fastflow_hidden_ratio: float = Field(1.0, gt=0.0, le=8.0)
     fastflow_conv3x3_only: bool = False
     patchcore_backbone: str = Field(
-        DEFAULT_BACKBONE, validation_alias=AliasChoices("patchcore_backbone", "patchcore_backborn")
+        DEFAULT_BACKBONE["patchcore"], validation_alias=AliasChoices("patchcore_backbone", "patchcore_backborn")
     )
     patchcore_layers: list[str] | None = None
     patchcore_coreset_sampling_ratio: float = Field(0.1, gt=0.0, le=1.0)
@@ -59,7 +63,7 @@ class TrainArgs(StepArgs):
 
     model_name: Literal["fastflow", "patchcore"] = "fastflow"
     experiment_seed: int = 42
-    img_size: int | list[int] = Field(default_factory=lambda: [256, 256])
+    img_size: int | list[int] | None = None
     batch_size: int = Field(4, ge=1, le=1024)
     max_epochs: int = Field(15, ge=1, le=1000)
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
@@ -78,12 +82,22 @@ class TrainArgs(StepArgs):
 
     @field_validator("img_size")
     @classmethod
-    def _check_img_size(cls, value: int | list[int]) -> int | list[int]:
+    def _check_img_size(cls, value: int | list[int] | None) -> int | list[int] | None:
+        if value is None:
+            return value
         sizes = [value] if isinstance(value, int) else value
         if (isinstance(value, list) and len(value) != 2) or not all(32 <= size <= 2048 for size in sizes):
             msg = "use an int (e.g. 256) or [height, width], each between 32 and 2048"
             raise ValueError(msg)
         return value
+
+    def input_size(self) -> int | list[int]:
+        """The ``img_size`` to use: the plan's, or the model's default when the plan leaves it out.
+
+        Returns:
+            An int (shorter side, aspect ratio kept) or ``[height, width]``.
+        """
+        return self.img_size if self.img_size is not None else DEFAULT_IMG_SIZE[self.model_name]
 
 
 def seed_everything(seed: int) -> None:
@@ -224,7 +238,7 @@ class TrainStep(Asset):
             model_name=name,
             backbone=backbone,
             layers=layers,
-            input_size=list(model_input_size(args.img_size, height, width)),
+            input_size=list(model_input_size(args.input_size(), height, width)),
             mean=list(cfg.mean),
             std=list(cfg.std),
             coreset_sampling_ratio=params.patchcore_coreset_sampling_ratio,

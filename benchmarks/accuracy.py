@@ -31,7 +31,14 @@ BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_
 MODELS = ("patchcore", "fastflow")
 
 
-def make_plan(product_dir: Path, model: str, backbone: str, overrides: dict, img_size: list[int] | None = None) -> dict:
+def make_plan(
+    product_dir: Path,
+    model: str,
+    backbone: str,
+    overrides: dict,
+    img_size: list[int] | None = None,
+    train_args: dict | None = None,
+) -> dict:
     """A plan like the bundled one, pointed at a product and set to one model and backbone."""
     plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
     plan["external_path"] = [
@@ -47,6 +54,7 @@ def make_plan(product_dir: Path, model: str, backbone: str, overrides: dict, img
                     args["save_validation_heatmap"] = False
                     if img_size:
                         args["img_size"] = img_size if len(img_size) == 2 else img_size[0]
+                    args.update(train_args or {})
                     args["model_parameters"] = {f"{model}_backbone": backbone, **overrides}
                 if step["step"] == "inference":
                     step["args"][0]["save_anomaly_maps"] = False
@@ -61,12 +69,20 @@ def seconds(record_path: Path) -> float:
 
 
 def run_one(
-    work: Path, product_dir: Path, model: str, backbone: str, overrides: dict, img_size: list[int] | None = None
+    work: Path,
+    product_dir: Path,
+    model: str,
+    backbone: str,
+    overrides: dict,
+    img_size: list[int] | None = None,
+    train_args: dict | None = None,
 ) -> dict:
     """Train and infer once through main.py; return the test metrics and times."""
     work.mkdir(parents=True, exist_ok=True)
     plan_path = work / "experimental_plan.yaml"
-    plan_path.write_text(yaml.safe_dump(make_plan(product_dir, model, backbone, overrides, img_size), sort_keys=False))
+    plan_path.write_text(
+        yaml.safe_dump(make_plan(product_dir, model, backbone, overrides, img_size, train_args), sort_keys=False)
+    )
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "--mode", "all", "--config", str(plan_path)],
@@ -123,9 +139,11 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "accuracy")
     parser.add_argument("--img-size", nargs="+", type=int, help="img_size: one int (shorter side) or height width")
+    parser.add_argument("--train", nargs="*", default=[], help="extra train args, key=value (YAML values)")
     parser.add_argument("--set", nargs="*", default=[], help="extra model_parameters, key=value (YAML values)")
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    train_args = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.train)}
     products = dataset.build(ROOT / "results" / "data", tuple(args.products))
     rows = []
     for model in args.models:
@@ -134,7 +152,13 @@ def main() -> None:
                 row = {"model": model, "backbone": backbone, "product": product}
                 row.update(
                     run_one(
-                        args.work / product / f"{model}-{backbone}", folder, model, backbone, overrides, args.img_size
+                        args.work / product / f"{model}-{backbone}",
+                        folder,
+                        model,
+                        backbone,
+                        overrides,
+                        args.img_size,
+                        train_args,
                     )
                 )
                 rows.append(row)

@@ -78,3 +78,48 @@ def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+class _StubFlow(torch.nn.Module):
+    """One trainable weight: its value after each epoch identifies which epoch's state was kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def flow(self, features):
+        return [features[0] * self.weight], [torch.zeros(len(features[0]))]
+
+
+def _fit_with(metrics_by_epoch, monitor, patience=3):
+    model = _StubFlow()
+    features = [[torch.ones(2, 1, 2, 2)]]
+    weights = []
+
+    def evaluate(current):
+        weights.append(float(current.weight))
+        return {"image_AUROC": float("nan"), "image_F1Score": float("nan"), "loss": float("nan")} | {
+            monitor: metrics_by_epoch[len(weights) - 1]
+        }
+
+    kept = fit_fastflow(model, lambda: features, evaluate, len(metrics_by_epoch), monitor, patience, LOGGER)
+    return kept, weights, float(model.weight)
+
+
+def test_fastflow_keeps_latest_epoch_within_tolerance_and_stops_on_real_drops():
+    auroc = [0.70, 0.86, 0.92, 0.91, 0.905, 0.93, 0.925, 0.85, 0.84, 0.83, 0.99, 0.99]
+    kept, weights, final = _fit_with(auroc, "image_AUROC")
+    assert len(weights) == 10, "three epochs more than 0.02 below the best (0.93) stop training"
+    assert kept["epoch"] == 7 and kept["image_AUROC"] == 0.925, "0.925 is within noise of 0.93 and more trained"
+    assert final == weights[6], "the model holds the kept epoch's weights"
+
+
+def test_fastflow_plateau_with_noise_does_not_stop_early():
+    auroc = [0.71, 0.86, 0.92, 0.905, 0.90 + 0.005, 0.91, 0.915, 0.91, 0.92, 0.918]
+    kept, weights, _ = _fit_with(auroc, "image_AUROC")
+    assert len(weights) == 10 and kept["epoch"] == 10
+
+
+def test_fastflow_loss_monitor_keeps_the_lowest_loss():
+    kept, weights, final = _fit_with([5.0, 3.0, 4.0, 2.0, 2.5, 2.6, 2.7], "loss", patience=3)
+    assert len(weights) == 7 and kept["epoch"] == 4 and final == weights[3]

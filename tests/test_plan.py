@@ -25,7 +25,7 @@ def test_default_plan_is_valid_with_defaults():
     assert [s.name for s in plan.pipelines["inference"]] == ["input", "readiness", "inference", "output"]
     train = {s.name: s for s in prepare(plan, "train", "assets")}["train"].args
     assert train.model_name == "patchcore"
-    assert train.img_size == [256, 256]
+    assert train.img_size is None and train.input_size() == 320  # the bundled plan trains PatchCore
     assert train.model_parameters.patchcore_coreset_sampling_ratio == 0.1
     inference = {s.name: s for s in prepare(plan, "inference", "assets")}["inference"].args
     assert inference.inference_threshold == 0.5
@@ -39,6 +39,9 @@ def test_omitted_args_take_reference_defaults(tmp_path):
     assert train.model_name == "fastflow"
     assert (train.batch_size, train.max_epochs, train.experiment_seed, train.percentile) == (4, 15, 42, 0.8)
     assert train.monitor_metric == "image_AUROC" and train.augmentation_choice == 3
+    assert train.input_size() == [256, 256], "FastFlow keeps the reference guide's fixed 256x256"
+    args["model_name"] = "patchcore"
+    assert prepared_args(tmp_path, plan).input_size() == 320
     readiness = prepared_args(tmp_path, plan, step="readiness")
     assert readiness.validation_split_rate == 0.1 and readiness.num_minor_threshold == 5
 
@@ -81,6 +84,7 @@ def test_img_size_int_or_pair(tmp_path):
     plan = load_default_plan()
     step_args(plan, "train", "train")["img_size"] = 224
     assert prepared_args(tmp_path, plan).img_size == 224
+    assert prepared_args(tmp_path, plan).input_size() == 224, "a plan's img_size wins over the model default"
     step_args(plan, "train", "train")["img_size"] = [224, 224, 3]
     with pytest.raises(PlanError, match="img_size"):
         prepared_args(tmp_path, plan)

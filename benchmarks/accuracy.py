@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -31,14 +32,18 @@ BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_
 MODELS = ("patchcore", "fastflow")
 
 
-def make_plan(
-    product_dir: Path,
-    model: str,
-    backbone: str,
-    overrides: dict,
-    img_size: list[int] | None = None,
-    train_args: dict | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class Setting:
+    """What one benchmark run changes in the bundled plan."""
+
+    model: str
+    backbone: str
+    model_parameters: dict = field(default_factory=dict)
+    img_size: list[int] | None = None
+    train_args: dict = field(default_factory=dict)
+
+
+def make_plan(product_dir: Path, setting: Setting) -> dict:
     """A plan like the bundled one, pointed at a product and set to one model and backbone."""
     plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
     plan["external_path"] = [
@@ -50,12 +55,15 @@ def make_plan(
             for step in steps:
                 if step["step"] == "train":
                     args = step["args"][0]
-                    args["model_name"] = model
+                    args["model_name"] = setting.model
                     args["save_validation_heatmap"] = False
-                    if img_size:
-                        args["img_size"] = img_size if len(img_size) == 2 else img_size[0]
-                    args.update(train_args or {})
-                    args["model_parameters"] = {f"{model}_backbone": backbone, **overrides}
+                    if setting.img_size:
+                        args["img_size"] = setting.img_size if len(setting.img_size) == 2 else setting.img_size[0]
+                    args.update(setting.train_args)
+                    args["model_parameters"] = {
+                        f"{setting.model}_backbone": setting.backbone,
+                        **setting.model_parameters,
+                    }
                 if step["step"] == "inference":
                     step["args"][0]["save_anomaly_maps"] = False
     return plan
@@ -68,21 +76,11 @@ def seconds(record_path: Path) -> float:
     return (end - start).total_seconds()
 
 
-def run_one(
-    work: Path,
-    product_dir: Path,
-    model: str,
-    backbone: str,
-    overrides: dict,
-    img_size: list[int] | None = None,
-    train_args: dict | None = None,
-) -> dict:
+def run_one(work: Path, product_dir: Path, setting: Setting) -> dict:
     """Train and infer once through main.py; return the test metrics and times."""
     work.mkdir(parents=True, exist_ok=True)
     plan_path = work / "experimental_plan.yaml"
-    plan_path.write_text(
-        yaml.safe_dump(make_plan(product_dir, model, backbone, overrides, img_size, train_args), sort_keys=False)
-    )
+    plan_path.write_text(yaml.safe_dump(make_plan(product_dir, setting), sort_keys=False))
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "--mode", "all", "--config", str(plan_path)],
@@ -154,11 +152,7 @@ def main() -> None:
                     run_one(
                         args.work / product / f"{model}-{backbone}",
                         folder,
-                        model,
-                        backbone,
-                        overrides,
-                        args.img_size,
-                        train_args,
+                        Setting(model, backbone, overrides, args.img_size, train_args),
                     )
                 )
                 rows.append(row)

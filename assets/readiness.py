@@ -17,7 +17,7 @@ from pydantic import Field
 from alo import Asset, Config, Data, DataError, ModelError, StepArgs, StepContext
 from alo.args import suggest
 from assets.input import GENERATED_PATH_COLUMN
-from assets.vad.images import IMAGE_EXTENSIONS
+from assets.vad.images import IMAGE_EXTENSIONS, probe_image
 
 READINESS_FILE = "readiness_config.json"
 SPLIT_SEED = 42
@@ -123,6 +123,13 @@ def clean_rows(
                 f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}"
             )
             table = table[~bad]
+    unreadable = table["_file"].map(lambda f: probe_image(f) is not None).astype(bool)
+    if unreadable.any():
+        ctx.logger.warning(
+            f"skipped {int(unreadable.sum())} row(s) whose images cannot be decoded (empty, truncated, corrupt or "
+            f"not an image): {_names(list(table[path_column][unreadable]))}"
+        )
+        table = table[~unreadable]
     duplicated = table["_file"].duplicated()
     if duplicated.any():
         ctx.logger.warning(

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from assets.vad.heatmaps import heatmap_name, render
-from assets.vad.images import ImageReadError, model_input_size, read_image, to_tensor
+from assets.vad.images import ImageReadError, model_input_size, probe_image, read_image, to_tensor
 
 
 def test_reads_gray_rgba_palette_and_16bit(tmp_path):
@@ -70,3 +70,20 @@ def test_heatmap_has_three_panels_at_original_resolution():
     region = np.asarray(picture)[:, 180:]
     assert (region[..., 0] > region[..., 1]).any(), "predicted region is tinted red"
     assert heatmap_name("bad", "good", "dir/x y.png") == "bad_good_x_y.png"
+
+
+def test_probe_finds_every_kind_of_unreadable_file(tmp_path):
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    picture.save(tmp_path / "good.jpg", quality=90)
+    picture.save(tmp_path / "good.png")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint16)).save(tmp_path / "deep.png")
+    for name in ("good.jpg", "good.png", "deep.png"):
+        assert probe_image(tmp_path / name) is None, name
+    jpeg, png = (tmp_path / "good.jpg").read_bytes(), (tmp_path / "good.png").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "truncated.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_bytes(b"label,image_path\n")
+    for name in ("truncated.jpg", "truncated.png", "empty.png", "text.jpg", "absent.png"):
+        assert probe_image(tmp_path / name) is not None, name

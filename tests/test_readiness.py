@@ -87,6 +87,27 @@ def test_bad_rows_are_skipped_and_named(tmp_path, dataset, caplog):
     assert "duplicate" in caplog.text and "empty label" in caplog.text
 
 
+def test_unreadable_images_are_skipped_and_named(tmp_path, dataset, caplog):
+    folder, table = dataset
+    (folder / "good" / "empty.png").write_bytes(b"")
+    (folder / "good" / "words.png").write_bytes(b"this is not a picture")
+    whole = (folder / "good" / "g000.png").read_bytes()
+    (folder / "good" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    extra = pd.DataFrame(
+        [
+            {"label": "good", "image_path": f"good/{name}", "split": "train"}
+            for name in ("empty.png", "words.png", "cut.png")
+        ]
+    )
+    with caplog.at_level(logging.WARNING):
+        samples, _ = run_readiness(
+            tmp_path, pd.concat([table, extra], ignore_index=True), folder, train_validate_column="split"
+        )
+    assert len(samples) == len(table)
+    line = next(r.message for r in caplog.records if "cannot be decoded" in r.message)
+    assert line.startswith("skipped 3 row(s)") and all(n in line for n in ("empty.png", "words.png", "cut.png"))
+
+
 def test_unknown_ok_class_lists_labels(tmp_path, dataset):
     folder, table = dataset
     with pytest.raises(DataError, match=r"ok_class 'god'.*did you mean 'good'.*labels: good, bad"):

@@ -46,8 +46,9 @@ def setup_console(debug: bool = False) -> None:
         logger = logging.getLogger(name)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
-        if not any(h.get_name() == "alo-console" for h in logger.handlers):
-            logger.addHandler(handler)
+        for old in [h for h in logger.handlers if h.get_name() == "alo-console"]:
+            logger.removeHandler(old)  # a second call (tests, embedding) writes to the current stderr
+        logger.addHandler(handler)
 
 
 @contextmanager

@@ -83,15 +83,26 @@ def _model_dir(plan: Plan, workdir: Path) -> Path:
         if not models.is_dir():
             msg = f"model error: no trained model in {models}; run 'main.py --mode train' first or set load_model_path"
             raise ModelError(msg)
-        return models
+        return _checked_models(models, models)
     if source.is_dir() and (source / MODEL_ARCHIVE).is_file():
         source = source / MODEL_ARCHIVE
     if source.is_dir():
-        return source / "models" if (source / "models").is_dir() else source
+        return _checked_models(source / "models" if (source / "models").is_dir() else source, source)
     if source.is_file() and source.name.endswith((".tar.gz", ".tgz")):
-        return extract_archive(source, workdir)
+        return _checked_models(extract_archive(source, workdir), source)
     msg = f"model error: load_model_path {source} is neither a model.tar.gz nor a folder holding one; fix the path"
     raise ModelError(msg)
+
+
+def _checked_models(models: Path, source: Path) -> Path:
+    """Refuse a model folder that no train run wrote (every train run leaves its record there)."""
+    if not (models / MODEL_RECORD).is_file():
+        msg = (
+            f"model error: {source} holds no trained model (no {MODEL_RECORD}); point load_model_path at a "
+            f"{MODEL_ARCHIVE} or train_artifacts folder written by 'main.py --mode train', or train again"
+        )
+        raise ModelError(msg)
+    return models
 
 
 def _input_files(path: Path | None) -> list[Path]:

@@ -22,6 +22,7 @@ from assets.vad.images import IMAGE_EXTENSIONS, probe_image
 READINESS_FILE = "readiness_config.json"
 SPLIT_SEED = 42
 TRAIN, VALID = "train", "valid"
+MIN_OK_TRAIN = 3  # fewer cannot describe "normal": the model would flag every new image
 
 
 class ReadinessArgs(StepArgs):
@@ -208,6 +209,13 @@ class ReadinessStep(Asset):
                 "mark some OK rows 'valid' or set validation_split_rate above 0"
             )
             raise DataError(msg)
+        if ok_train < MIN_OK_TRAIN:
+            msg = (
+                f"data error: only {ok_train} OK training images ('{ok_class}' rows in the train split); "
+                f"at least {MIN_OK_TRAIN} are needed (100+ recommended): add normal images or lower "
+                "validation_split_rate"
+            )
+            raise DataError(msg)
         if ok_train < 10:
             ctx.logger.warning(f"only {ok_train} OK training images: results will be unreliable (100+ recommended)")
         method = self._threshold_method(args, ok_valid, ng_valid, ctx)
@@ -286,7 +294,10 @@ class ReadinessStep(Asset):
         path = ctx.model_dir / "readiness" / READINESS_FILE
         try:
             trained = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            missing = {"ok_class", "ng_name", "path_column", "y_column"} - set(trained)
+            if missing:
+                raise ValueError(sorted(missing))
+        except (OSError, ValueError, TypeError):
             msg = f"model error: {path} is missing or unreadable; train again or point load_model_path at a train run"
             raise ModelError(msg) from None
         table: pd.DataFrame = data["dataframe"]

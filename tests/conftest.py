@@ -104,3 +104,13 @@ def project(tmp_path: Path) -> dict:
     train = step_args(plan, "train", "train")
     train.update({"img_size": [64, 64], "batch_size": 8, "max_epochs": 2})
     return {"root": tmp_path, "plan": plan}
+
+
+@pytest.fixture(autouse=True)
+def _independent_logging():
+    """main.main() stops the framework loggers from propagating; undo that so caplog works in every test."""
+    yield
+    import logging
+
+    for name in ("alo", "assets"):
+        logging.getLogger(name).propagate = True

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from alo.errors import ModelError
@@ -106,7 +107,7 @@ def load(folder: Path) -> tuple[torch.nn.Module, ModelSpec, dict[str, object]]:
         scoring = dict(config["scoring"])
         model = build_model(spec, pretrained=False)
         model.load_state_dict(load_file(str(weights_path)), strict=True)
-    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
         detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         msg = f"model error: the model in {folder} cannot be loaded ({detail}); train again"
         raise ModelError(msg) from None

@@ -7,7 +7,7 @@ import logging
 import sys
 import warnings
 
-from alo.errors import AloError
+from alo.errors import AloError, one_line
 from alo.logs import setup_console
 from alo.runner import run
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             log.exception("internal error")
-        detail = f"{exc.__class__.__name__}: {exc}"
+        detail = one_line(f"{exc.__class__.__name__}: {exc}")
         print(f"ERROR: internal error {detail} (rerun with --debug for details)", file=sys.stderr)
         return 1
     return 0

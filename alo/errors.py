@@ -11,6 +11,21 @@ class AloError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
+def one_line(text: str) -> str:
+    """Escape line breaks and other control characters, so text from a plan or CSV cannot split a message.
+
+    Args:
+        text: The message.
+
+    Returns:
+        The message on one line.
+    """
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
 
 class PlanError(AloError):
     """The experimental plan is malformed or holds an invalid value."""

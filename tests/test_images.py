@@ -47,6 +47,12 @@ def test_unreadable_files_raise_one_line(tmp_path, content):
     assert "broken.png" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_extreme_aspect_ratio_is_capped_at_the_longest_side():
+    assert model_input_size(320, 100, 4000) == (64, 2048)
+    assert model_input_size(320, 12000, 300) == (2048, 64)
+    assert model_input_size(320, 480, 640) == (320, 416), "ordinary photos keep the shorter side"
+
+
 def test_input_size_keeps_aspect_for_int_and_rounds_to_32():
     assert model_input_size([256, 256], 1000, 500) == (256, 256)
     assert model_input_size(256, 480, 640) == (256, 352)

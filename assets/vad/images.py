@@ -20,6 +20,7 @@ from alo.errors import DataError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_PIXELS = 64_000_000  # far above the 1920x1920 the product supports; larger files are refused
 SIZE_MULTIPLE = 32
+MAX_SIDE = 2048  # the longest model input side an int img_size may produce (the plan's own limit too)
 
 
 class ImageReadError(DataError):
@@ -118,8 +119,9 @@ def probe_image(path: str | Path) -> str | None:
 def model_input_size(img_size: int | Sequence[int], height: int, width: int) -> tuple[int, int]:
     """Turn the plan's ``img_size`` into a fixed (height, width) for the model.
 
-    An int keeps the aspect ratio of the reference image (the shorter side gets the int);
-    ``[h, w]`` is used as given. Both sides are rounded to a multiple of 32 so every feature
+    An int keeps the aspect ratio of the reference image (the shorter side gets the int, unless the
+    longer side would pass ``MAX_SIDE``: an extreme strip is scaled to fit instead); ``[h, w]`` is
+    used as given. Both sides are rounded to a multiple of 32 so every feature
     stride divides them.
 
     Args:
@@ -131,7 +133,7 @@ def model_input_size(img_size: int | Sequence[int], height: int, width: int) -> 
         (height, width) in pixels.
     """
     if isinstance(img_size, int):
-        scale = img_size / min(height, width)
+        scale = min(img_size / min(height, width), MAX_SIDE / max(height, width))
         size = (height * scale, width * scale)
     else:
         size = (float(img_size[0]), float(img_size[1]))

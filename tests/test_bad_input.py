@@ -102,22 +102,29 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_bad_images_are_skipped_and_the_rest_trains(project):
+    from PIL import Image
+
     root, plan = project["root"], project["plan"]
     folder = root / "data/train/good"
     (folder / "bomb.png").write_bytes(_png_header(60000, 60000))
     (folder / "random.png").write_bytes(bytes(range(256)) * 8)
     (folder / "zero.jpg").write_bytes(b"")
+    source = Image.open(folder / "g000.png")
+    source.resize((96, 40)).save(folder / "wide.jpg")  # mixed sizes and formats train together
+    source.resize((40, 90)).convert("L").save(folder / "tall_gray.png")
+    added = ["good/bomb.png", "good/random.png", "good/zero.jpg", "good/wide.jpg", "good/tall_gray.png"]
     edit_csv(
         root,
-        lambda t: pd.concat(
-            [t, pd.DataFrame({"label": "good", "image_path": ["good/bomb.png", "good/random.png", "good/zero.jpg"]})]
-        ).assign(split=lambda x: x["split"].fillna("train")),
+        lambda t: pd.concat([t, pd.DataFrame({"label": "good", "image_path": added})]).assign(
+            split=lambda x: x["split"].fillna("train")
+        ),
     )
     assert run(root, plan) == 0
     log = (root / "train_artifacts/log/pipeline.log").read_text(encoding="utf-8")
     line = next(line for line in log.splitlines() if "cannot be decoded" in line)
     assert "WARNING" in line and "skipped 3 row(s)" in line
     assert all(name in line for name in ("bomb.png", "random.png", "zero.jpg"))
+    assert "wide.jpg" not in line and "tall_gray.png" not in line
 
 
 def test_inference_with_only_unreadable_images(project, capsys):

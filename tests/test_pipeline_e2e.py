@@ -85,7 +85,9 @@ def test_single_image_inference_and_model_archive(project, tmp_path_factory):
     assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 0
     assert (exported / "model.tar.gz").is_file() and (exported / "train_artifacts.tar.gz").is_file()
     with tarfile.open(exported / "model.tar.gz") as tar:
-        assert "train/model.safetensors" in tar.getnames()
+        names = tar.getnames()
+    assert "train/model.safetensors" in names
+    assert all(name.endswith((".json", ".safetensors")) for name in names), "weights-only: no pickles"
 
     elsewhere = tmp_path_factory.mktemp("edge")
     single = make_inference_folder(elsewhere / "one", n_ok=0, n_ng=1)

@@ -1,0 +1,37 @@
+"""Nothing from a plan, a CSV or an artifact can run code on the machine that reads it."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT
+
+SOURCES = sorted([*(ROOT / "alo").rglob("*.py"), *(ROOT / "assets").rglob("*.py"), ROOT / "main.py"])
+FORBIDDEN = {
+    r"\bsubprocess\b": "a shell or child process",
+    r"\bos\.(system|popen|exec\w*|spawn\w*)\b": "a shell",
+    r"\bshell\s*=\s*True\b": "a shell",
+    r"(?<![.\w])(eval|exec|compile)\(": "code from text",
+    r"\bpickle\b|\bdill\b|\bjoblib\b": "unpickling",
+    r"yaml\.(load|unsafe_load|full_load)\(": "an unsafe YAML loader",
+    r"\.extractall\((?![^)]*filter=\"data\")": "archive extraction without the data filter",
+}
+
+
+def test_framework_and_assets_use_no_shell_pickle_or_unsafe_loader():
+    assert len(SOURCES) > 10
+    found = []
+    for path in SOURCES:
+        text = path.read_text(encoding="utf-8")
+        for pattern, what in FORBIDDEN.items():
+            for match in re.finditer(pattern, text):
+                line = text.count("\n", 0, match.start()) + 1
+                found.append(f"{path.relative_to(ROOT)}:{line} {match.group(0)!r} ({what})")
+    assert not found, found
+
+
+def test_every_torch_load_is_weights_only():
+    for path in SOURCES:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path.relative_to(ROOT)}: {line.strip()}"

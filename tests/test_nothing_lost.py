@@ -45,10 +45,11 @@ def test_kill_9_during_training_leaves_earlier_artifacts_byte_identical(project)
     try:
 
         def training_has_epochs() -> bool:
+            assert process.poll() is None, "the training run ended before it could be killed"
             logs = list((root / ".alo/staging").glob("train-*/log/pipeline.log"))
             return bool(logs) and "epoch 2/1000" in logs[0].read_text(encoding="utf-8")
 
-        wait_for(training_has_epochs)
+        wait_for(training_has_epochs, timeout=900)  # returns at epoch 2; the margin is for a loaded machine
         os.kill(process.pid, signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -163,8 +164,10 @@ def fit_fastflow(
         model.eval()
         metrics = evaluate(model)
         value = sign * metrics[monitor]
-        best_value = max(best_value, value) if value == value else best_value
-        as_good = value == value and value >= best_value - TOLERANCE[monitor]
+        measured = not math.isnan(value)  # NaN: the metric cannot be computed (e.g. no NG image in validation)
+        if measured:
+            best_value = max(best_value, value)
+        as_good = measured and value >= best_value - TOLERANCE[monitor]
         logger.info(
             f"epoch {epoch}/{max_epochs}: train loss {total / max(count, 1):.4g}, "
             + ", ".join(f"valid {k} {v:.4g}" for k, v in metrics.items())

@@ -21,6 +21,18 @@ PRODUCTS = ("gravel", "brick", "grass", "coffee")
 COUNTS = {"n_train": 200, "n_valid": 20, "n_bad": 10, "n_inf_ok": 50, "n_inf_ng": 50}
 
 
+def product_seed(product: str) -> int:
+    """The data seed of a product: fixed by its name, so a subset of products gets the same images.
+
+    Args:
+        product: A name from :data:`PRODUCTS`.
+
+    Returns:
+        The seed (1000 + the product's place in :data:`PRODUCTS`).
+    """
+    return 1000 + PRODUCTS.index(product)
+
+
 def build(folder: Path, products: tuple[str, ...] = PRODUCTS, counts: dict[str, int] | None = None) -> dict[str, Path]:
     """Generate (or reuse) the dataset of each product.
 
@@ -34,12 +46,13 @@ def build(folder: Path, products: tuple[str, ...] = PRODUCTS, counts: dict[str, 
     """
     counts = counts or COUNTS
     made = {}
-    for index, product in enumerate(products):
+    for product in products:
         target = folder / product
-        stamp = {"product": product, "seed": 1000 + index, **counts}
+        seed = product_seed(product)
+        stamp = {"product": product, "seed": seed, **counts}
         stamp_file = target / "stamp.json"
         if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
-            make_sample_data.generate(target, 1000 + index, product=product, **counts)
+            make_sample_data.generate(target, seed, product=product, **counts)
             shutil.move(str(target / "inference"), str(target / "test"))
             stamp_file.write_text(json.dumps(stamp))
         made[product] = target

@@ -23,6 +23,17 @@ SIZE_MULTIPLE = 32
 MAX_SIDE = 2048  # the longest model input side an int img_size may produce (the plan's own limit too)
 
 
+# What Pillow raises for files that are empty, truncated, corrupt, not images, or decompression bombs.
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
 class ImageReadError(DataError):
     """An image file cannot be decoded."""
 
@@ -69,14 +80,7 @@ def read_image(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         msg = f"data error: image {path} does not exist; fix the path in the CSV or restore the file"
         raise ImageReadError(msg) from None
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except DECODE_ERRORS as exc:
         msg = f"data error: cannot read image {path} ({exc.__class__.__name__}); replace or remove the file"
         raise ImageReadError(msg) from None
 
@@ -104,14 +108,7 @@ def probe_image(path: str | Path) -> str | None:
                 image.load()
     except FileNotFoundError:
         return "file not found"
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except DECODE_ERRORS as exc:
         return exc.__class__.__name__
     return None
 

@@ -183,10 +183,9 @@ def fit_fastflow(
             if stale >= patience:
                 logger.info(f"early stopping: {monitor} stayed below its best for {patience} epochs")
                 break
-    if kept_state is not None:
-        model.load_state_dict(kept_state)
     model.eval()
-    logger.info(
-        f"kept epoch {int(kept['epoch']) if kept else 0}: valid {monitor} {kept[monitor] if kept else float('nan'):.4g}"
-    )
-    return kept or {}
+    if kept is None or kept_state is None:  # max_epochs < 1: nothing trained
+        return {}
+    model.load_state_dict(kept_state)
+    logger.info(f"kept epoch {int(kept['epoch'])}: valid {monitor} {kept[monitor]:.4g}")
+    return kept

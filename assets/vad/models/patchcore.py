@@ -44,8 +44,8 @@ class OfflinePatchcore(PatchcoreModel):
         """Exact nearest memory-bank rows of each query, as anomalib's method returns them.
 
         anomalib materialises the full query x bank distance matrix and takes its square root
-        everywhere; here each block of queries is one ``addmm`` against the bank (its squared norms
-        cached), the minimum is taken on squared distances, and only the winners get the query norm
+        everywhere; here each block of queries is one ``addmm`` against the bank and its squared norms,
+        the minimum is taken on squared distances, and only the winners get the query norm
         and the square root.
 
         Args:
@@ -56,7 +56,7 @@ class OfflinePatchcore(PatchcoreModel):
             Distances (N,) or (N, k) and memory-bank indices of the same shape.
         """
         bank = self.memory_bank
-        bank_squared = self._bank_squared()
+        bank_squared = (bank * bank).sum(dim=1)  # ~D x bank rows: nothing beside the addmm's N x that
         distances, indices = [], []
         for block in embedding.split(QUERY_BLOCK):
             squared = torch.addmm(bank_squared.unsqueeze(0), block, bank.T, beta=1.0, alpha=-2.0)
@@ -69,15 +69,6 @@ class OfflinePatchcore(PatchcoreModel):
             distances.append(value.clamp_min_(0).sqrt_())
             indices.append(index)
         return torch.cat(distances), torch.cat(indices)
-
-    def _bank_squared(self) -> torch.Tensor:
-        """Squared norms of the memory-bank rows, recomputed only when the bank changes."""
-        bank = self.memory_bank
-        key = (bank.data_ptr(), tuple(bank.shape), bank._version)
-        if getattr(self, "_squared_key", None) != key:
-            self._squared = (bank * bank).sum(dim=1)
-            self._squared_key = key
-        return self._squared
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of a batch, shape (batch * h * w, dims), as in anomalib's forward.

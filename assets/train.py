@@ -53,6 +53,7 @@ class ModelParameters(StepArgs):
     patchcore_layers: list[str] | None = None
     patchcore_coreset_sampling_ratio: float = Field(0.1, gt=0.0, le=1.0)
     patchcore_num_neighbors: int = Field(9, ge=1)
+    patchcore_search: Literal["auto", "exact"] = "auto"
     backbone_weights: str | None = None
     pretrained: bool = True
     early_stopping_patience: int = Field(3, ge=1)
@@ -243,6 +244,7 @@ class TrainStep(Asset):
             std=list(cfg.std),
             coreset_sampling_ratio=params.patchcore_coreset_sampling_ratio,
             num_neighbors=params.patchcore_num_neighbors,
+            search=params.patchcore_search,
             flow_steps=params.fastflow_flow_steps,
             hidden_ratio=params.fastflow_hidden_ratio,
             conv3x3_only=params.fastflow_conv3x3_only,

@@ -6,8 +6,14 @@ folder (50 OK + 50 NG, with masks). Image AUROC, F1 at the trained threshold and
 from ``inference_artifacts/output/inference_score.csv``; times from each run's history record.
 
     .venv/bin/python -m benchmarks.accuracy [--products gravel brick] [--models patchcore] [--backbones ...]
+        [--samples 3] [--reuse]
 
-The table is written to ``BENCHMARKS.md`` (section "Accuracy") and ``results/accuracy.csv``.
+``--samples N`` scores N independent draws of each product (other training, validation and test
+images) and reports their mean: one draw of 100 test images moves image AUROC by a few hundredths.
+Each run keeps its plan and result in its work folder; ``--reuse`` takes a finished run's result
+instead of running it again when its plan is unchanged (only valid while the code is unchanged).
+The table is written to ``BENCHMARKS.md`` (section "Accuracy") and ``results/accuracy.csv``
+(rows are appended to ``results/accuracy-rows.jsonl`` as they finish).
 """
 
 from __future__ import annotations
@@ -76,11 +82,16 @@ def seconds(record_path: Path) -> float:
     return (end - start).total_seconds()
 
 
-def run_one(work: Path, product_dir: Path, setting: Setting) -> dict:
+def run_one(work: Path, product_dir: Path, setting: Setting, reuse: bool = False) -> dict:
     """Train and infer once through main.py; return the test metrics and times."""
     work.mkdir(parents=True, exist_ok=True)
     plan_path = work / "experimental_plan.yaml"
-    plan_path.write_text(yaml.safe_dump(make_plan(product_dir, setting), sort_keys=False))
+    plan_text = yaml.safe_dump(make_plan(product_dir, setting), sort_keys=False)
+    result_path = work / "result.json"
+    if reuse and result_path.is_file() and plan_path.is_file() and plan_path.read_text() == plan_text:
+        return json.loads(result_path.read_text())
+    result_path.unlink(missing_ok=True)
+    plan_path.write_text(plan_text)
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "--mode", "all", "--config", str(plan_path)],
@@ -92,7 +103,7 @@ def run_one(work: Path, product_dir: Path, setting: Setting) -> dict:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
         return {"error": tail[0] if tail else f"exit {result.returncode}"}
     scores = pd.read_csv(work / "inference_artifacts/output/inference_score.csv").iloc[0].to_dict()
-    return {
+    row = {
         "image_auroc": scores["auroc"],
         "f1": scores["f1"],
         "pixel_auroc": scores.get("pixel_auroc", float("nan")),
@@ -101,23 +112,40 @@ def run_one(work: Path, product_dir: Path, setting: Setting) -> dict:
         "inference_s": seconds(work / "inference_artifacts/log/experimental_history.json"),
         "process_s": time.perf_counter() - started,
     }
+    result_path.write_text(json.dumps(row))
+    return row
 
 
 def table(frame: pd.DataFrame) -> str:
-    """Markdown tables: per product and the average, for each model and backbone."""
+    """Markdown tables: per product (mean over data samples) and the average, for each model and backbone."""
     lines = []
     metrics = ["image_auroc", "f1", "pixel_auroc", "train_s", "inference_s"]
+    samples = frame["sample"].nunique()
     for (model, backbone), group in frame.groupby(["model", "backbone"], sort=False):
         lines.append(f"\n**{model} / {backbone}**\n")
         lines.append(
-            "| product | image AUROC | F1 @ trained threshold | pixel AUROC | train s | inference s (100 img) |"
+            "| product | image AUROC | per sample | F1 @ trained threshold | pixel AUROC | train s "
+            "| inference s (100 img) |"
         )
-        lines.append("|---|---|---|---|---|---|")
-        for row in group.itertuples():
-            lines.append(f"| {row.product} | " + " | ".join(_fmt(getattr(row, m)) for m in metrics) + " |")
-        lines.append("| **average** | " + " | ".join(_fmt(group[m].mean()) for m in metrics) + " |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for product, runs in group.groupby("product", sort=False):
+            means = runs[metrics].mean()
+            each = " / ".join(_fmt(value) for value in runs.sort_values("sample")["image_auroc"])
+            lines.append(
+                f"| {product} | {_fmt(means['image_auroc'])} | {each} | "
+                + " | ".join(_fmt(means[m]) for m in metrics[1:])
+                + " |"
+            )
+        per_sample = group.groupby("sample")["image_auroc"].mean()
+        lines.append(
+            f"| **average** | {_fmt(group['image_auroc'].mean())} | "
+            + " / ".join(_fmt(value) for value in per_sample)
+            + " | "
+            + " | ".join(_fmt(group[m].mean()) for m in metrics[1:])
+            + " |"
+        )
     summary = frame.groupby(["model", "backbone"], sort=False)[metrics].mean().reset_index()
-    lines.append("\n**Averages over products**\n")
+    lines.append(f"\n**Averages over products and {samples} data sample(s)**\n")
     lines.append("| model | backbone | image AUROC | F1 | pixel AUROC | train s | inference s |")
     lines.append("|---|---|---|---|---|---|---|")
     for row in summary.itertuples():
@@ -139,24 +167,30 @@ def main() -> None:
     parser.add_argument("--img-size", nargs="+", type=int, help="img_size: one int (shorter side) or height width")
     parser.add_argument("--train", nargs="*", default=[], help="extra train args, key=value (YAML values)")
     parser.add_argument("--set", nargs="*", default=[], help="extra model_parameters, key=value (YAML values)")
+    parser.add_argument("--samples", type=int, default=1, help="independent data draws per product")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs whose plan is unchanged")
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     train_args = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.train)}
-    products = dataset.build(ROOT / "results" / "data", tuple(args.products))
+    products = dataset.build(ROOT / "results" / "data", tuple(args.products), samples=args.samples)
     rows = []
+    log = ROOT / "results" / "accuracy-rows.jsonl"
     for model in args.models:
         for backbone in args.backbones:
-            for product, folder in products.items():
-                row = {"model": model, "backbone": backbone, "product": product}
+            for (product, sample), folder in products.items():
+                row = {"model": model, "backbone": backbone, "product": product, "sample": sample}
                 row.update(
                     run_one(
-                        args.work / product / f"{model}-{backbone}",
+                        args.work / folder.name / f"{model}-{backbone}",
                         folder,
                         Setting(model, backbone, overrides, args.img_size, train_args),
+                        args.reuse,
                     )
                 )
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                with log.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
     frame = pd.DataFrame(rows)
     out = ROOT / "results" / "accuracy.csv"
     frame.to_csv(out, index=False)

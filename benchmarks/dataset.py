@@ -21,39 +21,47 @@ PRODUCTS = ("gravel", "brick", "grass", "coffee")
 COUNTS = {"n_train": 200, "n_valid": 20, "n_bad": 10, "n_inf_ok": 50, "n_inf_ng": 50}
 
 
-def product_seed(product: str) -> int:
-    """The data seed of a product: fixed by its name, so a subset of products gets the same images.
+def product_seed(product: str, sample: int = 0) -> int:
+    """The data seed of one sample of a product: fixed by its name, so a subset of products gets the same images.
 
     Args:
         product: A name from :data:`PRODUCTS`.
+        sample: Which independent draw of the product's images (0, 1, 2, ...).
 
     Returns:
-        The seed (1000 + the product's place in :data:`PRODUCTS`).
+        The seed: 1000 + the product's place in :data:`PRODUCTS` + 100 per sample.
     """
-    return 1000 + PRODUCTS.index(product)
+    return 1000 + PRODUCTS.index(product) + 100 * sample
 
 
-def build(folder: Path, products: tuple[str, ...] = PRODUCTS, counts: dict[str, int] | None = None) -> dict[str, Path]:
-    """Generate (or reuse) the dataset of each product.
+def build(
+    folder: Path,
+    products: tuple[str, ...] = PRODUCTS,
+    counts: dict[str, int] | None = None,
+    samples: int = 1,
+) -> dict[tuple[str, int], Path]:
+    """Generate (or reuse) the datasets: ``samples`` independent draws of each product.
 
     Args:
         folder: Where the products' folders go.
         products: Product names (see ``make_sample_data.load_product``).
         counts: Image counts (defaults to :data:`COUNTS`).
+        samples: Draws per product (other training, validation and test images, same product).
 
     Returns:
-        Product name -> its folder (with ``train/`` and ``test/``).
+        (product name, sample) -> its folder (with ``train/`` and ``test/``).
     """
     counts = counts or COUNTS
     made = {}
     for product in products:
-        target = folder / product
-        seed = product_seed(product)
-        stamp = {"product": product, "seed": seed, **counts}
-        stamp_file = target / "stamp.json"
-        if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
-            make_sample_data.generate(target, seed, product=product, **counts)
-            shutil.move(str(target / "inference"), str(target / "test"))
-            stamp_file.write_text(json.dumps(stamp))
-        made[product] = target
+        for sample in range(samples):
+            target = folder / (product if sample == 0 else f"{product}-s{sample}")
+            seed = product_seed(product, sample)
+            stamp = {"product": product, "seed": seed, **counts}
+            stamp_file = target / "stamp.json"
+            if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
+                make_sample_data.generate(target, seed, product=product, **counts)
+                shutil.move(str(target / "inference"), str(target / "test"))
+                stamp_file.write_text(json.dumps(stamp))
+            made[product, sample] = target
     return made

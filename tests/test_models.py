@@ -80,6 +80,57 @@ def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
     )
 
 
+def _patchcore(search: str = "auto"):
+    spec = ModelSpec("patchcore", "resnet18", ["layer2"], [64, 64], [0.5] * 3, [0.5] * 3, search=search)
+    return spec, build_model(spec, False)
+
+
+def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeypatch):
+    from assets.vad.models import patchcore
+
+    monkeypatch.setattr(patchcore, "CHUNK_PATCHES", 200)  # 64 patches per image: chunks cut across batches
+    monkeypatch.setattr(patchcore, "GROUP_ROWS", 100)  # several merge passes
+    rng = np.random.default_rng(1)
+    images = batch(rng, 15)
+    banks = []
+    _, model = _patchcore()  # random backbone weights: one model for all three fits
+    for size in (1, 4, 15):
+        model.fit(iter(images.split(size)), 15, 0.25, 0, LOGGER)
+        banks.append(model.memory_bank)
+    assert len(banks[0]) == int(15 * 64 * 0.25)
+    assert torch.equal(banks[0], banks[1]) and torch.equal(banks[0], banks[2])
+    assert len(torch.unique(banks[0], dim=0)) == len(banks[0])  # no patch picked twice
+
+
+def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_path, monkeypatch):
+    from assets.vad.models import patchcore
+
+    monkeypatch.setattr(patchcore, "IVF_MIN_ROWS", 512)
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(40, 16, generator=generator) * 4
+    bank = centres[torch.randint(40, (4000,), generator=generator)] + torch.randn(4000, 16, generator=generator)
+    queries = centres[torch.randint(40, (2000,), generator=generator)] + torch.randn(2000, 16, generator=generator)
+    spec, model = _patchcore()
+    model.memory_bank = bank
+    model.build_search_index(seed=0)
+    assert model.search_centroids.shape == (4000 // patchcore.IVF_ROWS_PER_LIST, 16)
+    approx, approx_index = model.nearest_neighbors(queries, 1)
+    exact, exact_index = model.exact_nearest_neighbors(queries, 1)
+    assert float((approx_index == exact_index).float().mean()) > 0.9  # recall of the true nearest row
+    assert bool((approx >= exact - 1e-4).all())  # a missed neighbour can only be farther
+    assert torch.allclose(approx[approx_index == exact_index], exact[approx_index == exact_index], atol=1e-4)
+    assert float(((approx - exact) / exact).mean()) < 0.01
+    save(model, spec, {"threshold": 0.0}, tmp_path)
+    again, _, _ = load(tmp_path)
+    assert torch.equal(again.search_centroids, model.search_centroids)
+    assert torch.equal(again.nearest_neighbors(queries, 1)[0], approx)
+    _, exact_model = _patchcore(search="exact")
+    exact_model.memory_bank = bank
+    exact_model.build_search_index(seed=0)
+    assert exact_model.search_centroids.numel() == 0
+    assert torch.equal(exact_model.nearest_neighbors(queries, 1)[1], exact_index)
+
+
 class _StubFlow(torch.nn.Module):
     """One trainable weight: its value after each epoch identifies which epoch's state was kept."""
 

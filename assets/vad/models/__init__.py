@@ -31,6 +31,7 @@ class ModelSpec:
     std: list[float]
     coreset_sampling_ratio: float = 0.1
     num_neighbors: int = 9
+    search: str = "auto"
     flow_steps: int = 8
     hidden_ratio: float = 1.0
     conv3x3_only: bool = False
@@ -51,7 +52,7 @@ def build_model(spec: ModelSpec, pretrained: bool, weights_path: str | Path | No
     if spec.model_name == "patchcore":
         from assets.vad.models.patchcore import OfflinePatchcore
 
-        return OfflinePatchcore(spec.backbone, spec.layers, spec.num_neighbors, pretrained, weights_path)
+        return OfflinePatchcore(spec.backbone, spec.layers, spec.num_neighbors, pretrained, weights_path, spec.search)
     from assets.vad.models.fastflow import OfflineFastflow
 
     return OfflineFastflow(

@@ -1,4 +1,4 @@
-"""PatchCore on anomalib's ``PatchcoreModel``, with offline weights and a fast coreset."""
+"""PatchCore on anomalib's ``PatchcoreModel``, with offline weights, a streamed coreset and a fast search."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import faiss
+import numpy as np
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
@@ -13,9 +15,15 @@ from alo.logs import Progress
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.coreset import k_center_greedy
 
-CHUNK_PATCHES = 16384
-MERGE_FACTOR = 2.0
+CHUNK_PATCHES = 16384  # patches per coreset chunk; chunks close at this count whatever the batch size
+MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before the merge pass
+GROUP_ROWS = 65536  # chunk picks merged and reduced together: bounds memory and each greedy pass
 QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
+SEARCH_MODES = ("auto", "exact")
+IVF_MIN_ROWS = 8192  # smaller banks are searched exactly
+IVF_ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
+IVF_MAX_LISTS = 4096
+IVF_MIN_PROBES = 16  # lists visited per query: at least 16, and at least 1/32 of them
 
 
 class OfflinePatchcore(PatchcoreModel):
@@ -31,8 +39,18 @@ class OfflinePatchcore(PatchcoreModel):
         num_neighbors: int = 9,
         pretrained: bool = True,
         weights_path: str | Path | None = None,
+        search: str = "auto",
     ) -> None:
         super().__init__(layers=list(layers), backbone=backbone, pre_trained=False, num_neighbors=num_neighbors)
+        if search not in SEARCH_MODES:
+            msg = f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}"
+            raise ValueError(msg)
+        self.search = search
+        # k-means centroids of the memory bank for the inverted-file search; empty: exact search.
+        self.search_centroids: torch.Tensor
+        self.register_buffer("search_centroids", torch.empty(0))
+        self._index: faiss.IndexIVFFlat | None = None
+        self._index_key: tuple | None = None
         self.weights_source = "random initialisation (pretrained: false)"
         if pretrained:
             self.weights_source = load_pretrained_weights(
@@ -41,6 +59,24 @@ class OfflinePatchcore(PatchcoreModel):
         self.eval()
 
     def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest memory-bank rows of each query, as anomalib's method returns them.
+
+        Patch scores (one neighbour) use the inverted-file index when the model has one (see
+        :meth:`build_search_index`); the image-score re-weighting (several neighbours of a few bank
+        rows) and small banks use the exact search of :meth:`exact_nearest_neighbors`.
+
+        Args:
+            embedding: Query embeddings (N, D).
+            n_neighbors: Neighbours to return per query.
+
+        Returns:
+            Distances (N,) or (N, k) and memory-bank indices of the same shape.
+        """
+        if n_neighbors == 1 and self.search_centroids.numel():
+            return self._ivf_nearest(embedding)
+        return self.exact_nearest_neighbors(embedding, n_neighbors)
+
+    def exact_nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest memory-bank rows of each query, as anomalib's method returns them.
 
         anomalib materialises the full query x bank distance matrix and takes its square root
@@ -70,6 +106,48 @@ class OfflinePatchcore(PatchcoreModel):
             indices.append(index)
         return torch.cat(distances), torch.cat(indices)
 
+    def build_search_index(self, seed: int) -> None:
+        """Cluster the memory bank for the inverted-file search (kept in the state dict as centroids).
+
+        A query then visits only the bank rows of its nearest lists (at least ``IVF_MIN_PROBES`` and
+        1/32 of the lists), with exact distances to those rows. Banks under ``IVF_MIN_ROWS`` rows, and
+        ``search: exact``, keep the exact search.
+
+        Args:
+            seed: Seed of the k-means clustering.
+        """
+        rows, dims = self.memory_bank.shape
+        self._index, self._index_key = None, None
+        if self.search == "exact" or rows < IVF_MIN_ROWS:
+            self.search_centroids = torch.empty(0)
+            return
+        lists = min(IVF_MAX_LISTS, rows // IVF_ROWS_PER_LIST)
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        kmeans = faiss.Kmeans(dims, lists, niter=20, seed=seed, max_points_per_centroid=256)
+        kmeans.train(np.ascontiguousarray(self.memory_bank.float().numpy()))
+        self.search_centroids = torch.from_numpy(kmeans.centroids.copy())
+
+    def _ivf_nearest(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One nearest bank row per query through the inverted-file index."""
+        bank, centroids = self.memory_bank, self.search_centroids
+        key = (bank.data_ptr(), tuple(bank.shape), centroids.data_ptr(), tuple(centroids.shape))
+        if self._index is None or self._index_key != key:
+            quantizer = faiss.IndexFlatL2(centroids.shape[1])
+            quantizer.add(np.ascontiguousarray(centroids.float().numpy()))
+            index = faiss.IndexIVFFlat(quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
+            index.add(np.ascontiguousarray(bank.float().numpy()))
+            index.nprobe = max(IVF_MIN_PROBES, centroids.shape[0] // 32)
+            self._quantizer, self._index, self._index_key = quantizer, index, key
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        squared, index_rows = self._index.search(np.ascontiguousarray(embedding.float().numpy()), 1)
+        distances = torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_()
+        indices = torch.from_numpy(index_rows[:, 0])
+        missing = indices < 0  # every visited list empty: rare, answered exactly
+        if bool(missing.any()):
+            exact_distance, exact_index = self.exact_nearest_neighbors(embedding[missing], 1)
+            distances[missing], indices[missing] = exact_distance, exact_index
+        return distances, indices
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of a batch, shape (batch * h * w, dims), as in anomalib's forward.
 
@@ -94,10 +172,13 @@ class OfflinePatchcore(PatchcoreModel):
     ) -> None:
         """Build the memory bank from normal images, holding only one chunk of embeddings at a time.
 
-        Embeddings are gathered in chunks of about ``CHUNK_PATCHES`` patches; each full chunk is reduced
-        at once by greedy k-center to ``MERGE_FACTOR`` times the sampling ratio, and the union of those
-        picks is reduced to the final size by one more greedy pass (merge and reduce). Peak memory thus
-        follows the coreset size, not the number of training images.
+        Embeddings are cut into chunks of exactly ``CHUNK_PATCHES`` patches (so the bank does not depend
+        on the batch size); each chunk is reduced at once by greedy k-center to ``MERGE_FACTOR`` times
+        the sampling ratio, and every ``GROUP_ROWS`` rows of those picks are reduced to the sampling ratio
+        by one more greedy pass (merge and reduce). Data smaller than one chunk is reduced in one pass.
+        Peak memory thus follows the coreset size, not the number of training images, and the work
+        grows linearly with the images. Then the bank is clustered for the search
+        (:meth:`build_search_index`).
 
         Args:
             batches: Batches of normalised OK training images.
@@ -109,28 +190,47 @@ class OfflinePatchcore(PatchcoreModel):
         self.eval()
         progress = Progress(logger, "feature extraction", total)
         buffer: list[torch.Tensor] = []
-        buffered = seen = 0
-        picks: list[torch.Tensor] = []
+        buffered = seen = chunks = 0
+        pending: list[torch.Tensor] = []  # chunk picks not yet merged
+        parts: list[torch.Tensor] = []  # finished pieces of the bank
         for images in batches:
             embedding = self.embed(images)
             buffer.append(embedding)
             buffered += len(embedding)
             seen += len(embedding)
+            while buffered >= CHUNK_PATCHES:
+                merged = torch.cat(buffer)
+                chunk, rest = merged[:CHUNK_PATCHES], merged[CHUNK_PATCHES:].clone()
+                buffer, buffered = ([rest] if len(rest) else []), len(rest)
+                pending.append(_reduce(chunk, sampling_ratio * MERGE_FACTOR, seed + chunks))
+                chunks += 1
+                del merged, chunk
+                if sum(len(picks) for picks in pending) >= GROUP_ROWS:
+                    parts.append(_reduce(torch.cat(pending), 1.0 / MERGE_FACTOR, seed + chunks))
+                    pending = []
             progress.update(len(images))
-            if buffered >= CHUNK_PATCHES:
-                picks.append(_reduce(torch.cat(buffer), sampling_ratio * MERGE_FACTOR, seed + len(picks)))
-                buffer, buffered = [], 0
-        if buffer:
-            chunk = torch.cat(buffer)
-            picks.append(chunk if picks else _reduce(chunk, sampling_ratio, seed))
-            buffer = []
-        union = torch.cat(picks)
-        del picks
         size = max(1, int(seen * sampling_ratio))
-        logger.info(f"coreset: keeping {size} of {seen} patch embeddings ({union.shape[1]} dims)")
-        if len(union) > size:
-            union = union[k_center_greedy(union, size, seed=seed, logger=logger)]
-        self.memory_bank = union.contiguous()
+        leftover = torch.cat(buffer) if buffer else None
+        buffer = []
+        if chunks == 0 and leftover is not None:
+            pending, size_left = [leftover], size
+        else:
+            if leftover is not None:
+                pending.append(_reduce(leftover, sampling_ratio * MERGE_FACTOR, seed + chunks))
+            size_left = size - sum(len(part) for part in parts)
+        if pending:
+            union = torch.cat(pending)
+            del pending
+            size_left = max(1, min(size_left, len(union)))
+            logger.info(
+                f"coreset: keeping {size} of {seen} patch embeddings ({union.shape[1]} dims, "
+                f"{chunks} chunk(s), {len(parts) + 1} merge pass(es))"
+            )
+            parts.append(
+                union[k_center_greedy(union, size_left, seed=seed, logger=logger)] if len(union) > size_left else union
+            )
+        self.memory_bank = torch.cat(parts).contiguous()
+        self.build_search_index(seed)
 
 
 def _reduce(embedding: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:

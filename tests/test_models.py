@@ -131,6 +131,32 @@ def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_p
     assert torch.equal(exact_model.nearest_neighbors(queries, 1)[1], exact_index)
 
 
+def test_separable_blur_gives_anomalibs_anomaly_map():
+    from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
+
+    _, model = _patchcore()
+    reference = AnomalyMapGenerator()
+    assert torch.equal(model.anomaly_map_generator.blur.kernel, reference.blur.kernel)  # same state dict
+    patch_scores = torch.rand(3, 1, 40, 32, generator=torch.Generator().manual_seed(0)) * 5
+    ours = model.anomaly_map_generator(patch_scores, (320, 256))
+    theirs = reference(patch_scores, (320, 256))
+    assert ours.shape == theirs.shape == (3, 1, 320, 256)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_channels_last_embedding_matches_anomalibs_nchw_forward():
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    spec = ModelSpec("patchcore", "mobilenetv2_100", ["blocks.2", "blocks.4"], [64, 64], [0.5] * 3, [0.5] * 3)
+    ours = build_model(spec, pretrained=True)
+    reference = PatchcoreModel(layers=spec.layers, backbone=spec.backbone, pre_trained=False).eval()
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    images = batch(np.random.default_rng(3), 2)
+    reference.train()
+    expected = reference(images)
+    assert torch.allclose(ours.embed(images), expected, atol=1e-4, rtol=1e-4)
+
+
 class _StubFlow(torch.nn.Module):
     """One trainable weight: its value after each epoch identifies which epoch's state was kept."""
 

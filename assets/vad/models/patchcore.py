@@ -14,6 +14,7 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from alo.logs import Progress
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.coreset import k_center_greedy
+from assets.vad.models.blur import SeparableGaussianBlur2d
 
 CHUNK_PATCHES = 16384  # patches per coreset chunk; chunks close at this count whatever the batch size
 MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before the merge pass
@@ -46,6 +47,10 @@ class OfflinePatchcore(PatchcoreModel):
             msg = f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}"
             raise ValueError(msg)
         self.search = search
+        blur = self.anomaly_map_generator.blur
+        self.anomaly_map_generator.blur = SeparableGaussianBlur2d(
+            sigma=4, channels=1, kernel_size=(blur.height, blur.width)
+        )
         # k-means centroids of the memory bank for the inverted-file search; empty: exact search.
         self.search_centroids: torch.Tensor
         self.register_buffer("search_centroids", torch.empty(0))
@@ -56,7 +61,20 @@ class OfflinePatchcore(PatchcoreModel):
             self.weights_source = load_pretrained_weights(
                 self.feature_extractor.feature_extractor, backbone, weights_path
             )
+        # NHWC convolutions: oneDNN runs MobileNetV2 at 256 px 1.6x faster than in NCHW on this CPU.
+        self.feature_extractor.to(memory_format=torch.channels_last)
         self.eval()
+
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """The anomalib forward pass, on a channels-last copy of the batch (see ``__init__``).
+
+        Args:
+            input_tensor: Normalised images (B, 3, H, W).
+
+        Returns:
+            Embeddings while training, else anomalib's ``InferenceBatch``.
+        """
+        return super().forward(input_tensor.contiguous(memory_format=torch.channels_last))
 
     def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest memory-bank rows of each query, as anomalib's method returns them.
@@ -158,7 +176,7 @@ class OfflinePatchcore(PatchcoreModel):
             The embeddings.
         """
         with torch.inference_mode():
-            features = self.feature_extractor(images)
+            features = self.feature_extractor(images.contiguous(memory_format=torch.channels_last))
             features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
             return self.reshape_embedding(self.generate_embedding(features))
 

@@ -1,0 +1,457 @@
+"""Speed benchmark: our pipeline against plain anomalib 2.7 and the bare backbone, on the same images.
+
+One run generates (or reuses) a gravel dataset at 256 px: 200 OK training images (plus 20 OK + 10 NG
+validation images for our threshold) and 100 test images, half defective. Every measurement runs in
+its own process (so peak RSS belongs to one thing) with the torch thread count of the machine:
+
+- ``ours``: ``main.py --mode train`` and ``--mode inference`` as a user runs them (timed inside the
+  process: plan loading, image checks, validation and artifact writing included, imports excluded).
+- ``anomalib``: a plain script, ``Engine.fit`` then ``Engine.predict`` with the same backbone, layers,
+  image size, batch size and coreset ratio, ImageNet weights loaded from the same offline package,
+  no validation (``limit_val_batches=0``: ours validates on 30 images inside its fit time), post-processing,
+  metrics and visualisation off (raw scores), ``num_workers=0`` (as ours; 2 cores).
+- ``bare``: the backbone's forward pass alone on preprocessed tensors, same batch and image size, in
+  PyTorch's default NCHW layout (what anomalib runs) and in channels-last (what ours runs).
+
+PatchCore: ``mobilenetv2_100`` (``blocks.2`` + ``blocks.4``), coreset ratio 0.1. FastFlow: anomalib's
+FastFlow supports only a few backbones, so both sides use ``resnet18`` (``layer1``-``layer3``) with
+random weights (speed only). Also: cold single-image inference (process start to summary written) and,
+with ``--scale 2000`` (and more), our PatchCore training peak RSS against the 200-image run.
+
+    .venv/bin/python -m benchmarks.speed [--only patchcore|fastflow] [--scale 2000 10000] [--epochs 3]
+
+Rows go to ``results/speed-rows.jsonl`` as they finish; the table to ``BENCHMARKS.md`` ("Speed").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "solution"))
+
+import make_sample_data  # noqa: E402
+
+WORK = ROOT / "results" / "speed"
+SIZE = 256
+BATCH = 8
+PATCHCORE = {"backbone": "mobilenetv2_100", "layers": ["blocks.2", "blocks.4"], "ratio": 0.1}
+FASTFLOW = {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"]}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_data(n_train: int, seed: int = 1000) -> Path:
+    """Generate (or reuse) a gravel dataset and anomalib's folder layout of the same files.
+
+    Args:
+        n_train: OK training images.
+        seed: Data seed.
+
+    Returns:
+        The dataset folder (``train/``, ``test/``, ``one/``, ``anomalib/``).
+    """
+    target = WORK / "data" / f"gravel-{n_train}"
+    stamp = {"n_train": n_train, "seed": seed}
+    stamp_file = target / "stamp.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        return target
+    make_sample_data.generate(
+        target, seed, n_train=n_train, n_valid=20, n_bad=10, n_inf_ok=50, n_inf_ng=50, product="gravel"
+    )
+    shutil.move(str(target / "inference"), str(target / "test"))
+    _anomalib_layout(target)
+    one = target / "one"
+    one.mkdir()
+    first = sorted((target / "test").glob("ng_*.jpg"))[0]
+    shutil.copy(first, one / first.name)
+    stamp_file.write_text(json.dumps(stamp))
+    return target
+
+
+def _anomalib_layout(target: Path) -> None:
+    """Hard links of the same images in the folders anomalib's ``Folder`` datamodule reads."""
+    import pandas as pd
+
+    train = pd.read_csv(target / "train" / "train.csv")
+    test = pd.read_csv(target / "test" / "inference.csv")
+    ok_train = train[(train["label"] == "good") & (train["split"] == "train")]
+    places = {
+        "train_good": (target / "train", ok_train["image_path"]),
+        "test_good": (target / "test", test[test["label"] == "good"]["image_path"]),
+        "test_bad": (target / "test", test[test["label"] != "good"]["image_path"]),
+    }
+    for name, (base, paths) in places.items():
+        folder = target / "anomalib" / name
+        folder.mkdir(parents=True)
+        for path in paths:
+            os.link(base / path, folder / Path(path).name)
+
+
+# ----------------------------------------------------------------------------- workers (one process each)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _plan(data: Path, model: str, epochs: int, folder: Path) -> Path:
+    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    plan["external_path"] = [
+        {"load_train_data_path": str(data / "train")},
+        {"load_inference_data_path": str(folder)},
+    ]
+    for entry in plan["user_parameters"]:
+        for steps in entry.values():
+            for step in steps:
+                args = step["args"][0] if step.get("args") else {}
+                if step["step"] == "train":
+                    args.update(
+                        model_name=model,
+                        img_size=[SIZE, SIZE],
+                        batch_size=BATCH,
+                        max_epochs=epochs,
+                        save_validation_heatmap=False,
+                    )
+                    if model == "patchcore":
+                        args["model_parameters"] = {
+                            "patchcore_backbone": PATCHCORE["backbone"],
+                            "patchcore_layers": PATCHCORE["layers"],
+                            "patchcore_coreset_sampling_ratio": PATCHCORE["ratio"],
+                        }
+                    else:
+                        args["model_parameters"] = {
+                            "fastflow_backbone": FASTFLOW["backbone"],
+                            "fastflow_layers": FASTFLOW["layers"],
+                            "pretrained": False,
+                            "early_stopping_patience": epochs,
+                        }
+                if step["step"] == "inference":
+                    args["save_anomaly_maps"] = False
+    run_dir = WORK / "runs" / f"{data.name}-{model}-{folder.name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "experimental_plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def worker_ours(data: Path, model: str, mode: str, epochs: int, folder: str) -> dict:
+    """Our pipeline through main.py's ``main`` in this process."""
+    sys.path.insert(0, str(ROOT))
+    import main as entry
+    from assets import inference, train  # noqa: F401  (imports are not part of the timing)
+
+    plan = _plan(data, model, epochs, data / folder)
+    started = time.perf_counter()
+    code = entry.main(["--mode", mode, "--config", str(plan)])
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"main.py --mode {mode} failed with exit code {code}")
+    row = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+    if mode == "inference":
+        import pandas as pd
+
+        output = plan.parent / "inference_artifacts" / "output"
+        row["images"] = len(pd.read_csv(output / "output.csv"))
+        if (output / "inference_score.csv").is_file():
+            row["image_auroc"] = float(pd.read_csv(output / "inference_score.csv")["auroc"].iloc[0])
+    return row
+
+
+def worker_anomalib(data: Path, model: str, epochs: int) -> dict:
+    """Plain anomalib: Engine.fit and Engine.predict."""
+    import logging
+    import warnings
+
+    import torch
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from anomalib.models import Fastflow, Patchcore
+    from sklearn.metrics import roc_auc_score
+
+    sys.path.insert(0, str(ROOT))
+    from assets.vad.backbones import load_pretrained_weights
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    if model == "patchcore":
+        module = Patchcore(
+            backbone=PATCHCORE["backbone"],
+            layers=PATCHCORE["layers"],
+            pre_trained=False,
+            coreset_sampling_ratio=PATCHCORE["ratio"],
+            pre_processor=Patchcore.configure_pre_processor(image_size=(SIZE, SIZE)),
+            post_processor=False,
+            evaluator=False,
+            visualizer=False,
+        )
+        load_pretrained_weights(module.model.feature_extractor.feature_extractor, PATCHCORE["backbone"], None)
+        max_epochs = 1
+    else:
+        module = Fastflow(
+            backbone=FASTFLOW["backbone"],
+            pre_trained=False,
+            pre_processor=Fastflow.configure_pre_processor(image_size=(SIZE, SIZE)),
+            post_processor=False,
+            evaluator=False,
+            visualizer=False,
+        )
+        max_epochs = epochs
+    datamodule = Folder(
+        name="gravel",
+        root=data / "anomalib",
+        normal_dir="train_good",
+        abnormal_dir="test_bad",
+        normal_test_dir="test_good",
+        train_batch_size=BATCH,
+        eval_batch_size=BATCH,
+        num_workers=0,
+        val_split_mode="same_as_test",
+        seed=0,
+    )
+    engine = Engine(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=WORK / "anomalib" / f"{data.name}-{model}",
+    )
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    engine.fit(model=module, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+    fit_rss = _peak_rss_mb()
+    datamodule.setup()
+    loader = datamodule.test_dataloader()
+    started = time.perf_counter()
+    batches = engine.predict(model=module, dataloaders=loader, return_predictions=True)
+    predict_seconds = time.perf_counter() - started
+    scores = torch.cat([batch.pred_score.reshape(-1) for batch in batches]).float().numpy()
+    labels = torch.cat([batch.gt_label.reshape(-1) for batch in batches]).int().numpy()
+    return {
+        "fit_seconds": fit_seconds,
+        "fit_peak_rss_mb": fit_rss,
+        "epochs": max_epochs,
+        "predict_seconds": predict_seconds,
+        "images": len(scores),
+        "image_auroc": float(roc_auc_score(labels, scores)),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def worker_bare(data: Path, model: str) -> dict:
+    """The backbone's forward pass alone, on the test images already decoded and normalised."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    from assets.vad.models import ModelSpec, build_model
+
+    settings = PATCHCORE if model == "patchcore" else FASTFLOW
+    spec = ModelSpec(
+        model, settings["backbone"], settings["layers"], [SIZE, SIZE], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    )
+    net = build_model(spec, pretrained=model == "patchcore")
+    extractor = net.feature_extractor
+    paths = sorted((data / "test").glob("*.jpg"))
+    arrays = [np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE)), dtype=np.float32) / 255.0 for p in paths]
+    tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    tensor = (tensor - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
+    row = {"images": len(tensor)}
+    for layout, name in ((torch.contiguous_format, "seconds"), (torch.channels_last, "channels_last_seconds")):
+        extractor.to(memory_format=layout)
+        batches = [batch.contiguous(memory_format=layout) for batch in tensor.split(BATCH)]
+        with torch.inference_mode():
+            extractor(batches[0])  # warm-up
+            started = time.perf_counter()
+            for batch in batches:
+                extractor(batch)
+            row[name] = time.perf_counter() - started
+    return row | {"peak_rss_mb": _peak_rss_mb()}
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def spawn(*args: str) -> dict:
+    """Run one worker in a fresh process and return its JSON row."""
+    out = WORK / "row.json"
+    out.unlink(missing_ok=True)
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.speed", "--worker", *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    if result.returncode != 0 or not out.is_file():
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+        return {"error": tail or f"exit {result.returncode}", "process_seconds": wall}
+    row = json.loads(out.read_text())
+    row["process_seconds"] = wall
+    return row
+
+
+def record(rows: dict, name: str, row: dict) -> None:
+    """Keep a row and append it to the log."""
+    rows[name] = row
+    print(json.dumps({name: row}), flush=True)
+    with (ROOT / "results" / "speed-rows.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"name": name, **row}) + "\n")
+
+
+def run_patchcore(data: Path, rows: dict) -> None:
+    """PatchCore: bare backbone, ours (train, inference, cold single image), anomalib."""
+    record(rows, "patchcore/bare", spawn("bare", str(data), "patchcore"))
+    record(rows, "patchcore/ours-train", spawn("ours", str(data), "patchcore", "train", "1", "test"))
+    record(rows, "patchcore/ours-inference", spawn("ours", str(data), "patchcore", "inference", "1", "test"))
+    plan = _plan(data, "patchcore", 1, data / "one")
+    shutil.rmtree(plan.parent / "train_artifacts", ignore_errors=True)
+    shutil.copytree(WORK / "runs" / f"{data.name}-patchcore-test" / "train_artifacts", plan.parent / "train_artifacts")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--mode", "inference", "--config", str(plan)],
+        capture_output=True,
+        check=False,
+    )
+    cold = time.perf_counter() - started
+    summary = plan.parent / "inference_artifacts" / "score" / "inference_summary.yaml"
+    ok = done.returncode == 0 and summary.is_file()
+    record(rows, "patchcore/ours-cold-one-image", {"seconds": cold, "summary_written": ok})
+
+
+def run_fastflow(data: Path, rows: dict, epochs: int) -> None:
+    """FastFlow: ours (train, inference) and anomalib, same epochs."""
+    record(rows, "fastflow/ours-train", spawn("ours", str(data), "fastflow", "train", str(epochs), "test"))
+    record(rows, "fastflow/ours-inference", spawn("ours", str(data), "fastflow", "inference", str(epochs), "test"))
+    record(rows, "fastflow/anomalib", spawn("anomalib", str(data), "fastflow", str(epochs)))
+
+
+def table(rows: dict, epochs: int) -> str:
+    """The markdown report of one run."""
+
+    def get(name: str, key: str) -> float:
+        return float(rows.get(name, {}).get(key, float("nan")))
+
+    def fmt(value: float, digits: int = 1) -> str:
+        return "n/a" if value != value else f"{value:.{digits}f}"
+
+    lines = []
+    if "patchcore/ours-train" in rows:
+        ours_fit, their_fit = get("patchcore/ours-train", "seconds"), get("patchcore/anomalib", "fit_seconds")
+        ours_ips = get("patchcore/ours-inference", "images") / get("patchcore/ours-inference", "seconds")
+        their_ips = get("patchcore/anomalib", "images") / get("patchcore/anomalib", "predict_seconds")
+        bare_ips = get("patchcore/bare", "images") / get("patchcore/bare", "seconds")
+        bare_cl_ips = get("patchcore/bare", "images") / get("patchcore/bare", "channels_last_seconds")
+        auroc_gap = get("patchcore/ours-inference", "image_auroc") - get("patchcore/anomalib", "image_auroc")
+        lines += [
+            f"**PatchCore** ({PATCHCORE['backbone']}, {' + '.join(PATCHCORE['layers'])}, {SIZE}x{SIZE} px, "
+            f"coreset ratio {PATCHCORE['ratio']}, batch {BATCH}; 200 training images, 100 test images)\n",
+            "| | ours | plain anomalib | ratio (ours vs anomalib) | bare backbone | ours / bare |",
+            "|---|---|---|---|---|---|",
+            f"| fit seconds | {fmt(ours_fit)} | {fmt(their_fit)} | {fmt(their_fit / ours_fit)}x faster | | |",
+            f"| inference images/s | {fmt(ours_ips)} | {fmt(their_ips)} | {fmt(ours_ips / their_ips)}x | "
+            f"{fmt(bare_ips)} | {fmt(100 * ours_ips / bare_ips, 0)}% |",
+            f"| (bare backbone in channels-last, as ours runs it) | | | | {fmt(bare_cl_ips)} | "
+            f"{fmt(100 * ours_ips / bare_cl_ips, 0)}% |",
+            f"| training peak RSS MB | {fmt(get('patchcore/ours-train', 'peak_rss_mb'), 0)} | "
+            f"{fmt(get('patchcore/anomalib', 'fit_peak_rss_mb'), 0)} | | | |",
+            f"| test image AUROC | {fmt(get('patchcore/ours-inference', 'image_auroc'), 3)} | "
+            f"{fmt(get('patchcore/anomalib', 'image_auroc'), 3)} | "
+            f"{fmt(auroc_gap, 3)} | | |",
+            f"| cold single-image inference s (process start to summary) | "
+            f"{fmt(get('patchcore/ours-cold-one-image', 'seconds'))} | | | | |",
+        ]
+    if "fastflow/ours-train" in rows:
+        ours_epoch = get("fastflow/ours-train", "seconds") / epochs
+        their_epoch = get("fastflow/anomalib", "fit_seconds") / epochs
+        ours_ips = get("fastflow/ours-inference", "images") / get("fastflow/ours-inference", "seconds")
+        their_ips = get("fastflow/anomalib", "images") / get("fastflow/anomalib", "predict_seconds")
+        lines += [
+            f"\n**FastFlow** ({FASTFLOW['backbone']} random weights, {' + '.join(FASTFLOW['layers'])}, "
+            f"{SIZE}x{SIZE} px, 8 flow steps, batch {BATCH}, {epochs} epochs)\n",
+            "| | ours | plain anomalib | ratio |",
+            "|---|---|---|---|",
+            f"| training seconds per epoch | {fmt(ours_epoch)} | {fmt(their_epoch)} | "
+            f"{fmt(their_epoch / ours_epoch)}x faster |",
+            f"| inference images/s | {fmt(ours_ips)} | {fmt(their_ips)} | {fmt(ours_ips / their_ips)}x |",
+            f"| training peak RSS MB | {fmt(get('fastflow/ours-train', 'peak_rss_mb'), 0)} | "
+            f"{fmt(get('fastflow/anomalib', 'fit_peak_rss_mb'), 0)} | |",
+        ]
+    scale = sorted(
+        (int(name.split("/")[1].split("-")[0]), row) for name, row in rows.items() if name.startswith("scale/")
+    )
+    if scale:
+        base = get("patchcore/ours-train", "peak_rss_mb")
+        lines += [
+            "\n**PatchCore training at scale** (ours, same settings)\n",
+            "| training images | fit seconds | peak RSS MB | RSS vs 200 images |",
+            "|---|---|---|---|",
+            f"| 200 | {fmt(get('patchcore/ours-train', 'seconds'))} | {fmt(base, 0)} | 1.00x |",
+        ]
+        for count, row in scale:
+            rss = float(row.get("peak_rss_mb", float("nan")))
+            lines.append(
+                f"| {count} | {fmt(float(row.get('seconds', float('nan'))))} | {fmt(rss, 0)} | {fmt(rss / base, 2)}x |"
+            )
+    errors = {name: row["error"] for name, row in rows.items() if "error" in row}
+    for name, error in errors.items():
+        lines.append(f"\n{name} failed: `{error.splitlines()[-1]}`")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run the benchmark (or one worker) and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["patchcore", "fastflow"])
+    parser.add_argument("--scale", nargs="*", type=int, default=[], help="also train ours on this many images")
+    parser.add_argument("--epochs", type=int, default=3, help="FastFlow epochs (both sides)")
+    parser.add_argument("--train-images", type=int, default=200)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, data, model, *rest = args.worker
+        if kind == "ours":
+            row = worker_ours(Path(data), model, rest[0], int(rest[1]), rest[2])
+        elif kind == "anomalib":
+            row = worker_anomalib(Path(data), model, int(rest[0]))
+        else:
+            row = worker_bare(Path(data), model)
+        args.out.write_text(json.dumps(row))
+        return
+    data = build_data(args.train_images)
+    rows: dict = {}
+    if args.only in (None, "patchcore"):
+        run_patchcore(data, rows)
+    if args.only in (None, "fastflow"):
+        run_fastflow(data, rows, args.epochs)
+    if args.only in (None, "patchcore"):  # last: its greedy coreset takes the better part of an hour
+        record(rows, "patchcore/anomalib", spawn("anomalib", str(data), "patchcore", "1"))
+    for count in args.scale:
+        bigger = build_data(count)
+        record(rows, f"scale/{count}-train", spawn("ours", str(bigger), "patchcore", "train", "1", "test"))
+    from benchmarks.report import write_section
+
+    command = "python -m benchmarks.speed " + " ".join(sys.argv[1:])
+    write_section(ROOT / "BENCHMARKS.md", "Speed", f"Command: `{command.strip()}`\n\n" + table(rows, args.epochs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,13 @@
-"""Inference step: score every image with the trained model, optionally saving heatmaps."""
+"""Inference step: score every image with the trained model, optionally saving heatmaps.
+
+Rows of ``output/output.csv`` are appended batch by batch as images are scored (in the staged
+artifacts, promoted only when the run succeeds), so a long run shows its results as it goes and
+holds no anomaly maps beyond the current batch (except the small copies kept for pixel metrics).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +28,24 @@ class InferenceArgs(StepArgs):
 
     inference_threshold: float = Field(0.5, ge=0.0, le=1.0)
     save_anomaly_maps: bool = False
+
+
+class CsvRows:
+    """Appends rows to a CSV file: the header with the first rows, then each batch, closed after each write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Write a batch of rows.
+
+        Args:
+            frame: Rows with the same columns as every other batch.
+        """
+        first = self.rows == 0
+        frame.to_csv(self.path, mode="w" if first else "a", header=first, index=False)
+        self.rows += len(frame)
 
 
 class InferenceStep(Asset):
@@ -53,14 +78,17 @@ class InferenceStep(Asset):
             f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}"
         )
         pixels = PixelRows(samples)
+        rows = data["dataframe"].loc[samples.index]
+        output = CsvRows(ctx.artifact_path("output", "output.csv"))
         for positions, scores, maps in score_images(model, files, spec, BATCH_SIZE, ctx.logger, "inference"):
             raw[positions] = scores
             pixels.update(positions, maps)
+            batch = scorer.columns(scores)
+            output.append(rows.iloc[positions].assign(**batch))
             if args.save_anomaly_maps:
-                preds = scorer.columns(scores)["pred_label"]
-                for position, raw_map, pred in zip(positions, maps, preds, strict=True):
+                for position, raw_map, pred in zip(positions, maps, batch["pred_label"], strict=True):
                     scorer.save_heatmap(files[position], raw_map, labels[position], str(pred), folder)
-        predictions = data["dataframe"].loc[samples.index].copy()
+        predictions = rows.copy()
         columns = scorer.columns(raw)
         for name, values in columns.items():
             predictions[name] = values
@@ -83,6 +111,7 @@ class InferenceStep(Asset):
             "ok_class": scorer.ok_name,
             "ng_name": scorer.ng_name,
             "inference_threshold": args.inference_threshold,
+            "output_csv_rows": output.rows,
         }
         return data, config
 

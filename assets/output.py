@@ -59,7 +59,8 @@ class OutputStep(Asset):
         """
         predictions: pd.DataFrame = data["predictions"]
         info = config["inference"]
-        predictions.to_csv(ctx.artifact_path("output", "output.csv"), index=False)
+        if info.get("output_csv_rows") != len(predictions):  # else inference wrote it as it scored
+            predictions.to_csv(ctx.artifact_path("output", "output.csv"), index=False)
         result, score, probability = summarize(predictions, info["ok_class"], info["ng_name"])
         samples = data["samples"]
         file_path = samples["_file"].iloc[0] if len(samples) == 1 else str(data["data_dir"])

@@ -6,6 +6,9 @@ its own process (so peak RSS belongs to one thing) with the torch thread count o
 
 - ``ours``: ``main.py --mode train`` and ``--mode inference`` as a user runs them (timed inside the
   process: plan loading, image checks, validation and artifact writing included, imports excluded).
+  Images/s comes from an inference run on the test images without a CSV (a production run: model
+  loading, image checks, scoring, output.csv and summary); AUROC from the labelled run, whose time
+  also includes computing the image and pixel metrics.
 - ``anomalib``: a plain script, ``Engine.fit`` then ``Engine.predict`` with the same backbone, layers,
   image size, batch size and coreset ratio, ImageNet weights loaded from the same offline package,
   no validation (``limit_val_batches=0``: ours validates on 30 images inside its fit time), post-processing,
@@ -18,7 +21,7 @@ FastFlow supports only a few backbones, so both sides use ``resnet18`` (``layer1
 random weights (speed only). Also: cold single-image inference (process start to summary written) and,
 with ``--scale 2000`` (and more), our PatchCore training peak RSS against the 200-image run.
 
-    .venv/bin/python -m benchmarks.speed [--only patchcore|fastflow] [--scale 2000 10000] [--epochs 3]
+    .venv/bin/python -m benchmarks.speed [--only patchcore|fastflow|scale] [--scale 2000 10000] [--epochs 3]
 
 Rows go to ``results/speed-rows.jsonl`` as they finish; the table to ``BENCHMARKS.md`` ("Speed").
 """
@@ -33,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -66,6 +70,7 @@ def build_data(n_train: int, seed: int = 1000) -> Path:
     stamp = {"n_train": n_train, "seed": seed}
     stamp_file = target / "stamp.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        _unlabelled(target)
         return target
     make_sample_data.generate(
         target, seed, n_train=n_train, n_valid=20, n_bad=10, n_inf_ok=50, n_inf_ng=50, product="gravel"
@@ -76,8 +81,19 @@ def build_data(n_train: int, seed: int = 1000) -> Path:
     one.mkdir()
     first = sorted((target / "test").glob("ng_*.jpg"))[0]
     shutil.copy(first, one / first.name)
+    _unlabelled(target)
     stamp_file.write_text(json.dumps(stamp))
     return target
+
+
+def _unlabelled(target: Path) -> None:
+    """The test images again, without a CSV: what a production inference run scores (no metrics)."""
+    folder = target / "unlabelled"
+    if folder.is_dir():
+        return
+    folder.mkdir()
+    for image in sorted((target / "test").glob("*.jpg")):
+        os.link(image, folder / image.name)
 
 
 def _anomalib_layout(target: Path) -> None:
@@ -153,6 +169,10 @@ def worker_ours(data: Path, model: str, mode: str, epochs: int, folder: str) -> 
     from assets import inference, train  # noqa: F401  (imports are not part of the timing)
 
     plan = _plan(data, model, epochs, data / folder)
+    trained = WORK / "runs" / f"{data.name}-{model}-test" / "train_artifacts"
+    if mode == "inference" and folder != "test":
+        shutil.rmtree(plan.parent / "train_artifacts", ignore_errors=True)
+        shutil.copytree(trained, plan.parent / "train_artifacts")
     started = time.perf_counter()
     code = entry.main(["--mode", mode, "--config", str(plan)])
     seconds = time.perf_counter() - started
@@ -310,6 +330,7 @@ def spawn(*args: str) -> dict:
 
 def record(rows: dict, name: str, row: dict) -> None:
     """Keep a row and append it to the log."""
+    row["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows[name] = row
     print(json.dumps({name: row}), flush=True)
     with (ROOT / "results" / "speed-rows.jsonl").open("a", encoding="utf-8") as handle:
@@ -321,6 +342,7 @@ def run_patchcore(data: Path, rows: dict) -> None:
     record(rows, "patchcore/bare", spawn("bare", str(data), "patchcore"))
     record(rows, "patchcore/ours-train", spawn("ours", str(data), "patchcore", "train", "1", "test"))
     record(rows, "patchcore/ours-inference", spawn("ours", str(data), "patchcore", "inference", "1", "test"))
+    record(rows, "patchcore/ours-unlabelled", spawn("ours", str(data), "patchcore", "inference", "1", "unlabelled"))
     plan = _plan(data, "patchcore", 1, data / "one")
     shutil.rmtree(plan.parent / "train_artifacts", ignore_errors=True)
     shutil.copytree(WORK / "runs" / f"{data.name}-patchcore-test" / "train_artifacts", plan.parent / "train_artifacts")
@@ -340,11 +362,16 @@ def run_fastflow(data: Path, rows: dict, epochs: int) -> None:
     """FastFlow: ours (train, inference) and anomalib, same epochs."""
     record(rows, "fastflow/ours-train", spawn("ours", str(data), "fastflow", "train", str(epochs), "test"))
     record(rows, "fastflow/ours-inference", spawn("ours", str(data), "fastflow", "inference", str(epochs), "test"))
+    record(
+        rows,
+        "fastflow/ours-unlabelled",
+        spawn("ours", str(data), "fastflow", "inference", str(epochs), "unlabelled"),
+    )
     record(rows, "fastflow/anomalib", spawn("anomalib", str(data), "fastflow", str(epochs)))
 
 
-def table(rows: dict, epochs: int) -> str:
-    """The markdown report of one run."""
+def table(rows: dict, epochs: int, part: str) -> str:
+    """The markdown report of one part (``PatchCore``, ``FastFlow`` or ``scale``) of a run."""
 
     def get(name: str, key: str) -> float:
         return float(rows.get(name, {}).get(key, float("nan")))
@@ -353,9 +380,9 @@ def table(rows: dict, epochs: int) -> str:
         return "n/a" if value != value else f"{value:.{digits}f}"
 
     lines = []
-    if "patchcore/ours-train" in rows:
+    if part == "PatchCore":
         ours_fit, their_fit = get("patchcore/ours-train", "seconds"), get("patchcore/anomalib", "fit_seconds")
-        ours_ips = get("patchcore/ours-inference", "images") / get("patchcore/ours-inference", "seconds")
+        ours_ips = get("patchcore/ours-unlabelled", "images") / get("patchcore/ours-unlabelled", "seconds")
         their_ips = get("patchcore/anomalib", "images") / get("patchcore/anomalib", "predict_seconds")
         bare_ips = get("patchcore/bare", "images") / get("patchcore/bare", "seconds")
         bare_cl_ips = get("patchcore/bare", "images") / get("patchcore/bare", "channels_last_seconds")
@@ -378,10 +405,10 @@ def table(rows: dict, epochs: int) -> str:
             f"| cold single-image inference s (process start to summary) | "
             f"{fmt(get('patchcore/ours-cold-one-image', 'seconds'))} | | | | |",
         ]
-    if "fastflow/ours-train" in rows:
+    if part == "FastFlow":
         ours_epoch = get("fastflow/ours-train", "seconds") / epochs
         their_epoch = get("fastflow/anomalib", "fit_seconds") / epochs
-        ours_ips = get("fastflow/ours-inference", "images") / get("fastflow/ours-inference", "seconds")
+        ours_ips = get("fastflow/ours-unlabelled", "images") / get("fastflow/ours-unlabelled", "seconds")
         their_ips = get("fastflow/anomalib", "images") / get("fastflow/anomalib", "predict_seconds")
         lines += [
             f"\n**FastFlow** ({FASTFLOW['backbone']} random weights, {' + '.join(FASTFLOW['layers'])}, "
@@ -397,7 +424,7 @@ def table(rows: dict, epochs: int) -> str:
     scale = sorted(
         (int(name.split("/")[1].split("-")[0]), row) for name, row in rows.items() if name.startswith("scale/")
     )
-    if scale:
+    if part == "scale":
         base = get("patchcore/ours-train", "peak_rss_mb")
         lines += [
             "\n**PatchCore training at scale** (ours, same settings)\n",
@@ -416,13 +443,27 @@ def table(rows: dict, epochs: int) -> str:
     return "\n".join(lines)
 
 
+def _base(rows: dict, title: str) -> dict:
+    """The 200-image training row the scale table compares with."""
+    return (
+        {"patchcore/ours-train": rows["patchcore/ours-train"]}
+        if title == "scale" and "patchcore/ours-train" in rows
+        else {}
+    )
+
+
 def main() -> None:
     """Run the benchmark (or one worker) and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["patchcore", "fastflow"])
+    parser.add_argument("--only", choices=["patchcore", "fastflow", "scale"], help="one part of the benchmark")
     parser.add_argument("--scale", nargs="*", type=int, default=[], help="also train ours on this many images")
     parser.add_argument("--epochs", type=int, default=3, help="FastFlow epochs (both sides)")
     parser.add_argument("--train-images", type=int, default=200)
+    parser.add_argument(
+        "--from-log",
+        action="store_true",
+        help="only rewrite the tables from the latest rows in results/speed-rows.jsonl",
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -436,21 +477,45 @@ def main() -> None:
             row = worker_bare(Path(data), model)
         args.out.write_text(json.dumps(row))
         return
-    data = build_data(args.train_images)
     rows: dict = {}
+    if args.from_log:
+        for line in (ROOT / "results" / "speed-rows.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows[row.pop("name")] = row
+        _write(rows, args.epochs, from_log=True)
+        return
+    data = build_data(args.train_images)
     if args.only in (None, "patchcore"):
         run_patchcore(data, rows)
     if args.only in (None, "fastflow"):
         run_fastflow(data, rows, args.epochs)
     if args.only in (None, "patchcore"):  # last: its greedy coreset takes the better part of an hour
         record(rows, "patchcore/anomalib", spawn("anomalib", str(data), "patchcore", "1"))
-    for count in args.scale:
+    if args.only == "scale":  # the 200-image run the ratios refer to
+        record(rows, "patchcore/ours-train", spawn("ours", str(data), "patchcore", "train", "1", "test"))
+    for count in args.scale if args.only in (None, "scale") else []:
         bigger = build_data(count)
         record(rows, f"scale/{count}-train", spawn("ours", str(bigger), "patchcore", "train", "1", "test"))
+    _write(rows, args.epochs)
+
+
+def _write(rows: dict, epochs: int, from_log: bool = False) -> None:
+    """Write one BENCHMARKS.md section per part present in ``rows``."""
     from benchmarks.report import write_section
 
-    command = "python -m benchmarks.speed " + " ".join(sys.argv[1:])
-    write_section(ROOT / "BENCHMARKS.md", "Speed", f"Command: `{command.strip()}`\n\n" + table(rows, args.epochs))
+    command = f"Command: `{('python -m benchmarks.speed ' + ' '.join(sys.argv[1:])).strip()}`\n\n"
+    parts = {"PatchCore": "patchcore/anomalib", "FastFlow": "fastflow/ours-train", "scale": "scale/"}
+    for title, marker in parts.items():
+        if any(name.startswith(marker) for name in rows):
+            mine = {name: row for name, row in rows.items() if name.startswith(marker.split("/")[0] + "/")}
+            if from_log:
+                stamps = sorted(row["finished"] for row in mine.values() if "finished" in row)
+                span = f"{stamps[0]} to {stamps[-1]}" if stamps else "earlier runs"
+                command = (
+                    f"Rows of `python -m benchmarks.speed` runs finished {span} (tables rebuilt by `--from-log`)\n\n"
+                )
+            body = command + table(mine | _base(rows, title), epochs, title)
+            write_section(ROOT / "BENCHMARKS.md", f"Speed: {title}", body)
 
 
 if __name__ == "__main__":

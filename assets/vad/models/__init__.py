@@ -108,6 +108,8 @@ def load(folder: Path) -> tuple[torch.nn.Module, ModelSpec, dict[str, object]]:
         scoring = dict(config["scoring"])
         model = build_model(spec, pretrained=False)
         model.load_state_dict(load_file(str(weights_path)), strict=True)
+        if spec.model_name == "fastflow":
+            model.use_channels_last()  # a loaded model only scores
     except (ValueError, KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
         detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         msg = f"model error: the model in {folder} cannot be loaded ({detail}); train again"

@@ -383,6 +383,7 @@ def table(rows: dict, epochs: int, part: str) -> str:
     if part == "PatchCore":
         ours_fit, their_fit = get("patchcore/ours-train", "seconds"), get("patchcore/anomalib", "fit_seconds")
         ours_ips = get("patchcore/ours-unlabelled", "images") / get("patchcore/ours-unlabelled", "seconds")
+        labelled_ips = get("patchcore/ours-inference", "images") / get("patchcore/ours-inference", "seconds")
         their_ips = get("patchcore/anomalib", "images") / get("patchcore/anomalib", "predict_seconds")
         bare_ips = get("patchcore/bare", "images") / get("patchcore/bare", "seconds")
         bare_cl_ips = get("patchcore/bare", "images") / get("patchcore/bare", "channels_last_seconds")
@@ -393,10 +394,13 @@ def table(rows: dict, epochs: int, part: str) -> str:
             "| | ours | plain anomalib | ratio (ours vs anomalib) | bare backbone | ours / bare |",
             "|---|---|---|---|---|---|",
             f"| fit seconds | {fmt(ours_fit)} | {fmt(their_fit)} | {fmt(their_fit / ours_fit)}x faster | | |",
-            f"| inference images/s | {fmt(ours_ips)} | {fmt(their_ips)} | {fmt(ours_ips / their_ips)}x | "
-            f"{fmt(bare_ips)} | {fmt(100 * ours_ips / bare_ips, 0)}% |",
-            f"| (bare backbone in channels-last, as ours runs it) | | | | {fmt(bare_cl_ips)} | "
-            f"{fmt(100 * ours_ips / bare_cl_ips, 0)}% |",
+            f"| inference images/s (production run: no labels) | {fmt(ours_ips)} | {fmt(their_ips)} | "
+            f"{fmt(ours_ips / their_ips)}x | {fmt(bare_ips)} | {fmt(100 * ours_ips / bare_ips, 0)}% |",
+            f"| inference images/s (labelled run: + image and pixel metrics) | {fmt(labelled_ips)} | "
+            f"{fmt(their_ips)} | {fmt(labelled_ips / their_ips)}x | {fmt(bare_ips)} | "
+            f"{fmt(100 * labelled_ips / bare_ips, 0)}% |",
+            f"| (bare backbone in channels-last, as ours runs it; vs production run) | | | | "
+            f"{fmt(bare_cl_ips)} | {fmt(100 * ours_ips / bare_cl_ips, 0)}% |",
             f"| training peak RSS MB | {fmt(get('patchcore/ours-train', 'peak_rss_mb'), 0)} | "
             f"{fmt(get('patchcore/anomalib', 'fit_peak_rss_mb'), 0)} | | | |",
             f"| test image AUROC | {fmt(get('patchcore/ours-inference', 'image_auroc'), 3)} | "
@@ -409,6 +413,7 @@ def table(rows: dict, epochs: int, part: str) -> str:
         ours_epoch = get("fastflow/ours-train", "seconds") / epochs
         their_epoch = get("fastflow/anomalib", "fit_seconds") / epochs
         ours_ips = get("fastflow/ours-unlabelled", "images") / get("fastflow/ours-unlabelled", "seconds")
+        labelled_ips = get("fastflow/ours-inference", "images") / get("fastflow/ours-inference", "seconds")
         their_ips = get("fastflow/anomalib", "images") / get("fastflow/anomalib", "predict_seconds")
         lines += [
             f"\n**FastFlow** ({FASTFLOW['backbone']} random weights, {' + '.join(FASTFLOW['layers'])}, "
@@ -417,7 +422,10 @@ def table(rows: dict, epochs: int, part: str) -> str:
             "|---|---|---|---|",
             f"| training seconds per epoch | {fmt(ours_epoch)} | {fmt(their_epoch)} | "
             f"{fmt(their_epoch / ours_epoch)}x faster |",
-            f"| inference images/s | {fmt(ours_ips)} | {fmt(their_ips)} | {fmt(ours_ips / their_ips)}x |",
+            f"| inference images/s (production run: no labels) | {fmt(ours_ips)} | {fmt(their_ips)} | "
+            f"{fmt(ours_ips / their_ips)}x |",
+            f"| inference images/s (labelled run: + image and pixel metrics) | {fmt(labelled_ips)} | "
+            f"{fmt(their_ips)} | {fmt(labelled_ips / their_ips)}x |",
             f"| training peak RSS MB | {fmt(get('fastflow/ours-train', 'peak_rss_mb'), 0)} | "
             f"{fmt(get('fastflow/anomalib', 'fit_peak_rss_mb'), 0)} | |",
         ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -71,7 +70,6 @@ class InferenceStep(Asset):
         samples: pd.DataFrame = data["samples"]
         files = list(samples["_file"])
         labels = list(samples["_label"]) if "_label" in samples else ["unknown"] * len(files)
-        raw = np.empty(len(files), dtype=np.float64)
         folder = ctx.artifacts / "extra_output" / "inference" / "images"
         ctx.logger.info(
             f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} "
@@ -80,25 +78,21 @@ class InferenceStep(Asset):
         pixels = PixelRows(samples)
         rows = data["dataframe"].loc[samples.index]
         output = CsvRows(ctx.artifact_path("output", "output.csv"))
+        batches = []
         for positions, scores, maps in score_images(model, files, spec, BATCH_SIZE, ctx.logger, "inference"):
-            raw[positions] = scores
             pixels.update(positions, maps)
-            batch = scorer.columns(scores)
-            output.append(rows.iloc[positions].assign(**batch))
+            batch = rows.iloc[positions].assign(**scorer.columns(scores))
+            output.append(batch)
+            batches.append(batch)
             if args.save_anomaly_maps:
                 for position, raw_map, pred in zip(positions, maps, batch["pred_label"], strict=True):
                     scorer.save_heatmap(files[position], raw_map, labels[position], str(pred), folder)
-        predictions = rows.copy()
-        columns = scorer.columns(raw)
-        for name, values in columns.items():
-            predictions[name] = values
-        summary: dict[str, object] = {
-            "n_images": len(files),
-            "n_pred_ng": int((columns["pred_label"] == scorer.ng_name).sum()),
-        }
+        predictions = pd.concat(batches)  # the loader keeps file order, so this is output.csv's row order
+        pred_ng = (predictions["pred_label"] == scorer.ng_name).to_numpy()
+        summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(pred_ng.sum())}
         if "_is_ng" in samples:
             is_ng = samples["_is_ng"].to_numpy(dtype=bool)
-            scores = classification_scores(is_ng, columns["pred_label"] == scorer.ng_name, columns["anomaly_score"])
+            scores = classification_scores(is_ng, pred_ng, predictions["anomaly_score"].to_numpy())
             scores.update(pixels.compute())
             pd.DataFrame([scores]).to_csv(ctx.artifact_path("output", "inference_score.csv"), index=False)
             summary["labelled_scores"] = scores
@@ -111,7 +105,6 @@ class InferenceStep(Asset):
             "ok_class": scorer.ok_name,
             "ng_name": scorer.ng_name,
             "inference_threshold": args.inference_threshold,
-            "output_csv_rows": output.rows,
         }
         return data, config
 

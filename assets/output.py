@@ -1,4 +1,4 @@
-"""Output step: write ``output.csv`` and the edge conductor's ``inference_summary.yaml``."""
+"""Output step: write the edge conductor's ``inference_summary.yaml`` (inference wrote ``output.csv`` as it scored)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class OutputStep(Asset):
     Args = OutputArgs
 
     def run(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
-        """Write ``output/output.csv`` and ``score/inference_summary.yaml``.
+        """Write ``score/inference_summary.yaml`` from the predictions inference wrote to ``output.csv``.
 
         Args:
             ctx: Run context.
@@ -59,8 +59,6 @@ class OutputStep(Asset):
         """
         predictions: pd.DataFrame = data["predictions"]
         info = config["inference"]
-        if info.get("output_csv_rows") != len(predictions):  # else inference wrote it as it scored
-            predictions.to_csv(ctx.artifact_path("output", "output.csv"), index=False)
         result, score, probability = summarize(predictions, info["ok_class"], info["ng_name"])
         samples = data["samples"]
         file_path = samples["_file"].iloc[0] if len(samples) == 1 else str(data["data_dir"])

@@ -162,17 +162,28 @@ def _plan(data: Path, model: str, epochs: int, folder: Path) -> Path:
     return path
 
 
+def _inference_plan(data: Path, model: str, epochs: int, folder: str) -> Path:
+    """A plan scoring ``data / folder`` with the model trained on ``data`` (copied into its run folder)."""
+    plan = _plan(data, model, epochs, data / folder)
+    if folder != "test":  # the "test" run folder is the training run's own
+        shutil.rmtree(plan.parent / "train_artifacts", ignore_errors=True)
+        shutil.copytree(
+            WORK / "runs" / f"{data.name}-{model}-test" / "train_artifacts", plan.parent / "train_artifacts"
+        )
+    return plan
+
+
 def worker_ours(data: Path, model: str, mode: str, epochs: int, folder: str) -> dict:
     """Our pipeline through main.py's ``main`` in this process."""
     sys.path.insert(0, str(ROOT))
     import main as entry
     from assets import inference, train  # noqa: F401  (imports are not part of the timing)
 
-    plan = _plan(data, model, epochs, data / folder)
-    trained = WORK / "runs" / f"{data.name}-{model}-test" / "train_artifacts"
-    if mode == "inference" and folder != "test":
-        shutil.rmtree(plan.parent / "train_artifacts", ignore_errors=True)
-        shutil.copytree(trained, plan.parent / "train_artifacts")
+    plan = (
+        _inference_plan(data, model, epochs, folder)
+        if mode == "inference"
+        else _plan(data, model, epochs, data / folder)
+    )
     started = time.perf_counter()
     code = entry.main(["--mode", mode, "--config", str(plan)])
     seconds = time.perf_counter() - started
@@ -343,9 +354,7 @@ def run_patchcore(data: Path, rows: dict) -> None:
     record(rows, "patchcore/ours-train", spawn("ours", str(data), "patchcore", "train", "1", "test"))
     record(rows, "patchcore/ours-inference", spawn("ours", str(data), "patchcore", "inference", "1", "test"))
     record(rows, "patchcore/ours-unlabelled", spawn("ours", str(data), "patchcore", "inference", "1", "unlabelled"))
-    plan = _plan(data, "patchcore", 1, data / "one")
-    shutil.rmtree(plan.parent / "train_artifacts", ignore_errors=True)
-    shutil.copytree(WORK / "runs" / f"{data.name}-patchcore-test" / "train_artifacts", plan.parent / "train_artifacts")
+    plan = _inference_plan(data, "patchcore", 1, "one")
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "--mode", "inference", "--config", str(plan)],

@@ -54,6 +54,7 @@ class ModelParameters(StepArgs):
     patchcore_coreset_sampling_ratio: float = Field(0.1, gt=0.0, le=1.0)
     patchcore_num_neighbors: int = Field(9, ge=1)
     patchcore_search: Literal["auto", "exact"] = "auto"
+    patchcore_image_score: Literal["map_max", "reweighted"] = "map_max"
     backbone_weights: str | None = None
     pretrained: bool = True
     early_stopping_patience: int = Field(3, ge=1)
@@ -245,6 +246,7 @@ class TrainStep(Asset):
             coreset_sampling_ratio=params.patchcore_coreset_sampling_ratio,
             num_neighbors=params.patchcore_num_neighbors,
             search=params.patchcore_search,
+            image_score=params.patchcore_image_score,
             flow_steps=params.fastflow_flow_steps,
             hidden_ratio=params.fastflow_hidden_ratio,
             conv3x3_only=params.fastflow_conv3x3_only,

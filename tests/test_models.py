@@ -157,6 +157,33 @@ def test_channels_last_embedding_matches_anomalibs_nchw_forward():
     assert torch.allclose(ours.embed(images), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_image_score_is_the_peak_of_the_map_or_anomalibs_reweighted_score(tmp_path):
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    rng = np.random.default_rng(4)
+    spec = ModelSpec("patchcore", "resnet18", ["layer2"], [64, 64], [0.5] * 3, [0.5] * 3, image_score="map_max")
+    model = build_model(spec, False)
+    model.fit(iter([batch(rng, 4)]), 4, 0.5, 0, LOGGER)
+    images = torch.cat([batch(rng, 2), batch(rng, 2, bad=True)])
+    scores, maps = predict(model, images)
+    assert np.allclose(scores, maps.reshape(4, -1).max(axis=1))
+    model.image_score = "reweighted"
+    reference = PatchcoreModel(layers=spec.layers, backbone=spec.backbone, pre_trained=False).eval()
+    reference.load_state_dict(model.state_dict(), strict=False)
+    reweighted, reweighted_maps = predict(model, images)
+    with torch.no_grad():
+        expected = reference(images)
+    assert np.allclose(reweighted, expected.pred_score.reshape(-1).numpy(), atol=1e-4)
+    assert np.allclose(reweighted_maps, maps)  # the option changes the image score only
+    assert not np.allclose(reweighted, scores)
+    save(model, spec, {"threshold": 0.0}, tmp_path)
+    config = (tmp_path / "train_config.json").read_text(encoding="utf-8")
+    (tmp_path / "train_config.json").write_text(config.replace('"image_score": "map_max",', ""), encoding="utf-8")
+    old, old_spec, _ = load(tmp_path)  # a model saved before the option keeps anomalib's score
+    assert old_spec.image_score == "reweighted"
+    assert np.allclose(predict(old, images)[0], reweighted, atol=1e-5)
+
+
 class _StubFlow(torch.nn.Module):
     """One trainable weight: its value after each epoch identifies which epoch's state was kept."""
 

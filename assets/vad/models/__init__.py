@@ -32,6 +32,7 @@ class ModelSpec:
     coreset_sampling_ratio: float = 0.1
     num_neighbors: int = 9
     search: str = "auto"
+    image_score: str = "reweighted"  # models saved before the option scored this way
     flow_steps: int = 8
     hidden_ratio: float = 1.0
     conv3x3_only: bool = False
@@ -52,7 +53,9 @@ def build_model(spec: ModelSpec, pretrained: bool, weights_path: str | Path | No
     if spec.model_name == "patchcore":
         from assets.vad.models.patchcore import OfflinePatchcore
 
-        return OfflinePatchcore(spec.backbone, spec.layers, spec.num_neighbors, pretrained, weights_path, spec.search)
+        return OfflinePatchcore(
+            spec.backbone, spec.layers, spec.num_neighbors, pretrained, weights_path, spec.search, spec.image_score
+        )
     from assets.vad.models.fastflow import OfflineFastflow
 
     return OfflineFastflow(

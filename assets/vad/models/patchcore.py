@@ -9,6 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from anomalib.data import InferenceBatch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from alo.logs import Progress
@@ -21,6 +22,7 @@ MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before
 GROUP_ROWS = 65536  # chunk picks merged and reduced together: bounds memory and each greedy pass
 QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
 SEARCH_MODES = ("auto", "exact")
+IMAGE_SCORES = ("map_max", "reweighted")
 IVF_MIN_ROWS = 8192  # smaller banks are searched exactly
 IVF_ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
 IVF_MAX_LISTS = 4096
@@ -41,12 +43,17 @@ class OfflinePatchcore(PatchcoreModel):
         pretrained: bool = True,
         weights_path: str | Path | None = None,
         search: str = "auto",
+        image_score: str = "map_max",
     ) -> None:
         super().__init__(layers=list(layers), backbone=backbone, pre_trained=False, num_neighbors=num_neighbors)
         if search not in SEARCH_MODES:
             msg = f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}"
             raise ValueError(msg)
+        if image_score not in IMAGE_SCORES:
+            msg = f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {image_score!r}"
+            raise ValueError(msg)
         self.search = search
+        self.image_score = image_score
         blur = self.anomaly_map_generator.blur
         self.anomaly_map_generator.blur = SeparableGaussianBlur2d(
             sigma=4, channels=1, kernel_size=(blur.height, blur.width)
@@ -65,8 +72,13 @@ class OfflinePatchcore(PatchcoreModel):
         self.feature_extractor.to(memory_format=torch.channels_last)
         self.eval()
 
-    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
-        """The anomalib forward pass, on a channels-last copy of the batch (see ``__init__``).
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:
+        """Embeddings while training; else the anomaly map and the image score.
+
+        The backbone runs on a channels-last copy of the batch (see ``__init__``). With
+        ``image_score="map_max"`` the image score is the peak of the blurred anomaly map, the map the
+        heatmaps show; ``"reweighted"`` keeps anomalib's score (the farthest patch, re-weighted by
+        the density of its nearest bank rows).
 
         Args:
             input_tensor: Normalised images (B, 3, H, W).
@@ -74,7 +86,22 @@ class OfflinePatchcore(PatchcoreModel):
         Returns:
             Embeddings while training, else anomalib's ``InferenceBatch``.
         """
-        return super().forward(input_tensor.contiguous(memory_format=torch.channels_last))
+        input_tensor = input_tensor.contiguous(memory_format=torch.channels_last)
+        if self.training or self.image_score == "reweighted":
+            return super().forward(input_tensor)
+        if self.memory_bank.size(0) == 0:
+            msg = "memory bank is empty: fit the model before scoring"
+            raise ValueError(msg)
+        with torch.no_grad():
+            features = self.feature_extractor(input_tensor.type(self.memory_bank.dtype))
+            features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
+            embedding = self.generate_embedding(features)
+            batch, _, height, width = embedding.shape
+            patch_scores, _ = self.nearest_neighbors(self.reshape_embedding(embedding), n_neighbors=1)
+            patch_scores = patch_scores.reshape(batch, 1, height, width)
+            anomaly_map = self.anomaly_map_generator(patch_scores, input_tensor.shape[-2:])
+            pred_score = torch.amax(anomaly_map, dim=(-2, -1)).reshape(batch)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
     def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest memory-bank rows of each query, as anomalib's method returns them.

@@ -123,6 +123,7 @@ def _peak_rss_mb() -> float:
 
 
 def _plan(data: Path, model: str, epochs: int, folder: Path) -> Path:
+    """A plan for ``model`` (``fastflow-default``: FastFlow with the product's default backbone)."""
     plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
     plan["external_path"] = [
         {"load_train_data_path": str(data / "train")},
@@ -134,13 +135,15 @@ def _plan(data: Path, model: str, epochs: int, folder: Path) -> Path:
                 args = step["args"][0] if step.get("args") else {}
                 if step["step"] == "train":
                     args.update(
-                        model_name=model,
+                        model_name=model.removesuffix("-default"),
                         img_size=[SIZE, SIZE],
                         batch_size=BATCH,
                         max_epochs=epochs,
                         save_validation_heatmap=False,
                     )
-                    if model == "patchcore":
+                    if model.endswith("-default"):  # the product's own defaults for this model
+                        args["model_parameters"] = {"early_stopping_patience": epochs}
+                    elif model == "patchcore":
                         args["model_parameters"] = {
                             "patchcore_backbone": PATCHCORE["backbone"],
                             "patchcore_layers": PATCHCORE["layers"],
@@ -315,6 +318,39 @@ def worker_bare(data: Path, model: str) -> dict:
     return row | {"peak_rss_mb": _peak_rss_mb()}
 
 
+def worker_work(data: Path, model: str) -> dict:
+    """Multiply-adds per image of the FastFlow model (backbone, flows) and this CPU's best fp32 rate.
+
+    The rate is that of a large matrix product on all cores, the most this CPU does in fp32: it bounds
+    how many images per second any runtime can score with the same model.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT))
+    from assets.vad.models import ModelSpec, build_model
+
+    spec = ModelSpec(model, FASTFLOW["backbone"], FASTFLOW["layers"], [SIZE, SIZE], [0.5] * 3, [0.5] * 3)
+    net = build_model(spec, pretrained=False)
+    image = torch.zeros(1, 3, SIZE, SIZE)
+    with torch.no_grad():  # the FLOP counter's module hooks do not work under inference_mode
+        with FlopCounterMode(display=False) as counter:
+            features = net.extract(image)
+        backbone = counter.get_total_flops() / 2e9
+        with FlopCounterMode(display=False) as counter:
+            net.flow(features)
+        flows = counter.get_total_flops() / 2e9
+        side, repeats = 2048, 20
+        left, right = torch.randn(side, side), torch.randn(side, side)
+        left @ right  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            left @ right
+        rate = side**3 * repeats / 1e9 / (time.perf_counter() - started)
+    threads = torch.get_num_threads()
+    return {"backbone_gmac": backbone, "flows_gmac": flows, "matmul_gmac_per_s": rate, "threads": threads}
+
+
 # ----------------------------------------------------------------------------- orchestration
 
 
@@ -377,6 +413,10 @@ def run_fastflow(data: Path, rows: dict, epochs: int) -> None:
         spawn("ours", str(data), "fastflow", "inference", str(epochs), "unlabelled"),
     )
     record(rows, "fastflow/anomalib", spawn("anomalib", str(data), "fastflow", str(epochs)))
+    record(rows, "fastflow/work", spawn("work", str(data), "fastflow"))
+    for mode, folder in (("train", "test"), ("inference", "unlabelled")):
+        row = spawn("ours", str(data), "fastflow-default", mode, str(epochs), folder)
+        record(rows, f"fastflow/ours-default-{mode}", row)
 
 
 def table(rows: dict, epochs: int, part: str) -> str:
@@ -438,6 +478,28 @@ def table(rows: dict, epochs: int, part: str) -> str:
             f"| training peak RSS MB | {fmt(get('fastflow/ours-train', 'peak_rss_mb'), 0)} | "
             f"{fmt(get('fastflow/anomalib', 'fit_peak_rss_mb'), 0)} | |",
         ]
+        work = get("fastflow/work", "backbone_gmac") + get("fastflow/work", "flows_gmac")
+        ceiling = get("fastflow/work", "matmul_gmac_per_s")
+        default_ips = get("fastflow/ours-default-inference", "images") / get(
+            "fastflow/ours-default-inference", "seconds"
+        )
+        lines += [
+            f"\nWork per image: {fmt(get('fastflow/work', 'backbone_gmac'), 2)} GMAC in the backbone + "
+            f"{fmt(get('fastflow/work', 'flows_gmac'), 2)} GMAC in the flows = {fmt(work, 2)} GMAC. This CPU's "
+            f"best fp32 rate (a 2048x2048 matrix product on {fmt(get('fastflow/work', 'threads'), 0)} threads) is "
+            f"{fmt(ceiling)} GMAC/s, so no fp32 runtime can score this model faster than {fmt(ceiling / work)} "
+            f"images/s; anomalib's {fmt(their_ips)} images/s already runs at "
+            f"{fmt(100 * their_ips * work / ceiling, 0)}% of that, and 2x anomalib would need "
+            f"{fmt(200 * their_ips * work / ceiling, 0)}%.\n",
+            "| product default FastFlow (tf_efficientnet_lite0, pretrained, stride-8 + stride-16) | ours | "
+            "anomalib (resnet18, above) | ratio |",
+            "|---|---|---|---|",
+            f"| training seconds per epoch | "
+            f"{fmt(get('fastflow/ours-default-train', 'seconds') / epochs)} | {fmt(their_epoch)} | "
+            f"{fmt(their_epoch * epochs / get('fastflow/ours-default-train', 'seconds'))}x faster |",
+            f"| inference images/s (production run: no labels) | {fmt(default_ips)} | {fmt(their_ips)} | "
+            f"{fmt(default_ips / their_ips)}x |",
+        ]
     scale = sorted(
         (int(name.split("/")[1].split("-")[0]), row) for name, row in rows.items() if name.startswith("scale/")
     )
@@ -488,6 +550,8 @@ def main() -> None:
         kind, data, model, *rest = args.worker
         if kind == "ours":
             row = worker_ours(Path(data), model, rest[0], int(rest[1]), rest[2])
+        elif kind == "work":
+            row = worker_work(Path(data), model)
         elif kind == "anomalib":
             row = worker_anomalib(Path(data), model, int(rest[0]))
         else:

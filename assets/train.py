@@ -302,13 +302,12 @@ class TrainStep(Asset):
 
         def evaluate(current: torch.nn.Module) -> dict[str, float]:
             scores, losses, sizes = [], [], []
+            current.train()  # one pass per batch: hidden variables give both the loss and the anomaly map
             with torch.no_grad():
                 for features in valid_features:
-                    current.eval()
-                    scores.append(current.flow(features).pred_score.reshape(-1).numpy())
-                    current.train()
                     hidden, jacobians = current.flow(features)
                     losses.append(float(criterion(hidden, jacobians)))
+                    scores.append(current.image_scores(current.anomaly_map_generator(hidden)).reshape(-1).numpy())
                     sizes.append(len(features[0]))
             current.eval()
             raw = np.concatenate(scores)

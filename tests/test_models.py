@@ -184,6 +184,22 @@ def test_image_score_is_the_peak_of_the_map_or_anomalibs_reweighted_score(tmp_pa
     assert np.allclose(predict(old, images)[0], reweighted, atol=1e-5)
 
 
+def test_fastflow_validation_pass_scores_like_inference():
+    spec = ModelSpec("fastflow", "resnet18", ["layer1", "layer2"], [64, 64], [0.5] * 3, [0.5] * 3, flow_steps=2)
+    model = build_model(spec, pretrained=False)
+    for parameter in model.fast_flow_blocks.parameters():  # move the flows away from the identity
+        parameter.data.add_(torch.randn_like(parameter) * 0.05)
+    features = model.extract(batch(np.random.default_rng(5), 3))
+    model.eval()
+    with torch.no_grad():
+        expected = model.flow(features)
+        model.train()
+        hidden, _ = model.flow(features)
+        scores = model.image_scores(model.anomaly_map_generator(hidden))
+    assert torch.allclose(scores, expected.pred_score, atol=1e-6)
+    assert len(torch.unique(scores)) == 3
+
+
 class _StubFlow(torch.nn.Module):
     """One trainable weight: its value after each epoch identifies which epoch's state was kept."""
 

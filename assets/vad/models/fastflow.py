@@ -114,7 +114,21 @@ class OfflineFastflow(FastflowModel):
         if self.training:
             return hidden, jacobians
         anomaly_map = self.anomaly_map_generator(hidden)
-        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=self.image_scores(anomaly_map), anomaly_map=anomaly_map)
+
+    def image_scores(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Image scores from anomaly maps (their peak, as anomalib scores FastFlow).
+
+        Validation takes them from the training-mode pass that also gives the loss
+        (``anomaly_map_generator(hidden)``), so the flows run once per validation batch.
+
+        Args:
+            anomaly_map: Maps of shape (B, 1, H, W).
+
+        Returns:
+            Scores of shape (B, 1).
+        """
+        return torch.amax(anomaly_map, dim=(-2, -1))
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Score a batch of images (or return flow outputs in training mode).

@@ -19,9 +19,13 @@ its own process (so peak RSS belongs to one thing) with the torch thread count o
 PatchCore: ``mobilenetv2_100`` (``blocks.2`` + ``blocks.4``), coreset ratio 0.1. FastFlow: anomalib's
 FastFlow supports only a few backbones, so both sides use ``resnet18`` (``layer1``-``layer3``) with
 random weights (speed only). Also: cold single-image inference (process start to summary written) and,
-with ``--scale 2000`` (and more), our PatchCore training peak RSS against the 200-image run.
+with ``--scale 2000`` (and more), our PatchCore training peak RSS against the 200-image run, and a
+production inference run that scores all those training images (no CSV) with the 200-image model:
+its peak RSS against scoring the 100 test images with the same model shows whether streaming
+inference keeps memory flat. ``--only scale-inference`` runs only the inference runs.
 
-    .venv/bin/python -m benchmarks.speed [--only patchcore|fastflow|scale] [--scale 2000 10000] [--epochs 3]
+    .venv/bin/python -m benchmarks.speed [--only patchcore|fastflow|scale|scale-inference] [--scale 2000 10000]
+        [--epochs 3]
 
 Rows go to ``results/speed-rows.jsonl`` as they finish; the table to ``BENCHMARKS.md`` ("Speed").
 """
@@ -93,6 +97,16 @@ def _unlabelled(target: Path) -> None:
         return
     folder.mkdir()
     for image in sorted((target / "test").glob("*.jpg")):
+        os.link(image, folder / image.name)
+
+
+def _bulk(target: Path) -> None:
+    """All OK training images of a dataset, without a CSV: a large production inference run."""
+    folder = target / "bulk"
+    if folder.is_dir():
+        return
+    folder.mkdir()
+    for image in sorted((target / "train" / "good").glob("*.jpg")):
         os.link(image, folder / image.name)
 
 
@@ -503,6 +517,8 @@ def table(rows: dict, epochs: int, part: str) -> str:
     scale = sorted(
         (int(name.split("/")[1].split("-")[0]), row) for name, row in rows.items() if name.startswith("scale/")
     )
+    inference_scale = [(count, row) for count, row in scale if "images" in row]
+    scale = [(count, row) for count, row in scale if "images" not in row]
     if part == "scale":
         base = get("patchcore/ours-train", "peak_rss_mb")
         lines += [
@@ -516,6 +532,24 @@ def table(rows: dict, epochs: int, part: str) -> str:
             lines.append(
                 f"| {count} | {fmt(float(row.get('seconds', float('nan'))))} | {fmt(rss, 0)} | {fmt(rss / base, 2)}x |"
             )
+        small = get("patchcore/ours-unlabelled", "peak_rss_mb")
+        if inference_scale:
+            lines += [
+                "\n**Production inference at scale** (no CSV; the 200-image model scores the training images "
+                "of the larger set)\n",
+                "| images scored | seconds | images/s | peak RSS MB | RSS vs 100 images |",
+                "|---|---|---|---|---|",
+                f"| {fmt(get('patchcore/ours-unlabelled', 'images'), 0)} | "
+                f"{fmt(get('patchcore/ours-unlabelled', 'seconds'))} | "
+                f"{fmt(get('patchcore/ours-unlabelled', 'images') / get('patchcore/ours-unlabelled', 'seconds'))} | "
+                f"{fmt(small, 0)} | 1.00x |",
+            ]
+        for _, row in inference_scale:
+            seconds, rss = float(row.get("seconds", float("nan"))), float(row.get("peak_rss_mb", float("nan")))
+            lines.append(
+                f"| {row['images']} | {fmt(seconds)} | {fmt(row['images'] / seconds)} | {fmt(rss, 0)} | "
+                f"{fmt(rss / small, 2)}x |"
+            )
     errors = {name: row["error"] for name, row in rows.items() if "error" in row}
     for name, error in errors.items():
         lines.append(f"\n{name} failed: `{error.splitlines()[-1]}`")
@@ -523,18 +557,26 @@ def table(rows: dict, epochs: int, part: str) -> str:
 
 
 def _base(rows: dict, title: str) -> dict:
-    """The 200-image training row the scale table compares with."""
-    return (
-        {"patchcore/ours-train": rows["patchcore/ours-train"]}
-        if title == "scale" and "patchcore/ours-train" in rows
-        else {}
-    )
+    """The 200-image training and 100-image inference rows the scale tables compare with."""
+    names = ("patchcore/ours-train", "patchcore/ours-unlabelled") if title == "scale" else ()
+    return {name: rows[name] for name in names if name in rows}
+
+
+def _logged_rows() -> dict:
+    """The latest row of every measurement in ``results/speed-rows.jsonl``."""
+    rows = {}
+    for line in (ROOT / "results" / "speed-rows.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        rows[row.pop("name")] = row
+    return rows
 
 
 def main() -> None:
     """Run the benchmark (or one worker) and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["patchcore", "fastflow", "scale"], help="one part of the benchmark")
+    parser.add_argument(
+        "--only", choices=["patchcore", "fastflow", "scale", "scale-inference"], help="one part of the benchmark"
+    )
     parser.add_argument("--scale", nargs="*", type=int, default=[], help="also train ours on this many images")
     parser.add_argument("--epochs", type=int, default=3, help="FastFlow epochs (both sides)")
     parser.add_argument("--train-images", type=int, default=200)
@@ -560,10 +602,7 @@ def main() -> None:
         return
     rows: dict = {}
     if args.from_log:
-        for line in (ROOT / "results" / "speed-rows.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            rows[row.pop("name")] = row
-        _write(rows, args.epochs, from_log=True)
+        _write(_logged_rows(), args.epochs, from_log=True)
         return
     data = build_data(args.train_images)
     if args.only in (None, "patchcore"):
@@ -574,20 +613,30 @@ def main() -> None:
         record(rows, "patchcore/anomalib", spawn("anomalib", str(data), "patchcore", "1"))
     if args.only == "scale":  # the 200-image run the ratios refer to
         record(rows, "patchcore/ours-train", spawn("ours", str(data), "patchcore", "train", "1", "test"))
-    for count in args.scale if args.only in (None, "scale") else []:
+    if args.only == "scale-inference":  # the 100-image production run the inference ratios refer to
+        unlabelled = spawn("ours", str(data), "patchcore", "inference", "1", "unlabelled")
+        record(rows, "patchcore/ours-unlabelled", unlabelled)
+    for count in args.scale if args.only in (None, "scale", "scale-inference") else []:
         bigger = build_data(count)
-        record(rows, f"scale/{count}-train", spawn("ours", str(bigger), "patchcore", "train", "1", "test"))
+        if args.only != "scale-inference":
+            record(rows, f"scale/{count}-train", spawn("ours", str(bigger), "patchcore", "train", "1", "test"))
+        _bulk(bigger)  # scored by the 200-image model: only the number of images differs from the 100-image run
+        row = spawn("ours", str(data), "patchcore", "inference", "1", str(bigger / "bulk"))
+        record(rows, f"scale/{count}-inference", row)
+    if args.only == "scale-inference":  # the training rows of the scale table come from earlier runs
+        _write(_logged_rows(), args.epochs, from_log=True, parts=("scale",))
+        return
     _write(rows, args.epochs)
 
 
-def _write(rows: dict, epochs: int, from_log: bool = False) -> None:
-    """Write one BENCHMARKS.md section per part present in ``rows``."""
+def _write(rows: dict, epochs: int, from_log: bool = False, parts: tuple[str, ...] | None = None) -> None:
+    """Write one BENCHMARKS.md section per part present in ``rows`` (or only ``parts``)."""
     from benchmarks.report import write_section
 
     command = f"Command: `{('python -m benchmarks.speed ' + ' '.join(sys.argv[1:])).strip()}`\n\n"
-    parts = {"PatchCore": "patchcore/anomalib", "FastFlow": "fastflow/ours-train", "scale": "scale/"}
-    for title, marker in parts.items():
-        if any(name.startswith(marker) for name in rows):
+    markers = {"PatchCore": "patchcore/anomalib", "FastFlow": "fastflow/ours-train", "scale": "scale/"}
+    for title, marker in markers.items():
+        if (parts is None or title in parts) and any(name.startswith(marker) for name in rows):
             mine = {name: row for name, row in rows.items() if name.startswith(marker.split("/")[0] + "/")}
             if from_log:
                 stamps = sorted(row["finished"] for row in mine.values() if "finished" in row)

@@ -22,7 +22,7 @@ from alo import Asset, Config, Data, PlanError, StepArgs, StepContext
 from assets.vad import backbones
 from assets.vad.augment import build_augmentation
 from assets.vad.images import model_input_size, read_image
-from assets.vad.models import ModelSpec, build_model, save
+from assets.vad.models import ModelSpec, build_model, fastflow, save
 from assets.vad.models.fastflow import fit_fastflow
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.reports import image_auroc, plot_sweep, write_validation_reports
@@ -283,12 +283,24 @@ class TrainStep(Asset):
 
         rng = np.random.default_rng(args.experiment_seed)
         valid_features = [model.extract(images) for images, _ in loader(valid_files, spec, args.batch_size)]
-        if augment is None:
+        cache_bytes = model.feature_values_per_image * 4 * len(train_files)
+        if augment is None and cache_bytes <= fastflow.FEATURE_CACHE_LIMIT:
             cached = [model.extract(images) for images, _ in loader(train_files, spec, args.batch_size)]
             ctx.logger.info(f"backbone features cached for {len(train_files)} training images (frozen backbone)")
 
             def train_batches() -> list[list[torch.Tensor]]:
                 return [cached[i] for i in rng.permutation(len(cached))]
+        elif augment is None:  # the same batches in the same order as the cache would give, extracted again
+            ctx.logger.info(
+                f"backbone features of {len(train_files)} training images would take {cache_bytes / 2**30:.1f} GiB "
+                f"(cache limit {fastflow.FEATURE_CACHE_LIMIT / 2**30:.1f} GiB): extracting them every epoch"
+            )
+            size = args.batch_size
+            groups = [range(start, min(start + size, len(train_files))) for start in range(0, len(train_files), size)]
+
+            def train_batches() -> object:  # type: ignore[misc]
+                order = [groups[i] for i in rng.permutation(len(groups))]
+                return (model.extract(images) for images, _ in loader(train_files, spec, size, batches=order))
         else:
 
             def train_batches() -> object:  # type: ignore[misc]

@@ -146,3 +146,19 @@ def test_labelled_inference_scores_and_counts_predictions(project):
     predicted_ng = int((output["pred_label"] == "bad").sum())
     assert summary["result"] == f"good:{5 - predicted_ng},bad:{predicted_ng}"
     assert summary["note"].startswith(f"patchcore: 5 image(s), {predicted_ng} bad")
+
+
+def test_fastflow_over_the_feature_cache_limit_extracts_every_epoch_with_the_same_result(project, monkeypatch):
+    from assets.vad.models import fastflow
+
+    root, plan = project["root"], project["plan"]
+    step_args(plan, "train", "train")["model_name"] = "fastflow"
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    cached = pd.read_csv(root / "train_artifacts/output/output.csv")["raw_score"].tolist()
+    assert "backbone features cached" in (root / "train_artifacts/log/pipeline.log").read_text()
+    monkeypatch.setattr(fastflow, "FEATURE_CACHE_LIMIT", 0)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    log = (root / "train_artifacts/log/pipeline.log").read_text()
+    assert "extracting them every epoch" in log and "backbone features cached" not in log
+    assert pd.read_csv(root / "train_artifacts/output/output.csv")["raw_score"].tolist() == cached

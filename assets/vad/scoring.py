@@ -24,6 +24,7 @@ def loader(
     augment: object | None = None,
     shuffle: bool = False,
     seed: int = 0,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> DataLoader:
     """A loader of model tensors and row positions for image files.
 
@@ -34,11 +35,14 @@ def loader(
         augment: Optional augmentation.
         shuffle: Shuffle each epoch (seeded).
         seed: Shuffle seed.
+        batches: Exactly these batches of positions, in this order (``batch_size`` and ``shuffle`` unused).
 
     Returns:
         The loader, yielding (images, positions).
     """
     dataset = ImageDataset(paths, tuple(spec.input_size), spec.mean, spec.std, augment)  # type: ignore[arg-type]
+    if batches is not None:
+        return DataLoader(dataset, batch_sampler=[list(batch) for batch in batches], num_workers=0)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
 

@@ -27,6 +27,7 @@ HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
 # (30 images move AUROC in steps of ~0.005), so smaller changes are noise; the flows keep improving on held-out
 # data long after a small validation set stops showing it (BENCHMARKS.md), so plateaus must not stop training.
+FEATURE_CACHE_LIMIT = 2 * 1024**3  # bytes of backbone features kept across epochs; more: extracted every epoch
 TOLERANCE = {"image_AUROC": 0.02, "image_F1Score": 0.02, "loss": 0.0}
 
 
@@ -56,6 +57,7 @@ class OfflineFastflow(FastflowModel):
         self.feature_extractor.eval()
         with torch.no_grad():
             shapes = [tuple(f.shape[1:]) for f in self.feature_extractor(torch.zeros(1, 3, *self.input_size))]
+        self.feature_values_per_image = sum(math.prod(shape) for shape in shapes)
         self.norms = nn.ModuleList([nn.LayerNorm(list(shape), elementwise_affine=True) for shape in shapes])
         self.fast_flow_blocks = nn.ModuleList(
             [

@@ -6,7 +6,7 @@ folder (50 OK + 50 NG, with masks). Image AUROC, F1 at the trained threshold and
 from ``inference_artifacts/output/inference_score.csv``; times from each run's history record.
 
     .venv/bin/python -m benchmarks.accuracy [--products gravel brick] [--models patchcore] [--backbones ...]
-        [--samples 3] [--reuse]
+        [--pairs patchcore/mobilenetv2_100 fastflow/tf_efficientnet_lite0] [--samples 3] [--reuse]
 
 ``--samples N`` scores N independent draws of each product (other training, validation and test
 images) and reports their mean: one draw of 100 test images moves image AUROC by a few hundredths.
@@ -167,30 +167,42 @@ def main() -> None:
     parser.add_argument("--img-size", nargs="+", type=int, help="img_size: one int (shorter side) or height width")
     parser.add_argument("--train", nargs="*", default=[], help="extra train args, key=value (YAML values)")
     parser.add_argument("--set", nargs="*", default=[], help="extra model_parameters, key=value (YAML values)")
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="MODEL/BACKBONE",
+        help="run exactly these model/backbone pairs instead of every --models x --backbones",
+    )
     parser.add_argument("--samples", type=int, default=1, help="independent data draws per product")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs whose plan is unchanged")
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     train_args = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.train)}
-    products = dataset.build(ROOT / "results" / "data", tuple(args.products), samples=args.samples)
+    # resolved: a run from another checkout whose results/ links here writes the same plan paths
+    products = dataset.build((ROOT / "results" / "data").resolve(), tuple(args.products), samples=args.samples)
     rows = []
     log = ROOT / "results" / "accuracy-rows.jsonl"
-    for model in args.models:
-        for backbone in args.backbones:
-            for (product, sample), folder in products.items():
-                row = {"model": model, "backbone": backbone, "product": product, "sample": sample}
-                row.update(
-                    run_one(
-                        args.work / folder.name / f"{model}-{backbone}",
-                        folder,
-                        Setting(model, backbone, overrides, args.img_size, train_args),
-                        args.reuse,
-                    )
+    if args.pairs:
+        pairs = [tuple(pair.split("/", 1)) for pair in args.pairs]
+        if any(len(pair) != 2 or pair[0] not in MODELS for pair in pairs):
+            parser.error(f"--pairs takes MODEL/BACKBONE with MODEL one of {', '.join(MODELS)}")
+    else:
+        pairs = [(model, backbone) for model in args.models for backbone in args.backbones]
+    for model, backbone in pairs:
+        for (product, sample), folder in products.items():
+            row = {"model": model, "backbone": backbone, "product": product, "sample": sample}
+            row.update(
+                run_one(
+                    args.work / folder.name / f"{model}-{backbone}",
+                    folder,
+                    Setting(model, backbone, overrides, args.img_size, train_args),
+                    args.reuse,
                 )
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                with log.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(row) + "\n")
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with log.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
     frame = pd.DataFrame(rows)
     out = ROOT / "results" / "accuracy.csv"
     frame.to_csv(out, index=False)

@@ -26,7 +26,10 @@ IMAGE_SCORES = ("map_max", "reweighted")
 IVF_MIN_ROWS = 8192  # smaller banks are searched exactly
 IVF_ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
 IVF_MAX_LISTS = 4096
-IVF_MIN_PROBES = 16  # lists visited per query: at least 16, and at least 1/32 of them
+# Lists visited per query. A fixed count keeps the search cost from growing with the bank: on a 1,024,000-row
+# bank (4,096 lists) 16 probes found the exact nearest row for 99.9% of patches and the same image maxima as
+# 128 probes (1/32 of the lists), 9x faster; on a 20,480-row bank (512 lists) the recall was 0.992.
+IVF_PROBES = 16
 
 
 class OfflinePatchcore(PatchcoreModel):
@@ -154,9 +157,8 @@ class OfflinePatchcore(PatchcoreModel):
     def build_search_index(self, seed: int) -> None:
         """Cluster the memory bank for the inverted-file search (kept in the state dict as centroids).
 
-        A query then visits only the bank rows of its nearest lists (at least ``IVF_MIN_PROBES`` and
-        1/32 of the lists), with exact distances to those rows. Banks under ``IVF_MIN_ROWS`` rows, and
-        ``search: exact``, keep the exact search.
+        A query then visits only the bank rows of its ``IVF_PROBES`` nearest lists, with exact distances
+        to those rows. Banks under ``IVF_MIN_ROWS`` rows, and ``search: exact``, keep the exact search.
 
         Args:
             seed: Seed of the k-means clustering.
@@ -181,7 +183,7 @@ class OfflinePatchcore(PatchcoreModel):
             quantizer.add(np.ascontiguousarray(centroids.float().numpy()))
             index = faiss.IndexIVFFlat(quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
             index.add(np.ascontiguousarray(bank.float().numpy()))
-            index.nprobe = max(IVF_MIN_PROBES, centroids.shape[0] // 32)
+            index.nprobe = min(IVF_PROBES, centroids.shape[0])
             self._quantizer, self._index, self._index_key = quantizer, index, key
         faiss.omp_set_num_threads(torch.get_num_threads())
         squared, index_rows = self._index.search(np.ascontiguousarray(embedding.float().numpy()), 1)

@@ -174,6 +174,7 @@ def main() -> None:
         help="run exactly these model/backbone pairs instead of every --models x --backbones",
     )
     parser.add_argument("--samples", type=int, default=1, help="independent data draws per product")
+    parser.add_argument("--section", default="Accuracy", help="BENCHMARKS.md section the table replaces")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs whose plan is unchanged")
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
@@ -207,7 +208,7 @@ def main() -> None:
     out = ROOT / "results" / "accuracy.csv"
     frame.to_csv(out, index=False)
     command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:])
-    write_section(ROOT / "BENCHMARKS.md", "Accuracy", f"Command: `{command.strip()}`\n" + table(frame))
+    write_section(ROOT / "BENCHMARKS.md", args.section, f"Command: `{command.strip()}`\n" + table(frame))
 
 
 if __name__ == "__main__":

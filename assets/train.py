@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -284,23 +285,26 @@ class TrainStep(Asset):
         rng = np.random.default_rng(args.experiment_seed)
         valid_features = [model.extract(images) for images, _ in loader(valid_files, spec, args.batch_size)]
         cache_bytes = model.feature_values_per_image * 4 * len(train_files)
+        size = args.batch_size
+        groups = [range(start, min(start + size, len(train_files))) for start in range(0, len(train_files), size)]
+
+        def extract(batches: list[range]) -> Iterator[list[torch.Tensor]]:
+            return (model.extract(images) for images, _ in loader(train_files, spec, size, batches=batches))
+
         if augment is None and cache_bytes <= fastflow.FEATURE_CACHE_LIMIT:
-            cached = [model.extract(images) for images, _ in loader(train_files, spec, args.batch_size)]
+            cached = list(extract(groups))
             ctx.logger.info(f"backbone features cached for {len(train_files)} training images (frozen backbone)")
 
             def train_batches() -> list[list[torch.Tensor]]:
-                return [cached[i] for i in rng.permutation(len(cached))]
-        elif augment is None:  # the same batches in the same order as the cache would give, extracted again
+                return [cached[i] for i in rng.permutation(len(groups))]
+        elif augment is None:  # the batches and order the cache would give, extracted again each epoch
             ctx.logger.info(
                 f"backbone features of {len(train_files)} training images would take {cache_bytes / 2**30:.1f} GiB "
                 f"(cache limit {fastflow.FEATURE_CACHE_LIMIT / 2**30:.1f} GiB): extracting them every epoch"
             )
-            size = args.batch_size
-            groups = [range(start, min(start + size, len(train_files))) for start in range(0, len(train_files), size)]
 
             def train_batches() -> object:  # type: ignore[misc]
-                order = [groups[i] for i in rng.permutation(len(groups))]
-                return (model.extract(images) for images, _ in loader(train_files, spec, size, batches=order))
+                return extract([groups[i] for i in rng.permutation(len(groups))])
         else:
 
             def train_batches() -> object:  # type: ignore[misc]

@@ -74,7 +74,7 @@ def build_data(n_train: int, seed: int = 1000) -> Path:
     stamp = {"n_train": n_train, "seed": seed}
     stamp_file = target / "stamp.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        _unlabelled(target)
+        _link_images(target / "test", target / "unlabelled")  # the test images again, no labels
         return target
     make_sample_data.generate(
         target, seed, n_train=n_train, n_valid=20, n_bad=10, n_inf_ok=50, n_inf_ng=50, product="gravel"
@@ -85,28 +85,17 @@ def build_data(n_train: int, seed: int = 1000) -> Path:
     one.mkdir()
     first = sorted((target / "test").glob("ng_*.jpg"))[0]
     shutil.copy(first, one / first.name)
-    _unlabelled(target)
+    _link_images(target / "test", target / "unlabelled")
     stamp_file.write_text(json.dumps(stamp))
     return target
 
 
-def _unlabelled(target: Path) -> None:
-    """The test images again, without a CSV: what a production inference run scores (no metrics)."""
-    folder = target / "unlabelled"
+def _link_images(images: Path, folder: Path) -> None:
+    """Hard links of the JPEGs in ``images`` in a new ``folder`` without a CSV (a production inference run)."""
     if folder.is_dir():
         return
     folder.mkdir()
-    for image in sorted((target / "test").glob("*.jpg")):
-        os.link(image, folder / image.name)
-
-
-def _bulk(target: Path) -> None:
-    """All OK training images of a dataset, without a CSV: a large production inference run."""
-    folder = target / "bulk"
-    if folder.is_dir():
-        return
-    folder.mkdir()
-    for image in sorted((target / "train" / "good").glob("*.jpg")):
+    for image in sorted(images.glob("*.jpg")):
         os.link(image, folder / image.name)
 
 
@@ -439,17 +428,20 @@ def table(rows: dict, epochs: int, part: str) -> str:
     def get(name: str, key: str) -> float:
         return float(rows.get(name, {}).get(key, float("nan")))
 
+    def per_second(name: str, seconds: str = "seconds") -> float:
+        return get(name, "images") / get(name, seconds)
+
     def fmt(value: float, digits: int = 1) -> str:
         return "n/a" if value != value else f"{value:.{digits}f}"
 
     lines = []
     if part == "PatchCore":
         ours_fit, their_fit = get("patchcore/ours-train", "seconds"), get("patchcore/anomalib", "fit_seconds")
-        ours_ips = get("patchcore/ours-unlabelled", "images") / get("patchcore/ours-unlabelled", "seconds")
-        labelled_ips = get("patchcore/ours-inference", "images") / get("patchcore/ours-inference", "seconds")
-        their_ips = get("patchcore/anomalib", "images") / get("patchcore/anomalib", "predict_seconds")
-        bare_ips = get("patchcore/bare", "images") / get("patchcore/bare", "seconds")
-        bare_cl_ips = get("patchcore/bare", "images") / get("patchcore/bare", "channels_last_seconds")
+        ours_ips = per_second("patchcore/ours-unlabelled")
+        labelled_ips = per_second("patchcore/ours-inference")
+        their_ips = per_second("patchcore/anomalib", "predict_seconds")
+        bare_ips = per_second("patchcore/bare")
+        bare_cl_ips = per_second("patchcore/bare", "channels_last_seconds")
         auroc_gap = get("patchcore/ours-inference", "image_auroc") - get("patchcore/anomalib", "image_auroc")
         lines += [
             f"**PatchCore** ({PATCHCORE['backbone']}, {' + '.join(PATCHCORE['layers'])}, {SIZE}x{SIZE} px, "
@@ -475,9 +467,9 @@ def table(rows: dict, epochs: int, part: str) -> str:
     if part == "FastFlow":
         ours_epoch = get("fastflow/ours-train", "seconds") / epochs
         their_epoch = get("fastflow/anomalib", "fit_seconds") / epochs
-        ours_ips = get("fastflow/ours-unlabelled", "images") / get("fastflow/ours-unlabelled", "seconds")
-        labelled_ips = get("fastflow/ours-inference", "images") / get("fastflow/ours-inference", "seconds")
-        their_ips = get("fastflow/anomalib", "images") / get("fastflow/anomalib", "predict_seconds")
+        ours_ips = per_second("fastflow/ours-unlabelled")
+        labelled_ips = per_second("fastflow/ours-inference")
+        their_ips = per_second("fastflow/anomalib", "predict_seconds")
         lines += [
             f"\n**FastFlow** ({FASTFLOW['backbone']} random weights, {' + '.join(FASTFLOW['layers'])}, "
             f"{SIZE}x{SIZE} px, 8 flow steps, batch {BATCH}, {epochs} epochs)\n",
@@ -494,9 +486,7 @@ def table(rows: dict, epochs: int, part: str) -> str:
         ]
         work = get("fastflow/work", "backbone_gmac") + get("fastflow/work", "flows_gmac")
         ceiling = get("fastflow/work", "matmul_gmac_per_s")
-        default_ips = get("fastflow/ours-default-inference", "images") / get(
-            "fastflow/ours-default-inference", "seconds"
-        )
+        default_ips = per_second("fastflow/ours-default-inference")
         lines += [
             f"\nWork per image: {fmt(get('fastflow/work', 'backbone_gmac'), 2)} GMAC in the backbone + "
             f"{fmt(get('fastflow/work', 'flows_gmac'), 2)} GMAC in the flows = {fmt(work, 2)} GMAC. This CPU's "
@@ -542,7 +532,7 @@ def table(rows: dict, epochs: int, part: str) -> str:
                 "|---|---|---|---|---|",
                 f"| {fmt(get('patchcore/ours-unlabelled', 'images'), 0)} | "
                 f"{fmt(get('patchcore/ours-unlabelled', 'seconds'))} | "
-                f"{fmt(get('patchcore/ours-unlabelled', 'images') / get('patchcore/ours-unlabelled', 'seconds'))} | "
+                f"{fmt(per_second('patchcore/ours-unlabelled'))} | "
                 f"{fmt(small, 0)} | 1.00x |",
             ]
         for _, row in inference_scale:
@@ -621,7 +611,8 @@ def main() -> None:
         bigger = build_data(count)
         if args.only != "scale-inference":
             record(rows, f"scale/{count}-train", spawn("ours", str(bigger), "patchcore", "train", "1", "test"))
-        _bulk(bigger)  # scored by the 200-image model: only the number of images differs from the 100-image run
+        # all its OK training images, scored by the 200-image model: only the number of images differs
+        _link_images(bigger / "train" / "good", bigger / "bulk")
         row = spawn("ours", str(data), "patchcore", "inference", "1", str(bigger / "bulk"))
         record(rows, f"scale/{count}-inference", row)
     if args.only == "scale-inference":  # the training rows of the scale table come from earlier runs

@@ -96,9 +96,7 @@ class OfflinePatchcore(PatchcoreModel):
             msg = "memory bank is empty: fit the model before scoring"
             raise ValueError(msg)
         with torch.no_grad():
-            features = self.feature_extractor(input_tensor.type(self.memory_bank.dtype))
-            features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
-            embedding = self.generate_embedding(features)
+            embedding = self._embedding_map(input_tensor.type(self.memory_bank.dtype))
             batch, _, height, width = embedding.shape
             patch_scores, _ = self.nearest_neighbors(self.reshape_embedding(embedding), n_neighbors=1)
             patch_scores = patch_scores.reshape(batch, 1, height, width)
@@ -205,9 +203,13 @@ class OfflinePatchcore(PatchcoreModel):
             The embeddings.
         """
         with torch.inference_mode():
-            features = self.feature_extractor(images.contiguous(memory_format=torch.channels_last))
-            features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
-            return self.reshape_embedding(self.generate_embedding(features))
+            return self.reshape_embedding(self._embedding_map(images))
+
+    def _embedding_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled, concatenated layer features of a batch, (B, D, h, w), computed in channels-last."""
+        features = self.feature_extractor(images.contiguous(memory_format=torch.channels_last))
+        features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
+        return self.generate_embedding(features)
 
     def fit(
         self,

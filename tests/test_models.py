@@ -174,7 +174,8 @@ def test_image_score_is_the_peak_of_the_map_or_anomalibs_reweighted_score(tmp_pa
     with torch.no_grad():
         expected = reference(images)
     assert np.allclose(reweighted, expected.pred_score.reshape(-1).numpy(), atol=1e-4)
-    assert np.allclose(reweighted_maps, maps)  # the option changes the image score only
+    # the option changes the image score only (map_max's features come from the batch-norm-folded backbone)
+    assert np.allclose(reweighted_maps, maps, rtol=1e-4, atol=0)
     assert not np.allclose(reweighted, scores)
     save(model, spec, {"threshold": 0.0}, tmp_path)
     config = (tmp_path / "train_config.json").read_text(encoding="utf-8")

@@ -22,6 +22,7 @@ from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fas
 from torch import nn
 
 from assets.vad.backbones import load_pretrained_weights
+from assets.vad.models.folding import FoldedBackbone
 
 HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
@@ -72,6 +73,7 @@ class OfflineFastflow(FastflowModel):
         )
         self.anomaly_map_generator = AnomalyMapGenerator(input_size=self.input_size)
         self.layout = torch.contiguous_format
+        self.folded_backbone = FoldedBackbone()  # features come from a batch-norm-folded copy
 
     def use_channels_last(self) -> OfflineFastflow:
         """Run backbone and flows in channels-last layout, for scoring (1.25x faster on this CPU, same scores).
@@ -86,7 +88,7 @@ class OfflineFastflow(FastflowModel):
         return self
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen backbone features of a batch.
+        """Frozen backbone features of a batch, from the batch-norm-folded copy (:class:`FoldedBackbone`).
 
         Args:
             images: Normalised images (B, 3, H, W).
@@ -95,8 +97,10 @@ class OfflineFastflow(FastflowModel):
             One feature map per layer.
         """
         self.feature_extractor.eval()
+        images = images.contiguous(memory_format=self.layout)
+        backbone = self.folded_backbone.get(self.feature_extractor, images[:1])
         with torch.no_grad():
-            return list(self.feature_extractor(images.contiguous(memory_format=self.layout)))
+            return list(backbone(images))
 
     def flow(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Run the per-stage norms and flows on backbone features (anomalib's forward, after extraction).

@@ -23,6 +23,7 @@ from torch import nn
 
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.models.folding import FoldedBackbone
+from assets.vad.models.scoring_flows import ScoringFlows, run_flow
 
 HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
@@ -74,6 +75,7 @@ class OfflineFastflow(FastflowModel):
         self.anomaly_map_generator = AnomalyMapGenerator(input_size=self.input_size)
         self.layout = torch.contiguous_format
         self.folded_backbone = FoldedBackbone()  # features come from a batch-norm-folded copy
+        self.scoring_flows = ScoringFlows()  # eval mode: the flows rearranged for scoring
 
     def use_channels_last(self) -> OfflineFastflow:
         """Run backbone and flows in channels-last layout, for scoring (1.25x faster on this CPU, same scores).
@@ -109,16 +111,21 @@ class OfflineFastflow(FastflowModel):
             features: Output of :meth:`extract`.
 
         Returns:
-            In training mode the hidden variables and log-Jacobians; otherwise scores and anomaly maps.
+            In training mode the hidden variables and log-Jacobians; otherwise scores and anomaly maps, with the
+            flows run in their scoring form (:mod:`assets.vad.models.scoring_flows`).
         """
         hidden: list[torch.Tensor] = []
         jacobians: list[torch.Tensor] = []
-        for norm, block, feature in zip(self.norms, self.fast_flow_blocks, features, strict=True):
-            hidden_variable, log_jacobian = block(norm(feature))
-            hidden.append(hidden_variable)
-            jacobians.append(log_jacobian)
         if self.training:
+            for norm, block, feature in zip(self.norms, self.fast_flow_blocks, features, strict=True):
+                hidden_variable, log_jacobian = block(norm(feature))
+                hidden.append(hidden_variable)
+                jacobians.append(log_jacobian)
             return hidden, jacobians
+        scoring = self.scoring_flows.get(self.fast_flow_blocks)
+        with torch.no_grad():
+            for norm, block, steps, feature in zip(self.norms, self.fast_flow_blocks, scoring, features, strict=True):
+                hidden.append(block(norm(feature))[0] if steps is None else run_flow(steps, norm(feature)))
         anomaly_map = self.anomaly_map_generator(hidden)
         return InferenceBatch(pred_score=self.image_scores(anomaly_map), anomaly_map=anomaly_map)
 

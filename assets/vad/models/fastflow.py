@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fas
 from torch import nn
 
 from assets.vad.backbones import load_pretrained_weights
+from assets.vad.models.flow_steps import ScoringFlows, run_flow, train_flow
 from assets.vad.models.folding import FoldedBackbone
-from assets.vad.models.scoring_flows import ScoringFlows, run_flow
 
 HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
@@ -111,14 +112,15 @@ class OfflineFastflow(FastflowModel):
             features: Output of :meth:`extract`.
 
         Returns:
-            In training mode the hidden variables and log-Jacobians; otherwise scores and anomaly maps, with the
-            flows run in their scoring form (:mod:`assets.vad.models.scoring_flows`).
+            In training mode the hidden variables and log-Jacobians; otherwise scores and anomaly maps. The
+            flows run in their training or scoring form (:mod:`assets.vad.models.flow_steps`).
         """
         hidden: list[torch.Tensor] = []
         jacobians: list[torch.Tensor] = []
         if self.training:
             for norm, block, feature in zip(self.norms, self.fast_flow_blocks, features, strict=True):
-                hidden_variable, log_jacobian = block(norm(feature))
+                normed = norm(feature)
+                hidden_variable, log_jacobian = train_flow(block, normed) or block(normed)
                 hidden.append(hidden_variable)
                 jacobians.append(log_jacobian)
             return hidden, jacobians
@@ -180,7 +182,8 @@ def fit_fastflow(
         logger: Progress logger.
 
     Returns:
-        The validation metrics of the kept epoch, plus ``epoch``.
+        The validation metrics of the kept epoch, plus ``epoch`` and ``epoch_seconds`` (the mean wall time of
+        the epochs run: training, first-epoch feature extraction and validation).
     """
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.001, weight_decay=0.00001)
     criterion = FastflowLoss()
@@ -190,7 +193,9 @@ def fit_fastflow(
     kept: dict[str, float] | None = None
     kept_state: dict[str, torch.Tensor] | None = None
     stale = 0
+    epoch_seconds: list[float] = []
     for epoch in range(1, max_epochs + 1):
+        started = time.perf_counter()
         model.train()
         total, count = 0.0, 0
         for features in train_batches():  # type: ignore[union-attr]
@@ -204,6 +209,7 @@ def fit_fastflow(
         model.eval()
         metrics = evaluate(model)
         value = sign * metrics[monitor]
+        epoch_seconds.append(time.perf_counter() - started)
         measured = not math.isnan(value)  # NaN: the metric cannot be computed (e.g. no NG image in validation)
         if measured:
             best_value = max(best_value, value)
@@ -211,6 +217,7 @@ def fit_fastflow(
         logger.info(
             f"epoch {epoch}/{max_epochs}: train loss {total / max(count, 1):.4g}, "
             + ", ".join(f"valid {k} {v:.4g}" for k, v in metrics.items())
+            + f" ({epoch_seconds[-1]:.1f} s)"
             + (" (kept)" if as_good else "")
         )
         if as_good or kept is None:
@@ -228,4 +235,4 @@ def fit_fastflow(
         return {}
     model.load_state_dict(kept_state)
     logger.info(f"kept epoch {int(kept['epoch'])}: valid {monitor} {kept[monitor]:.4g}")
-    return kept
+    return {**kept, "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds)}

@@ -54,24 +54,28 @@ def _hard_permutation(weight: torch.Tensor) -> torch.Tensor | None:
     return index
 
 
-def _prepare_step(step: nn.Module) -> _Step | None:
-    """A scoring form of one anomalib ``AllInOneBlock``, or None for a configuration it does not cover."""
-    subnet = getattr(step, "subnet", None)
+def _step_permutation(step: nn.Module) -> torch.Tensor | None:
+    """The permutation index of a plain coupling step (hard permutation, no GIN, Householder or condition)."""
     plain = not (
         getattr(step, "GIN", True)
         or getattr(step, "householder", True)
         or getattr(step, "reverse_pre_permute", True)
         or getattr(step, "conditional", True)
     )
-    if not plain or not isinstance(subnet, nn.Sequential) or len(subnet) != 3:
+    weight = getattr(step, "w_perm", None)
+    return _hard_permutation(weight) if plain and weight is not None else None
+
+
+def _prepare_step(step: nn.Module) -> _Step | None:
+    """A scoring form of one anomalib ``AllInOneBlock``, or None for a configuration it does not cover."""
+    subnet = getattr(step, "subnet", None)
+    permutation = _step_permutation(step)
+    if permutation is None or not isinstance(subnet, nn.Sequential) or len(subnet) != 3:
         return None
     first, activation, last = subnet
     if not (isinstance(first, nn.Conv2d) and isinstance(activation, nn.ReLU) and isinstance(last, nn.Conv2d)):
         return None
-    if step.w_perm is None or last.bias is None or last.groups != 1 or tuple(last.stride) != (1, 1):
-        return None
-    permutation = _hard_permutation(step.w_perm)
-    if permutation is None:
+    if last.bias is None or last.groups != 1 or tuple(last.stride) != (1, 1):
         return None
     split, half = step.splits
     with torch.no_grad():
@@ -152,20 +156,11 @@ def run_flow(steps: list[_Step], features: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_permutations(block: nn.Module) -> list[torch.Tensor] | None:
-    """The permutation index of every step, or None if a step is not a plain hard-permutation coupling."""
-    permutations = []
-    for step in getattr(block, "module_list", []):
-        plain = not (
-            getattr(step, "GIN", True)
-            or getattr(step, "householder", True)
-            or getattr(step, "reverse_pre_permute", True)
-            or getattr(step, "conditional", True)
-        )
-        permutation = _hard_permutation(step.w_perm) if plain and getattr(step, "w_perm", None) is not None else None
-        if permutation is None:
-            return None
-        permutations.append(permutation)
-    return permutations or None
+    """The permutation index of every step, or None if a step is not a plain coupling step."""
+    permutations = [_step_permutation(step) for step in getattr(block, "module_list", [])]
+    if not permutations or any(permutation is None for permutation in permutations):
+        return None
+    return permutations  # type: ignore[return-value]
 
 
 def _train_step(step: nn.Module, x: torch.Tensor, permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -332,25 +332,23 @@ def worker_bare(data: Path, model: str) -> dict:
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE)), dtype=np.float32) / 255.0 for p in paths]
     tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     tensor = (tensor - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
+
+    def seconds(forward: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+        with torch.inference_mode():
+            forward(batches[0])  # warm-up
+            started = time.perf_counter()
+            for batch in batches:
+                forward(batch)
+            return time.perf_counter() - started
+
     row = {"images": len(tensor)}
     for layout, name in ((torch.contiguous_format, "seconds"), (torch.channels_last, "channels_last_seconds")):
         extractor.to(memory_format=layout)
         batches = [batch.contiguous(memory_format=layout) for batch in tensor.split(BATCH)]
-        with torch.inference_mode():
-            extractor(batches[0])  # warm-up
-            started = time.perf_counter()
-            for batch in batches:
-                extractor(batch)
-            row[name] = time.perf_counter() - started
+        row[name] = seconds(extractor, batches)
     # the same channels-last backbone with its batch norms folded into the convolutions, as ours runs it
     inner = extractor.feature_extractor if model == "patchcore" else extractor
-    folded = fold_batch_norms(inner, batches[0][:1])
-    with torch.inference_mode():
-        folded(batches[0])
-        started = time.perf_counter()
-        for batch in batches:
-            folded(batch)
-        row["folded_seconds"] = time.perf_counter() - started
+    row["folded_seconds"] = seconds(fold_batch_norms(inner, batches[0][:1]), batches)
     return row | {"peak_rss_mb": _peak_rss_mb()}
 
 

@@ -7,7 +7,8 @@ import torch
 from anomalib.models.components.flow import AllInOneBlock
 from anomalib.models.image.fastflow.torch_model import create_fast_flow_block, subnet_conv_func
 
-from assets.vad.models.flow_steps import ScoringFlows, prepare_flow, run_flow, train_flow
+from assets.vad.models.flow_steps import prepare_flow, run_flow, train_flow
+from assets.vad.models.weight_cache import WeightKeyedCache
 
 
 def trained_like(block: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -74,16 +75,20 @@ def test_prepared_flows_follow_weight_updates():
     torch.manual_seed(0)
     blocks = torch.nn.ModuleList([trained_like(create_fast_flow_block([8, 4, 4], False, 1.0, 2), 2)])
     features = torch.randn(2, 8, 4, 4)
-    cache = ScoringFlows()
-    first = cache.get(blocks)
-    assert cache.get(blocks) is first
+    cache: WeightKeyedCache[list] = WeightKeyedCache()
+
+    def prepare() -> list:
+        return [prepare_flow(block) for block in blocks]
+
+    first = cache.get(blocks, prepare)
+    assert cache.get(blocks, prepare) is first
     optimizer = torch.optim.SGD(blocks.parameters(), lr=0.5)
     blocks.train()
     hidden, jacobian = blocks[0](features)
     (hidden.square().sum() - jacobian.sum()).backward()
     optimizer.step()
     blocks.eval()
-    second = cache.get(blocks)
+    second = cache.get(blocks, prepare)
     assert second is not first
     with torch.no_grad():
         assert torch.allclose(run_flow(second[0], features), blocks[0](features)[0], rtol=1e-5, atol=1e-5)

@@ -7,7 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from assets.vad.models.folding import FoldedBackbone, fold_batch_norms
+from assets.vad.models.folding import fold_batch_norms
+from assets.vad.models.weight_cache import WeightKeyedCache
 
 
 def randomise_norms(model: nn.Module, seed: int) -> None:
@@ -76,13 +77,17 @@ def test_folding_is_refused_when_the_convolution_output_is_read_elsewhere(caplog
 def test_folded_copy_follows_loaded_weights():
     model = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1,)).eval()
     images = torch.randn(1, 3, 32, 32)
-    cache = FoldedBackbone()
-    first = cache.get(model, images)
-    assert cache.get(model, images) is first  # unchanged weights: no second fold
+    cache: WeightKeyedCache[nn.Module] = WeightKeyedCache()
+
+    def fold() -> nn.Module:
+        return fold_batch_norms(model, images)
+
+    first = cache.get(model, fold)
+    assert cache.get(model, fold) is first  # unchanged weights: no second fold
     donor = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1,)).eval()
     randomise_norms(donor, 2)
     model.load_state_dict(donor.state_dict())
-    second = cache.get(model, images)
+    second = cache.get(model, fold)
     assert second is not first
     with torch.no_grad():
         assert torch.allclose(second(images)[0], donor(images)[0], rtol=1e-4, atol=1e-5)

@@ -23,8 +23,9 @@ from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fas
 from torch import nn
 
 from assets.vad.backbones import load_pretrained_weights
-from assets.vad.models.flow_steps import ScoringFlows, run_flow, train_flow
-from assets.vad.models.folding import FoldedBackbone
+from assets.vad.models.flow_steps import prepare_flow, run_flow, train_flow
+from assets.vad.models.folding import fold_batch_norms
+from assets.vad.models.weight_cache import WeightKeyedCache
 
 HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
@@ -75,8 +76,8 @@ class OfflineFastflow(FastflowModel):
         )
         self.anomaly_map_generator = AnomalyMapGenerator(input_size=self.input_size)
         self.layout = torch.contiguous_format
-        self.folded_backbone = FoldedBackbone()  # features come from a batch-norm-folded copy
-        self.scoring_flows = ScoringFlows()  # eval mode: the flows rearranged for scoring
+        self.folded_backbone: WeightKeyedCache[nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
+        self.scoring_flows: WeightKeyedCache[list] = WeightKeyedCache()  # eval mode: flows in scoring form
 
     def use_channels_last(self) -> OfflineFastflow:
         """Run backbone and flows in channels-last layout, for scoring (1.25x faster on this CPU, same scores).
@@ -91,7 +92,7 @@ class OfflineFastflow(FastflowModel):
         return self
 
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen backbone features of a batch, from the batch-norm-folded copy (:class:`FoldedBackbone`).
+        """Frozen backbone features of a batch, from its batch-norm-folded copy (:func:`fold_batch_norms`).
 
         Args:
             images: Normalised images (B, 3, H, W).
@@ -101,7 +102,9 @@ class OfflineFastflow(FastflowModel):
         """
         self.feature_extractor.eval()
         images = images.contiguous(memory_format=self.layout)
-        backbone = self.folded_backbone.get(self.feature_extractor, images[:1])
+        backbone = self.folded_backbone.get(
+            self.feature_extractor, lambda: fold_batch_norms(self.feature_extractor, images[:1])
+        )
         with torch.no_grad():
             return list(backbone(images))
 
@@ -124,9 +127,10 @@ class OfflineFastflow(FastflowModel):
                 hidden.append(hidden_variable)
                 jacobians.append(log_jacobian)
             return hidden, jacobians
-        scoring = self.scoring_flows.get(self.fast_flow_blocks)
+        blocks = self.fast_flow_blocks
+        scoring = self.scoring_flows.get(blocks, lambda: [prepare_flow(block) for block in blocks])
         with torch.no_grad():
-            for norm, block, steps, feature in zip(self.norms, self.fast_flow_blocks, scoring, features, strict=True):
+            for norm, block, steps, feature in zip(self.norms, blocks, scoring, features, strict=True):
                 hidden.append(block(norm(feature))[0] if steps is None else run_flow(steps, norm(feature)))
         anomaly_map = self.anomaly_map_generator(hidden)
         return InferenceBatch(pred_score=self.image_scores(anomaly_map), anomaly_map=anomaly_map)

@@ -18,12 +18,14 @@ Both match anomalib's outputs (and, for training, gradients) within float roundi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 COUPLING_SCALE = 0.1  # anomalib multiplies the subnet output by this before the coupling
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ class _Step:
     permutation: torch.Tensor  # output channel j takes input channel permutation[j]
     global_scale: torch.Tensor  # global affine scale and offset, already permuted
     global_offset: torch.Tensor
+
+
+def _all_or_none(items: list[T | None]) -> list[T] | None:
+    """The items if there are some and none is None (every step of a block has a fast form), else None."""
+    if not items or any(item is None for item in items):
+        return None
+    return items  # type: ignore[return-value]
 
 
 def _hard_permutation(weight: torch.Tensor) -> torch.Tensor | None:
@@ -132,10 +141,7 @@ def prepare_flow(block: nn.Module) -> list[_Step] | None:
         The prepared steps, or None when a step has a form this module does not cover (then the
         block itself must be run).
     """
-    steps = [_prepare_step(step) for step in getattr(block, "module_list", [])]
-    if not steps or any(step is None for step in steps):
-        return None
-    return steps  # type: ignore[return-value]
+    return _all_or_none([_prepare_step(step) for step in getattr(block, "module_list", [])])
 
 
 def run_flow(steps: list[_Step], features: torch.Tensor) -> torch.Tensor:
@@ -157,10 +163,7 @@ def run_flow(steps: list[_Step], features: torch.Tensor) -> torch.Tensor:
 
 def _plain_permutations(block: nn.Module) -> list[torch.Tensor] | None:
     """The permutation index of every step, or None if a step is not a plain coupling step."""
-    permutations = [_step_permutation(step) for step in getattr(block, "module_list", [])]
-    if not permutations or any(permutation is None for permutation in permutations):
-        return None
-    return permutations  # type: ignore[return-value]
+    return _all_or_none([_step_permutation(step) for step in getattr(block, "module_list", [])])
 
 
 def _train_step(step: nn.Module, x: torch.Tensor, permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,27 +199,3 @@ def train_flow(block: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, 
         x, step_jacobian = _train_step(step, x, permutation)
         log_jacobian = log_jacobian + step_jacobian
     return x, log_jacobian
-
-
-class ScoringFlows:
-    """The prepared flows of a model, prepared again whenever the flows' weights change."""
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._flows: list[list[_Step] | None] = []
-
-    def get(self, blocks: nn.ModuleList) -> list[list[_Step] | None]:
-        """Prepared steps per block (None for a block that must run as it is).
-
-        Args:
-            blocks: ``fast_flow_blocks``.
-
-        Returns:
-            One entry per block.
-        """
-        tensors = [*blocks.parameters(), *blocks.buffers()]
-        key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
-        if key != self._key:
-            self._flows = [prepare_flow(block) for block in blocks]
-            self._key = key
-        return self._flows

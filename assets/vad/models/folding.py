@@ -124,37 +124,3 @@ def fold_batch_norms(backbone: nn.Module, example: torch.Tensor) -> nn.Module:
         return original
     logger.debug(f"folded {count} batch norms (relative difference {error:.2g})")
     return folded
-
-
-class FoldedBackbone:
-    """A folded copy of a frozen backbone, rebuilt whenever the backbone's weights or layout change.
-
-    Kept outside the owning module's state dict: saved models stay anomalib's, and loading weights
-    into the backbone (which changes the tensors' versions) makes the next call fold again.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._module: nn.Module | None = None
-
-    @staticmethod
-    def _state_key(backbone: nn.Module) -> tuple:
-        """Identity, storage and version of every tensor: changes when weights are loaded or moved."""
-        tensors = [*backbone.parameters(), *backbone.buffers()]
-        return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
-
-    def get(self, backbone: nn.Module, example: torch.Tensor) -> nn.Module:
-        """The folded copy of ``backbone``, folding it first if it changed since the last call.
-
-        Args:
-            backbone: The frozen backbone.
-            example: One input for the folding check (only used when folding).
-
-        Returns:
-            The folded copy.
-        """
-        key = self._state_key(backbone)
-        if self._module is None or key != self._key:
-            self._module = fold_batch_norms(backbone, example)
-            self._key = key
-        return self._module

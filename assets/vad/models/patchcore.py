@@ -16,7 +16,8 @@ from alo.logs import Progress
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.coreset import k_center_greedy
 from assets.vad.models.blur import SeparableGaussianBlur2d
-from assets.vad.models.folding import FoldedBackbone
+from assets.vad.models.folding import fold_batch_norms
+from assets.vad.models.weight_cache import WeightKeyedCache
 
 CHUNK_PATCHES = 16384  # patches per coreset chunk; chunks close at this count whatever the batch size
 MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before the merge pass
@@ -74,7 +75,7 @@ class OfflinePatchcore(PatchcoreModel):
             )
         # NHWC convolutions: oneDNN runs MobileNetV2 at 256 px 1.6x faster than in NCHW on this CPU.
         self.feature_extractor.to(memory_format=torch.channels_last)
-        self.folded_backbone = FoldedBackbone()  # embeddings come from a batch-norm-folded copy
+        self.folded_backbone: WeightKeyedCache[torch.nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
         self.eval()
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:
@@ -210,14 +211,15 @@ class OfflinePatchcore(PatchcoreModel):
     def _embedding_map(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled, concatenated layer features of a batch, (B, D, h, w), computed in channels-last.
 
-        The backbone runs as its batch-norm-folded copy (:class:`FoldedBackbone`): same features, less work.
+        The backbone runs as its batch-norm-folded copy (:func:`fold_batch_norms`): same features, less work.
         """
         images = images.contiguous(memory_format=torch.channels_last)
         extractor = self.feature_extractor
         if getattr(extractor, "_uses_intermediates", False):  # transformer: anomalib's own path, nothing to fold
             features = extractor(images)
         else:
-            backbone = self.folded_backbone.get(extractor.feature_extractor, images[:1])
+            inner = extractor.feature_extractor
+            backbone = self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, images[:1]))
             with torch.no_grad():
                 features = dict(zip(extractor.layers, backbone(images), strict=True))
         features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}

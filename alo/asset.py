@@ -68,6 +68,19 @@ class Asset:
 
     Args: ClassVar[type[StepArgs]] = StepArgs
 
+    @classmethod
+    def arguments(cls, pipeline: str) -> type[StepArgs]:
+        """The argument class of this step in a pipeline (``Args`` unless a step takes other keys there).
+
+        Args:
+            pipeline: ``train`` or ``inference``.
+
+        Returns:
+            The class the plan's arguments are validated against.
+        """
+        del pipeline
+        return cls.Args
+
     def run(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
         """Do the step's work.
 

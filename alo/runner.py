@@ -58,7 +58,7 @@ def prepare(plan: Plan, pipeline: str, package: str) -> list[PreparedStep]:
     steps = []
     for step in plan.pipelines[pipeline]:
         asset = load_asset(package, step.name, step.where.removesuffix(".args"))
-        args = validate_args(asset.Args, step.args, step.where)
+        args = validate_args(asset.arguments(pipeline), step.args, step.where)
         steps.append(PreparedStep(step.name, asset, args))
     return steps
 

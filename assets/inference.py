@@ -1,32 +1,39 @@
-"""Inference step: score every image with the trained model, optionally saving heatmaps.
+"""Inference step: score every image through the :class:`~assets.vad.detector.Detector`.
 
 Rows of ``output/output.csv`` are appended batch by batch as images are scored (in the staged
 artifacts, promoted only when the run succeeds), so a long run shows its results as it goes and
-holds no anomaly maps beyond the current batch (except the small copies kept for pixel metrics).
+holds no anomaly maps beyond the current batch. With labels, metrics are computed on the labelled
+rows (``output/inference_score.csv``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from alo import Asset, Config, Data, StepArgs, StepContext
-from assets.train import use_all_cores
-from assets.vad.models import load
+from assets.vad import samples as cols
+from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
+from assets.vad.detector import Detector
+from assets.vad.heatmaps import heatmap_name
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.reports import classification_scores
-from assets.vad.scoring import Scorer, score_images
+from assets.vad.runtime import use_all_cores
 
 BATCH_SIZE = 8
+UNKNOWN_LABEL = "unknown"  # heatmap file names of images without a label
 
 
 class InferenceArgs(StepArgs):
     """Arguments of the inference step."""
 
-    inference_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    inference_threshold: float = Field(DEFAULT_INFERENCE_THRESHOLD, ge=0.0, le=1.0)
     save_anomaly_maps: bool = False
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
 
 
 class CsvRows:
@@ -58,55 +65,76 @@ class InferenceStep(Asset):
         Args:
             ctx: Run context (``ctx.model_dir`` holds the trained model).
             data: Needs ``samples`` and ``dataframe``.
-            config: Needs ``readiness``.
+            config: Flowing settings.
 
         Returns:
-            ``data`` with ``predictions``; ``config`` with ``inference``.
+            ``data`` with ``predictions`` and ``is_anomalous``; ``config`` with ``inference``.
         """
         args: InferenceArgs = ctx.args  # type: ignore[assignment]
         use_all_cores()
-        model, spec, scoring = load(ctx.model_dir / "train")
-        scorer = Scorer(scoring, args.inference_threshold)
+        detector = Detector.load(ctx.model_dir, args.accelerator, args.inference_threshold)
+        spec, calibration = detector.spec, detector.calibration
         samples: pd.DataFrame = data["samples"]
-        files = list(samples["_file"])
-        labels = list(samples["_label"]) if "_label" in samples else ["unknown"] * len(files)
-        folder = ctx.artifacts / "extra_output" / "inference" / "images"
+        if cols.LABEL in samples:  # NG where a label is given and is not the OK name; <NA> without a label
+            samples = samples.assign(**{cols.IS_NG: (samples[cols.LABEL] != calibration.ok_name).astype("boolean")})
+        files = list(samples[cols.FILE])
+        labels = list(samples[cols.LABEL].fillna(UNKNOWN_LABEL)) if cols.LABEL in samples else None
         ctx.logger.info(
             f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} "
             f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}"
         )
+        folder = ctx.artifacts / "extra_output" / "inference" / "images"
         pixels = PixelRows(samples)
         rows = data["dataframe"].loc[samples.index]
         output = CsvRows(ctx.artifact_path("output", "output.csv"))
-        batches = []
-        for positions, scores, maps in score_images(model, files, spec, BATCH_SIZE, ctx.logger, "inference"):
-            pixels.update(positions, maps)
-            batch = rows.iloc[positions].assign(**scorer.columns(scores))
-            output.append(batch)
-            batches.append(batch)
-            if args.save_anomaly_maps:
-                for position, raw_map, pred in zip(positions, maps, batch["pred_label"], strict=True):
-                    scorer.save_heatmap(files[position], raw_map, labels[position], str(pred), folder)
-        predictions = pd.concat(batches)  # the loader keeps file order, so this is output.csv's row order
-        pred_ng = (predictions["pred_label"] == scorer.ng_name).to_numpy()
-        summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(pred_ng.sum())}
-        if "_is_ng" in samples:
-            is_ng = samples["_is_ng"].to_numpy(dtype=bool)
-            scores = classification_scores(is_ng, pred_ng, predictions["anomaly_score"].to_numpy())
-            scores.update(pixels.compute())
-            pd.DataFrame([scores]).to_csv(ctx.artifact_path("output", "inference_score.csv"), index=False)
-            summary["labelled_scores"] = scores
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
-            ctx.logger.info(f"labels found, scores written to output/inference_score.csv: {shown}")
+        batches, flags = [], []
+        for batch in detector.iter_predict(
+            files, BATCH_SIZE, heatmaps=args.save_anomaly_maps, progress_logger=ctx.logger
+        ):
+            pixels.update(batch.positions, batch.raw_maps)
+            frame = rows.iloc[batch.positions].assign(**batch.scored.columns)
+            output.append(frame)
+            batches.append(frame)
+            flags.append(batch.scored.is_anomalous)
+            for position, prediction in zip(batch.positions, batch.predictions, strict=True):
+                if prediction.heatmap is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    label = labels[position] if labels else UNKNOWN_LABEL
+                    prediction.heatmap.save(folder / heatmap_name(label, prediction.label, files[position]))
+        predictions = pd.concat(batches)  # in input order: output.csv's rows
+        is_anomalous = np.concatenate(flags)
+        summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(is_anomalous.sum())}
+        if cols.IS_NG in samples:
+            summary["labelled_scores"] = self._labelled_scores(ctx, samples, predictions, is_anomalous, pixels)
+        data["samples"] = samples
         data["predictions"] = predictions
+        data["is_anomalous"] = is_anomalous
         config["inference"] = {
             **summary,
             "model_name": spec.model_name,
-            "ok_class": scorer.ok_name,
-            "ng_name": scorer.ng_name,
+            "ok_class": calibration.ok_name,
+            "ng_name": calibration.ng_name,
             "inference_threshold": args.inference_threshold,
         }
         return data, config
+
+    @staticmethod
+    def _labelled_scores(
+        ctx: StepContext, samples: pd.DataFrame, predictions: pd.DataFrame, is_anomalous: np.ndarray, pixels: PixelRows
+    ) -> dict[str, float]:
+        """Image metrics on the labelled rows (AUROC on raw scores) and pixel metrics, to ``inference_score.csv``."""
+        labelled = samples[cols.IS_NG].notna().to_numpy()
+        if not labelled.all():
+            ctx.logger.info(f"labels on {int(labelled.sum())} of {len(labelled)} rows: metrics use those rows only")
+        if not labelled.any():
+            return {}
+        is_ng = samples[cols.IS_NG].to_numpy()[labelled].astype(bool)
+        scores = classification_scores(is_ng, is_anomalous[labelled], predictions["raw_score"].to_numpy()[labelled])
+        scores.update(pixels.compute())
+        pd.DataFrame([scores]).to_csv(ctx.artifact_path("output", "inference_score.csv"), index=False)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+        ctx.logger.info(f"labels found, scores written to output/inference_score.csv: {shown}")
+        return scores
 
 
 ASSET = InferenceStep

@@ -9,8 +9,7 @@ import pandas as pd
 
 from alo import Asset, Config, Data, DataError, StepArgs, StepContext
 from assets.vad.images import IMAGE_EXTENSIONS
-
-GENERATED_PATH_COLUMN = "image_path"
+from assets.vad.samples import GENERATED_PATH_COLUMN
 
 
 class InputArgs(StepArgs):

@@ -13,7 +13,9 @@ class OutputArgs(StepArgs):
     """The output step takes no arguments."""
 
 
-def summarize(predictions: pd.DataFrame, ok_name: str, ng_name: str) -> tuple[str, float, dict[str, float]]:
+def summarize(
+    predictions: pd.DataFrame, is_anomalous: np.ndarray, ok_name: str, ng_name: str
+) -> tuple[str, float, dict[str, float]]:
     """Result, score and probability of the summary.
 
     One image: its predicted label, its certainty and {OK: 1-p, NG: p}. Several: counts per
@@ -22,6 +24,7 @@ def summarize(predictions: pd.DataFrame, ok_name: str, ng_name: str) -> tuple[st
 
     Args:
         predictions: ``output.csv`` rows.
+        is_anomalous: True where an image is predicted NG (the calibration's verdict).
         ok_name: OK class name.
         ng_name: NG name.
 
@@ -33,7 +36,7 @@ def summarize(predictions: pd.DataFrame, ok_name: str, ng_name: str) -> tuple[st
     probability = {ok_name: 1.0 - p, ng_name: p}
     if len(predictions) == 1:
         return str(predictions["pred_label"].iloc[0])[:MAX_RESULT], score, probability
-    n_ng = int((predictions["pred_label"] == ng_name).sum())
+    n_ng = int(np.count_nonzero(is_anomalous))
     n_ok = len(predictions) - n_ng
     result = f"{ok_name}:{n_ok},{ng_name}:{n_ng}"
     if len(result) > MAX_RESULT:
@@ -51,7 +54,7 @@ class OutputStep(Asset):
 
         Args:
             ctx: Run context.
-            data: Needs ``predictions``.
+            data: Needs ``predictions`` and ``is_anomalous``.
             config: Needs ``inference``.
 
         Returns:
@@ -59,7 +62,7 @@ class OutputStep(Asset):
         """
         predictions: pd.DataFrame = data["predictions"]
         info = config["inference"]
-        result, score, probability = summarize(predictions, info["ok_class"], info["ng_name"])
+        result, score, probability = summarize(predictions, data["is_anomalous"], info["ok_class"], info["ng_name"])
         samples = data["samples"]
         file_path = samples["_file"].iloc[0] if len(samples) == 1 else str(data["data_dir"])
         note = (

@@ -16,27 +16,33 @@ from pydantic import Field
 
 from alo import Asset, Config, Data, DataError, ModelError, StepArgs, StepContext
 from alo.args import suggest
-from assets.input import GENERATED_PATH_COLUMN
 from assets.vad.images import IMAGE_EXTENSIONS, probe_image
+from assets.vad.samples import FILE, GENERATED_PATH_COLUMN, IS_NG, LABEL, MASK, SPLIT, TRAIN, VALID
 
 READINESS_FILE = "readiness_config.json"
 SPLIT_SEED = 42
-TRAIN, VALID = "train", "valid"
+# The OK and NG names travel to the train step in memory; on disk only the model's calibration.json holds them.
+NAMES_IN_CALIBRATION = ("ok_class", "ng_name")
 MIN_OK_TRAIN = 3  # fewer cannot describe "normal": the model would flag every new image
 
 
-class ReadinessArgs(StepArgs):
-    """Arguments of the readiness step (reference guide defaults)."""
+class ReadinessInferenceArgs(StepArgs):
+    """Arguments of the readiness step in the inference pipeline: the columns (defaults: the trained ones)."""
 
     y_column: str = "label"
     path_column: str = "image_path"
+    mask_column: str = "mask_path"
+
+
+class ReadinessArgs(ReadinessInferenceArgs):
+    """Arguments of the readiness step in the train pipeline (reference guide defaults)."""
+
     ok_class: str = ""
     train_validate_column: str = ""
     validation_split_rate: float = Field(default=0.1, ge=0.0, lt=1.0)
     threshold_method: Literal["F1", "Percentile"] = "F1"
     num_minor_threshold: int = Field(default=5, ge=0)
     ratio_minor_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
-    mask_column: str = "mask_path"
 
 
 def attach_masks(samples: pd.DataFrame, column: str, data_dir: Path, ctx: StepContext) -> pd.DataFrame:
@@ -62,8 +68,8 @@ def attach_masks(samples: pd.DataFrame, column: str, data_dir: Path, ctx: StepCo
     if lost:
         ctx.logger.warning(f"{len(lost)} mask file(s) not found, treated as unknown: {_names(lost)}")
     samples = samples.copy()
-    samples["_mask"] = [path if path and Path(path).is_file() else "" for path in paths]
-    ctx.logger.info(f"mask column '{column}': {sum(bool(p) for p in samples['_mask'])} mask(s) for pixel metrics")
+    samples[MASK] = [path if path and Path(path).is_file() else "" for path in paths]
+    ctx.logger.info(f"mask column '{column}': {sum(bool(p) for p in samples[MASK])} mask(s) for pixel metrics")
     return samples
 
 
@@ -108,7 +114,7 @@ def clean_rows(
         )
         table = table[~empty]
     root = data_dir.resolve()
-    table["_file"] = [str((root / p).resolve()) for p in table[path_column]]
+    table[FILE] = [str((root / p).resolve()) for p in table[path_column]]
     checks = (
         ("point outside the data folder", lambda f: not Path(f).is_relative_to(root)),
         ("point to missing files", lambda f: not Path(f).is_file()),
@@ -118,20 +124,20 @@ def clean_rows(
         ),
     )
     for what, is_bad in checks:
-        bad = table["_file"].map(is_bad).astype(bool)
+        bad = table[FILE].map(is_bad).astype(bool)
         if bad.any():
             ctx.logger.warning(
                 f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}"
             )
             table = table[~bad]
-    unreadable = table["_file"].map(lambda f: probe_image(f) is not None).astype(bool)
+    unreadable = table[FILE].map(lambda f: probe_image(f) is not None).astype(bool)
     if unreadable.any():
         ctx.logger.warning(
             f"skipped {int(unreadable.sum())} row(s) whose images cannot be decoded (empty, truncated, corrupt or "
             f"not an image): {_names(list(table[path_column][unreadable]))}"
         )
         table = table[~unreadable]
-    duplicated = table["_file"].duplicated()
+    duplicated = table[FILE].duplicated()
     if duplicated.any():
         ctx.logger.warning(
             f"skipped {int(duplicated.sum())} duplicate row(s) of the same image: "
@@ -145,6 +151,18 @@ class ReadinessStep(Asset):
     """Validates the ground truth and decides how training will use it."""
 
     Args = ReadinessArgs
+
+    @classmethod
+    def arguments(cls, pipeline: str) -> type[StepArgs]:
+        """Training keys (``ok_class``, the split and threshold settings) are refused in the inference pipeline.
+
+        Args:
+            pipeline: ``train`` or ``inference``.
+
+        Returns:
+            The argument class.
+        """
+        return ReadinessArgs if pipeline == "train" else ReadinessInferenceArgs
 
     def run(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
         """Check, clean and split the data (train) or match it to the trained model (inference).
@@ -190,13 +208,13 @@ class ReadinessStep(Asset):
             ok_class = sorted(map(str, top))[0]
             ctx.logger.info(f"ok_class not set: using the most frequent label '{ok_class}' ({counts.max()} rows)")
         ng_labels = sorted(str(label) for label in counts.index if label != ok_class)
-        samples["_label"] = labels
-        samples["_is_ng"] = labels != ok_class
-        samples["_split"] = self._split(samples, args, ctx)
+        samples[LABEL] = labels
+        samples[IS_NG] = labels != ok_class
+        samples[SPLIT] = self._split(samples, args, ctx)
         samples = attach_masks(samples, args.mask_column, data["data_dir"], ctx)
-        ok_train = int(((samples["_split"] == TRAIN) & ~samples["_is_ng"]).sum())
-        ok_valid = int(((samples["_split"] == VALID) & ~samples["_is_ng"]).sum())
-        ng_valid = int(((samples["_split"] == VALID) & samples["_is_ng"]).sum())
+        ok_train = int(((samples[SPLIT] == TRAIN) & ~samples[IS_NG]).sum())
+        ok_valid = int(((samples[SPLIT] == VALID) & ~samples[IS_NG]).sum())
+        ng_valid = int(((samples[SPLIT] == VALID) & samples[IS_NG]).sum())
         if ok_train == 0:
             msg = (
                 f"data error: no '{ok_class}' (OK) image in the train split to learn from; "
@@ -224,14 +242,15 @@ class ReadinessStep(Asset):
             "path_column": args.path_column,
             "ok_class": ok_class,
             "ng_labels": ng_labels,
-            "ng_name": ng_labels[0] if len(ng_labels) == 1 else "NG",
+            "ng_name": ng_labels[0] if len(ng_labels) == 1 else ("NG" if ok_class != "NG" else "not_NG"),
             "train_validate_column": args.train_validate_column,
             "threshold_method": method,
             "counts": {"train_ok": ok_train, "valid_ok": ok_valid, "valid_ng": ng_valid},
         }
         path = ctx.model_dir / "readiness" / READINESS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(readiness, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        saved = {key: value for key, value in readiness.items() if key not in NAMES_IN_CALIBRATION}
+        path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         ctx.logger.info(
             f"data ready: {ok_train} OK train, {ok_valid} OK + {ng_valid} NG validation; threshold method {method}"
         )
@@ -251,7 +270,7 @@ class ReadinessStep(Asset):
                     f"{shown}; fix those cells"
                 )
                 raise DataError(msg)
-            moved = (split == TRAIN) & samples["_is_ng"]
+            moved = (split == TRAIN) & samples[IS_NG]
             if moved.any():
                 ctx.logger.warning(
                     f"{int(moved.sum())} NG row(s) marked 'train' moved to validation (only OK images are fitted)"
@@ -259,7 +278,7 @@ class ReadinessStep(Asset):
                 split = split.where(~moved, VALID)
             return split.astype(str)
         split = pd.Series(VALID, index=samples.index, dtype=object)
-        ok_index = samples.index[~samples["_is_ng"]].to_numpy()
+        ok_index = samples.index[~samples[IS_NG]].to_numpy()
         rng = np.random.default_rng(SPLIT_SEED)
         shuffled = rng.permutation(ok_index)
         n_valid = round(len(shuffled) * args.validation_split_rate)
@@ -290,11 +309,11 @@ class ReadinessStep(Asset):
         return "F1"
 
     def _inference(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
-        args: ReadinessArgs = ctx.args  # type: ignore[assignment]
+        args: ReadinessInferenceArgs = ctx.args  # type: ignore[assignment]
         path = ctx.model_dir / "readiness" / READINESS_FILE
         try:
             trained = json.loads(path.read_text(encoding="utf-8"))
-            missing = {"ok_class", "ng_name", "path_column", "y_column"} - set(trained)
+            missing = {"path_column", "y_column"} - set(trained)
             if missing:
                 raise ValueError(sorted(missing))
         except (OSError, ValueError, TypeError):
@@ -311,9 +330,8 @@ class ReadinessStep(Asset):
             msg = "data error: no usable image rows to score (see the warnings above); fix the image paths"
             raise DataError(msg)
         samples = attach_masks(samples, args.mask_column, data["data_dir"], ctx)
-        if y_column in samples.columns:
-            samples["_label"] = samples[y_column].astype("string").str.strip()
-            samples["_is_ng"] = samples["_label"] != trained["ok_class"]
+        if y_column in samples.columns:  # empty cells stay <NA>: those rows are scored, not measured
+            samples[LABEL] = samples[y_column].astype("string").str.strip().replace("", pd.NA)
         ctx.logger.info(f"{len(samples)} image(s) to score")
         data["samples"] = samples
         config["readiness"] = {**trained, "y_column": y_column, "path_column": path_column}

@@ -35,7 +35,7 @@ from benchmarks.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")
-MODELS = ("patchcore", "fastflow")
+MODELS = ("patchcore", "fastflow", "padim")
 
 
 @dataclass(frozen=True)

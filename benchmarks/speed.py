@@ -312,6 +312,14 @@ def worker_anomalib(data: Path, model: str, epochs: int) -> dict:
     }
 
 
+def _spec(model: str, backbone: str, layers: list[str], mean: tuple, std: tuple) -> object:
+    """A model spec at the benchmark's size, the model's other parameters at their defaults."""
+    from assets.vad.models import ModelSpec, entry
+
+    params = entry(model).params(backbone=backbone, layers=list(layers))
+    return ModelSpec(model, (SIZE, SIZE), tuple(mean), tuple(std), params)
+
+
 def worker_bare(data: Path, model: str) -> dict:
     """The backbone's forward pass alone, on the test images already decoded and normalised."""
     import numpy as np
@@ -319,13 +327,12 @@ def worker_bare(data: Path, model: str) -> dict:
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.models import ModelSpec, build_model
     from assets.vad.models.folding import fold_batch_norms
 
     settings = PATCHCORE if model == "patchcore" else FASTFLOW
-    spec = ModelSpec(
-        model, settings["backbone"], settings["layers"], [SIZE, SIZE], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    )
+    spec = _spec(model, settings["backbone"], settings["layers"], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    from assets.vad.models.factory import build_model
+
     net = build_model(spec, pretrained=model == "patchcore")
     extractor = net.feature_extractor
     paths = sorted((data / "test").glob("*.jpg"))
@@ -362,9 +369,9 @@ def worker_work(data: Path, model: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.models import ModelSpec, build_model
+    from assets.vad.models.factory import build_model
 
-    spec = ModelSpec(model, FASTFLOW["backbone"], FASTFLOW["layers"], [SIZE, SIZE], [0.5] * 3, [0.5] * 3)
+    spec = _spec(model, FASTFLOW["backbone"], FASTFLOW["layers"], (0.5,) * 3, (0.5,) * 3)
     net = build_model(spec, pretrained=False)
     image = torch.zeros(1, 3, SIZE, SIZE)
     with torch.no_grad():  # the FLOP counter's module hooks do not work under inference_mode

@@ -117,7 +117,9 @@ def test_summaries_of_any_scores_keep_the_contract(scores, ok_name, ng_name, not
     predictions = pd.DataFrame(
         {"anomaly_score": array, "certainty": certainty(array), "pred_label": np.where(array >= 0.5, ng_name, ok_name)}
     )
-    result, score, probability = summarize(predictions, ok_name, ng_name)
+    result, score, probability = summarize(
+        predictions, (predictions["pred_label"] == ng_name).to_numpy(), ok_name, ng_name
+    )
     summary = build_summary(
         result=result[:MAX_RESULT], score=score, probability=probability, note=note, file_path="x", version="1"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -11,11 +12,35 @@ from anomalib.models.image.fastflow.loss import FastflowLoss
 from conftest import defect, texture
 
 from assets.vad.backbones import BACKBONES, default_layers
-from assets.vad.models import ModelSpec, build_model, load, predict, save
-from assets.vad.models.fastflow import fit_fastflow
+from assets.vad.calibration import Calibration
+from assets.vad.models import ModelSpec, entry
+from assets.vad.models.factory import build_model, load, save
+from assets.vad.models.fastflow.model import fit_fastflow
 
 OFFLINE = {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"}
 LOGGER = logging.getLogger("assets.test")
+CALIBRATION = Calibration(0.0, -1.0, 1.0, "good", "bad", "F1", 0.8)
+
+
+def make_spec(model_name, backbone, layers, size=(64, 64), **params):
+    values = {"backbone": backbone, "layers": list(layers), **params}
+    return ModelSpec(model_name, tuple(size), (0.5,) * 3, (0.5,) * 3, entry(model_name).params(**values))
+
+
+def write_format_1(folder, spec):
+    """Rewrite a saved model's config in the layout of models saved before format 2 (flat spec, no image_score)."""
+    flat = {"model_name": spec.model_name, "backbone": spec.backbone, "layers": spec.layers}
+    flat |= {"input_size": list(spec.input_size), "mean": list(spec.mean), "std": list(spec.std), "extra": {}}
+    flat |= {"coreset_sampling_ratio": 0.1, "num_neighbors": 9, "search": "auto", "flow_steps": 8}
+    flat |= {"hidden_ratio": 1.0, "conv3x3_only": False}
+    scoring = {"threshold": 0.0, "min": -1.0, "max": 1.0, "ok_class": "good", "ng_name": "bad"}
+    scoring |= {"threshold_method": "F1", "percentile": 0.8, "weights_source": "x", "fit_seconds": 1.5}
+    (folder / "train_config.json").write_text(json.dumps({"model": flat, "scoring": scoring}), encoding="utf-8")
+    (folder / "calibration.json").unlink()
+
+
+def predict(model, images):
+    return model.score(images)
 
 
 def batch(rng: np.random.Generator, count: int, bad: bool = False) -> torch.Tensor:
@@ -27,13 +52,14 @@ def batch(rng: np.random.Generator, count: int, bad: bool = False) -> torch.Tens
 @pytest.mark.parametrize("model_name", ["patchcore", "fastflow"])
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
-    spec = ModelSpec(model_name, backbone, default_layers(backbone), [64, 64], [0.5] * 3, [0.5] * 3, flow_steps=2)
+    extra = {"flow_steps": 2} if model_name == "fastflow" else {}
+    spec = make_spec(model_name, backbone, default_layers(backbone), **extra)
     model = build_model(spec, pretrained=backbone in OFFLINE)
     assert model.weights_source.startswith("package") == (backbone in OFFLINE)
     rng = np.random.default_rng(0)
     train = [batch(rng, 4) for _ in range(3)]
     if model_name == "patchcore":
-        model.fit(iter(train), 12, 0.1, 0, LOGGER)
+        model.fit_bank(iter(train), 12, 0.1, 0, LOGGER)
         assert len(model.memory_bank) == int(12 * (64 // 8) ** 2 * 0.1)  # stride-8 patches
     else:
         features = [model.extract(images) for images in train]
@@ -50,9 +76,10 @@ def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
     good, bad = batch(rng, 3), batch(rng, 3, bad=True)
     scores, maps = predict(model, torch.cat([good, bad]))
     assert maps.shape == (6, 64, 64) and np.isfinite(scores).all()
-    save(model, spec, {"threshold": 0.0}, tmp_path)
-    again, loaded_spec, _ = load(tmp_path)
-    assert loaded_spec == spec
+    save(model, CALIBRATION, {}, tmp_path)
+    loaded = load(tmp_path)
+    again, loaded_spec = loaded.model, loaded.spec
+    assert loaded_spec == spec and loaded.calibration == CALIBRATION
     assert np.allclose(predict(again, torch.cat([good, bad]))[0], scores, atol=1e-5)
 
 
@@ -60,11 +87,11 @@ def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
 def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from assets.vad.models import patchcore
+    from assets.vad.models.patchcore import model as patchcore
 
     monkeypatch.setattr(patchcore, "QUERY_BLOCK", 100)  # several blocks, the last one partial
     generator = torch.Generator().manual_seed(0)
-    model = build_model(ModelSpec("patchcore", "resnet18", ["layer2"], [64, 64], [0.5] * 3, [0.5] * 3), False)
+    model = build_model(make_spec("patchcore", "resnet18", ["layer2"]), False)
     model.memory_bank = torch.randn(700, 32, generator=generator) * 3 + 1
     queries = torch.randn(450, 32, generator=generator) * 3 + 1
     ours = model.nearest_neighbors(queries, k)
@@ -81,12 +108,12 @@ def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
 
 
 def _patchcore(search: str = "auto"):
-    spec = ModelSpec("patchcore", "resnet18", ["layer2"], [64, 64], [0.5] * 3, [0.5] * 3, search=search)
+    spec = make_spec("patchcore", "resnet18", ["layer2"], search=search)
     return spec, build_model(spec, False)
 
 
 def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeypatch):
-    from assets.vad.models import patchcore
+    from assets.vad.models.patchcore import model as patchcore
 
     monkeypatch.setattr(patchcore, "CHUNK_PATCHES", 200)  # 64 patches per image: chunks cut across batches
     monkeypatch.setattr(patchcore, "GROUP_ROWS", 100)  # several merge passes
@@ -95,7 +122,7 @@ def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeyp
     banks = []
     _, model = _patchcore()  # random backbone weights: one model for all three fits
     for size in (1, 4, 15):
-        model.fit(iter(images.split(size)), 15, 0.25, 0, LOGGER)
+        model.fit_bank(iter(images.split(size)), 15, 0.25, 0, LOGGER)
         banks.append(model.memory_bank)
     assert len(banks[0]) == int(15 * 64 * 0.25)
     assert torch.equal(banks[0], banks[1]) and torch.equal(banks[0], banks[2])
@@ -103,14 +130,14 @@ def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeyp
 
 
 def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_path, monkeypatch):
-    from assets.vad.models import patchcore
+    from assets.vad.models.patchcore import model as patchcore
 
     monkeypatch.setattr(patchcore, "IVF_MIN_ROWS", 512)
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(40, 16, generator=generator) * 4
     bank = centres[torch.randint(40, (4000,), generator=generator)] + torch.randn(4000, 16, generator=generator)
     queries = centres[torch.randint(40, (2000,), generator=generator)] + torch.randn(2000, 16, generator=generator)
-    spec, model = _patchcore()
+    _, model = _patchcore()
     model.memory_bank = bank
     model.build_search_index(seed=0)
     assert model.search_centroids.shape == (4000 // patchcore.IVF_ROWS_PER_LIST, 16)
@@ -120,8 +147,8 @@ def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_p
     assert bool((approx >= exact - 1e-4).all())  # a missed neighbour can only be farther
     assert torch.allclose(approx[approx_index == exact_index], exact[approx_index == exact_index], atol=1e-4)
     assert float(((approx - exact) / exact).mean()) < 0.01
-    save(model, spec, {"threshold": 0.0}, tmp_path)
-    again, _, _ = load(tmp_path)
+    save(model, CALIBRATION, {}, tmp_path)
+    again = load(tmp_path).model
     assert torch.equal(again.search_centroids, model.search_centroids)
     assert torch.equal(again.nearest_neighbors(queries, 1)[0], approx)
     _, exact_model = _patchcore(search="exact")
@@ -147,7 +174,7 @@ def test_separable_blur_gives_anomalibs_anomaly_map():
 def test_channels_last_embedding_matches_anomalibs_nchw_forward():
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    spec = ModelSpec("patchcore", "mobilenetv2_100", ["blocks.2", "blocks.4"], [64, 64], [0.5] * 3, [0.5] * 3)
+    spec = make_spec("patchcore", "mobilenetv2_100", ["blocks.2", "blocks.4"])
     ours = build_model(spec, pretrained=True)
     reference = PatchcoreModel(layers=spec.layers, backbone=spec.backbone, pre_trained=False).eval()
     reference.load_state_dict(ours.state_dict(), strict=False)
@@ -161,9 +188,9 @@ def test_image_score_is_the_peak_of_the_map_or_anomalibs_reweighted_score(tmp_pa
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
     rng = np.random.default_rng(4)
-    spec = ModelSpec("patchcore", "resnet18", ["layer2"], [64, 64], [0.5] * 3, [0.5] * 3, image_score="map_max")
+    spec = make_spec("patchcore", "resnet18", ["layer2"], image_score="map_max")
     model = build_model(spec, False)
-    model.fit(iter([batch(rng, 4)]), 4, 0.5, 0, LOGGER)
+    model.fit_bank(iter([batch(rng, 4)]), 4, 0.5, 0, LOGGER)
     images = torch.cat([batch(rng, 2), batch(rng, 2, bad=True)])
     scores, maps = predict(model, images)
     assert np.allclose(scores, maps.reshape(4, -1).max(axis=1))
@@ -177,16 +204,16 @@ def test_image_score_is_the_peak_of_the_map_or_anomalibs_reweighted_score(tmp_pa
     # the option changes the image score only (map_max's features come from the batch-norm-folded backbone)
     assert np.allclose(reweighted_maps, maps, rtol=1e-4, atol=0)
     assert not np.allclose(reweighted, scores)
-    save(model, spec, {"threshold": 0.0}, tmp_path)
-    config = (tmp_path / "train_config.json").read_text(encoding="utf-8")
-    (tmp_path / "train_config.json").write_text(config.replace('"image_score": "map_max",', ""), encoding="utf-8")
-    old, old_spec, _ = load(tmp_path)  # a model saved before the option keeps anomalib's score
-    assert old_spec.image_score == "reweighted"
-    assert np.allclose(predict(old, images)[0], reweighted, atol=1e-5)
+    save(model, CALIBRATION, {}, tmp_path)
+    write_format_1(tmp_path, spec)  # as models were saved before the option (and before format 2)
+    old = load(tmp_path)  # a model saved before the option keeps anomalib's score
+    assert old.spec.params.image_score == "reweighted"
+    assert old.calibration == CALIBRATION and old.training == {"weights_source": "x", "fit_seconds": 1.5}
+    assert np.allclose(predict(old.model, images)[0], reweighted, atol=1e-5)
 
 
 def test_fastflow_validation_pass_scores_like_inference():
-    spec = ModelSpec("fastflow", "resnet18", ["layer1", "layer2"], [64, 64], [0.5] * 3, [0.5] * 3, flow_steps=2)
+    spec = make_spec("fastflow", "resnet18", ["layer1", "layer2"], flow_steps=2)
     model = build_model(spec, pretrained=False)
     for parameter in model.fast_flow_blocks.parameters():  # move the flows away from the identity
         parameter.data.add_(torch.randn_like(parameter) * 0.05)

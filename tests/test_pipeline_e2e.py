@@ -56,7 +56,7 @@ def test_train_then_inference(project, model_name):
     assert validation["anomaly_score"].between(0, 1).all()
     config = json.loads((train / "models/train/train_config.json").read_text())
     assert config["model"]["model_name"] == model_name
-    assert "package" in config["scoring"]["weights_source"]
+    assert "package" in config["training"]["weights_source"]
 
     inference = root / "inference_artifacts"
     for name in INFERENCE_FILES:
@@ -149,7 +149,7 @@ def test_labelled_inference_scores_and_counts_predictions(project):
 
 
 def test_fastflow_over_the_feature_cache_limit_extracts_every_epoch_with_the_same_result(project, monkeypatch):
-    from assets.vad.models import fastflow
+    from assets.vad.models.fastflow import model as fastflow
 
     root, plan = project["root"], project["plan"]
     step_args(plan, "train", "train")["model_name"] = "fastflow"
@@ -162,3 +162,23 @@ def test_fastflow_over_the_feature_cache_limit_extracts_every_epoch_with_the_sam
     log = (root / "train_artifacts/log/pipeline.log").read_text()
     assert "extracting them every epoch" in log and "backbone features cached" not in log
     assert pd.read_csv(root / "train_artifacts/output/output.csv")["raw_score"].tolist() == cached
+
+
+def test_partly_labelled_inference_scores_every_row_and_measures_the_labelled_ones(project):
+    from sklearn.metrics import roc_auc_score
+
+    root, plan = project["root"], project["plan"]
+    folder = root / "data/inference"
+    names = sorted(p.name for p in folder.glob("*.png"))  # ng_0, ng_1, ok_0, ok_1, ok_2
+    labels = ["bad", "", "good", "", "good"]
+    pd.DataFrame({"label": labels, "image_path": names}).to_csv(folder / "inference.csv", index=False)
+    assert main.main(["--mode", "all", "--config", str(write_plan(root, plan))]) == 0
+    inference = root / "inference_artifacts"
+    output = pd.read_csv(inference / "output/output.csv")
+    assert len(output) == 5 and output["pred_label"].notna().all()
+    scores = pd.read_csv(inference / "output/inference_score.csv").iloc[0]
+    assert (scores["n_ng"], scores["n_ok"]) == (1, 2)
+    labelled = output["label"].notna()
+    expected = roc_auc_score(output["label"][labelled] == "bad", output["raw_score"][labelled])
+    assert scores["auroc"] == pytest.approx(expected), "AUROC on raw scores, not the clipped anomaly_score"
+    assert "labels on 3 of 5 rows" in (inference / "log/pipeline.log").read_text()

@@ -69,7 +69,7 @@ def test_bad_choice_lists_allowed_values(tmp_path):
     step_args(plan, "train", "train")["model_name"] = "patchcor"
     with pytest.raises(PlanError) as info:
         prepared_args(tmp_path, plan)
-    assert "'fastflow' or 'patchcore'" in str(info.value)
+    assert "'patchcore', 'fastflow' or 'padim'" in str(info.value)
     assert "did you mean 'patchcore'" in str(info.value)
 
 

@@ -12,7 +12,7 @@ from assets.output import summarize
 
 def test_single_image_summary_and_sorted_keys(tmp_path):
     predictions = pd.DataFrame({"anomaly_score": [0.83], "certainty": [0.342], "pred_label": ["bad"]})
-    result, score, probability = summarize(predictions, "good", "bad")
+    result, score, probability = summarize(predictions, (predictions["pred_label"] == "bad").to_numpy(), "good", "bad")
     summary = build_summary(
         result=result, score=score, probability=probability, note="n", file_path="a.png", version="1.0.0"
     )
@@ -30,7 +30,7 @@ def test_several_images_counts_and_mean_certainty():
     predictions = pd.DataFrame(
         {"anomaly_score": [0.1, 0.2, 0.9], "certainty": [0.5, 0.3, 0.7], "pred_label": ["good", "good", "bad"]}
     )
-    result, score, probability = summarize(predictions, "good", "bad")
+    result, score, probability = summarize(predictions, (predictions["pred_label"] == "bad").to_numpy(), "good", "bad")
     assert result == "good:2,bad:1"
     assert score == pytest.approx(0.5)
     assert probability["bad"] == pytest.approx(0.4)
@@ -44,7 +44,12 @@ def test_long_label_names_fall_back_to_short_counts():
             "pred_label": ["normal_product_surface", "scratched_product_surface"],
         }
     )
-    result, _, _ = summarize(predictions, "normal_product_surface", "scratched_product_surface")
+    result, _, _ = summarize(
+        predictions,
+        (predictions["pred_label"] == "scratched_product_surface").to_numpy(),
+        "normal_product_surface",
+        "scratched_product_surface",
+    )
     assert result == "OK:1,NG:1"
 
 

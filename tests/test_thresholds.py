@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assets.vad.thresholds import SWEEP_COLUMNS, certainty, f1_threshold, normalize, percentile_threshold, sweep
+from assets.vad.calibration import Calibration
+from assets.vad.thresholds import SWEEP_COLUMNS, certainty, f1_threshold, percentile_threshold, sweep
 
 
 def test_sweep_counts_match_brute_force():
@@ -47,7 +48,8 @@ def test_percentile_threshold():
 
 
 def test_normalize_maps_threshold_to_half_and_clips():
-    values = normalize(np.array([0.0, 3.0, 5.0, 10.0, 20.0]), threshold=5.0, low=0.0, high=10.0)
+    calibration = Calibration(5.0, 0.0, 10.0, "good", "bad", "F1", 0.8)
+    values = calibration.normalize(np.array([0.0, 3.0, 5.0, 10.0, 20.0]))
     assert values.tolist() == pytest.approx([0.0, 0.3, 0.5, 1.0, 1.0])
 
 

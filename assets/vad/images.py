@@ -40,7 +40,15 @@ class ImageReadError(DataError):
     """An image file cannot be decoded."""
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of any PIL image: 16-bit and float scaled, transparency composited on black.
+
+    Args:
+        image: The image.
+
+    Returns:
+        The RGB image.
+    """
     if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
@@ -85,7 +93,7 @@ def read_image(path: str | Path) -> Image.Image:
     try:
         with _open_checked(path) as image:
             image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+            return to_rgb(ImageOps.exif_transpose(image))
     except _TooLargeError as exc:
         msg = f"data error: image {path} is too large ({exc}); downscale it below 8000x8000"
         raise ImageReadError(msg) from None

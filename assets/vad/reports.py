@@ -76,7 +76,7 @@ def write_validation_reports(
         folder: The ``output`` folder.
         is_ng: True labels (NG = True).
         pred_ng: Predictions (NG = True).
-        scores: Normalised scores (for AUROC).
+        scores: Raw scores (for AUROC: normalised ones are clipped, which can tie images).
         ok_name: Name of the OK class.
         ng_name: Name shown for NG.
         threshold: The raw threshold used.

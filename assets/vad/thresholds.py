@@ -1,11 +1,9 @@
-"""Score maths: threshold sweep, F1 and percentile thresholds, normalisation, certainty."""
+"""Score maths: threshold sweep, F1 and percentile thresholds, certainty."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
-from anomalib.post_processing import PostProcessor
 
 SWEEP_COLUMNS = ["threshold", "accuracy", "precision", "recall", "f1", "tp", "fp", "tn", "fn"]
 
@@ -84,23 +82,6 @@ def percentile_threshold(ok_scores: np.ndarray, percentile: float) -> float:
         The threshold.
     """
     return float(np.quantile(np.asarray(ok_scores, dtype=np.float64), percentile))
-
-
-def normalize(raw: np.ndarray | torch.Tensor, threshold: float, low: float, high: float) -> np.ndarray:
-    """Min-max normalise raw scores so that the threshold maps to 0.5 (anomalib's formula), clipped to [0, 1].
-
-    Args:
-        raw: Raw scores or anomaly-map values.
-        threshold: The trained raw threshold.
-        low: Minimum raw validation score.
-        high: Maximum raw validation score.
-
-    Returns:
-        Normalised values as float32.
-    """
-    tensor = torch.as_tensor(raw, dtype=torch.float32)
-    normalized = PostProcessor._normalize(tensor, torch.tensor(low), torch.tensor(high), torch.tensor(threshold))
-    return normalized.numpy()
 
 
 def certainty(probability: np.ndarray | float) -> np.ndarray:

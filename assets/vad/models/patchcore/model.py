@@ -14,9 +14,13 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from alo.logs import Progress
 from assets.vad.backbones import load_pretrained_weights
+from assets.vad.batches import loader
 from assets.vad.coreset import k_center_greedy
+from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
 from assets.vad.models.blur import SeparableGaussianBlur2d
 from assets.vad.models.folding import fold_batch_norms
+from assets.vad.models.patchcore import PatchcoreParams
+from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
 
 CHUNK_PATCHES = 16384  # patches per coreset chunk; chunks close at this count whatever the batch size
@@ -34,7 +38,7 @@ IVF_MAX_LISTS = 4096
 IVF_PROBES = 16
 
 
-class OfflinePatchcore(PatchcoreModel):
+class OfflinePatchcore(VadModel, PatchcoreModel):
     """anomalib's PatchCore whose backbone weights come from offline sources.
 
     The state dict (``feature_extractor.*``, ``memory_bank``) is anomalib's own.
@@ -44,11 +48,11 @@ class OfflinePatchcore(PatchcoreModel):
         self,
         backbone: str,
         layers: Sequence[str],
-        num_neighbors: int = 9,
-        pretrained: bool = True,
-        weights_path: str | Path | None = None,
-        search: str = "auto",
-        image_score: str = "map_max",
+        num_neighbors: int,
+        pretrained: bool,
+        weights_path: str | Path | None,
+        search: str,
+        image_score: str,
     ) -> None:
         super().__init__(layers=list(layers), backbone=backbone, pre_trained=False, num_neighbors=num_neighbors)
         if search not in SEARCH_MODES:
@@ -77,6 +81,61 @@ class OfflinePatchcore(PatchcoreModel):
         self.feature_extractor.to(memory_format=torch.channels_last)
         self.folded_backbone: WeightKeyedCache[torch.nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
         self.eval()
+
+    @classmethod
+    def build(
+        cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None
+    ) -> OfflinePatchcore:
+        """PatchCore as a spec describes it (see :meth:`VadModel.build`).
+
+        Args:
+            spec: The model description (``PatchcoreParams``).
+            pretrained: Load ImageNet weights into the backbone.
+            weights_path: A user weights file for the backbone.
+
+        Returns:
+            The model, in eval mode.
+        """
+        params: PatchcoreParams = spec.params  # type: ignore[assignment]
+        model = cls(
+            spec.backbone,
+            spec.layers,
+            params.num_neighbors,
+            pretrained,
+            weights_path,
+            params.search,
+            params.image_score,
+        )
+        model.spec = spec
+        return model
+
+    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
+        """Build the memory bank from the training images (and one augmented pass of them when augmenting).
+
+        Args:
+            train: OK training images.
+            valid: Unused (PatchCore has no epochs to select).
+            options: Batch size, seed, augmentation.
+            logger: Progress logger.
+
+        Returns:
+            No fit metrics.
+        """
+        del valid
+        passes = [loader(train.files, self.spec, options.batch_size)]
+        if options.augment is not None:
+            passes.append(loader(train.files, self.spec, options.batch_size, augment=options.augment))
+        batches = (images.to(self.device) for batch_loader in passes for images, _ in batch_loader)
+        params: PatchcoreParams = self.spec.params  # type: ignore[assignment]
+        self.fit_bank(batches, len(train.files) * len(passes), params.coreset_sampling_ratio, options.seed, logger)
+        return {}
+
+    def prepare(self) -> None:
+        """Fold the backbone and build the search index now (see :meth:`VadModel.prepare`)."""
+        self.eval()
+        self._embedding_map(example_image(self.spec.input_size, self.device))
+        if self.search_centroids.numel() and self.memory_bank.device.type == "cpu":
+            self._search_index()
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:
         """Embeddings while training; else the anomaly map and the image score.
@@ -121,7 +180,7 @@ class OfflinePatchcore(PatchcoreModel):
         Returns:
             Distances (N,) or (N, k) and memory-bank indices of the same shape.
         """
-        if n_neighbors == 1 and self.search_centroids.numel():
+        if n_neighbors == 1 and self.search_centroids.numel() and embedding.device.type == "cpu":
             return self._ivf_nearest(embedding)
         return self.exact_nearest_neighbors(embedding, n_neighbors)
 
@@ -172,11 +231,11 @@ class OfflinePatchcore(PatchcoreModel):
         lists = min(IVF_MAX_LISTS, rows // IVF_ROWS_PER_LIST)
         faiss.omp_set_num_threads(torch.get_num_threads())
         kmeans = faiss.Kmeans(dims, lists, niter=20, seed=seed, max_points_per_centroid=256)
-        kmeans.train(np.ascontiguousarray(self.memory_bank.float().numpy()))
-        self.search_centroids = torch.from_numpy(kmeans.centroids.copy())
+        kmeans.train(np.ascontiguousarray(self.memory_bank.float().cpu().numpy()))
+        self.search_centroids = torch.from_numpy(kmeans.centroids.copy()).to(self.memory_bank.device)
 
-    def _ivf_nearest(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One nearest bank row per query through the inverted-file index."""
+    def _search_index(self) -> faiss.IndexIVFFlat:
+        """The faiss inverted-file index of the bank and centroids, built again only when either changes."""
         bank, centroids = self.memory_bank, self.search_centroids
         key = (bank.data_ptr(), tuple(bank.shape), centroids.data_ptr(), tuple(centroids.shape))
         if self._index is None or self._index_key != key:
@@ -186,8 +245,13 @@ class OfflinePatchcore(PatchcoreModel):
             index.add(np.ascontiguousarray(bank.float().numpy()))
             index.nprobe = min(IVF_PROBES, centroids.shape[0])
             self._quantizer, self._index, self._index_key = quantizer, index, key
+        return self._index
+
+    def _ivf_nearest(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One nearest bank row per query through the inverted-file index."""
+        index = self._search_index()
         faiss.omp_set_num_threads(torch.get_num_threads())
-        squared, index_rows = self._index.search(np.ascontiguousarray(embedding.float().numpy()), 1)
+        squared, index_rows = index.search(np.ascontiguousarray(embedding.float().numpy()), 1)
         distances = torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_()
         indices = torch.from_numpy(index_rows[:, 0])
         missing = indices < 0  # every visited list empty: rare, answered exactly
@@ -215,17 +279,14 @@ class OfflinePatchcore(PatchcoreModel):
         """
         images = images.contiguous(memory_format=torch.channels_last)
         extractor = self.feature_extractor
-        if getattr(extractor, "_uses_intermediates", False):  # transformer: anomalib's own path, nothing to fold
-            features = extractor(images)
-        else:
-            inner = extractor.feature_extractor
-            backbone = self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, images[:1]))
-            with torch.no_grad():
-                features = dict(zip(extractor.layers, backbone(images), strict=True))
+        inner = extractor.feature_extractor
+        backbone = self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, images[:1]))
+        with torch.no_grad():
+            features = dict(zip(extractor.layers, backbone(images), strict=True))
         features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
         return self.generate_embedding(features)
 
-    def fit(
+    def fit_bank(
         self,
         batches: Iterable[torch.Tensor],
         total: int,

@@ -11,9 +11,10 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
@@ -23,9 +24,17 @@ from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fas
 from torch import nn
 
 from assets.vad.backbones import load_pretrained_weights
-from assets.vad.models.flow_steps import prepare_flow, run_flow, train_flow
+from assets.vad.batches import loader
+from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
+from assets.vad.models.fastflow import FastflowParams
+from assets.vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
 from assets.vad.models.folding import fold_batch_norms
+from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
+from assets.vad.reports import image_auroc
+from assets.vad.thresholds import sweep
+
+Features = list[torch.Tensor]  # one backbone feature map per layer, for a batch
 
 HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
@@ -35,7 +44,7 @@ FEATURE_CACHE_LIMIT = 2 * 1024**3  # bytes of backbone features kept across epoc
 TOLERANCE = {"image_AUROC": 0.02, "image_F1Score": 0.02, "loss": 0.0}
 
 
-class OfflineFastflow(FastflowModel):
+class OfflineFastflow(VadModel, FastflowModel):
     """FastFlow with a timm CNN backbone given by name and feature layers."""
 
     def __init__(
@@ -43,11 +52,11 @@ class OfflineFastflow(FastflowModel):
         input_size: tuple[int, int],
         backbone: str,
         layers: Sequence[str],
-        flow_steps: int = 8,
-        conv3x3_only: bool = False,
-        hidden_ratio: float = 1.0,
-        pretrained: bool = True,
-        weights_path: str | Path | None = None,
+        flow_steps: int,
+        conv3x3_only: bool,
+        hidden_ratio: float,
+        pretrained: bool,
+        weights_path: str | Path | None,
     ) -> None:
         nn.Module.__init__(self)
         self.input_size = tuple(input_size)
@@ -79,6 +88,123 @@ class OfflineFastflow(FastflowModel):
         self.folded_backbone: WeightKeyedCache[nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
         self.scoring_flows: WeightKeyedCache[list] = WeightKeyedCache()  # eval mode: flows in scoring form
 
+    @classmethod
+    def build(cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None) -> OfflineFastflow:
+        """FastFlow as a spec describes it (see :meth:`VadModel.build`).
+
+        Args:
+            spec: The model description (``FastflowParams``).
+            pretrained: Load ImageNet weights into the backbone.
+            weights_path: A user weights file for the backbone.
+
+        Returns:
+            The model, in eval mode.
+        """
+        params: FastflowParams = spec.params  # type: ignore[assignment]
+        model = cls(
+            spec.input_size,
+            spec.backbone,
+            spec.layers,
+            params.flow_steps,
+            params.conv3x3_only,
+            params.hidden_ratio,
+            pretrained,
+            weights_path,
+        )
+        model.spec = spec
+        return model.eval()
+
+    def prepare(self) -> None:
+        """Channels-last, folded backbone and flows in scoring form, now (see :meth:`VadModel.prepare`).
+
+        A loaded model only scores, so it switches to the layout that scores fastest.
+        """
+        self.use_channels_last().eval()
+        with torch.inference_mode():
+            self(example_image(self.spec.input_size, self.device))
+
+    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
+        """Train the flows on the frozen backbone's features and keep the best epoch (:func:`fit_fastflow`).
+
+        Without augmentation the features of every epoch are the same, so they are extracted once and
+        cached, up to :data:`FEATURE_CACHE_LIMIT` bytes; beyond that they are extracted again each
+        epoch in the same batches and order (the same model, bounded memory). With augmentation each
+        epoch draws new augmented images.
+
+        Args:
+            train: OK training images.
+            valid: Validation images; their scores and loss select the epoch.
+            options: Batch size, epochs, seed, monitor, augmentation.
+            logger: Progress logger.
+
+        Returns:
+            The kept epoch's validation metrics, its number and the mean epoch seconds.
+        """
+        params: FastflowParams = self.spec.params  # type: ignore[assignment]
+        rng = np.random.default_rng(options.seed)
+        valid_features = [self.extract(images) for images, _ in loader(valid.files, self.spec, options.batch_size)]
+        return fit_fastflow(
+            self,
+            self._epoch_batches(train.files, options, rng, logger),
+            lambda model: model.validate(valid_features, valid.is_ng),
+            options.max_epochs,
+            options.monitor,
+            params.early_stopping_patience,
+            logger,
+        )
+
+    def _epoch_batches(
+        self, files: list[str], options: FitOptions, rng: np.random.Generator, logger: logging.Logger
+    ) -> Callable[[], Iterable[Features]]:
+        """What each training epoch iterates over: cached, re-extracted or augmented feature batches."""
+        size = options.batch_size
+        groups = [range(start, min(start + size, len(files))) for start in range(0, len(files), size)]
+
+        def extract(batches: list[range]) -> Iterator[Features]:
+            return (self.extract(images) for images, _ in loader(files, self.spec, size, batches=batches))
+
+        if options.augment is not None:
+            augment = options.augment
+            return lambda: (
+                self.extract(images)
+                for images, _ in loader(files, self.spec, size, augment, shuffle=True, seed=int(rng.integers(1 << 31)))
+            )
+        cache_bytes = self.feature_values_per_image * 4 * len(files)
+        if cache_bytes > FEATURE_CACHE_LIMIT:  # the batches and order the cache would give, extracted each epoch
+            logger.info(
+                f"backbone features of {len(files)} training images would take {cache_bytes / 2**30:.1f} GiB "
+                f"(cache limit {FEATURE_CACHE_LIMIT / 2**30:.1f} GiB): extracting them every epoch"
+            )
+            return lambda: extract([groups[i] for i in rng.permutation(len(groups))])
+        cached = list(extract(groups))
+        logger.info(f"backbone features cached for {len(files)} training images (frozen backbone)")
+        return lambda: [cached[i] for i in rng.permutation(len(groups))]
+
+    def validate(self, features: list[Features], is_ng: np.ndarray) -> dict[str, float]:
+        """Validation metrics of the current flows: one flow pass per batch gives both the loss and the scores.
+
+        Args:
+            features: Backbone features of the validation batches.
+            is_ng: True where a validation image is NG.
+
+        Returns:
+            ``image_AUROC``, ``image_F1Score`` (best over thresholds) and ``loss`` (of the OK images' batches).
+        """
+        criterion = FastflowLoss()
+        scores, losses, sizes = [], [], []
+        self.train()  # training-mode pass: hidden variables give both the loss and the anomaly map
+        with torch.no_grad():
+            for batch in features:
+                hidden, jacobians = self.flow(batch)
+                losses.append(float(criterion(hidden, jacobians)))
+                scores.append(self.image_scores(self.anomaly_map_generator(hidden)).reshape(-1).cpu().numpy())
+                sizes.append(len(batch[0]))
+        self.eval()
+        raw = np.concatenate(scores) if scores else np.zeros(0)
+        best_f1 = float(sweep(raw, is_ng)["f1"].max()) if is_ng.any() else float("nan")
+        loss = float(np.average(losses, weights=sizes)) if (~is_ng).any() else float("nan")
+        return {"image_AUROC": image_auroc(is_ng, raw), "image_F1Score": best_f1, "loss": loss}
+
     def use_channels_last(self) -> OfflineFastflow:
         """Run backbone and flows in channels-last layout, for scoring (1.25x faster on this CPU, same scores).
 
@@ -101,7 +227,7 @@ class OfflineFastflow(FastflowModel):
             One feature map per layer.
         """
         self.feature_extractor.eval()
-        images = images.contiguous(memory_format=self.layout)
+        images = images.to(self.device).contiguous(memory_format=self.layout)
         backbone = self.folded_backbone.get(
             self.feature_extractor, lambda: fold_batch_norms(self.feature_extractor, images[:1])
         )
@@ -163,7 +289,7 @@ class OfflineFastflow(FastflowModel):
 
 def fit_fastflow(
     model: OfflineFastflow,
-    train_batches: Callable[[], list[list[torch.Tensor]] | object],
+    train_batches: Callable[[], Iterable[Features]],
     evaluate: Callable[[OfflineFastflow], dict[str, float]],
     max_epochs: int,
     monitor: str,
@@ -202,7 +328,7 @@ def fit_fastflow(
         started = time.perf_counter()
         model.train()
         total, count = 0.0, 0
-        for features in train_batches():  # type: ignore[union-attr]
+        for features in train_batches():
             hidden, jacobians = model.flow(features)  # type: ignore[misc]
             loss = criterion(hidden, jacobians)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,131 @@
+"""What every registered model provides, and the data it is fitted on.
+
+A model class subclasses anomalib's torch model (its state dict stays anomalib's) and
+:class:`VadModel`, which fixes the interface the steps and the :class:`~assets.vad.detector.Detector`
+use: ``build``, ``fit``, ``prepare`` and ``score``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+from PIL import Image
+
+from assets.vad.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Images a model is fitted or validated on.
+
+    Attributes:
+        files: Image files.
+        is_ng: True where the image is NG (all False for training images).
+    """
+
+    files: list[str]
+    is_ng: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        if len(self.is_ng) != len(self.files):
+            object.__setattr__(self, "is_ng", np.zeros(len(self.files), dtype=bool))
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How to fit.
+
+    Attributes:
+        batch_size: Images per batch.
+        max_epochs: Epochs at most (models trained by gradient descent).
+        seed: Seed of every random choice.
+        monitor: Validation metric that selects the epoch (``image_AUROC``, ``image_F1Score``, ``loss``).
+        augment: Augmentation applied to training images, or None.
+    """
+
+    batch_size: int
+    max_epochs: int
+    seed: int
+    monitor: str
+    augment: Callable[[Image.Image], Image.Image] | None = None
+
+
+class VadModel(torch.nn.Module):
+    """The interface of a registered model (mixed into a subclass of anomalib's torch model)."""
+
+    spec: ModelSpec
+    weights_source: str
+
+    @classmethod
+    def build(cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None) -> Self:
+        """Create the model a spec describes, in eval mode.
+
+        Args:
+            spec: The model description.
+            pretrained: Load ImageNet weights into the backbone (False when a trained state follows).
+            weights_path: A user weights file for the backbone.
+
+        Returns:
+            The model.
+        """
+        raise NotImplementedError
+
+    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
+        """Fit on normal images.
+
+        Args:
+            train: OK training images.
+            valid: Validation images (models that select epochs use them).
+            options: Batch size, epochs, seed, monitor, augmentation.
+            logger: Progress logger.
+
+        Returns:
+            Fit metrics saved with the model (may be empty).
+        """
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Build everything scoring needs (folded backbone, search index, flow scoring form) now, once.
+
+        Called when a trained model is loaded, so that no scoring call pays for it.
+        """
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's weights are on."""
+        return next(self.parameters()).device
+
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Raw image scores and raw anomaly maps of a batch.
+
+        Args:
+            images: Normalised images (B, 3, H, W), on any device.
+
+        Returns:
+            Scores (B,) and maps (B, H, W), float32 arrays.
+        """
+        self.eval()
+        with torch.inference_mode():
+            output = self(images.to(self.device))
+        scores = output.pred_score.reshape(-1).float().cpu().numpy()
+        maps = output.anomaly_map.reshape(len(images), *output.anomaly_map.shape[-2:]).float().cpu().numpy()
+        return scores, maps
+
+
+def example_image(size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A fixed random normalised image (1, 3, H, W): what :meth:`VadModel.prepare` warms the model up with.
+
+    Args:
+        size: (height, width).
+        device: Where to put it.
+
+    Returns:
+        The image.
+    """
+    return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)

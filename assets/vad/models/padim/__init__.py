@@ -1,0 +1,25 @@
+"""PaDiM: one Gaussian of the normal patch features per patch position; anomaly = Mahalanobis distance.
+
+This module holds the parameters and the registry entry (light); ``model.py`` the model itself.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from assets.vad.models.spec import ModelParams
+
+
+class PadimParams(ModelParams):
+    """PaDiM's parameters (plan keys ``padim_*``)."""
+
+    DEFAULT_IMG_SIZE: ClassVar[int | tuple[int, int]] = (256, 256)
+
+    backbone: str = "mobilenetv2_100"
+    # Feature channels kept (a random subset, as in the paper); None: 100, or every channel when fewer.
+    n_features: int | None = Field(None, ge=1, le=4096)
+
+
+IMPLEMENTATION = "assets.vad.models.padim.model:OfflinePadim"

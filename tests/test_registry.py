@@ -1,0 +1,82 @@
+"""The model registry: a third model (PaDiM) through the unchanged steps, and plan keys generated from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import step_args, write_plan
+
+import main
+from assets.vad.models import MODELS, model_parameters_class
+
+LOGGER = logging.getLogger("assets.test")
+
+
+def test_plan_keys_and_model_names_come_from_the_registry():
+    keys = set(model_parameters_class().model_fields)
+    for name, registered in MODELS.items():
+        for field in registered.params.model_fields:
+            assert (field if field in registered.params.PLAIN_KEYS else f"{name}_{field}") in keys
+    values = model_parameters_class().model_validate({"padim_backborn": "resnet18", "padim_n_features": 50})
+    assert values.for_model("padim").backbone == "resnet18" and values.for_model("padim").n_features == 50
+
+
+def test_padim_trains_and_scores_through_main(project):
+    root, plan = project["root"], project["plan"]
+    step_args(plan, "train", "train")["model_name"] = "padim"
+    step_args(plan, "train", "train")["model_parameters"] = {"padim_backbone": "mobilenetv2_100"}
+    assert main.main(["--mode", "all", "--config", str(write_plan(root, plan))]) == 0
+    config = json.loads((root / "train_artifacts/models/train/train_config.json").read_text())
+    assert config["model"]["model_name"] == "padim" and config["model"]["params"]["n_features"] is None
+    assert pd.read_csv(root / "train_artifacts/output/validation_score.csv")["auroc"].iloc[0] >= 0.9
+    output = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    ng, ok = output[output["image_path"].str.startswith("ng_")], output[output["image_path"].str.startswith("ok_")]
+    assert ng["anomaly_score"].min() > ok["anomaly_score"].max()
+
+
+def test_streamed_gaussians_match_anomalibs_fit():
+    from anomalib.models.components import MultiVariateGaussian
+
+    from assets.vad.models import ModelSpec, entry
+    from assets.vad.models.factory import build_model
+
+    spec = ModelSpec(
+        "padim",
+        (64, 64),
+        (0.5,) * 3,
+        (0.5,) * 3,
+        entry("padim").params(backbone="resnet18", layers=["layer1", "layer2"], n_features=20),
+    )
+    torch.manual_seed(0)
+    model = build_model(spec, pretrained=False)
+    images = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model.fit_gaussians(iter(images.split(3)), 10, LOGGER)
+    reference = MultiVariateGaussian()
+    reference.fit(model.embed(images))
+    assert torch.allclose(model.gaussian.mean, reference.mean, atol=1e-5)
+    assert torch.allclose(model.gaussian.inv_covariance, reference.inv_covariance, rtol=1e-3, atol=1e-3)
+    scores, maps = model.score(images[:2])
+    assert maps.shape == (2, 64, 64) and np.allclose(scores, maps.reshape(2, -1).max(axis=1))
+
+
+def test_padim_rejects_more_features_than_the_backbone_has(project, capsys):
+    root, plan = project["root"], project["plan"]
+    step_args(plan, "train", "train")["model_name"] = "padim"
+    step_args(plan, "train", "train")["model_parameters"] = {"padim_n_features": 4000}
+    assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "padim_n_features is 4000" in err[0]
+
+
+@pytest.mark.parametrize("key", ["ok_class", "threshold_method", "train_validate_column"])
+def test_training_keys_in_the_inference_pipeline_stop_the_run(project, capsys, key):
+    root, plan = project["root"], project["plan"]
+    step_args(plan, "inference", "readiness")[key] = "x"
+    assert main.main(["--mode", "inference", "--config", str(write_plan(root, plan))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown key 'inference_pipeline" in err and key in err and "allowed keys: mask_column" in err

@@ -170,7 +170,7 @@ class Detector:
         Returns:
             One :class:`Prediction` for one image, a list for a list.
         """
-        single = isinstance(images, (str, Path, Image.Image, np.ndarray))
+        single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)  # type: ignore[arg-type]
         results = [p for batch in self.iter_predict(items, maps=maps, heatmaps=heatmaps) for p in batch.predictions]
         return results[0] if single else results

@@ -1,4 +1,4 @@
-"""Building, saving and loading registered models (weights-only: safetensors + JSON, never a pickle).
+"""Building, saving and loading registered models (weights-only: safetensors and JSON files).
 
 ``models/train/`` holds ``model.safetensors`` (anomalib's state dict), ``train_config.json``
 (format 2: the spec and training facts) and ``calibration.json``. Models saved before format 2

@@ -8,7 +8,7 @@ use: ``build``, ``fit``, ``prepare`` and ``score``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -54,6 +54,25 @@ class FitOptions:
     seed: int
     monitor: str
     augment: Callable[[Image.Image], Image.Image] | None = None
+
+
+def training_passes(train: FitData, spec: ModelSpec, options: FitOptions) -> tuple[Iterator[torch.Tensor], int]:
+    """The training images of a one-pass model (PatchCore, PaDiM): once as they are, once more augmented.
+
+    Args:
+        train: OK training images.
+        spec: The model's description (input size, normalisation).
+        options: Batch size and augmentation.
+
+    Returns:
+        The batches and the number of images they hold.
+    """
+    from assets.vad.batches import loader
+
+    passes = [loader(train.files, spec, options.batch_size)]
+    if options.augment is not None:
+        passes.append(loader(train.files, spec, options.batch_size, augment=options.augment))
+    return (images for batch_loader in passes for images, _ in batch_loader), len(train.files) * len(passes)
 
 
 class VadModel(torch.nn.Module):

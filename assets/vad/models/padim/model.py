@@ -22,8 +22,7 @@ from torch import nn
 
 from alo.logs import Progress
 from assets.vad.backbones import load_pretrained_weights
-from assets.vad.batches import loader
-from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
+from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
 from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.padim import PadimParams
@@ -147,11 +146,7 @@ class OfflinePadim(VadModel, PadimModel):
             No fit metrics.
         """
         del valid
-        passes = [loader(train.files, self.spec, options.batch_size)]
-        if options.augment is not None:
-            passes.append(loader(train.files, self.spec, options.batch_size, augment=options.augment))
-        batches = (images for batch_loader in passes for images, _ in batch_loader)
-        self.fit_gaussians(batches, len(train.files) * len(passes), logger)
+        self.fit_gaussians(*training_passes(train, self.spec, options), logger)
         return {}
 
     def fit_gaussians(self, batches: Iterable[torch.Tensor], total: int, logger: logging.Logger) -> None:

@@ -14,9 +14,8 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from alo.logs import Progress
 from assets.vad.backbones import load_pretrained_weights
-from assets.vad.batches import loader
 from assets.vad.coreset import k_center_greedy
-from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
+from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
 from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.patchcore import PatchcoreParams
@@ -122,12 +121,11 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             No fit metrics.
         """
         del valid
-        passes = [loader(train.files, self.spec, options.batch_size)]
-        if options.augment is not None:
-            passes.append(loader(train.files, self.spec, options.batch_size, augment=options.augment))
-        batches = (images.to(self.device) for batch_loader in passes for images, _ in batch_loader)
+        batches, total = training_passes(train, self.spec, options)
         params: PatchcoreParams = self.spec.params  # type: ignore[assignment]
-        self.fit_bank(batches, len(train.files) * len(passes), params.coreset_sampling_ratio, options.seed, logger)
+        self.fit_bank(
+            (images.to(self.device) for images in batches), total, params.coreset_sampling_ratio, options.seed, logger
+        )
         return {}
 
     def prepare(self) -> None:

@@ -87,9 +87,9 @@ def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
 def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from assets.vad.models.patchcore import model as patchcore
+    from assets.vad.models.patchcore import search
 
-    monkeypatch.setattr(patchcore, "QUERY_BLOCK", 100)  # several blocks, the last one partial
+    monkeypatch.setattr(search, "QUERY_BLOCK", 100)  # several blocks, the last one partial
     generator = torch.Generator().manual_seed(0)
     model = build_model(make_spec("patchcore", "resnet18", ["layer2"]), False)
     model.memory_bank = torch.randn(700, 32, generator=generator) * 3 + 1

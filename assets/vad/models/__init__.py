@@ -29,26 +29,40 @@ class ModelEntry:
         name: The plan's ``model_name``.
         params: Its parameter class (defaults live there).
         implementation: ``module:Class`` of the model, imported on first use.
+        scorer: ``module:Class`` of its plain-torch scorer (:mod:`assets.vad.models.scorer`).
     """
 
     name: str
     params: type[ModelParams]
     implementation: str
+    scorer: str
 
     def model_class(self) -> type:
-        """Import the model class.
+        """Import the model class (anomalib, timm: used to train, and to score models saved without a graph).
 
         Returns:
             The class (see :class:`assets.vad.models.base.VadModel`).
         """
-        module, _, name = self.implementation.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _import(self.implementation)
+
+    def scorer_class(self) -> type:
+        """Import the scorer class (torch only).
+
+        Returns:
+            The class (see :class:`assets.vad.models.scorer.GraphScorer`).
+        """
+        return _import(self.scorer)
+
+
+def _import(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 MODELS: dict[str, ModelEntry] = {
-    "patchcore": ModelEntry("patchcore", patchcore.PatchcoreParams, patchcore.IMPLEMENTATION),
-    "fastflow": ModelEntry("fastflow", fastflow.FastflowParams, fastflow.IMPLEMENTATION),
-    "padim": ModelEntry("padim", padim.PadimParams, padim.IMPLEMENTATION),
+    "patchcore": ModelEntry("patchcore", patchcore.PatchcoreParams, patchcore.IMPLEMENTATION, patchcore.SCORER),
+    "fastflow": ModelEntry("fastflow", fastflow.FastflowParams, fastflow.IMPLEMENTATION, fastflow.SCORER),
+    "padim": ModelEntry("padim", padim.PadimParams, padim.IMPLEMENTATION, padim.SCORER),
 }
 
 

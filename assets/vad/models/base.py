@@ -109,6 +109,14 @@ class VadModel(torch.nn.Module):
         """
         raise NotImplementedError
 
+    def scoring_backbone(self) -> torch.nn.Module:
+        """The batch-norm-folded backbone the model scores with (saved as a graph for the scorers).
+
+        Returns:
+            The backbone, in eval mode.
+        """
+        raise NotImplementedError
+
     def prepare(self) -> None:
         """Build everything scoring needs (folded backbone, search index, flow scoring form) now, once.
 

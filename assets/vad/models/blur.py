@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 from anomalib.models.components.filters import GaussianBlur2d
-from torch.nn import functional
+
+from assets.vad.models.maps import separable_blur
 
 
 class SeparableGaussianBlur2d(GaussianBlur2d):
@@ -27,9 +28,4 @@ class SeparableGaussianBlur2d(GaussianBlur2d):
         """
         if self.padding != "same":
             return super().forward(input_tensor)
-        kernel = self.kernel[:1, 0]  # (1, kh, kw), an outer product of two normalised 1-D Gaussians
-        column = kernel.sum(dim=2).reshape(1, 1, -1, 1).expand(self.channels, -1, -1, -1)
-        row = kernel.sum(dim=1).reshape(1, 1, 1, -1).expand(self.channels, -1, -1, -1)
-        padded = functional.pad(input_tensor, self.padding_shape, mode=self.border_type)
-        vertical = functional.conv2d(padded, column.to(padded.dtype), groups=self.channels)
-        return functional.conv2d(vertical, row.to(padded.dtype), groups=self.channels)
+        return separable_blur(input_tensor, self.kernel, self.border_type)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from alo.errors import ModelError
 from assets.vad.calibration import CALIBRATION_FILE, Calibration
 from assets.vad.models import ModelParams, ModelSpec, entry
 from assets.vad.models.base import VadModel
+from assets.vad.models.graph import GRAPH_FILE, export_graph, load_graph
+from assets.vad.models.scorer import GraphScorer
 
+logger = logging.getLogger("assets.models")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "train_config.json"
 FORMAT = 2
@@ -32,13 +36,14 @@ class TrainedModel:
     """A loaded model with what it was saved with.
 
     Attributes:
-        model: The model, in eval mode, prepared for scoring.
+        model: The model, in eval mode, prepared for scoring: its plain-torch scorer when the folder holds the
+            backbone graph, else the model itself.
         spec: Its description.
         calibration: Threshold, normalisation and class names.
         training: Facts of the train run (weights source, fit time and metrics, validation metrics).
     """
 
-    model: VadModel
+    model: VadModel | GraphScorer
     spec: ModelSpec
     calibration: Calibration
     training: dict[str, Any]
@@ -99,7 +104,9 @@ def build_model(spec: ModelSpec, pretrained: bool = True, weights_path: str | Pa
 
 
 def save(model: VadModel, calibration: Calibration, training: dict[str, Any], folder: Path) -> None:
-    """Write ``model.safetensors``, ``train_config.json`` and ``calibration.json``.
+    """Write ``model.safetensors``, ``train_config.json``, ``calibration.json`` and the backbone graph.
+
+    A backbone the graph format cannot hold is only logged: the model then scores through anomalib.
 
     Args:
         model: The trained model (its ``spec`` is saved).
@@ -113,6 +120,10 @@ def save(model: VadModel, calibration: Calibration, training: dict[str, Any], fo
     config = {"format": FORMAT, "model": model.spec.to_dict(), "training": training}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     calibration.save(folder)
+    try:
+        export_graph(model.scoring_backbone(), folder)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        logger.warning(f"backbone graph not saved ({exc}); this model will score through anomalib, with a slower start")
 
 
 def migrate(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -177,11 +188,16 @@ def load(folder: Path, device: torch.device | str = "cpu") -> TrainedModel:
             config, calibration_values = migrate(config)
         calibration = Calibration.from_dict(calibration_values)
         spec_values = config["model"]
-        spec = ModelSpec.from_dict(spec_values, entry(spec_values["model_name"]).params)
-        model = build_model(spec, pretrained=False)
-        model.load_state_dict(load_file(str(weights_path)), strict=True)
-        model.to(device)
-        model.prepare()
+        registered = entry(spec_values["model_name"])
+        spec = ModelSpec.from_dict(spec_values, registered.params)
+        scorer: type[GraphScorer] = registered.scorer_class()
+        if (folder / GRAPH_FILE).is_file() and scorer.supports(spec):
+            model = scorer.from_state(spec, load_file(str(weights_path)), load_graph(folder)).to(device)
+        else:  # saved before graphs, or a form the scorer does not cover: the model itself scores
+            model = build_model(spec, pretrained=False)
+            model.load_state_dict(load_file(str(weights_path)), strict=True)
+            model.to(device)
+            model.prepare()
     except (ValueError, KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
         detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         msg = f"model error: the model in {folder} cannot be loaded ({detail}); train again"

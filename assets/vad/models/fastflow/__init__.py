@@ -1,6 +1,7 @@
 """FastFlow: 2-D normalising flows map normal features to a standard normal; unlikely features are anomalous.
 
-This module holds the parameters and the registry entry (light); ``model.py`` the model itself.
+This module holds the parameters and the registry entry (light); ``model.py`` the model itself (anomalib),
+``scorer.py`` its scoring in plain torch for loaded models.
 """
 
 from __future__ import annotations
@@ -26,3 +27,4 @@ class FastflowParams(ModelParams):
 
 
 IMPLEMENTATION = "assets.vad.models.fastflow.model:OfflineFastflow"
+SCORER = "assets.vad.models.fastflow.scorer:FastflowScorer"

@@ -107,6 +107,60 @@ def _prepare_step(step: nn.Module) -> _Step | None:
     )
 
 
+def softplus_scale(global_scale: torch.Tensor) -> torch.Tensor:
+    """Anomalib's global affine scale activation (``SOFTPLUS``, its default): ``0.1 * softplus(a, beta=0.5)``.
+
+    Args:
+        global_scale: The block's ``global_scale`` parameter.
+
+    Returns:
+        The scale.
+    """
+    return 0.1 * F.softplus(global_scale, beta=0.5)
+
+
+def step_from_state(state: dict[str, torch.Tensor], prefix: str, clamp: float, layout: torch.memory_format) -> _Step:
+    """The scoring form of one saved coupling step, from the block's state-dict tensors alone (no FrEIA module).
+
+    Args:
+        state: The model's state dict.
+        prefix: The step's key prefix, e.g. ``fast_flow_blocks.0.module_list.3.``.
+        clamp: The block's affine clamping.
+        layout: Memory format of the convolution weights.
+
+    Returns:
+        The step.
+
+    Raises:
+        ValueError: The step's permutation is not a hard permutation.
+    """
+    first_weight, first_bias = state[f"{prefix}subnet.0.weight"], state[f"{prefix}subnet.0.bias"]
+    first = nn.Conv2d(first_weight.shape[1], first_weight.shape[0], first_weight.shape[-2:], padding="same")
+    first.load_state_dict({"weight": first_weight, "bias": first_bias})
+    first.requires_grad_(False).to(memory_format=layout)
+    weight = state[f"{prefix}subnet.2.weight"] * COUPLING_SCALE
+    bias = state[f"{prefix}subnet.2.bias"] * COUPLING_SCALE
+    half = weight.shape[0] // 2
+    permutation = _hard_permutation(state[f"{prefix}w_perm"])
+    if permutation is None:
+        msg = f"{prefix}w_perm is not a permutation"
+        raise ValueError(msg)
+    scale = softplus_scale(state[f"{prefix}global_scale"]).reshape(-1)[permutation]
+    return _Step(
+        split=scale.numel() - half,
+        first=first,
+        scale_weight=weight[:half].contiguous(memory_format=layout),
+        scale_bias=bias[:half].contiguous(),
+        shift_weight=weight[half:].contiguous(memory_format=layout),
+        shift_bias=bias[half:].contiguous(),
+        padding="same",
+        clamp=clamp,
+        permutation=permutation,
+        global_scale=scale.contiguous(),
+        global_offset=state[f"{prefix}global_offset"].reshape(-1)[permutation].contiguous(),
+    )
+
+
 def _permute_affine(z: torch.Tensor, step: _Step) -> torch.Tensor:
     """``global_scale * z + global_offset``, channels permuted (anomalib's ``_permute``), layout kept."""
     batch, channels, height, width = z.shape

@@ -1,6 +1,7 @@
 """PaDiM: one Gaussian of the normal patch features per patch position; anomaly = Mahalanobis distance.
 
-This module holds the parameters and the registry entry (light); ``model.py`` the model itself.
+This module holds the parameters and the registry entry (light); ``model.py`` the model itself (anomalib),
+``scorer.py`` its scoring in plain torch for loaded models.
 """
 
 from __future__ import annotations
@@ -23,3 +24,4 @@ class PadimParams(ModelParams):
 
 
 IMPLEMENTATION = "assets.vad.models.padim.model:OfflinePadim"
+SCORER = "assets.vad.models.padim.scorer:PadimScorer"

@@ -189,6 +189,16 @@ class OfflinePadim(VadModel, PadimModel):
             f"PaDiM: Gaussians of {mean.shape[0]} channels at {mean.shape[1]} patch positions from {count} images"
         )
 
+    def scoring_backbone(self) -> nn.Module:
+        """The batch-norm-folded backbone (see :meth:`VadModel.scoring_backbone`).
+
+        Returns:
+            The backbone.
+        """
+        inner = self.feature_extractor.feature_extractor
+        example = example_image(self.spec.input_size, self.device)
+        return self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, example))
+
     def prepare(self) -> None:
         """Fold the backbone now (see :meth:`VadModel.prepare`)."""
         self.eval()

@@ -1,6 +1,7 @@
 """PatchCore: a memory bank of normal patch features; a patch is as anomalous as its nearest bank row is far.
 
-This module holds the parameters and the registry entry (light); ``model.py`` the model itself.
+This module holds the parameters and the registry entry (light); ``model.py`` the model itself (anomalib),
+``scorer.py`` its scoring in plain torch for loaded models.
 """
 
 from __future__ import annotations
@@ -26,3 +27,4 @@ class PatchcoreParams(ModelParams):
 
 
 IMPLEMENTATION = "assets.vad.models.patchcore.model:OfflinePatchcore"
+SCORER = "assets.vad.models.patchcore.scorer:PatchcoreScorer"

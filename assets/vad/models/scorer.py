@@ -1,0 +1,87 @@
+"""Scorers: a loaded model's scoring arithmetic in plain torch, on the backbone graph saved with it.
+
+They read the model's own saved state (anomalib's state dict) and the backbone graph
+(:mod:`assets.vad.models.graph`), and import neither timm nor anomalib, so a process that only
+scores starts in a fraction of the time. Each model's scorer sits in its folder (``scorer.py``) and
+is tested to give the scores of the model itself.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import torch
+from torch import nn
+
+from assets.vad.models.spec import ModelSpec
+
+
+class GraphScorer(nn.Module):
+    """Base of the scorers: the backbone graph in channels-last layout, and ``score`` as models have it."""
+
+    def __init__(self, spec: ModelSpec, backbone: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone.to(memory_format=torch.channels_last).eval()
+
+    @classmethod
+    def supports(cls, spec: ModelSpec) -> bool:
+        """Whether this scorer computes what the model with this spec computes (else the model itself scores).
+
+        Args:
+            spec: The model's description.
+
+        Returns:
+            True when it does.
+        """
+        del spec
+        return True
+
+    @classmethod
+    def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor], backbone: nn.Module) -> Self:
+        """Build the scorer from the model's saved state.
+
+        Args:
+            spec: The model's description.
+            state: The model's state dict (``model.safetensors``).
+            backbone: The backbone graph.
+
+        Returns:
+            The scorer, in eval mode.
+        """
+        raise NotImplementedError
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's feature maps of a batch.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            One map per layer.
+        """
+        return list(self.backbone(images.to(self.device).contiguous(memory_format=torch.channels_last)))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the scorer's weights are."""
+        return next(self.backbone.parameters()).device
+
+    def prepare(self) -> None:
+        """Nothing is left to prepare: everything is built in :meth:`from_state`."""
+
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Raw image scores and raw anomaly maps of a batch (as :meth:`VadModel.score`).
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            Scores (B,) and maps (B, H, W), float32 arrays.
+        """
+        with torch.inference_mode():
+            scores, maps = self(images)
+        return scores.reshape(-1).float().cpu().numpy(), maps.reshape(
+            len(images), *maps.shape[-2:]
+        ).float().cpu().numpy()

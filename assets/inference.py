@@ -21,7 +21,6 @@ from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
 from assets.vad.detector import Detector
 from assets.vad.heatmaps import heatmap_name
 from assets.vad.pixel_metrics import PixelRows
-from assets.vad.reports import classification_scores
 from assets.vad.runtime import use_all_cores
 
 BATCH_SIZE = 8
@@ -123,6 +122,8 @@ class InferenceStep(Asset):
         ctx: StepContext, samples: pd.DataFrame, predictions: pd.DataFrame, is_anomalous: np.ndarray, pixels: PixelRows
     ) -> dict[str, float]:
         """Image metrics on the labelled rows (AUROC on raw scores) and pixel metrics, to ``inference_score.csv``."""
+        from assets.vad.reports import classification_scores  # sklearn: imported by labelled runs only
+
         labelled = samples[cols.IS_NG].notna().to_numpy()
         if not labelled.all():
             ctx.logger.info(f"labels on {int(labelled.sum())} of {len(labelled)} rows: metrics use those rows only")

@@ -93,3 +93,12 @@ def test_probe_finds_every_kind_of_unreadable_file(tmp_path):
     (tmp_path / "text.jpg").write_bytes(b"label,image_path\n")
     for name in ("truncated.jpg", "truncated.png", "empty.png", "text.jpg", "absent.png"):
         assert probe_image(tmp_path / name) is not None, name
+
+
+def test_heatmap_colours_are_matplotlibs_jet_without_importing_it():
+    from matplotlib import colormaps
+
+    from assets.vad.heatmaps import _JET
+
+    expected = (colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    assert np.array_equal(_JET, expected)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import torch
 
@@ -51,6 +50,9 @@ class IvfSearch:
     """
 
     def __init__(self, bank: torch.Tensor, centroids: torch.Tensor) -> None:
+        import faiss  # only models whose bank is large enough to be clustered need it
+
+        self.faiss = faiss
         self.bank = bank
         self.quantizer = faiss.IndexFlatL2(centroids.shape[1])
         self.quantizer.add(np.ascontiguousarray(centroids.float().cpu().numpy()))
@@ -67,7 +69,7 @@ class IvfSearch:
         Returns:
             Distances (N,) and bank indices (N,).
         """
-        faiss.omp_set_num_threads(torch.get_num_threads())
+        self.faiss.omp_set_num_threads(torch.get_num_threads())
         squared, rows = self.index.search(np.ascontiguousarray(queries.float().numpy()), 1)
         distances = torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_()
         indices = torch.from_numpy(rows[:, 0])

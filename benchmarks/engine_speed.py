@@ -1,0 +1,351 @@
+"""Scoring-engine speed: whole processes as a user runs them, against plain anomalib, and the Detector's rate.
+
+Two settings (issue 12), PatchCore, coreset ratio 0.1, batch 8, no heatmaps on either side:
+
+- ``holdout``: the real-defect holdout's shape: 60 OK training images (plus 20 OK + 10 NG to validate),
+  300 images to score, ``tf_efficientnet_lite0`` ``blocks.2`` + ``blocks.4`` at 256 x 256. The holdout
+  itself is kept outside the repository; this runs on generated gravel images of the same counts
+  (colour, 256 px JPEGs), so only its ratios, not its seconds, compare with the holdout's.
+- ``default``: the product's PatchCore defaults (``mobilenetv2_100``, 320 px) on 200 OK training images
+  and the same 300 images to score.
+
+Every measurement is its own process, timed from the parent (process start to exit, imports included):
+
+- ``ours train`` / ``ours inference``: ``main.py --mode train`` and ``--mode inference`` (300 images, no CSV).
+- ``ours first image``: ``main.py --mode inference`` on a folder of one image: process start to summary
+  written, an upper bound of process start to first scored image.
+- ``anomalib train`` / ``anomalib inference``: a plain script, ``import anomalib`` + ``Engine.fit`` (the
+  same backbone, layers, size, coreset ratio, offline weights; no validation, post-processing, metrics or
+  visualisation), then ``Engine.predict`` on the same 300 images in a second process.
+- ``detector``: ``Detector.predict`` on the 300 files (decode included) and on the same images already
+  decoded, against the folded backbone's forward alone on preprocessed tensors, same batch and size.
+- ``baseline train`` (with ``--baseline PATH``): ``main.py --mode train`` of another checkout (the code
+  before the change), to check that training did not slow down.
+
+    .venv/bin/python -m benchmarks.engine_speed [--settings holdout default] [--skip-anomalib]
+        [--baseline /path/to/older/checkout]
+
+Rows go to ``results/engine-speed-rows.jsonl``; the tables to ``BENCHMARKS.md`` ("Speed: scoring engine").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from benchmarks.report import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "solution"))
+
+import make_sample_data  # noqa: E402
+
+WORK = ROOT / "results" / "engine-speed"
+BATCH = 8
+RATIO = 0.1
+SETTINGS = {
+    "holdout": {"n_train": 60, "backbone": "tf_efficientnet_lite0", "size": [256, 256], "anomalib_size": (256, 256)},
+    "default": {"n_train": 200, "backbone": "mobilenetv2_100", "size": None, "anomalib_size": (320, 320)},
+}
+LAYERS = ["blocks.2", "blocks.4"]
+N_SCORE = 300
+
+
+def build_data(setting: str) -> Path:
+    """Generate (or reuse) a setting's images: ``train/``, ``score/`` (300, no CSV), ``one/``, ``anomalib/``."""
+    n_train = SETTINGS[setting]["n_train"]
+    target = WORK / "data" / f"gravel-{n_train}"
+    if (target / "done").is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    half = N_SCORE // 2
+    make_sample_data.generate(target, 2000, n_train=n_train, n_valid=20, n_bad=10, n_inf_ok=half, n_inf_ng=half)
+    inference = target / "inference"
+    for name, images in (("score", sorted(inference.glob("*.jpg"))), ("one", sorted(inference.glob("ng_*.jpg"))[:1])):
+        (target / name).mkdir()
+        for image in images:
+            os.link(image, target / name / image.name)
+    anomalib_train = target / "anomalib" / "train_good"
+    anomalib_train.mkdir(parents=True)
+    import pandas as pd
+
+    table = pd.read_csv(target / "train" / "train.csv")
+    for path in table[(table["label"] == "good") & (table["split"] == "train")]["image_path"]:
+        os.link(target / "train" / path, anomalib_train / Path(path).name)
+    (target / "done").write_text("ok")
+    return target
+
+
+def write_plan(setting: str, data: Path, score_folder: str, run: Path) -> Path:
+    """The bundled plan set to the setting (PatchCore, no heatmaps), scoring ``data / score_folder``."""
+    values = SETTINGS[setting]
+    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    plan["external_path"] = [
+        {"load_train_data_path": str(data / "train")},
+        {"load_inference_data_path": str(data / score_folder)},
+    ]
+    for entry in plan["user_parameters"]:
+        for steps in entry.values():
+            for step in steps:
+                args = step["args"][0] if step.get("args") else {}
+                if step["step"] == "train":
+                    args.update(model_name="patchcore", batch_size=BATCH, save_validation_heatmap=False)
+                    if values["size"]:
+                        args["img_size"] = values["size"]
+                    args["model_parameters"] = {
+                        "patchcore_backbone": values["backbone"],
+                        "patchcore_layers": LAYERS,
+                        "patchcore_coreset_sampling_ratio": RATIO,
+                    }
+                if step["step"] == "inference":
+                    args["save_anomaly_maps"] = False
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "experimental_plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def timed(command: list[str], cwd: Path = ROOT) -> dict:
+    """Run a command as its own process; wall seconds from start to exit."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        return {"error": tail, "seconds": seconds}
+    return {"seconds": seconds, "stdout": done.stdout.strip().splitlines()[-1:] or [""]}
+
+
+def _main_py(checkout: Path, mode: str, plan: Path) -> list[str]:
+    return [str(checkout / ".venv/bin/python"), str(checkout / "main.py"), "--mode", mode, "--config", str(plan)]
+
+
+# ----------------------------------------------------------------------------- workers (one process each)
+
+
+def worker_anomalib(setting: str, data: Path, mode: str, state: Path) -> dict:
+    """Plain anomalib: ``fit`` (then the state is saved for the ``predict`` process) or ``predict``."""
+    import logging
+    import warnings
+
+    import torch
+    from anomalib.engine import Engine
+    from anomalib.models import Patchcore
+
+    sys.path.insert(0, str(ROOT))
+    from assets.vad.backbones import load_pretrained_weights
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    values = SETTINGS[setting]
+    module = Patchcore(
+        backbone=values["backbone"],
+        layers=LAYERS,
+        pre_trained=False,
+        coreset_sampling_ratio=RATIO,
+        pre_processor=Patchcore.configure_pre_processor(image_size=values["anomalib_size"]),
+        post_processor=False,
+        evaluator=False,
+        visualizer=False,
+    )
+    load_pretrained_weights(module.model.feature_extractor.feature_extractor, values["backbone"], None)
+    engine = Engine(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=WORK / "anomalib" / setting,
+    )
+    torch.manual_seed(0)
+    if mode == "fit":
+        from anomalib.data import Folder
+
+        datamodule = Folder(
+            name="gravel",
+            root=data / "anomalib",
+            normal_dir="train_good",
+            train_batch_size=BATCH,
+            eval_batch_size=BATCH,
+            num_workers=0,
+            val_split_mode="none",
+            test_split_mode="none",
+            seed=0,
+        )
+        engine.fit(model=module, datamodule=datamodule)
+        torch.save(module.model.memory_bank, state)  # the benchmark's own file
+        return {"bank_rows": len(module.model.memory_bank)}
+    module.model.memory_bank = torch.load(state, weights_only=True)
+    predictions = engine.predict(model=module, data_path=data / "score", return_predictions=True)
+    return {"images": sum(len(batch.pred_score) for batch in predictions)}
+
+
+def worker_detector(models: Path, data: Path) -> dict:
+    """Detector.predict on files and on decoded images, and the folded backbone's forward, images/s."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from assets.vad.detector import Detector
+    from assets.vad.images import read_image, to_tensor
+    from assets.vad.runtime import use_all_cores
+
+    use_all_cores()
+    detector = Detector.load(models)
+    spec = detector.spec
+    files = sorted(str(p) for p in (data / "score").glob("*.jpg"))
+    pictures = [read_image(f) for f in files]
+    tensors = torch.stack([to_tensor(p, spec.input_size, spec.mean, spec.std) for p in pictures])
+    backbone = detector.trained.model.backbone
+
+    def rate(work: object) -> float:
+        work()  # type: ignore[operator]  # warm-up
+        started = time.perf_counter()
+        work()  # type: ignore[operator]
+        return len(files) / (time.perf_counter() - started)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for batch in tensors.split(BATCH):
+                backbone(batch.contiguous(memory_format=torch.channels_last))
+
+    def predict(items: list) -> object:
+        return lambda: list(detector.iter_predict(items, BATCH))
+
+    return {
+        "scorer": type(detector.trained.model).__name__,
+        "input_size": list(spec.input_size),
+        "backbone_images_per_s": rate(forward),
+        "files_images_per_s": rate(predict(files)),
+        "decoded_images_per_s": rate(predict(pictures)),
+    }
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def spawn(*args: str) -> dict:
+    """Run a worker of this module in a fresh process; its JSON row plus the process's wall seconds."""
+    out = WORK / "row.json"
+    out.unlink(missing_ok=True)
+    row = timed([sys.executable, "-m", "benchmarks.engine_speed", "--worker", *args, "--out", str(out)])
+    if "error" not in row and out.is_file():
+        row.update(json.loads(out.read_text()))
+    row.pop("stdout", None)
+    return row
+
+
+def measure(setting: str, skip_anomalib: bool, baseline: Path | None) -> dict:
+    """Every measurement of one setting."""
+    data = build_data(setting)
+    run = WORK / "runs" / setting
+    shutil.rmtree(run, ignore_errors=True)
+    rows: dict[str, dict] = {}
+    plan = write_plan(setting, data, "score", run / "main")
+    rows["ours train"] = timed(_main_py(ROOT, "train", plan))
+    rows["ours inference"] = timed(_main_py(ROOT, "inference", plan))
+    one = write_plan(setting, data, "one", run / "main")  # same folder: the model trained above
+    rows["ours first image"] = timed(_main_py(ROOT, "inference", one))
+    write_plan(setting, data, "score", run / "main")
+    rows["detector"] = spawn("detector", str(run / "main" / "train_artifacts" / "models"), str(data))
+    if baseline is not None:
+        old = write_plan(setting, data, "score", run / "baseline")
+        rows["baseline train"] = timed(_main_py(baseline, "train", old), cwd=baseline)
+    if not skip_anomalib:
+        state = run / "anomalib-bank.pt"
+        rows["anomalib train"] = spawn("anomalib", setting, str(data), "fit", str(state))
+        rows["anomalib inference"] = spawn("anomalib", setting, str(data), "predict", str(state))
+    for name, row in rows.items():
+        row.pop("stdout", None)
+        line = {"setting": setting, "name": name, **row, "finished": datetime.now(UTC).isoformat()}
+        print(json.dumps(line), flush=True)
+        with (ROOT / "results" / "engine-speed-rows.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+    return rows
+
+
+def _cell(rows: dict, name: str, key: str = "seconds", digits: int = 1) -> str:
+    value = rows.get(name, {}).get(key)
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(rows: dict, slow: str, fast: str) -> str:
+    a, b = rows.get(slow, {}).get("seconds"), rows.get(fast, {}).get("seconds")
+    return "n/a" if not a or not b else f"{a / b:.1f}x"
+
+
+def table(results: dict) -> str:
+    """The BENCHMARKS.md section."""
+    lines = []
+    for setting, rows in results.items():
+        values = SETTINGS[setting]
+        detector = rows.get("detector", {})
+        size = "x".join(str(s) for s in detector.get("input_size", values["anomalib_size"]))
+        lines += [
+            "",
+            f"**{setting}**: PatchCore {values['backbone']} {' + '.join(LAYERS)}, {size} px, coreset {RATIO}, "
+            f"batch {BATCH}; {values['n_train']} OK training images, {N_SCORE} images scored; no heatmaps",
+            "",
+            "| whole process (start to exit, imports included) | ours s | plain anomalib s | ratio |",
+            "|---|---|---|---|",
+            f"| train | {_cell(rows, 'ours train')} | {_cell(rows, 'anomalib train')} | "
+            f"{_ratio(rows, 'anomalib train', 'ours train')} |",
+            f"| inference, {N_SCORE} images | {_cell(rows, 'ours inference')} | "
+            f"{_cell(rows, 'anomalib inference')} | {_ratio(rows, 'anomalib inference', 'ours inference')} |",
+            f"| inference, one image (process start to summary) | {_cell(rows, 'ours first image')} | | |",
+        ]
+        if "baseline train" in rows:
+            lines.append(
+                f"| train with the code before the change | {_cell(rows, 'baseline train')} | | "
+                f"{_ratio(rows, 'baseline train', 'ours train')} of before |"
+            )
+        if detector and "error" not in detector:
+            backbone = detector["backbone_images_per_s"]
+            lines += [
+                "",
+                f"| Detector.predict ({detector['scorer']}) | images/s | of the folded backbone's {backbone:.1f} |",
+                "|---|---|---|",
+                f"| from files (decode included) | {detector['files_images_per_s']:.1f} | "
+                f"{detector['files_images_per_s'] / backbone:.0%} |",
+                f"| from decoded images | {detector['decoded_images_per_s']:.1f} | "
+                f"{detector['decoded_images_per_s'] / backbone:.0%} |",
+            ]
+        errors = [f"{name}: {row['error']}" for name, row in rows.items() if "error" in row]
+        lines += [f"\nErrors: {'; '.join(errors)}"] if errors else []
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run the benchmark and write its section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--skip-anomalib", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="another checkout (with its .venv) to time training with")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "anomalib":
+            row = worker_anomalib(rest[0], Path(rest[1]), rest[2], Path(rest[3]))
+        else:
+            row = worker_detector(Path(rest[0]), Path(rest[1]))
+        args.out.write_text(json.dumps(row))
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    results = {setting: measure(setting, args.skip_anomalib, args.baseline) for setting in args.settings}
+    command = "python -m benchmarks.engine_speed " + " ".join(sys.argv[1:])
+    write_section(ROOT / "BENCHMARKS.md", "Speed: scoring engine", f"Command: `{command.strip()}`\n" + table(results))
+
+
+if __name__ == "__main__":
+    main()

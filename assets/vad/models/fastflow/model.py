@@ -16,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from anomalib.data import InferenceBatch
-from anomalib.models.components import TimmFeatureExtractor
-from anomalib.models.image.fastflow.anomaly_map import AnomalyMapGenerator
-from anomalib.models.image.fastflow.loss import FastflowLoss
-from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fast_flow_block
 from torch import nn
 
+from assets.vad.anomalib_api import FastflowAnomalyMap as AnomalyMapGenerator
+from assets.vad.anomalib_api import (
+    FastflowLoss,
+    FastflowModel,
+    InferenceBatch,
+    TimmFeatureExtractor,
+    create_fast_flow_block,
+)
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.batches import loader
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image

@@ -14,13 +14,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from anomalib.data import InferenceBatch
-from anomalib.models.components import MultiVariateGaussian, TimmFeatureExtractor
-from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator
-from anomalib.models.image.padim.torch_model import PadimModel
 from torch import nn
 
 from alo.logs import Progress
+from assets.vad.anomalib_api import InferenceBatch, MultiVariateGaussian, PadimModel, TimmFeatureExtractor
+from assets.vad.anomalib_api import PadimAnomalyMap as AnomalyMapGenerator
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d

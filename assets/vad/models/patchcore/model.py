@@ -9,10 +9,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from anomalib.data import InferenceBatch
-from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from alo.logs import Progress
+from assets.vad.anomalib_api import InferenceBatch, PatchcoreModel
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.coreset import k_center_greedy
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes

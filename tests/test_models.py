@@ -273,3 +273,37 @@ def test_fastflow_plateau_with_noise_does_not_stop_early():
 def test_fastflow_loss_monitor_keeps_the_lowest_loss():
     kept, weights, final = _fit_with([5.0, 3.0, 4.0, 2.0, 2.5, 2.6, 2.7], "loss", patience=3)
     assert len(weights) == 7 and kept["epoch"] == 4 and final == weights[3]
+
+
+def test_flat_search_finds_the_exact_nearest_rows():
+    from assets.vad.models.patchcore.search import FlatSearch, exact_nearest
+
+    generator = torch.Generator().manual_seed(2)
+    bank, queries = torch.randn(3000, 40, generator=generator), torch.randn(700, 40, generator=generator)
+    distances, indices = FlatSearch(bank).nearest(queries)
+    expected_distances, expected_indices = exact_nearest(bank, queries, 1)
+    assert torch.equal(indices, expected_indices)
+    assert torch.allclose(distances, expected_distances, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("tolerance", "kept"), [(10.0, True), (-1.0, False)])
+def test_mid_size_bank_keeps_its_index_only_when_validation_confirms_it(tmp_path, monkeypatch, caplog, tolerance, kept):
+    from PIL import Image
+
+    from assets.vad.models.base import FitData
+    from assets.vad.models.patchcore import model as patchcore
+
+    monkeypatch.setattr(patchcore, "IVF_CHECKED_ROWS", 100)
+    monkeypatch.setattr(patchcore, "IVF_TOLERANCE", tolerance)
+    rng = np.random.default_rng(7)
+    _, model = _patchcore()
+    model.fit_bank(iter([batch(rng, 8)]), 8, 0.5, 0, LOGGER)
+    assert 100 <= len(model.memory_bank) < patchcore.IVF_MIN_ROWS and model.search_centroids.numel()
+    files = []
+    for i in range(4):
+        Image.fromarray(defect(rng, texture(rng)) if i % 2 else texture(rng)).save(tmp_path / f"{i}.png")
+        files.append(str(tmp_path / f"{i}.png"))
+    with caplog.at_level(logging.INFO):
+        model.confirm_search(FitData(files), 2, LOGGER)
+    assert bool(model.search_centroids.numel()) == kept
+    assert ("kept" if kept else "dropped") in caplog.text

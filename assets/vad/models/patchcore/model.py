@@ -18,7 +18,7 @@ from assets.vad.models.base import FitData, FitOptions, VadModel, example_image,
 from assets.vad.models.blur import SeparableGaussianBlur2d
 from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.patchcore import PatchcoreParams
-from assets.vad.models.patchcore.search import IvfSearch, exact_nearest
+from assets.vad.models.patchcore.search import FlatSearch, IvfSearch, bank_search, exact_nearest
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
 
@@ -27,7 +27,11 @@ MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before
 GROUP_ROWS = 65536  # chunk picks merged and reduced together: bounds memory and each greedy pass
 SEARCH_MODES = ("auto", "exact")
 IMAGE_SCORES = ("map_max", "reweighted")
-IVF_MIN_ROWS = 8192  # smaller banks are searched exactly
+IVF_MIN_ROWS = 8192  # banks from this size are searched through the inverted-file index
+# Banks from this size up to IVF_MIN_ROWS get the index only if the validation images confirm it: every image score
+# within IVF_TOLERANCE of the validation scores' range of the exact search's (else they are searched exactly).
+IVF_CHECKED_ROWS = 2048
+IVF_TOLERANCE = 0.01
 IVF_ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
 IVF_MAX_LISTS = 4096
 
@@ -64,7 +68,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         # k-means centroids of the memory bank for the inverted-file search; empty: exact search.
         self.search_centroids: torch.Tensor
         self.register_buffer("search_centroids", torch.empty(0))
-        self._index: IvfSearch | None = None
+        self._index: FlatSearch | IvfSearch | None = None
         self._index_key: tuple | None = None
         self.weights_source = "random initialisation (pretrained: false)"
         if pretrained:
@@ -108,19 +112,19 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
 
         Args:
             train: OK training images.
-            valid: Unused (PatchCore has no epochs to select).
+            valid: Validation images (they confirm the search of a mid-size bank, :meth:`confirm_search`).
             options: Batch size, seed, augmentation.
             logger: Progress logger.
 
         Returns:
             No fit metrics.
         """
-        del valid
         batches, total = training_passes(train, self.spec, options)
         params: PatchcoreParams = self.spec.params  # type: ignore[assignment]
         self.fit_bank(
             (images.to(self.device) for images in batches), total, params.coreset_sampling_ratio, options.seed, logger
         )
+        self.confirm_search(valid, options.batch_size, logger)
         return {}
 
     def scoring_backbone(self) -> torch.nn.Module:
@@ -137,7 +141,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         """Fold the backbone and build the search index now (see :meth:`VadModel.prepare`)."""
         self.eval()
         self._embedding_map(example_image(self.spec.input_size, self.device))
-        if self.search_centroids.numel() and self.memory_bank.device.type == "cpu":
+        if self.memory_bank.device.type == "cpu":
             self._search_index()
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:
@@ -183,8 +187,8 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         Returns:
             Distances (N,) or (N, k) and memory-bank indices of the same shape.
         """
-        if n_neighbors == 1 and self.search_centroids.numel() and embedding.device.type == "cpu":
-            return self._ivf_nearest(embedding)
+        if n_neighbors == 1 and embedding.device.type == "cpu":
+            return self._search_index().nearest(embedding)
         return self.exact_nearest_neighbors(embedding, n_neighbors)
 
     def exact_nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,14 +212,15 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         """Cluster the memory bank for the inverted-file search (kept in the state dict as centroids).
 
         A query then visits only the bank rows of its ``IVF_PROBES`` nearest lists, with exact distances
-        to those rows. Banks under ``IVF_MIN_ROWS`` rows, and ``search: exact``, keep the exact search.
+        to those rows. Banks under ``IVF_CHECKED_ROWS`` rows, and ``search: exact``, keep the exact search;
+        banks under ``IVF_MIN_ROWS`` keep the index only if :meth:`confirm_search` does.
 
         Args:
             seed: Seed of the k-means clustering.
         """
         rows, dims = self.memory_bank.shape
         self._index, self._index_key = None, None
-        if self.search == "exact" or rows < IVF_MIN_ROWS:
+        if self.search == "exact" or rows < IVF_CHECKED_ROWS:
             self.search_centroids = torch.empty(0)
             return
         lists = min(IVF_MAX_LISTS, rows // IVF_ROWS_PER_LIST)
@@ -224,17 +229,45 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         kmeans.train(np.ascontiguousarray(self.memory_bank.float().cpu().numpy()))
         self.search_centroids = torch.from_numpy(kmeans.centroids.copy()).to(self.memory_bank.device)
 
-    def _search_index(self) -> IvfSearch:
-        """The inverted-file index of the bank and centroids, built again only when either changes."""
+    def _search_index(self) -> FlatSearch | IvfSearch:
+        """The CPU search of the bank (inverted file or exact), built again only when the bank or centroids change."""
         bank, centroids = self.memory_bank, self.search_centroids
         key = (bank.data_ptr(), tuple(bank.shape), centroids.data_ptr(), tuple(centroids.shape))
         if self._index is None or self._index_key != key:
-            self._index, self._index_key = IvfSearch(bank, centroids), key
+            self._index, self._index_key = bank_search(bank, centroids), key
         return self._index
 
-    def _ivf_nearest(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One nearest bank row per query through the inverted-file index."""
-        return self._search_index().nearest(embedding)
+    def confirm_search(self, valid: FitData, batch_size: int, logger: logging.Logger) -> None:
+        """Keep the inverted-file index of a mid-size bank only if the validation images cannot tell it from exact.
+
+        Banks of ``IVF_CHECKED_ROWS`` to ``IVF_MIN_ROWS`` rows: the validation images are scored both ways; if
+        any image score moves by more than ``IVF_TOLERANCE`` of the validation scores' range, the centroids are
+        dropped and the bank is searched exactly.
+
+        Args:
+            valid: Validation images.
+            batch_size: Images per batch.
+            logger: Where the decision is logged.
+        """
+        rows = len(self.memory_bank)
+        if not self.search_centroids.numel() or rows >= IVF_MIN_ROWS or not valid.files:
+            return
+        from assets.vad.scoring import score_files
+
+        def scores() -> np.ndarray:
+            return np.concatenate([s for _, s, _ in score_files(self, valid.files, batch_size, logger, "search check")])
+
+        approximate = scores()
+        centroids, self.search_centroids = self.search_centroids, torch.empty(0)
+        exact = scores()
+        change = float(np.abs(approximate - exact).max() / max(float(np.ptp(exact)), 1e-12))
+        if change <= IVF_TOLERANCE:
+            self.search_centroids = centroids
+        logger.info(
+            f"search: inverted-file index {'kept' if change <= IVF_TOLERANCE else 'dropped'} for the {rows}-row bank: "
+            f"on {len(exact)} validation images the image scores moved by at most {change:.2%} of their range "
+            f"(tolerance {IVF_TOLERANCE:.0%})"
+        )
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of a batch, shape (batch * h * w, dims), as in anomalib's forward.

@@ -7,7 +7,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from assets.vad.models.maps import concat_layers, separable_blur
-from assets.vad.models.patchcore.search import IvfSearch, exact_nearest
+from assets.vad.models.patchcore.search import bank_search, exact_nearest
 from assets.vad.models.scorer import GraphScorer
 from assets.vad.models.spec import ModelSpec
 
@@ -23,7 +23,7 @@ class PatchcoreScorer(GraphScorer):
         self.kernel: torch.Tensor
         self.register_buffer("bank", bank)
         self.register_buffer("kernel", kernel)
-        self.search = IvfSearch(bank, centroids) if centroids.numel() else None
+        self.search = bank_search(bank, centroids)
 
     @classmethod
     def supports(cls, spec: ModelSpec) -> bool:
@@ -66,7 +66,7 @@ class PatchcoreScorer(GraphScorer):
         embedding = concat_layers(pooled, "bilinear")
         batch, dims, height, width = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, dims)
-        if self.search is not None and queries.device.type == "cpu":
+        if queries.device.type == "cpu":
             distances, _ = self.search.nearest(queries)
         else:
             distances, _ = exact_nearest(self.bank.to(queries.device), queries, 1)

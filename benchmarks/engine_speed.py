@@ -17,13 +17,14 @@ Every measurement is its own process, timed from the parent (process start to ex
   written, an upper bound of process start to first scored image.
 - ``anomalib train`` / ``anomalib inference``: a plain script, ``import anomalib`` + ``Engine.fit`` (the
   same backbone, layers, size, coreset ratio, offline weights; no validation, post-processing, metrics or
-  visualisation), then ``Engine.predict`` on the same 300 images in a second process.
+  visualisation), and ``Engine.predict`` on the same 300 images in a second process, with our trained
+  model's state loaded (anomalib's state-dict layout: the same memory bank on both sides).
 - ``detector``: ``Detector.predict`` on the 300 files (decode included) and on the same images already
   decoded, against the folded backbone's forward alone on preprocessed tensors, same batch and size.
 - ``baseline train`` (with ``--baseline PATH``): ``main.py --mode train`` of another checkout (the code
   before the change), to check that training did not slow down.
 
-    .venv/bin/python -m benchmarks.engine_speed [--settings holdout default] [--skip-anomalib]
+    .venv/bin/python -m benchmarks.engine_speed [--settings holdout default] [--anomalib all|inference|none]
         [--baseline /path/to/older/checkout]
 
 Rows go to ``results/engine-speed-rows.jsonl``; the tables to ``BENCHMARKS.md`` ("Speed: scoring engine").
@@ -134,7 +135,7 @@ def _main_py(checkout: Path, mode: str, plan: Path) -> list[str]:
 
 
 def worker_anomalib(setting: str, data: Path, mode: str, state: Path) -> dict:
-    """Plain anomalib: ``fit`` (then the state is saved for the ``predict`` process) or ``predict``."""
+    """Plain anomalib: ``fit``, or ``predict`` with our trained model's state (``model.safetensors``)."""
     import logging
     import warnings
 
@@ -184,9 +185,11 @@ def worker_anomalib(setting: str, data: Path, mode: str, state: Path) -> dict:
             seed=0,
         )
         engine.fit(model=module, datamodule=datamodule)
-        torch.save(module.model.memory_bank, state)  # the benchmark's own file
         return {"bank_rows": len(module.model.memory_bank)}
-    module.model.memory_bank = torch.load(state, weights_only=True)
+    from safetensors.torch import load_file
+
+    # our trained model (anomalib's state-dict layout plus our search centroids): the same bank on both sides
+    module.model.load_state_dict(load_file(str(state)), strict=False)
     predictions = engine.predict(model=module, data_path=data / "score", return_predictions=True)
     return {"images": sum(len(batch.pred_score) for batch in predictions)}
 
@@ -245,7 +248,7 @@ def spawn(*args: str) -> dict:
     return row
 
 
-def measure(setting: str, skip_anomalib: bool, baseline: Path | None) -> dict:
+def measure(setting: str, anomalib: str, baseline: Path | None) -> dict:
     """Every measurement of one setting."""
     data = build_data(setting)
     run = WORK / "runs" / setting
@@ -261,9 +264,10 @@ def measure(setting: str, skip_anomalib: bool, baseline: Path | None) -> dict:
     if baseline is not None:
         old = write_plan(setting, data, "score", run / "baseline")
         rows["baseline train"] = timed(_main_py(baseline, "train", old), cwd=baseline)
-    if not skip_anomalib:
-        state = run / "anomalib-bank.pt"
+    state = run / "main" / "train_artifacts" / "models" / "train" / "model.safetensors"
+    if anomalib == "all":
         rows["anomalib train"] = spawn("anomalib", setting, str(data), "fit", str(state))
+    if anomalib in ("all", "inference"):
         rows["anomalib inference"] = spawn("anomalib", setting, str(data), "predict", str(state))
     for name, row in rows.items():
         row.pop("stdout", None)
@@ -329,7 +333,12 @@ def main() -> None:
     """Run the benchmark and write its section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--skip-anomalib", action="store_true")
+    parser.add_argument(
+        "--anomalib",
+        choices=["all", "inference", "none"],
+        default="all",
+        help="plain anomalib runs: fit and predict, predict only (with our trained bank), or none",
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout (with its .venv) to time training with")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -343,7 +352,7 @@ def main() -> None:
         args.out.write_text(json.dumps(row))
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    results = {setting: measure(setting, args.skip_anomalib, args.baseline) for setting in args.settings}
+    results = {setting: measure(setting, args.anomalib, args.baseline) for setting in args.settings}
     command = "python -m benchmarks.engine_speed " + " ".join(sys.argv[1:])
     write_section(ROOT / "BENCHMARKS.md", "Speed: scoring engine", f"Command: `{command.strip()}`\n" + table(results))
 

@@ -13,6 +13,7 @@ import torch
 from alo.logs import Progress
 from assets.vad.anomalib_api import InferenceBatch, PatchcoreModel
 from assets.vad.backbones import load_pretrained_weights
+from assets.vad.batches import loader
 from assets.vad.coreset import k_center_greedy
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
@@ -240,9 +241,9 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
     def confirm_search(self, valid: FitData, batch_size: int, logger: logging.Logger) -> None:
         """Keep the inverted-file index of a mid-size bank only if the validation images cannot tell it from exact.
 
-        Banks of ``IVF_CHECKED_ROWS`` to ``IVF_MIN_ROWS`` rows: the validation images are scored both ways; if
-        any image score moves by more than ``IVF_TOLERANCE`` of the validation scores' range, the centroids are
-        dropped and the bank is searched exactly.
+        Banks of ``IVF_CHECKED_ROWS`` to ``IVF_MIN_ROWS`` rows: the validation images are embedded once and
+        their anomaly maps' peaks computed with both searches; if any moves by more than ``IVF_TOLERANCE`` of
+        the exact peaks' range, the centroids are dropped and the bank is searched exactly.
 
         Args:
             valid: Validation images.
@@ -252,17 +253,21 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         rows = len(self.memory_bank)
         if not self.search_centroids.numel() or rows >= IVF_MIN_ROWS or not valid.files:
             return
-        from assets.vad.scoring import score_files
-
-        def scores() -> np.ndarray:
-            return np.concatenate([s for _, s, _ in score_files(self, valid.files, batch_size, logger, "search check")])
-
-        approximate = scores()
-        centroids, self.search_centroids = self.search_centroids, torch.empty(0)
-        exact = scores()
+        searches = (IvfSearch(self.memory_bank, self.search_centroids), FlatSearch(self.memory_bank))
+        peaks: tuple[list, list] = ([], [])
+        with torch.no_grad():
+            for images, _ in loader(valid.files, self.spec, batch_size):  # each batch embedded once, searched twice
+                embedding = self._embedding_map(images.to(self.device))
+                batch, _, height, width = embedding.shape
+                queries = self.reshape_embedding(embedding)
+                for search, found in zip(searches, peaks, strict=True):
+                    patch_scores = search.nearest(queries)[0].reshape(batch, 1, height, width)
+                    maps = self.anomaly_map_generator(patch_scores, images.shape[-2:])
+                    found.append(torch.amax(maps, dim=(-2, -1)).reshape(-1).numpy())
+        approximate, exact = np.concatenate(peaks[0]), np.concatenate(peaks[1])
         change = float(np.abs(approximate - exact).max() / max(float(np.ptp(exact)), 1e-12))
-        if change <= IVF_TOLERANCE:
-            self.search_centroids = centroids
+        if change > IVF_TOLERANCE:
+            self.search_centroids = torch.empty(0)
         logger.info(
             f"search: inverted-file index {'kept' if change <= IVF_TOLERANCE else 'dropped'} for the {rows}-row bank: "
             f"on {len(exact)} validation images the image scores moved by at most {change:.2%} of their range "

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.spec import ModelSpec
+from assets.vad.models.weight_cache import WeightKeyedCache
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,25 @@ class VadModel(torch.nn.Module):
         """
         raise NotImplementedError
 
+    folded_backbone: WeightKeyedCache[torch.nn.Module]
+
+    def frozen_backbone(self) -> torch.nn.Module:
+        """The model's frozen feature network (timm's features-only model).
+
+        Returns:
+            The module.
+        """
+        raise NotImplementedError
+
     def scoring_backbone(self) -> torch.nn.Module:
-        """The batch-norm-folded backbone the model scores with (saved as a graph for the scorers).
+        """The batch-norm-folded copy of :meth:`frozen_backbone` the model scores with (saved as a graph).
 
         Returns:
             The backbone, in eval mode.
         """
-        raise NotImplementedError
+        backbone = self.frozen_backbone()
+        example = example_image(self.spec.input_size, self.device)
+        return self.folded_backbone.get(backbone, lambda: fold_batch_norms(backbone, example))
 
     def prepare(self) -> None:
         """Build everything scoring needs (folded backbone, search index, flow scoring form) now, once.

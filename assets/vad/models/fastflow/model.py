@@ -117,16 +117,13 @@ class OfflineFastflow(VadModel, FastflowModel):
         model.spec = spec
         return model.eval()
 
-    def scoring_backbone(self) -> nn.Module:
-        """The batch-norm-folded backbone (see :meth:`VadModel.scoring_backbone`).
+    def frozen_backbone(self) -> torch.nn.Module:
+        """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
 
         Returns:
-            The backbone.
+            The module.
         """
-        example = example_image(self.spec.input_size, self.device)
-        return self.folded_backbone.get(
-            self.feature_extractor, lambda: fold_batch_norms(self.feature_extractor, example)
-        )
+        return self.feature_extractor
 
     def prepare(self) -> None:
         """Channels-last, folded backbone and flows in scoring form, now (see :meth:`VadModel.prepare`).

@@ -187,15 +187,13 @@ class OfflinePadim(VadModel, PadimModel):
             f"PaDiM: Gaussians of {mean.shape[0]} channels at {mean.shape[1]} patch positions from {count} images"
         )
 
-    def scoring_backbone(self) -> nn.Module:
-        """The batch-norm-folded backbone (see :meth:`VadModel.scoring_backbone`).
+    def frozen_backbone(self) -> torch.nn.Module:
+        """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
 
         Returns:
-            The backbone.
+            The module.
         """
-        inner = self.feature_extractor.feature_extractor
-        example = example_image(self.spec.input_size, self.device)
-        return self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, example))
+        return self.feature_extractor.feature_extractor
 
     def prepare(self) -> None:
         """Fold the backbone now (see :meth:`VadModel.prepare`)."""

@@ -43,6 +43,13 @@ def exact_nearest(bank: torch.Tensor, queries: torch.Tensor, n_neighbors: int) -
     return torch.cat(distances), torch.cat(indices)
 
 
+def _faiss_nearest(faiss: object, index: object, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance and row of each query's nearest neighbour in a faiss index, on torch's thread count."""
+    faiss.omp_set_num_threads(torch.get_num_threads())  # type: ignore[attr-defined]
+    squared, rows = index.search(np.ascontiguousarray(queries.float().numpy()), 1)  # type: ignore[attr-defined]
+    return torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_(), torch.from_numpy(rows[:, 0])
+
+
 class FlatSearch:
     """Exact nearest bank row of each query with faiss's flat index.
 
@@ -66,9 +73,7 @@ class FlatSearch:
         Returns:
             Distances (N,) and bank indices (N,).
         """
-        self.faiss.omp_set_num_threads(torch.get_num_threads())
-        squared, rows = self.index.search(np.ascontiguousarray(queries.float().numpy()), 1)
-        return torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_(), torch.from_numpy(rows[:, 0])
+        return _faiss_nearest(self.faiss, self.index, queries)
 
 
 def bank_search(bank: torch.Tensor, centroids: torch.Tensor) -> FlatSearch | IvfSearch:
@@ -110,10 +115,7 @@ class IvfSearch:
         Returns:
             Distances (N,) and bank indices (N,).
         """
-        self.faiss.omp_set_num_threads(torch.get_num_threads())
-        squared, rows = self.index.search(np.ascontiguousarray(queries.float().numpy()), 1)
-        distances = torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_()
-        indices = torch.from_numpy(rows[:, 0])
+        distances, indices = _faiss_nearest(self.faiss, self.index, queries)
         missing = indices < 0
         if bool(missing.any()):
             distances[missing], indices[missing] = exact_nearest(self.bank, queries[missing], 1)

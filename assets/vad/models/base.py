@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -32,11 +32,14 @@ class FitData:
     """
 
     files: list[str]
-    is_ng: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    is_ng: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if len(self.is_ng) != len(self.files):
+        if self.is_ng is None:
             object.__setattr__(self, "is_ng", np.zeros(len(self.files), dtype=bool))
+        elif len(self.is_ng) != len(self.files):
+            msg = f"is_ng has {len(self.is_ng)} values for {len(self.files)} files"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,9 @@ class VadModel(torch.nn.Module):
             The backbone, in eval mode.
         """
         backbone = self.frozen_backbone()
-        example = example_image(self.spec.input_size, self.device)
-        return self.folded_backbone.get(backbone, lambda: fold_batch_norms(backbone, example))
+        return self.folded_backbone.get(
+            backbone, lambda: fold_batch_norms(backbone, example_image(self.spec.input_size, self.device))
+        )
 
     def prepare(self) -> None:
         """Build everything scoring needs (folded backbone, search index, flow scoring form) now, once.

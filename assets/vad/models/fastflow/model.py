@@ -31,7 +31,6 @@ from assets.vad.batches import loader
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
 from assets.vad.models.fastflow import FastflowParams
 from assets.vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
-from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
 from assets.vad.reports import image_auroc
@@ -239,9 +238,7 @@ class OfflineFastflow(VadModel, FastflowModel):
         """
         self.feature_extractor.eval()
         images = images.to(self.device).contiguous(memory_format=self.layout)
-        backbone = self.folded_backbone.get(
-            self.feature_extractor, lambda: fold_batch_norms(self.feature_extractor, images[:1])
-        )
+        backbone = self.scoring_backbone()
         with torch.no_grad():
             return list(backbone(images))
 

@@ -22,7 +22,6 @@ from assets.vad.anomalib_api import PadimAnomalyMap as AnomalyMapGenerator
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
-from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.padim import PadimParams
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
@@ -100,9 +99,8 @@ class OfflinePadim(VadModel, PadimModel):
         Returns:
             The embedding.
         """
-        inner = self.feature_extractor.feature_extractor
         images = images.to(self.device)
-        backbone = self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, images[:1]))
+        backbone = self.scoring_backbone()
         with torch.no_grad():
             features = dict(zip(self.layers, backbone(images), strict=True))
             return self.generate_embedding(features)

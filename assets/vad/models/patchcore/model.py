@@ -17,7 +17,6 @@ from assets.vad.batches import loader
 from assets.vad.coreset import k_center_greedy
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
-from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.patchcore import PatchcoreParams
 from assets.vad.models.patchcore.search import FlatSearch, IvfSearch, bank_search, exact_nearest
 from assets.vad.models.spec import ModelSpec
@@ -291,8 +290,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         """
         images = images.contiguous(memory_format=torch.channels_last)
         extractor = self.feature_extractor
-        inner = extractor.feature_extractor
-        backbone = self.folded_backbone.get(inner, lambda: fold_batch_norms(inner, images[:1]))
+        backbone = self.scoring_backbone()
         with torch.no_grad():
             features = dict(zip(extractor.layers, backbone(images), strict=True))
         features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}

@@ -88,9 +88,10 @@ class InferenceStep(Asset):
         output = CsvRows(ctx.artifact_path("output", "output.csv"))
         batches, flags = [], []
         for batch in detector.iter_predict(
-            files, BATCH_SIZE, heatmaps=args.save_anomaly_maps, progress_logger=ctx.logger
+            files, BATCH_SIZE, heatmaps=args.save_anomaly_maps, progress_logger=ctx.logger, raw_maps=pixels.wanted
         ):
-            pixels.update(batch.positions, batch.raw_maps)
+            if batch.raw_maps is not None:
+                pixels.update(batch.positions, batch.raw_maps)
             frame = rows.iloc[batch.positions].assign(**batch.scored.columns)
             output.append(frame)
             batches.append(frame)

@@ -131,9 +131,9 @@ def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeyp
 
 
 def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_path, monkeypatch):
-    from assets.vad.models.patchcore import model as patchcore
+    from assets.vad.models.patchcore import search
 
-    monkeypatch.setattr(patchcore, "IVF_MIN_ROWS", 512)
+    monkeypatch.setattr(search, "EXACT_MAP_ROWS", 512)  # a 4,000-row bank then gets inverted-file maps
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(40, 16, generator=generator) * 4
     bank = centres[torch.randint(40, (4000,), generator=generator)] + torch.randn(4000, 16, generator=generator)
@@ -141,7 +141,7 @@ def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_p
     _, model = _patchcore()
     model.memory_bank = bank
     model.build_search_index(seed=0)
-    assert model.search_centroids.shape == (4000 // patchcore.IVF_ROWS_PER_LIST, 16)
+    assert model.search_centroids.shape == (4000 // search.ROWS_PER_LIST, 16)
     approx, approx_index = model.nearest_neighbors(queries, 1)
     exact, exact_index = model.exact_nearest_neighbors(queries, 1)
     assert float((approx_index == exact_index).float().mean()) > 0.9  # recall of the true nearest row
@@ -286,24 +286,26 @@ def test_flat_search_finds_the_exact_nearest_rows():
     assert torch.allclose(distances, expected_distances, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("tolerance", "kept"), [(10.0, True), (-1.0, False)])
-def test_mid_size_bank_keeps_its_index_only_when_validation_confirms_it(tmp_path, monkeypatch, caplog, tolerance, kept):
-    from PIL import Image
+def test_image_scores_are_exact_with_inverted_file_bounds_and_need_few_exact_patches(tmp_path, monkeypatch):
+    from assets.vad.models.patchcore import search
 
-    from assets.vad.models.base import FitData
-    from assets.vad.models.patchcore import model as patchcore
-
-    monkeypatch.setattr(patchcore, "IVF_CHECKED_ROWS", 100)
-    monkeypatch.setattr(patchcore, "IVF_TOLERANCE", tolerance)
+    monkeypatch.setattr(search, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
     rng = np.random.default_rng(7)
     _, model = _patchcore()
     model.fit_bank(iter([batch(rng, 8)]), 8, 0.5, 0, LOGGER)
-    assert 100 <= len(model.memory_bank) < patchcore.IVF_MIN_ROWS and model.search_centroids.numel()
-    files = []
-    for i in range(4):
-        Image.fromarray(defect(rng, texture(rng)) if i % 2 else texture(rng)).save(tmp_path / f"{i}.png")
-        files.append(str(tmp_path / f"{i}.png"))
-    with caplog.at_level(logging.INFO):
-        model.confirm_search(FitData(files), 2, LOGGER)
-    assert bool(model.search_centroids.numel()) == kept
-    assert ("kept" if kept else "dropped") in caplog.text
+    assert len(model.memory_bank) >= 100 and model.search_centroids.numel()
+    images = torch.cat([batch(rng, 3), batch(rng, 3, bad=True)])
+    exact_scores, exact_maps = model.score(images)  # a small bank's maps are searched exactly
+    searched = []
+    bank_search = model._bank_search()
+    exact = bank_search.exact
+    monkeypatch.setattr(bank_search, "exact", lambda queries: (searched.append(len(queries)), exact(queries))[1])
+    bounded_scores, no_maps = model.score(images, maps=False)
+    assert no_maps is None
+    np.testing.assert_allclose(bounded_scores, exact_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bounded_scores, exact_maps.max(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+    patches = 6 * 8 * 8  # resnet18 layer2 at 64 px: 8 x 8 patches per image
+    assert 0 < sum(searched) < patches  # the bounds spared part of the exact search
+    save(model, CALIBRATION, {}, tmp_path)
+    scorer = load(tmp_path).model
+    np.testing.assert_allclose(scorer.score(images, maps=False)[0], exact_scores, rtol=1e-4, atol=1e-4)

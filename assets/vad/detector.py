@@ -69,13 +69,13 @@ class PredictionBatch:
     Attributes:
         positions: Positions of the batch's images in the input sequence.
         scored: The output columns and the is-anomalous array.
-        raw_maps: Raw anomaly maps (B, H, W), for pixel metrics.
+        raw_maps: Raw anomaly maps (B, H, W) when asked for (pixel metrics), else None.
         predictions: One :class:`Prediction` per image.
     """
 
     positions: np.ndarray
     scored: Scored
-    raw_maps: np.ndarray
+    raw_maps: np.ndarray | None
     predictions: list[Prediction]
 
 
@@ -182,6 +182,7 @@ class Detector:
         maps: bool = False,
         heatmaps: bool = False,
         progress_logger: logging.Logger | None = None,
+        raw_maps: bool = False,
     ) -> Iterator[PredictionBatch]:
         """Score images batch by batch, in input order; only the current batch is held in memory.
 
@@ -191,6 +192,8 @@ class Detector:
             maps: Include normalised anomaly maps in the predictions.
             heatmaps: Include heatmap pictures in the predictions.
             progress_logger: Logs progress when given.
+            raw_maps: Keep the raw maps in each batch (without any kind of map, PatchCore searches only the
+                patches that can hold each image's peak exactly).
 
         Yields:
             One :class:`PredictionBatch` per batch.
@@ -201,12 +204,12 @@ class Detector:
             items = images[start : start + batch_size]
             pictures = [_as_image(item) for item in items]
             tensor = torch.stack([to_tensor(picture, spec.input_size, spec.mean, spec.std) for picture in pictures])
-            raw_scores, raw_maps = self.trained.model.score(tensor)
+            raw_scores, found = self.trained.model.score(tensor, maps or heatmaps or raw_maps)
             scored = self.calibration.apply(raw_scores)
             columns = scored.columns
             predictions = []
             for i, (item, picture) in enumerate(zip(items, pictures, strict=True)):
-                normalized = self.calibration.normalize(raw_maps[i]) if maps or heatmaps else None
+                normalized = self.calibration.normalize(found[i]) if found is not None and (maps or heatmaps) else None
                 predictions.append(
                     Prediction(
                         source=str(item) if isinstance(item, (str, Path)) else None,
@@ -221,4 +224,5 @@ class Detector:
                 )
             if progress is not None:
                 progress.update(len(items))
-            yield PredictionBatch(np.arange(start, start + len(items)), scored, raw_maps, predictions)
+            kept = found if raw_maps else None
+            yield PredictionBatch(np.arange(start, start + len(items)), scored, kept, predictions)

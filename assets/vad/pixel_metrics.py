@@ -158,6 +158,11 @@ class PixelRows:
             self.usable, self.masks = [], []
         self.metrics = PixelMetrics() if has_masks else None
 
+    @property
+    def wanted(self) -> bool:
+        """Whether the rows need anomaly maps (some have masks)."""
+        return self.metrics is not None
+
     def update(self, positions: np.ndarray, raw_maps: np.ndarray) -> None:
         """Add the maps of a batch (positions index the sample table).
 

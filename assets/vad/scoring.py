@@ -13,8 +13,13 @@ from assets.vad.models.base import VadModel
 
 
 def score_files(
-    model: VadModel, paths: Sequence[str], batch_size: int, logger: logging.Logger, what: str = "scoring"
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    model: VadModel,
+    paths: Sequence[str],
+    batch_size: int,
+    logger: logging.Logger,
+    what: str = "scoring",
+    maps: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Score image files batch by batch, in file order.
 
     Args:
@@ -23,12 +28,13 @@ def score_files(
         batch_size: Images per batch.
         logger: Progress logger.
         what: Progress label.
+        maps: Compute the anomaly maps (else None: cheaper for some models).
 
     Yields:
-        (positions, raw scores, raw anomaly maps) per batch.
+        (positions, raw scores, raw anomaly maps or None) per batch.
     """
     progress = Progress(logger, what, len(paths))
     for images, positions in loader(paths, model.spec, batch_size):
-        scores, maps = model.score(images)
+        scores, found = model.score(images, maps)
         progress.update(len(images))
-        yield positions.numpy(), scores, maps
+        yield positions.numpy(), scores, found

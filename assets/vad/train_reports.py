@@ -36,9 +36,10 @@ def score_validation(
         Raw image scores (in file order) and the pixel metrics (empty without masks).
     """
     raw = np.empty(len(files), dtype=np.float64)
-    for positions, scores, maps in score_files(model, files, batch_size, logger, "validation"):
+    for positions, scores, maps in score_files(model, files, batch_size, logger, "validation", pixels.wanted):
         raw[positions] = scores
-        pixels.update(positions, maps)
+        if maps is not None:
+            pixels.update(positions, maps)
     return raw, pixels.compute()
 
 

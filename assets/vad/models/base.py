@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from assets.vad.models.folding import fold_batch_norms
+from assets.vad.models.maps import as_arrays
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
 
@@ -146,21 +147,32 @@ class VadModel(torch.nn.Module):
         """The device the model's weights are on."""
         return next(self.parameters()).device
 
-    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image scores and, on request, anomaly maps of a batch (a hook: a model may skip the maps' work).
+
+        Args:
+            images: Normalised images (B, 3, H, W), on the model's device.
+            maps: Whether the maps are wanted.
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W) or None.
+        """
+        output = self(images)
+        return output.pred_score, output.anomaly_map if maps else None
+
+    def score(self, images: torch.Tensor, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw image scores and raw anomaly maps of a batch.
 
         Args:
             images: Normalised images (B, 3, H, W), on any device.
+            maps: Whether the maps are wanted (else None).
 
         Returns:
-            Scores (B,) and maps (B, H, W), float32 arrays.
+            Scores (B,) and maps (B, H, W) or None, float32 arrays.
         """
         self.eval()
         with torch.inference_mode():
-            output = self(images.to(self.device))
-        scores = output.pred_score.reshape(-1).float().cpu().numpy()
-        maps = output.anomaly_map.reshape(len(images), *output.anomaly_map.shape[-2:]).float().cpu().numpy()
-        return scores, maps
+            return as_arrays(*self.scores_and_maps(images.to(self.device), maps))
 
 
 def example_image(size: tuple[int, int], device: torch.device) -> torch.Tensor:

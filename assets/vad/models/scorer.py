@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from assets.vad.models.maps import as_arrays
 from assets.vad.models.spec import ModelSpec
 
 
@@ -71,17 +72,28 @@ class GraphScorer(nn.Module):
     def prepare(self) -> None:
         """Nothing is left to prepare: everything is built in :meth:`from_state`."""
 
-    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image scores and, on request, anomaly maps of a batch (a hook: a scorer may skip the maps' work).
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+            maps: Whether the maps are wanted.
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W) or None.
+        """
+        scores, found = self(images)
+        return scores, found if maps else None
+
+    def score(self, images: torch.Tensor, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw image scores and raw anomaly maps of a batch (as :meth:`VadModel.score`).
 
         Args:
             images: Normalised images (B, 3, H, W).
+            maps: Whether the maps are wanted (else None).
 
         Returns:
-            Scores (B,) and maps (B, H, W), float32 arrays.
+            Scores (B,) and maps (B, H, W) or None, float32 arrays.
         """
         with torch.inference_mode():
-            scores, maps = self(images)
-        return scores.reshape(-1).float().cpu().numpy(), maps.reshape(
-            len(images), *maps.shape[-2:]
-        ).float().cpu().numpy()
+            return as_arrays(*self.scores_and_maps(images, maps))

@@ -6,19 +6,18 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import faiss
-import numpy as np
 import torch
 
 from alo.logs import Progress
 from assets.vad.anomalib_api import InferenceBatch, PatchcoreModel
 from assets.vad.backbones import load_pretrained_weights
-from assets.vad.batches import loader
 from assets.vad.coreset import k_center_greedy
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
+from assets.vad.models.maps import UpsampleBlur
 from assets.vad.models.patchcore import PatchcoreParams
-from assets.vad.models.patchcore.search import FlatSearch, IvfSearch, bank_search, exact_nearest
+from assets.vad.models.patchcore.peaks import peak_scores
+from assets.vad.models.patchcore.search import BankSearch, cluster_bank, exact_nearest
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
 
@@ -27,13 +26,6 @@ MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before
 GROUP_ROWS = 65536  # chunk picks merged and reduced together: bounds memory and each greedy pass
 SEARCH_MODES = ("auto", "exact")
 IMAGE_SCORES = ("map_max", "reweighted")
-IVF_MIN_ROWS = 8192  # banks from this size are searched through the inverted-file index
-# Banks from this size up to IVF_MIN_ROWS get the index only if the validation images confirm it: every image score
-# within IVF_TOLERANCE of the validation scores' range of the exact search's (else they are searched exactly).
-IVF_CHECKED_ROWS = 2048
-IVF_TOLERANCE = 0.01
-IVF_ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
-IVF_MAX_LISTS = 4096
 
 
 class OfflinePatchcore(VadModel, PatchcoreModel):
@@ -68,8 +60,9 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         # k-means centroids of the memory bank for the inverted-file search; empty: exact search.
         self.search_centroids: torch.Tensor
         self.register_buffer("search_centroids", torch.empty(0))
-        self._index: FlatSearch | IvfSearch | None = None
-        self._index_key: tuple | None = None
+        self._search: BankSearch | None = None
+        self._search_key: tuple | None = None
+        self._blurs: dict[tuple, UpsampleBlur] = {}
         self.weights_source = "random initialisation (pretrained: false)"
         if pretrained:
             self.weights_source = load_pretrained_weights(
@@ -112,7 +105,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
 
         Args:
             train: OK training images.
-            valid: Validation images (they confirm the search of a mid-size bank, :meth:`confirm_search`).
+            valid: Validation images (unused: a memory bank needs none).
             options: Batch size, seed, augmentation.
             logger: Progress logger.
 
@@ -124,7 +117,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         self.fit_bank(
             (images.to(self.device) for images in batches), total, params.coreset_sampling_ratio, options.seed, logger
         )
-        self.confirm_search(valid, options.batch_size, logger)
+        del valid
         return {}
 
     def frozen_backbone(self) -> torch.nn.Module:
@@ -139,8 +132,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         """Fold the backbone and build the search index now (see :meth:`VadModel.prepare`)."""
         self.eval()
         self._embedding_map(example_image(self.spec.input_size, self.device))
-        if self.memory_bank.device.type == "cpu":
-            self._search_index()
+        self._bank_search()
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:
         """Embeddings while training; else the anomaly map and the image score.
@@ -159,17 +151,37 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         input_tensor = input_tensor.contiguous(memory_format=torch.channels_last)
         if self.training or self.image_score == "reweighted":
             return super().forward(input_tensor)
+        pred_score, anomaly_map = self._peak_scores(input_tensor, maps=True)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+
+    def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """See :meth:`VadModel.scores_and_maps` (without maps, fewer patches are searched exactly).
+
+        Args:
+            images: Normalised images (B, 3, H, W), on the model's device.
+            maps: Whether the maps are wanted.
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W) or None.
+        """
+        if self.image_score == "reweighted":
+            return super().scores_and_maps(images, maps)
+        return self._peak_scores(images.contiguous(memory_format=torch.channels_last), maps)
+
+    def _peak_scores(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Map-peak image scores (exact, :func:`peak_scores`) and maps on request, of a channels-last batch."""
         if self.memory_bank.size(0) == 0:
             msg = "memory bank is empty: fit the model before scoring"
             raise ValueError(msg)
         with torch.no_grad():
-            embedding = self._embedding_map(input_tensor.type(self.memory_bank.dtype))
+            embedding = self._embedding_map(images.type(self.memory_bank.dtype))
             batch, _, height, width = embedding.shape
-            patch_scores, _ = self.nearest_neighbors(self.reshape_embedding(embedding), n_neighbors=1)
-            patch_scores = patch_scores.reshape(batch, 1, height, width)
-            anomaly_map = self.anomaly_map_generator(patch_scores, input_tensor.shape[-2:])
-            pred_score = torch.amax(anomaly_map, dim=(-2, -1)).reshape(batch)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+            key = (height, width, tuple(images.shape[-2:]), embedding.device)
+            if key not in self._blurs:
+                kernel = self.anomaly_map_generator.blur.kernel.to(embedding.device)
+                self._blurs[key] = UpsampleBlur((height, width), key[2], kernel)
+            queries = self.reshape_embedding(embedding)
+            return peak_scores(queries, (batch, height, width), self._bank_search(), self._blurs[key], maps)
 
     def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest memory-bank rows of each query, as anomalib's method returns them.
@@ -185,8 +197,8 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         Returns:
             Distances (N,) or (N, k) and memory-bank indices of the same shape.
         """
-        if n_neighbors == 1 and embedding.device.type == "cpu":
-            return self._search_index().nearest(embedding)
+        if n_neighbors == 1:
+            return self._bank_search().nearest(embedding)
         return self.exact_nearest_neighbors(embedding, n_neighbors)
 
     def exact_nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,67 +221,22 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
     def build_search_index(self, seed: int) -> None:
         """Cluster the memory bank for the inverted-file search (kept in the state dict as centroids).
 
-        A query then visits only the bank rows of its ``IVF_PROBES`` nearest lists, with exact distances
-        to those rows. Banks under ``IVF_CHECKED_ROWS`` rows, and ``search: exact``, keep the exact search;
-        banks under ``IVF_MIN_ROWS`` keep the index only if :meth:`confirm_search` does.
+        The inverted file bounds the patch distances of image scores (:func:`peak_scores`) and answers the
+        maps of banks of ``EXACT_MAP_ROWS`` rows or more; ``search: exact`` and small banks have none.
 
         Args:
             seed: Seed of the k-means clustering.
         """
-        rows, dims = self.memory_bank.shape
-        self._index, self._index_key = None, None
-        if self.search == "exact" or rows < IVF_CHECKED_ROWS:
-            self.search_centroids = torch.empty(0)
-            return
-        lists = min(IVF_MAX_LISTS, rows // IVF_ROWS_PER_LIST)
-        faiss.omp_set_num_threads(torch.get_num_threads())
-        kmeans = faiss.Kmeans(dims, lists, niter=20, seed=seed, max_points_per_centroid=256)
-        kmeans.train(np.ascontiguousarray(self.memory_bank.float().cpu().numpy()))
-        self.search_centroids = torch.from_numpy(kmeans.centroids.copy()).to(self.memory_bank.device)
+        exact = self.search == "exact"
+        self.search_centroids = torch.empty(0) if exact else cluster_bank(self.memory_bank, seed)
 
-    def _search_index(self) -> FlatSearch | IvfSearch:
-        """The CPU search of the bank (inverted file or exact), built again only when the bank or centroids change."""
+    def _bank_search(self) -> BankSearch:
+        """The bank's searches, built again only when the bank or its centroids change."""
         bank, centroids = self.memory_bank, self.search_centroids
-        key = (bank.data_ptr(), tuple(bank.shape), centroids.data_ptr(), tuple(centroids.shape))
-        if self._index is None or self._index_key != key:
-            self._index, self._index_key = bank_search(bank, centroids), key
-        return self._index
-
-    def confirm_search(self, valid: FitData, batch_size: int, logger: logging.Logger) -> None:
-        """Keep the inverted-file index of a mid-size bank only if the validation images cannot tell it from exact.
-
-        Banks of ``IVF_CHECKED_ROWS`` to ``IVF_MIN_ROWS`` rows: the validation images are embedded once and
-        their anomaly maps' peaks computed with both searches; if any moves by more than ``IVF_TOLERANCE`` of
-        the exact peaks' range, the centroids are dropped and the bank is searched exactly.
-
-        Args:
-            valid: Validation images.
-            batch_size: Images per batch.
-            logger: Where the decision is logged.
-        """
-        rows = len(self.memory_bank)
-        if not self.search_centroids.numel() or rows >= IVF_MIN_ROWS or not valid.files:
-            return
-        searches = (IvfSearch(self.memory_bank, self.search_centroids), FlatSearch(self.memory_bank))
-        peaks: tuple[list, list] = ([], [])
-        with torch.no_grad():
-            for images, _ in loader(valid.files, self.spec, batch_size):  # each batch embedded once, searched twice
-                embedding = self._embedding_map(images.to(self.device))
-                batch, _, height, width = embedding.shape
-                queries = self.reshape_embedding(embedding)
-                for search, found in zip(searches, peaks, strict=True):
-                    patch_scores = search.nearest(queries)[0].reshape(batch, 1, height, width)
-                    maps = self.anomaly_map_generator(patch_scores, images.shape[-2:])
-                    found.append(torch.amax(maps, dim=(-2, -1)).reshape(-1).numpy())
-        approximate, exact = np.concatenate(peaks[0]), np.concatenate(peaks[1])
-        change = float(np.abs(approximate - exact).max() / max(float(np.ptp(exact)), 1e-12))
-        if change > IVF_TOLERANCE:
-            self.search_centroids = torch.empty(0)
-        logger.info(
-            f"search: inverted-file index {'kept' if change <= IVF_TOLERANCE else 'dropped'} for the {rows}-row bank: "
-            f"on {len(exact)} validation images the image scores moved by at most {change:.2%} of their range "
-            f"(tolerance {IVF_TOLERANCE:.0%})"
-        )
+        key = (bank.data_ptr(), tuple(bank.shape), bank.device, centroids.data_ptr(), tuple(centroids.shape))
+        if self._search is None or self._search_key != key:
+            self._search, self._search_key = BankSearch(bank, centroids, exact_only=self.search == "exact"), key
+        return self._search
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of a batch, shape (batch * h * w, dims), as in anomalib's forward.

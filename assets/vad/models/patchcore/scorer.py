@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from assets.vad.models.maps import concat_layers, separable_blur
-from assets.vad.models.patchcore.search import bank_search, exact_nearest
+from assets.vad.models.maps import UpsampleBlur, concat_layers
+from assets.vad.models.patchcore.peaks import peak_scores
+from assets.vad.models.patchcore.search import BankSearch
 from assets.vad.models.scorer import GraphScorer
 from assets.vad.models.spec import ModelSpec
 
@@ -23,7 +24,8 @@ class PatchcoreScorer(GraphScorer):
         self.kernel: torch.Tensor
         self.register_buffer("bank", bank)
         self.register_buffer("kernel", kernel)
-        self.search = bank_search(bank, centroids)
+        self.search = BankSearch(bank, centroids, exact_only=spec.params.search == "exact")  # type: ignore[attr-defined]
+        self.blurs: dict[tuple, UpsampleBlur] = {}
 
     @classmethod
     def supports(cls, spec: ModelSpec) -> bool:
@@ -53,11 +55,25 @@ class PatchcoreScorer(GraphScorer):
             spec, backbone, state["memory_bank"], state["search_centroids"], state["anomaly_map_generator.blur.kernel"]
         )
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """See :meth:`GraphScorer.scores_and_maps` (without maps, fewer patches are searched exactly).
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+            maps: Whether the maps are wanted.
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W) or None.
+        """
+        return self(images, maps)
+
+    def forward(self, images: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them.
 
         Args:
             images: Normalised images (B, 3, H, W).
+            maps: Compute the maps (else None, and only the patches that can hold each peak are searched
+                exactly: :func:`peak_scores`).
 
         Returns:
             Scores and maps.
@@ -66,10 +82,7 @@ class PatchcoreScorer(GraphScorer):
         embedding = concat_layers(pooled, "bilinear")
         batch, dims, height, width = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, dims)
-        if queries.device.type == "cpu":
-            distances, _ = self.search.nearest(queries)
-        else:
-            distances, _ = exact_nearest(self.bank.to(queries.device), queries, 1)
-        patch_scores = distances.reshape(batch, 1, height, width)
-        anomaly_map = separable_blur(F.interpolate(patch_scores, size=tuple(self.spec.input_size)), self.kernel)
-        return torch.amax(anomaly_map, dim=(-2, -1)).reshape(batch), anomaly_map
+        key = (height, width, queries.device)
+        if key not in self.blurs:
+            self.blurs[key] = UpsampleBlur((height, width), tuple(self.spec.input_size), self.kernel.to(queries.device))
+        return peak_scores(queries, (batch, height, width), self.search, self.blurs[key], maps)

@@ -1,4 +1,9 @@
-"""Nearest memory-bank rows: exact blocked search, and faiss's inverted-file index (plain torch and faiss)."""
+"""Nearest memory-bank rows: exact blocked search, and faiss's inverted-file index (plain torch and faiss).
+
+:class:`BankSearch` holds both for one bank. Image scores never depend on the inverted file: it only gives
+upper bounds of the patch distances, and :func:`assets.vad.models.patchcore.peaks.peak_scores` searches
+exactly every patch that could hold the map's peak.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,20 @@ import numpy as np
 import torch
 
 QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
-# Lists visited per query. A fixed count keeps the search cost from growing with the bank: on a 1,024,000-row
-# bank (4,096 lists) 16 probes found the exact nearest row for 99.9% of patches and the same image maxima as
-# 128 probes (1/32 of the lists), 9x faster; on a 20,480-row bank (512 lists) the recall was 0.992.
+# From this many queries faiss's brute-force search beats torch's blocked product on this CPU (4,096 queries:
+# 1.6-2.3x faster); with fewer it is slower (800 queries: 1.7-1.9x slower), so small sets stay in torch.
+FAISS_MIN_QUERIES = 2048
+# Lists visited per query for a map. A fixed count keeps the search cost from growing with the bank: on a
+# 1,024,000-row bank (4,096 lists) 16 probes found the exact nearest row for 99.9% of patches and the same image
+# maxima as 128 probes (1/32 of the lists), 9x faster; on a 20,480-row bank (512 lists) the recall was 0.992.
 IVF_PROBES = 16
+# Lists visited per query when only image scores are wanted: the distances are upper bounds that decide which
+# patches are searched exactly (more probes: tighter bounds and fewer exact patches, at a higher list cost).
+BOUND_PROBES = 2
+EXACT_MAP_ROWS = 8192  # smaller banks get exact maps (one matrix product); larger ones inverted-file maps
+BOUND_MIN_ROWS = 2048  # smaller banks are searched exactly, whatever is asked (the product costs little)
+ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
+MAX_LISTS = 4096
 
 
 def exact_nearest(bank: torch.Tensor, queries: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,26 +58,29 @@ def exact_nearest(bank: torch.Tensor, queries: torch.Tensor, n_neighbors: int) -
     return torch.cat(distances), torch.cat(indices)
 
 
-def _faiss_nearest(faiss: object, index: object, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _faiss_nearest(
+    faiss: object, index: object, queries: torch.Tensor, params: object = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance and row of each query's nearest neighbour in a faiss index, on torch's thread count."""
     faiss.omp_set_num_threads(torch.get_num_threads())  # type: ignore[attr-defined]
-    squared, rows = index.search(np.ascontiguousarray(queries.float().numpy()), 1)  # type: ignore[attr-defined]
+    matrix = np.ascontiguousarray(queries.float().numpy())
+    squared, rows = index.search(matrix, 1, params=params)  # type: ignore[attr-defined]
     return torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_(), torch.from_numpy(rows[:, 0])
 
 
 class FlatSearch:
-    """Exact nearest bank row of each query with faiss's flat index.
+    """Exact nearest bank row of each query with faiss's brute-force ``knn`` on the bank's own memory (no copy).
 
-    One BLAS product per block of queries with the minimum fused in: about 2.5x faster on this CPU than a
-    distance matrix in torch (the same rows, distances within float rounding; tested).
+    One BLAS product per block of queries with the minimum fused in: 1.6-2.3x faster on this CPU than the
+    blocked product of :func:`exact_nearest` in torch on 4,096 queries, slower on a few hundred (the same rows,
+    distances within float rounding; tested).
     """
 
     def __init__(self, bank: torch.Tensor) -> None:
         import faiss
 
         self.faiss = faiss
-        self.index = faiss.IndexFlatL2(bank.shape[1])
-        self.index.add(np.ascontiguousarray(bank.float().cpu().numpy()))
+        self.bank = np.ascontiguousarray(bank.detach().float().cpu().numpy())  # a view of a float32 CPU bank
 
     def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One nearest bank row per query.
@@ -73,26 +91,37 @@ class FlatSearch:
         Returns:
             Distances (N,) and bank indices (N,).
         """
-        return _faiss_nearest(self.faiss, self.index, queries)
+        self.faiss.omp_set_num_threads(torch.get_num_threads())
+        squared, rows = self.faiss.knn(np.ascontiguousarray(queries.float().numpy()), self.bank, 1)
+        return torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_(), torch.from_numpy(rows[:, 0])
 
 
-def bank_search(bank: torch.Tensor, centroids: torch.Tensor) -> FlatSearch | IvfSearch:
-    """The CPU search of a bank: the inverted-file index when it has centroids, else the exact flat index.
+def cluster_bank(bank: torch.Tensor, seed: int) -> torch.Tensor:
+    """k-means centroids of a bank for its inverted file (about ``ROWS_PER_LIST`` rows per list), or none.
 
     Args:
         bank: Memory bank (M, D).
-        centroids: Its k-means centroids, or an empty tensor.
+        seed: Seed of the clustering.
 
     Returns:
-        The search.
+        Centroids (lists, D) on the bank's device; empty for banks under ``BOUND_MIN_ROWS`` rows.
     """
-    return IvfSearch(bank, centroids) if centroids.numel() else FlatSearch(bank)
+    import faiss
+
+    rows, dims = bank.shape
+    if rows < BOUND_MIN_ROWS:
+        return torch.empty(0, device=bank.device)
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    kmeans = faiss.Kmeans(dims, min(MAX_LISTS, rows // ROWS_PER_LIST), niter=20, seed=seed, max_points_per_centroid=256)
+    kmeans.train(np.ascontiguousarray(bank.float().cpu().numpy()))
+    return torch.from_numpy(kmeans.centroids.copy()).to(bank.device)
 
 
 class IvfSearch:
     """faiss's inverted-file index over a bank clustered by ``centroids``.
 
-    A query gets exact distances to the rows of its :data:`IVF_PROBES` nearest lists.
+    A query gets exact distances to the rows of its ``probes`` nearest lists: its distance to the nearest of
+    those rows, never less than its distance to the nearest bank row.
     """
 
     def __init__(self, bank: torch.Tensor, centroids: torch.Tensor) -> None:
@@ -104,19 +133,105 @@ class IvfSearch:
         self.quantizer.add(np.ascontiguousarray(centroids.float().cpu().numpy()))
         self.index = faiss.IndexIVFFlat(self.quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
         self.index.add(np.ascontiguousarray(bank.float().cpu().numpy()))
-        self.index.nprobe = min(IVF_PROBES, centroids.shape[0])
+        self.lists = centroids.shape[0]
 
-    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One nearest bank row per query; a query whose visited lists are all empty is answered exactly.
+    def nearest(self, queries: torch.Tensor, probes: int = IVF_PROBES) -> tuple[torch.Tensor, torch.Tensor]:
+        """One nearest bank row per query among its visited lists (all lists empty: answered exactly).
 
         Args:
             queries: Query embeddings (N, D), on the CPU.
+            probes: Lists visited per query.
 
         Returns:
             Distances (N,) and bank indices (N,).
         """
-        distances, indices = _faiss_nearest(self.faiss, self.index, queries)
+        params = self.faiss.SearchParametersIVF(nprobe=min(probes, self.lists))
+        distances, indices = _faiss_nearest(self.faiss, self.index, queries, params)
         missing = indices < 0
         if bool(missing.any()):
             distances[missing], indices[missing] = exact_nearest(self.bank, queries[missing], 1)
         return distances, indices
+
+
+class BankSearch:
+    """Every search of one memory bank: exact rows, and inverted-file distances (upper bounds) where they pay.
+
+    - Banks under ``BOUND_MIN_ROWS`` rows, ``exact_only`` models and banks off the CPU: always exact.
+    - Exact distances come from :class:`FlatSearch` for ``FAISS_MIN_QUERIES`` queries or more on the CPU,
+      else from the blocked product of :func:`exact_nearest`.
+    - Maps of banks under ``EXACT_MAP_ROWS`` rows are exact; of larger banks, inverted-file distances with
+      ``IVF_PROBES`` probes. Bounds for image scores use ``BOUND_PROBES``.
+    """
+
+    def __init__(self, bank: torch.Tensor, centroids: torch.Tensor, exact_only: bool = False) -> None:
+        """Prepare the searches (the flat and inverted-file indexes are built here, once).
+
+        Args:
+            bank: Memory bank (M, D).
+            centroids: Its k-means centroids (:func:`cluster_bank`); empty: clustered here when the bank is
+                large enough (models saved before the bounds).
+            exact_only: Never use the inverted file (``search: exact``).
+        """
+        self.bank = bank
+        rows = len(bank)
+        on_cpu = bank.device.type == "cpu"
+        self.flat = FlatSearch(bank) if on_cpu else None
+        self.ivf: IvfSearch | None = None
+        if on_cpu and not exact_only and rows >= BOUND_MIN_ROWS:
+            self.ivf = IvfSearch(bank, centroids if centroids.numel() else cluster_bank(bank, seed=0))
+        self.exact_maps = self.ivf is None or rows < EXACT_MAP_ROWS
+
+    def exact(self, queries: torch.Tensor) -> torch.Tensor:
+        """Exact distance of each query to its nearest bank row.
+
+        Args:
+            queries: Query embeddings (N, D).
+
+        Returns:
+            Distances (N,).
+        """
+        return self._exact_rows(queries)[0]
+
+    def _exact_rows(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact nearest rows: faiss's brute force for many queries on the CPU, else the blocked product."""
+        if self.flat is not None and queries.device.type == "cpu" and len(queries) >= FAISS_MIN_QUERIES:
+            return self.flat.nearest(queries)
+        return exact_nearest(self.bank.to(queries.device), queries, 1)
+
+    def maps_are_exact(self, queries: torch.Tensor) -> bool:
+        """Whether :meth:`nearest` searches these queries exactly.
+
+        Args:
+            queries: Query embeddings (N, D).
+
+        Returns:
+            True unless the inverted file answers them.
+        """
+        return self.exact_maps or queries.device.type != "cpu"
+
+    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest bank row of each query as maps use them (see the class).
+
+        Args:
+            queries: Query embeddings (N, D).
+
+        Returns:
+            Distances (N,) and bank indices (N,).
+        """
+        if not self.maps_are_exact(queries):
+            return self.ivf.nearest(queries, IVF_PROBES)  # type: ignore[union-attr]
+        return self._exact_rows(queries)
+
+    def distances(self, queries: torch.Tensor, maps: bool) -> tuple[torch.Tensor, bool]:
+        """Patch distances: exact, or upper bounds from the inverted file.
+
+        Args:
+            queries: Query embeddings (N, D).
+            maps: Whether the distances make a map (else they only bound the image score).
+
+        Returns:
+            Distances (N,) and whether they are exact.
+        """
+        if maps or self.ivf is None or queries.device.type != "cpu":
+            return self.nearest(queries)[0], self.maps_are_exact(queries)
+        return self.ivf.nearest(queries, BOUND_PROBES)[0], False

@@ -1,0 +1,76 @@
+"""The map operator and PatchCore's exact peaks from bounded distances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from assets.vad.models.maps import UpsampleBlur, separable_blur
+from assets.vad.models.patchcore.peaks import peak_scores
+
+
+def gaussian_kernel(sigma: float = 4.0) -> torch.Tensor:
+    size = 2 * int(4.0 * sigma + 0.5) + 1
+    taps = torch.exp(-((torch.arange(size) - size // 2) ** 2) / (2 * sigma**2))
+    taps = taps / taps.sum()
+    return torch.outer(taps, taps).reshape(1, 1, size, size)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize(("grid", "size"), [((8, 8), (64, 64)), ((5, 7), (40, 72)), ((12, 10), (50, 45))])
+def test_upsample_blur_equals_interpolation_then_separable_blur(mode, grid, size):
+    kernel = gaussian_kernel()
+    patches = torch.rand(3, 1, *grid, generator=torch.Generator().manual_seed(0))
+    expected = separable_blur(F.interpolate(patches, size=size, mode=mode), kernel)[:, 0]
+    blur = UpsampleBlur(grid, size, kernel, mode)
+    torch.testing.assert_close(blur(patches[:, 0]), expected, rtol=1e-5, atol=1e-6)
+    # supports: a pixel depends on exactly the patches whose unit grid moves it
+    pixel = torch.zeros(1, *size, dtype=torch.bool)
+    pixel[0, size[0] // 2, size[1] // 3] = True
+    depends = blur.patches_of(pixel)[0]
+    for i in range(grid[0]):
+        for j in range(grid[1]):
+            unit = torch.zeros(1, *grid)
+            unit[0, i, j] = 1.0
+            moved = bool(blur(unit)[0, size[0] // 2, size[1] // 3] > 0)
+            assert moved == bool(depends[i, j])
+            assert torch.equal(blur.pixels_of(unit.bool())[0], blur(unit)[0] > 0)
+
+
+class LooseSearch:
+    """True patch distances behind bounds that overstate them by a random factor (never understate)."""
+
+    def __init__(self, truth: torch.Tensor, slack: torch.Tensor) -> None:
+        self.truth = truth  # the query "embedding" is its own index
+        self.slack = slack
+        self.searched = 0
+
+    def distances(self, queries: torch.Tensor, maps: bool) -> tuple[torch.Tensor, bool]:
+        del maps
+        rows = queries[:, 0].long()
+        return self.truth[rows] * self.slack[rows], False
+
+    def exact(self, queries: torch.Tensor) -> torch.Tensor:
+        self.searched += len(queries)
+        return self.truth[queries[:, 0].long()]
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.05, 0.5, 3.0])
+def test_peak_scores_are_exact_whatever_the_bounds(spread):
+    generator = torch.Generator().manual_seed(3)
+    batch, height, width, size = 5, 16, 16, (128, 128)
+    truth = torch.rand(batch * height * width, generator=generator) + 1.0
+    truth[37] = 4.0  # a clear defect in the first image, and a flat last image
+    truth[-height * width :] = 1.5
+    slack = 1.0 + spread * torch.rand(len(truth), generator=generator)
+    search = LooseSearch(truth, slack)
+    blur = UpsampleBlur((height, width), size, gaussian_kernel())
+    queries = torch.arange(len(truth), dtype=torch.float32).unsqueeze(1)
+    scores, maps = peak_scores(queries, (batch, height, width), search, blur, maps=False)  # type: ignore[arg-type]
+    expected = blur(truth.reshape(batch, height, width)).amax(dim=(1, 2))
+    torch.testing.assert_close(scores, expected, rtol=1e-6, atol=1e-6)
+    assert maps is None
+    assert search.searched <= len(truth)
+    if spread == 0.05:
+        assert search.searched < len(truth) // 2  # tight bounds: most patches are never searched exactly

@@ -5,9 +5,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PLAN ?= experimental_plan.yaml
 
-.PHONY: install run train inference test lint sample-data clean
+.PHONY: install system-deps run train inference test lint sample-data redis clean
 
-install: $(STAMP)
+install: system-deps $(STAMP)
+
+# Debian packages from apt-packages.txt (a real redis-server for the edge loop and its tests).
+APT_PACKAGES := $(shell grep -v '^\#' apt-packages.txt)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; for package in $(APT_PACKAGES); do \
+		dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing \
+		|| { echo "ERROR: could not install$$missing with apt-get; install them (see apt-packages.txt)"; exit 1; }; \
+	fi
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +40,19 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 sample-data: $(STAMP)
 	$(PY) solution/make_sample_data.py
+
+# A Redis server for a local trial of the edge loop (foreground; Ctrl-C stops it). Its append-only file in
+# .redis/ keeps queued requests across a restart.
+redis: system-deps
+	mkdir -p .redis
+	redis-server --port 6379 --bind 127.0.0.1 --dir .redis --appendonly yes --save ""
 
 clean:
 	rm -rf train_artifacts inference_artifacts history .alo

@@ -1,4 +1,8 @@
-"""Command line entry point: ``python main.py --mode train|inference|all [--config PLAN]``."""
+"""Command line entry point: ``python main.py --mode train|inference|all [--config PLAN]``.
+
+``--mode inference --loop [--system SOLUTION_METADATA]`` keeps the inference pipeline resident and serves
+requests from Redis (ALO's edge protocol, :mod:`alo.loop`).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", default="experimental_plan.yaml", help="the plan file (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="show DEBUG messages and tracebacks")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--loop", action="store_true", help="with --mode inference: stay resident and serve requests from Redis"
+    )
+    parser.add_argument(
+        "--system", help="ALO solution metadata for --loop: a YAML/JSON file or a JSON text (Redis address, paths)"
+    )
+    args = parser.parse_args(argv)
+    if args.loop and args.mode != "inference":
+        parser.error("--loop runs the inference pipeline: use it with --mode inference")
+    if args.system and not args.loop:
+        parser.error("--system is read by the loop: add --loop")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_console(args.debug)
     log = logging.getLogger("alo.main")
     try:
-        run(args.config, args.mode)
+        if args.loop:
+            from alo.loop import run_loop
+
+            run_loop(args.config, args.system)
+        else:
+            run(args.config, args.mode)
     except AloError as exc:
         if args.debug:
             log.exception("run failed")

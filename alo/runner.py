@@ -6,6 +6,7 @@ every step succeeded (see :mod:`alo.artifacts`). A failed run is kept in history
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import shutil
@@ -69,14 +70,27 @@ def _data_path(plan: Plan, pipeline: str) -> Path:
     if path is None:
         msg = f"plan error: 'external_path.{key}' is empty; set it to the folder holding your {pipeline} images"
         raise PlanError(msg)
+    if pipeline == "inference" and path.is_file():  # one image: the input step checks that it is one
+        return path
     if not path.is_dir():
         msg = f"data error: {key} {path} is not an existing folder; create it or fix the path in the plan"
         raise DataError(msg)
     return path
 
 
-def _model_dir(plan: Plan, workdir: Path) -> Path:
-    """Find the trained models for inference: ``load_model_path`` or ``train_artifacts/models``."""
+def model_dir_of(plan: Plan, workdir: Path) -> Path:
+    """Find the trained models for inference: ``load_model_path`` or ``train_artifacts/models``.
+
+    Args:
+        plan: The plan.
+        workdir: Where a ``model.tar.gz`` is extracted.
+
+    Returns:
+        The ``models`` folder.
+
+    Raises:
+        ModelError: No trained model there.
+    """
     source = plan.resolve(plan.external_path.load_model_path)
     if source is None:
         models = plan.root / "train_artifacts" / "models"
@@ -108,10 +122,14 @@ def _checked_models(models: Path, source: Path) -> Path:
 def _input_files(path: Path | None) -> list[Path]:
     if path is None:
         return []
+    if path.is_file():
+        return [path]
     return [p for p in path.rglob("*") if p.is_file()]
 
 
-def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: str) -> Path:
+def run_pipeline(
+    plan: Plan, pipeline: str, steps: list[PreparedStep], package: str, resident_model: Path | None = None
+) -> Path:
     """Run one pipeline and promote its artifacts.
 
     Args:
@@ -119,6 +137,8 @@ def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: 
         pipeline: ``train`` or ``inference``.
         steps: The prepared steps.
         package: The solution package (its code is hashed into the record).
+        resident_model: For inference, a ``models`` folder already found (and extracted) by a resident
+            process; else the plan's ``load_model_path`` or ``train_artifacts/models`` is looked up.
 
     Returns:
         The promoted artifacts folder.
@@ -143,11 +163,11 @@ def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: 
             if pipeline == "train":
                 model_dir = staging / "models"
             else:
-                model_dir = _model_dir(plan, model_work)
+                model_dir = resident_model or model_dir_of(plan, model_work)
                 record["train_id"] = _train_id(model_dir)
             record["data_id"] = hash_files(_input_files(data_path), data_path)
             record["param_id"] = hash_object({s.name: s.args.model_dump(mode="json") for s in steps})
-            record["code_id"] = hash_code(Path(importlib.import_module(package).__path__[0]))
+            record["code_id"] = _code_id(package)
             shutil.copyfile(plan.path, staging / "log" / "experimental_plan.yaml")
             data: dict[str, object] = {}
             config: dict[str, object] = {}
@@ -188,6 +208,12 @@ def run_pipeline(plan: Plan, pipeline: str, steps: list[PreparedStep], package: 
     logger.info(f"{pipeline} pipeline {run_id} succeeded: artifacts in {final}")
     _save_archives(plan, pipeline, final)
     return final
+
+
+@functools.cache
+def _code_id(package: str) -> str:
+    """The hash of the solution package's sources, once per process: the code that runs is the code loaded."""
+    return hash_code(Path(importlib.import_module(package).__path__[0]))
 
 
 def _train_id(model_dir: Path) -> str | None:

@@ -18,7 +18,7 @@ from pydantic import Field
 from alo import Asset, Config, Data, StepArgs, StepContext
 from assets.vad import samples as cols
 from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
-from assets.vad.detector import Detector
+from assets.vad.detector import resident_detector
 from assets.vad.heatmaps import heatmap_name
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.runtime import use_all_cores
@@ -71,7 +71,7 @@ class InferenceStep(Asset):
         """
         args: InferenceArgs = ctx.args  # type: ignore[assignment]
         use_all_cores()
-        detector = Detector.load(ctx.model_dir, args.accelerator, args.inference_threshold)
+        detector = resident_detector(ctx.model_dir, args.accelerator, args.inference_threshold)
         spec, calibration = detector.spec, detector.calibration
         samples: pd.DataFrame = data["samples"]
         if cols.LABEL in samples:  # NG where a label is given and is not the OK name; <NA> without a label

@@ -76,7 +76,7 @@ class InputStep(Asset):
         """Find the CSV, read it, and pass it on.
 
         Args:
-            ctx: Run context (``ctx.data_path`` is the data folder).
+            ctx: Run context (``ctx.data_path`` is the data folder, or for inference one image file).
             data: Flowing data.
             config: Flowing settings.
 
@@ -86,6 +86,16 @@ class InputStep(Asset):
         args: InputArgs = ctx.args  # type: ignore[assignment]
         folder = ctx.data_path
         assert folder is not None
+        if folder.is_file():  # one image to score (an edge request's dataset_uri)
+            if folder.suffix.lower() not in IMAGE_EXTENSIONS:
+                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+                msg = f"data error: {folder} is not an image file ({exts}); point the data path at an image or a folder"
+                raise DataError(msg)
+            data["dataframe"] = pd.DataFrame({GENERATED_PATH_COLUMN: [folder.name]})
+            data["data_dir"] = folder.parent
+            config["has_csv"] = False
+            ctx.logger.info(f"scoring the single image {folder}")
+            return data, config
         csvs = sorted(p for p in folder.glob(f"*.{args.file_type}") if p.is_file())
         if len(csvs) > 1:
             names = ", ".join(p.name for p in csvs)

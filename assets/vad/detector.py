@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,3 +227,39 @@ class Detector:
                 progress.update(len(items))
             kept = found if raw_maps else None
             yield PredictionBatch(np.arange(start, start + len(items)), scored, kept, predictions)
+
+
+RESIDENT_MODELS = 2  # detectors a long-running process keeps (the loop's current model and one other)
+_resident: OrderedDict[tuple, Detector] = OrderedDict()
+
+
+def _fingerprint(folder: Path) -> tuple:
+    """What identifies a saved model's files: every file's name, size and modification time."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def resident_detector(path: Path, accelerator: str = "cpu", inference_threshold: float | None = None) -> Detector:
+    """A detector kept in memory between runs of a long-running process (the edge loop, the HTTP service).
+
+    The same model folder with unchanged files is loaded once; a retrained or replaced model (other
+    files) is loaded again. At most ``RESIDENT_MODELS`` are kept, the least recently used dropped.
+
+    Args:
+        path: A ``train_artifacts/models`` folder or its ``train`` subfolder.
+        accelerator: ``cpu``, ``gpu`` or ``auto``.
+        inference_threshold: Normalised score from which an image is NG.
+
+    Returns:
+        The detector, with this threshold.
+    """
+    folder = path / "train" if (path / "train").is_dir() else path
+    key = (str(folder.resolve()), accelerator, _fingerprint(folder))
+    if key in _resident:
+        _resident.move_to_end(key)
+    else:
+        _resident[key] = Detector.load(folder, accelerator)
+        while len(_resident) > RESIDENT_MODELS:
+            _resident.popitem(last=False)
+    detector = _resident[key]
+    return detector if inference_threshold is None else detector.with_threshold(inference_threshold)

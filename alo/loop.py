@@ -1,0 +1,308 @@
+"""The resident inference loop (``main.py --mode inference --loop``): ALO's edge protocol over Redis.
+
+Boot: the plan (with ``--system`` solution metadata applied) and its model are loaded once, the inference
+pipeline runs once on the plan's data as a warm-up, and ``alo_status`` goes ``booting`` -> ``waiting``.
+
+Each request is a JSON message ``{"solution_metadata": {...}, "request_id": "..."}`` (``request_id``
+optional) on the Redis list ``request_inference``. It is moved atomically (``BLMOVE``) to the processing
+list ``request_inference:processing``, run through the same inference pipeline as a batch run (staging,
+promotion, history, summary) with the resident model, answered on ``inference_summary`` (and, once the
+archive is written, ``inference_artifacts``), and only then removed from the processing list. A loop that
+starts finds what a crashed one left there and serves it first: every request is answered at least once,
+and a repeated answer carries the same ``request_id``. One loop serves one Redis database.
+
+A failed request answers ``{"status": "fail", "message": <one line>}`` on both lists, publishes its code
+on ``alo_fail`` and the loop goes on. Redis going away is waited out with a capped backoff, logged once.
+SIGTERM / SIGINT finish the request in flight, then the loop returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from alo.artifacts import project_lock
+from alo.errors import AloError, DataError, LockError, ModelError, PlanError, one_line
+from alo.logs import FRAMEWORK_LOGGER
+from alo.plan import Plan, load_plan
+from alo.runner import model_dir_of, prepare, run_pipeline
+from alo.solution_metadata import SolutionMetadata, parse_metadata
+
+logger = logging.getLogger(f"{FRAMEWORK_LOGGER}.loop")
+
+REQUESTS = "request_inference"
+PROCESSING = "request_inference:processing"
+SUMMARY = "inference_summary"
+ARTIFACTS = "inference_artifacts"
+STATUS = "alo_status"
+FAIL = "alo_fail"
+WAIT_SECONDS = 1.0  # BLMOVE timeout: how often the loop looks at its stop flag
+BACKOFF = (0.1, 5.0)  # first and longest wait between attempts to reach Redis
+SUMMARY_FILE = Path("score") / "inference_summary.yaml"
+ARCHIVE = "inference_artifacts.tar.gz"
+
+# ALO's error codes where one fits (see the README's edge section).
+CODES: dict[type[BaseException], str] = {
+    PlanError: "E111",
+    DataError: "E121",
+    ModelError: "E131",
+    LockError: "E141",
+}
+INTERNAL_CODE = "E199"
+
+T = TypeVar("T")
+
+
+def error_code(exc: BaseException) -> str:
+    """The ``alo_fail`` code of a failure.
+
+    Args:
+        exc: The exception.
+
+    Returns:
+        Its code.
+    """
+    for kind, code in CODES.items():
+        if isinstance(exc, kind):
+            return code
+    return INTERNAL_CODE
+
+
+class EdgeLoop:
+    """One resident inference pipeline serving requests from Redis."""
+
+    def __init__(self, plan_path: str | Path, system: str | None = None, package: str = "assets") -> None:
+        """Read the plan and the solution metadata; nothing runs yet.
+
+        Args:
+            plan_path: The plan file.
+            system: Solution metadata (a YAML/JSON file or a JSON text), or None.
+            package: The solution package.
+        """
+        import redis  # the loop's dependency only
+
+        self.package = package
+        self.metadata = parse_metadata(system) if system else SolutionMetadata()
+        self.plan: Plan = self.metadata.apply(load_plan(plan_path))
+        host, port = self.metadata.redis_host_port
+        self.address = f"{host}:{port}"
+        self.redis = redis.Redis(
+            host=host,
+            port=port,
+            db=self.metadata.edgeapp_interface.redis_db_number,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=WAIT_SECONDS + 5.0,
+        )
+        self.redis_errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+        self.stopping = False
+        self._workdir = tempfile.TemporaryDirectory(prefix="alo-loop-")
+        self._models: dict[tuple, Path] = {}
+        self.served = 0
+
+    # ------------------------------------------------------------------ Redis, with reconnection
+
+    def _redis(self, call: Callable[[], T], what: str) -> T | None:
+        """Run a Redis call until it succeeds (None if the loop is asked to stop while Redis is away)."""
+        delay, reported = BACKOFF[0], False
+        while True:
+            try:
+                result = call()
+            except self.redis_errors as exc:
+                if not reported:
+                    logger.warning(f"Redis at {self.address} unreachable ({what}: {one_line(str(exc))}); retrying")
+                    reported = True
+                if self.stopping:  # an unanswered request stays in the processing list: served after a restart
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF[1])
+                continue
+            if reported:
+                logger.info(f"Redis at {self.address} reachable again")
+            return result
+
+    def _status(self, value: str) -> None:
+        self._redis(lambda: self.redis.publish(STATUS, value), "publish status")
+
+    # ------------------------------------------------------------------ boot and serve
+
+    def boot(self) -> None:
+        """Load the model, run the pipeline once on the plan's data (warm-up), and say ``waiting``."""
+        self._status("booting")
+        steps = prepare(self.plan, "inference", self.package)
+        models = self._models_for(self.plan)
+        started = time.perf_counter()
+        try:
+            with project_lock(self.plan.root):
+                run_pipeline(self.plan, "inference", steps, self.package, resident_model=models)
+            logger.info(f"warm-up run on the plan's data done in {time.perf_counter() - started:.1f}s")
+        except DataError as exc:  # no data at boot is normal on an edge device: the model alone is loaded
+            logger.warning(f"warm-up skipped: {exc}")
+            preload = getattr(importlib.import_module(self.package), "preload", None)
+            if preload is not None:
+                inference = {step.name: step.args for step in self.plan.pipelines["inference"]}
+                preload(models, inference.get("inference", {}))
+        self._status("waiting")
+
+    def serve(self, max_requests: int | None = None) -> int:
+        """Serve requests until stopped (SIGTERM, SIGINT) or ``max_requests`` are answered.
+
+        Args:
+            max_requests: Stop after this many answers (tests, benchmarks); None: until stopped.
+
+        Returns:
+            The number of requests answered.
+        """
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            left = self._redis(lambda: self.redis.lrange(PROCESSING, 0, -1), "read unfinished requests") or []
+            if left:
+                logger.info(f"{len(left)} request(s) left unanswered by an earlier loop: serving them first")
+            for raw in left:
+                self.handle(raw)
+            while not self.stopping and (max_requests is None or self.served < max_requests):
+                raw = self._redis(
+                    lambda: self.redis.blmove(REQUESTS, PROCESSING, WAIT_SECONDS, "LEFT", "RIGHT"),
+                    "wait for a request",
+                )
+                if raw is not None:
+                    raw = self._stamp(raw)
+                    self.handle(raw)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        logger.info(f"loop stopped after {self.served} request(s)")
+        return self.served
+
+    def _stop(self, signum: int, frame: object) -> None:
+        del frame
+        if not self.stopping:
+            logger.info(f"signal {signal.Signals(signum).name}: finishing the request in flight, then stopping")
+        self.stopping = True
+
+    def _stamp(self, raw: str) -> str:
+        """Give a request without ``request_id`` one, in the processing list too (a re-served request keeps it)."""
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return raw
+        if not isinstance(message, dict) or message.get("request_id"):
+            return raw
+        stamped = json.dumps({**message, "request_id": uuid.uuid4().hex})
+        # The loop is the only consumer: the request it just moved is the processing list's last element.
+        self._redis(lambda: self.redis.lset(PROCESSING, -1, stamped), "stamp the request id")
+        return stamped
+
+    # ------------------------------------------------------------------ one request
+
+    def handle(self, raw: str) -> None:
+        """Run one request and answer it; never raises for what the request holds.
+
+        Args:
+            raw: The message as taken from Redis.
+        """
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        self._status("run")
+        archive: Path | None = None
+        try:
+            message = json.loads(raw)
+            if not isinstance(message, dict) or not isinstance(message.get("solution_metadata"), dict | str):
+                msg = (
+                    'plan error: a request must be a JSON map {"solution_metadata": {...}}; fix the edge app\'s message'
+                )
+                raise PlanError(msg)
+            request_id = str(message.get("request_id") or request_id)
+            summary, archive = self.run_request(parse_metadata(message["solution_metadata"]))
+            answer: dict[str, Any] = {"status": "success", "message": summary, "request_id": request_id}
+        except json.JSONDecodeError as exc:
+            answer = self._fail(
+                PlanError(f"plan error: a request is not JSON ({exc.msg}); send a JSON map"), request_id
+            )
+        except Exception as exc:
+            answer = self._fail(exc, request_id)
+        text = json.dumps(answer, default=str)
+        self._redis(lambda: self.redis.rpush(SUMMARY, text), "answer")
+        if archive is not None or answer["status"] == "fail":
+            self._redis(lambda: self.redis.rpush(ARTIFACTS, text), "answer")
+        self._redis(lambda: self.redis.lrem(PROCESSING, 1, raw), "remove the answered request")
+        self.served += 1
+        self._status("waiting")
+        logger.info(f"request {request_id}: {answer['status']} in {time.perf_counter() - started:.3f}s")
+
+    def _fail(self, exc: BaseException, request_id: str) -> dict[str, Any]:
+        code = error_code(exc)
+        if isinstance(exc, AloError):
+            line = str(exc)
+        else:
+            line = f"internal error {one_line(f'{exc.__class__.__name__}: {exc}')}"
+            logger.debug("request failed", exc_info=exc)
+        logger.error(f"request {request_id} failed ({code}): {line}")
+        self._redis(lambda: self.redis.publish(FAIL, code), "publish the error code")
+        return {"status": "fail", "message": line, "error_code": code, "request_id": request_id}
+
+    def run_request(self, metadata: SolutionMetadata) -> tuple[dict[str, Any], Path | None]:
+        """Run the inference pipeline as a request's metadata sets it, with the resident model.
+
+        Args:
+            metadata: The request's solution metadata.
+
+        Returns:
+            The inference summary, and the artifacts archive when one was written.
+        """
+        plan = metadata.apply(self.plan)
+        steps = prepare(plan, "inference", self.package)
+        models = self._models_for(plan)
+        with project_lock(plan.root):
+            final = run_pipeline(plan, "inference", steps, self.package, resident_model=models)
+        summary = yaml.safe_load((final / SUMMARY_FILE).read_text(encoding="utf-8"))
+        destination = plan.resolve(plan.external_path.save_inference_artifacts_path)
+        archive = destination / ARCHIVE if destination is not None else None
+        return summary, archive if archive is not None and archive.is_file() else None
+
+    def _models_for(self, plan: Plan) -> Path:
+        """The plan's model folder, found (and an archive extracted) once per model file."""
+        source = plan.resolve(plan.external_path.load_model_path)
+        if source is None:  # train_artifacts/models: looked up each time (a new training replaces it)
+            return model_dir_of(plan, Path(self._workdir.name))
+        stat = source.stat() if source.exists() else None
+        key = (str(source), stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
+        if key not in self._models:
+            workdir = Path(self._workdir.name) / f"model-{len(self._models)}"
+            self._models[key] = model_dir_of(plan, workdir)
+            logger.info(f"model loaded from {source}")
+        return self._models[key]
+
+    def close(self) -> None:
+        """Drop the extracted models and the Redis connection."""
+        self.redis.close()
+        self._workdir.cleanup()
+
+
+def run_loop(plan_path: str | Path, system: str | None = None, package: str = "assets") -> int:
+    """Boot the loop and serve until stopped.
+
+    Args:
+        plan_path: The plan file.
+        system: Solution metadata, or None.
+        package: The solution package.
+
+    Returns:
+        The number of requests answered.
+    """
+    loop = EdgeLoop(plan_path, system, package)
+    try:
+        loop.boot()
+        return loop.serve()
+    finally:
+        loop.close()

@@ -90,6 +90,8 @@ class EdgeLoop:
             package: The solution package.
         """
         import redis  # the loop's dependency only
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.package = package
         self.metadata = parse_metadata(system) if system else SolutionMetadata()
@@ -103,6 +105,7 @@ class EdgeLoop:
             decode_responses=True,
             socket_connect_timeout=2.0,
             socket_timeout=WAIT_SECONDS + 5.0,
+            retry=Retry(NoBackoff(), 0),  # the loop retries itself (_redis): with backoff, logged once
         )
         self.redis_errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
         self.stopping = False

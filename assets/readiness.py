@@ -101,17 +101,22 @@ def clean_rows(
         ctx: Run context (for the logger).
 
     Returns:
-        The usable rows (original index kept), with an added absolute ``_file`` column.
+        The usable rows (original index kept), with an added absolute ``_file`` column; the warnings about
+        skipped rows are in ``attrs["skipped"]``.
     """
     table = table.copy()
+    skipped: list[str] = []
+
+    def skip(reason: str) -> None:
+        skipped.append(reason)
+        ctx.logger.warning(reason)
+
     for column in columns:
         table[column] = table[column].astype("string").str.strip()
     empty = table[columns].isna().any(axis=1) | (table[columns] == "").any(axis=1)
     if empty.any():
         rows = [str(i + 2) for i in table.index[empty]]
-        ctx.logger.warning(
-            f"skipped {int(empty.sum())} row(s) with an empty {' or '.join(columns)} (CSV lines {_names(rows)})"
-        )
+        skip(f"skipped {int(empty.sum())} row(s) with an empty {' or '.join(columns)} (CSV lines {_names(rows)})")
         table = table[~empty]
     root = data_dir.resolve()
     table[FILE] = [str((root / p).resolve()) for p in table[path_column]]
@@ -126,24 +131,23 @@ def clean_rows(
     for what, is_bad in checks:
         bad = table[FILE].map(is_bad).astype(bool)
         if bad.any():
-            ctx.logger.warning(
-                f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}"
-            )
+            skip(f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}")
             table = table[~bad]
     unreadable = table[FILE].map(lambda f: probe_image(f) is not None).astype(bool)
     if unreadable.any():
-        ctx.logger.warning(
+        skip(
             f"skipped {int(unreadable.sum())} row(s) whose images cannot be decoded (empty, truncated, corrupt or "
             f"not an image): {_names(list(table[path_column][unreadable]))}"
         )
         table = table[~unreadable]
     duplicated = table[FILE].duplicated()
     if duplicated.any():
-        ctx.logger.warning(
+        skip(
             f"skipped {int(duplicated.sum())} duplicate row(s) of the same image: "
             f"{_names(list(table[path_column][duplicated]))}"
         )
         table = table[~duplicated]
+    table.attrs["skipped"] = skipped
     return table
 
 
@@ -327,7 +331,8 @@ class ReadinessStep(Asset):
         _require_column(table, path_column, "image path", "path_column")
         samples = clean_rows(table, [path_column], data["data_dir"], path_column, ctx)
         if samples.empty:
-            msg = "data error: no usable image rows to score (see the warnings above); fix the image paths"
+            reasons = "; ".join(samples.attrs.get("skipped", [])) or "see the warnings above"
+            msg = f"data error: no usable image rows to score ({reasons}); fix the image paths"
             raise DataError(msg)
         samples = attach_masks(samples, args.mask_column, data["data_dir"], ctx)
         if y_column in samples.columns:  # empty cells stay <NA>: those rows are scored, not measured

@@ -1,0 +1,236 @@
+"""The resident edge loop against a real redis-server: answers, failures, outages and crashes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, load_default_plan, make_dataset, make_inference_folder, set_external, step_args, write_plan
+from redis_server import RedisServer
+
+import main
+
+ANSWER_TIMEOUT = 120  # seconds to wait for one answer (a loop boot included)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project with a PatchCore model trained on tiny images, and a few images to send."""
+    root = tmp_path_factory.mktemp("edge")
+    make_dataset(root / "data" / "train")
+    make_inference_folder(root / "data" / "inference")
+    make_inference_folder(root / "data" / "many", n_ok=120, n_ng=40, seed=5)  # a request that takes a while
+    plan = copy.deepcopy(load_default_plan())
+    set_external(plan, "load_train_data_path", "data/train")
+    set_external(plan, "load_inference_data_path", "data/inference")
+    step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore"})
+    step_args(plan, "inference", "inference")["save_anomaly_maps"] = False
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    corrupt = root / "data" / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really a picture")
+    return {"root": root, "plan": path, "raw_plan": plan}
+
+
+@pytest.fixture
+def server(tmp_path):
+    redis_server = RedisServer(tmp_path / "redis").start()
+    yield redis_server
+    redis_server.stop()
+
+
+def request(image: Path, request_id: str | None = None, **entry) -> str:
+    message: dict = {"solution_metadata": {"pipeline": [{"type": "inference", "dataset_uri": str(image), **entry}]}}
+    if request_id is not None:
+        message["request_id"] = request_id
+    return json.dumps(message)
+
+
+def start_loop(trained, server: RedisServer, **metadata) -> subprocess.Popen:
+    system = json.dumps({"edgeapp_interface": {"redis_server_uri": server.uri}, **metadata})
+    command = [sys.executable, "main.py", "--mode", "inference", "--loop", "--config", str(trained["plan"])]
+    return subprocess.Popen(
+        [*command, "--system", system], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def answers(server: RedisServer, count: int, key: str = "inference_summary") -> list[dict]:
+    client, found = server.client(), []
+    deadline = time.monotonic() + ANSWER_TIMEOUT * count
+    while len(found) < count and time.monotonic() < deadline:
+        try:
+            item = client.blpop([key], timeout=1)
+        except Exception:  # the server may be restarting
+            time.sleep(0.2)
+            continue
+        if item is not None:
+            found.append(json.loads(item[1]))
+    assert len(found) == count, f"{len(found)} of {count} answers on {key}"
+    return found
+
+
+def stop(loop: subprocess.Popen) -> tuple[int, str]:
+    loop.send_signal(signal.SIGTERM)
+    output, _ = loop.communicate(timeout=60)
+    return loop.returncode, output
+
+
+def test_a_request_is_answered_with_the_summary_of_a_batch_run(trained, server, tmp_path):
+    image = sorted((trained["root"] / "data" / "inference").glob("ng_*.png"))[0]
+    batch_plan = copy.deepcopy(trained["raw_plan"])
+    set_external(batch_plan, "load_inference_data_path", str(image))
+    batch_root = trained["root"]
+    path = write_plan(batch_root, batch_plan, "batch_plan.yaml")
+    assert main.main(["--mode", "inference", "--config", str(path)]) == 0
+    batch = yaml.safe_load((batch_root / "inference_artifacts/score/inference_summary.yaml").read_text())
+    artifacts = tmp_path / "out"
+    loop = start_loop(trained, server, metadata_version="2.5")
+    client = server.client()
+    pubsub = client.pubsub()
+    pubsub.subscribe("alo_status")
+    client.rpush("request_inference", request(image, "first", artifact_uri=str(artifacts)))
+    answer = answers(server, 1)[0]
+    archived = answers(server, 1, "inference_artifacts")[0]
+    code, output = stop(loop)
+    assert code == 0, output[-2000:]
+    assert answer["status"] == "success" and answer["request_id"] == "first"
+    assert archived == answer and (artifacts / "inference_artifacts.tar.gz").is_file()
+    summary = answer["message"]
+    assert summary.pop("version") == "2.5"  # metadata_version
+    assert {k: v for k, v in summary.items() if k != "date"} == {
+        k: v for k, v in batch.items() if k not in ("date", "version")
+    }
+    assert summary["result"] == "bad"
+    statuses = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        if message["type"] == "message":
+            statuses.append(message["data"])
+    assert statuses[-2:] == ["run", "waiting"] and "waiting" in statuses[:-2]
+    assert client.llen("request_inference:processing") == 0
+    assert "Traceback" not in output
+
+
+def test_bad_requests_fail_with_one_line_and_the_loop_serves_the_next(trained, server):
+    root = trained["root"]
+    good = sorted((root / "data" / "inference").glob("ok_*.png"))[0]
+    client = server.client()
+    client.rpush("request_inference", request(root / "data" / "corrupt.png", "corrupt"))
+    client.rpush("request_inference", request(root / "data" / "missing.png", "missing"))
+    client.rpush("request_inference", "{not json")
+    client.rpush("request_inference", json.dumps({"solution_metadata": {"pipeline": [{"dataset_uri": ["a", "b"]}]}}))
+    client.rpush("request_inference", request(good, "good"))
+    failing = client.pubsub()
+    failing.subscribe("alo_fail")
+    loop = start_loop(trained, server)
+    found = answers(server, 5)
+    code, output = stop(loop)
+    assert code == 0, output[-2000:]
+    assert [a["status"] for a in found] == ["fail"] * 4 + ["success"]
+    assert found[0]["request_id"] == "corrupt" and "corrupt.png" in found[0]["message"]
+    assert found[1]["request_id"] == "missing" and "missing.png" in found[1]["message"]
+    assert "not JSON" in found[2]["message"] and found[2]["request_id"]  # an id even without a message to read it
+    assert "dataset_uri" in found[3]["message"]
+    assert all("\n" not in a["message"] and "Traceback" not in a["message"] for a in found[:4])
+    assert [a["error_code"] for a in found[:4]] == ["E121", "E121", "E111", "E111"]
+    assert found[4]["message"]["result"] == "good"
+    failed = answers(server, 4, "inference_artifacts")  # fail answers go to both lists
+    assert [a["request_id"] for a in failed] == [a["request_id"] for a in found[:4]]
+    codes = []
+    while (message := failing.get_message(timeout=0.5)) is not None:
+        if message["type"] == "message":
+            codes.append(message["data"])
+    assert codes == ["E121", "E121", "E111", "E111"]
+    history = list((root / "history" / "inference").glob("*-error"))
+    assert len(history) >= 2  # the failed pipeline runs are kept
+
+
+def test_every_request_is_answered_when_redis_restarts_mid_stream(trained, server):
+    many = trained["root"] / "data" / "many"  # requests of 160 images: the stop falls in the middle of the stream
+    client = server.client()
+    ids = [f"r{i}" for i in range(4)]
+    for request_id in ids:
+        client.rpush("request_inference", request(many, request_id))
+    loop = start_loop(trained, server)
+    first = answers(server, 1)
+    assert client.llen("request_inference") + client.llen("request_inference:processing") >= 2
+    server.stop()  # the queue and the answers so far are in the append-only file
+    time.sleep(1.5)
+    server.start()
+    rest = []
+    deadline = time.monotonic() + ANSWER_TIMEOUT * 2
+    while {a["request_id"] for a in first + rest} != set(ids) and time.monotonic() < deadline:
+        rest += answers(server, 1)
+    code, output = stop(loop)
+    assert code == 0, output[-2000:]
+    got = first + rest
+    assert {a["request_id"] for a in got} == set(ids)
+    assert all(a["status"] == "success" for a in got)
+    by_id: dict[str, list[dict]] = {}
+    for a in got:
+        by_id.setdefault(a["request_id"], []).append(a["message"]["file_path"])
+    assert all(len(set(paths)) == 1 for paths in by_id.values())  # a duplicate is the same request's answer
+    assert output.count("unreachable") == 1  # logged once, not per retry
+    assert client.llen("request_inference:processing") == 0
+
+
+def test_a_request_in_flight_when_the_loop_is_killed_is_answered_after_a_restart(trained, server, tmp_path):
+    many = make_inference_folder(tmp_path / "slow", n_ok=700, n_ng=100, seed=9)  # a few seconds to score
+    client = server.client()
+    status = client.pubsub()
+    status.subscribe("alo_status")
+    loop = start_loop(trained, server)
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while time.monotonic() < deadline:  # the warm-up run ends with "waiting"
+        message = status.get_message(timeout=1)
+        if message and message["data"] == "waiting":
+            break
+    client.rpush("request_inference", request(many, "slow"))
+    while time.monotonic() < deadline:
+        message = status.get_message(timeout=1)
+        if message and message["data"] == "run":
+            break
+    time.sleep(0.3)
+    loop.send_signal(signal.SIGKILL)
+    loop.communicate(timeout=30)
+    assert client.llen("inference_summary") == 0
+    assert [json.loads(raw)["request_id"] for raw in client.lrange("request_inference:processing", 0, -1)] == ["slow"]
+    again = start_loop(trained, server)
+    answer = answers(server, 1)[0]
+    code, output = stop(again)
+    assert code == 0, output[-2000:]
+    assert answer["request_id"] == "slow" and answer["status"] == "success"
+    assert answer["message"]["file_path"] == str(many) and "800 image(s)" in answer["message"]["note"]
+    assert "left unanswered" in output
+
+
+def test_a_request_without_an_id_keeps_the_id_it_was_given(trained, server):
+    image = sorted((trained["root"] / "data" / "inference").glob("ok_*.png"))[0]
+    client = server.client()
+    client.rpush("request_inference", request(image))
+    loop = start_loop(trained, server)
+    answer = answers(server, 1)[0]
+    stop(loop)
+    assert len(answer["request_id"]) == 32 and answer["status"] == "success"
+
+
+def test_solution_metadata_errors_are_one_line(tmp_path):
+    from alo.errors import PlanError
+    from alo.solution_metadata import parse_metadata
+
+    with pytest.raises(PlanError, match="redis_server_uri"):
+        parse_metadata({"edgeapp_interface": {"redis_server_uri": "localhost"}})
+    with pytest.raises(PlanError, match="not a local path"):
+        parse_metadata({"pipeline": [{"type": "inference", "dataset_uri": "s3://bucket/data"}]})
+    with pytest.raises(PlanError, match="neither a file nor a JSON"):
+        parse_metadata(str(tmp_path / "missing.yaml"))
+    metadata = tmp_path / "meta.yaml"
+    metadata.write_text("metadata_version: 3\nunused_alo_key: 1\npipeline:\n- type: inference\n  dataset_uri: x\n")
+    parsed = parse_metadata(str(metadata))
+    assert parsed.metadata_version == 3 and parsed.inference().dataset_uri == "x"

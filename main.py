@@ -28,9 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Visual anomaly detection pipeline (PatchCore / FastFlow).")
     parser.add_argument(
         "--mode",
-        choices=["train", "inference", "all"],
+        choices=["train", "inference", "all", "serve"],
         default="all",
-        help="which pipeline(s) to run (default: all = train, then inference)",
+        help="which pipeline(s) to run (default: all = train, then inference), or serve: the HTTP scoring API",
     )
     parser.add_argument("--config", default="experimental_plan.yaml", help="the plan file (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="show DEBUG messages and tracebacks")
@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--system", help="ALO solution metadata for --loop: a YAML/JSON file or a JSON text (Redis address, paths)"
     )
+    parser.add_argument("--host", default="127.0.0.1", help="serve: address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="serve: port (default: %(default)s)")
+    parser.add_argument("--data-root", help="serve: folder JSON paths must stay inside (default: the inference data)")
+    parser.add_argument("--max-upload-mb", type=float, default=64.0, help="serve: largest request body in MB")
     args = parser.parse_args(argv)
     if args.loop and args.mode != "inference":
         parser.error("--loop runs the inference pipeline: use it with --mode inference")
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             from alo.loop import run_loop
 
             run_loop(args.config, args.system)
+        elif args.mode == "serve":
+            from assets.vad.http_api import serve
+
+            serve(args.config, args.host, args.port, args.data_root, args.max_upload_mb)
         else:
             run(args.config, args.mode)
     except AloError as exc:

@@ -164,7 +164,7 @@ def run_pipeline(
                 model_dir = staging / "models"
             else:
                 model_dir = resident_model or model_dir_of(plan, model_work)
-                record["train_id"] = _train_id(model_dir)
+                record["train_id"] = train_id_of(model_dir)
             record["data_id"] = hash_files(_input_files(data_path), data_path)
             record["param_id"] = hash_object({s.name: s.args.model_dump(mode="json") for s in steps})
             record["code_id"] = _code_id(package)
@@ -216,7 +216,8 @@ def _code_id(package: str) -> str:
     return hash_code(Path(importlib.import_module(package).__path__[0]))
 
 
-def _train_id(model_dir: Path) -> str | None:
+def train_id_of(model_dir: Path) -> str | None:
+    """The id of the train run that wrote a models folder (None when unknown)."""
     import json
 
     try:

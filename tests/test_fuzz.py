@@ -18,7 +18,7 @@ from alo.plan import load_plan, parse_plan
 from alo.runner import prepare
 from alo.summary import MAX_NOTE, MAX_RESULT, SummaryContractError, build_summary, validate_summary
 from assets.input import read_csv
-from assets.output import summarize
+from assets.vad.batch_summary import summarize
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 scalars = st.one_of(

@@ -6,17 +6,19 @@ images, and refuses decompression bombs and files that are not images.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from alo.errors import DataError
+from alo.errors import DataError, one_line
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_PIXELS = 64_000_000  # far above the 1920x1920 the product supports; larger files are refused
@@ -34,6 +36,9 @@ DECODE_ERRORS = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )
+
+
+UPLOAD_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP"})  # Pillow's names; MPO: phone JPEGs
 
 
 class ImageReadError(DataError):
@@ -66,7 +71,7 @@ class _TooLargeError(Exception):
 
 
 @contextmanager
-def _open_checked(path: str | Path) -> Iterator[Image.Image]:
+def _open_checked(path: str | Path | BinaryIO) -> Iterator[Image.Image]:
     """Open an image lazily, refusing oversized ones; decompression-bomb warnings become errors inside."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -102,6 +107,35 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageReadError(msg) from None
     except DECODE_ERRORS as exc:
         msg = f"data error: cannot read image {path} ({exc.__class__.__name__}); replace or remove the file"
+        raise ImageReadError(msg) from None
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes (an upload) as an upright 8-bit RGB image, trusting the content, not the name.
+
+    Args:
+        data: The file's bytes.
+        name: The name shown in errors.
+
+    Returns:
+        The decoded image.
+
+    Raises:
+        ImageReadError: Empty, not an image of a supported format, corrupt, or too large.
+    """
+    shown = one_line(name)[:120]
+    try:
+        with _open_checked(io.BytesIO(data)) as image:
+            if image.format not in UPLOAD_FORMATS:
+                msg = f"data error: {shown} is a {image.format} file; send PNG, JPEG, BMP, TIFF or WebP images"
+                raise ImageReadError(msg)
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except _TooLargeError as exc:
+        msg = f"data error: image {shown} is too large ({exc}); downscale it below 8000x8000"
+        raise ImageReadError(msg) from None
+    except DECODE_ERRORS as exc:
+        msg = f"data error: {shown} is not a readable image ({exc.__class__.__name__}); send a PNG or JPEG file"
         raise ImageReadError(msg) from None
 
 

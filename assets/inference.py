@@ -19,7 +19,7 @@ from alo import Asset, Config, Data, StepArgs, StepContext
 from assets.vad import samples as cols
 from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
 from assets.vad.detector import resident_detector
-from assets.vad.heatmaps import heatmap_name
+from assets.vad.heatmaps import heatmap_name, save_heatmap
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.runtime import use_all_cores
 
@@ -100,7 +100,7 @@ class InferenceStep(Asset):
                 if prediction.heatmap is not None:
                     folder.mkdir(parents=True, exist_ok=True)
                     label = labels[position] if labels else UNKNOWN_LABEL
-                    prediction.heatmap.save(folder / heatmap_name(label, prediction.label, files[position]))
+                    save_heatmap(prediction.heatmap, folder / heatmap_name(label, prediction.label, files[position]))
         predictions = pd.concat(batches)  # in input order: output.csv's rows
         is_anomalous = np.concatenate(flags)
         summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(is_anomalous.sum())}

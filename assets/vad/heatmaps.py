@@ -76,3 +76,18 @@ def heatmap_name(label: str, pred: str, image_path: str | Path) -> str:
     """
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{label}_{pred}_{Path(image_path).stem}")
     return f"{safe}.png"
+
+
+# zlib level 1: on a 3 x 320 x 320 heatmap picture PNG encoding took 42 ms at Pillow's default level 6,
+# most of an edge request's time; level 1 is several times faster for somewhat larger files.
+PNG_COMPRESS_LEVEL = 1
+
+
+def save_heatmap(picture: Image.Image, path: Path) -> None:
+    """Write a heatmap picture as a PNG, quickly (see :data:`PNG_COMPRESS_LEVEL`).
+
+    Args:
+        picture: The picture.
+        path: The ``.png`` file.
+    """
+    picture.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)

@@ -11,7 +11,7 @@ from alo import StepContext
 from assets.vad import samples as cols
 from assets.vad.calibration import Calibration, Scored
 from assets.vad.detector import Detector
-from assets.vad.heatmaps import heatmap_name
+from assets.vad.heatmaps import heatmap_name, save_heatmap
 from assets.vad.models.base import VadModel
 from assets.vad.models.factory import TrainedModel
 from assets.vad.models.spec import ModelSpec
@@ -103,5 +103,5 @@ def save_heatmaps(ctx: StepContext, model: VadModel, calibration: Calibration, r
     files, labels = list(rows[cols.FILE]), list(rows[cols.LABEL])
     for batch in detector.iter_predict(files, heatmaps=True):
         for position, prediction in zip(batch.positions, batch.predictions, strict=True):
-            prediction.heatmap.save(folder / heatmap_name(labels[position], prediction.label, files[position]))  # type: ignore[union-attr]
+            save_heatmap(prediction.heatmap, folder / heatmap_name(labels[position], prediction.label, files[position]))  # type: ignore[arg-type]
     ctx.logger.info(f"saved {len(files)} validation heatmaps (ok->ng, ng->ok, ng->ng) to {folder}")

@@ -1,0 +1,308 @@
+"""Serving benchmark: warm single-image latency through the Redis loop and the HTTP API, throughput, memory.
+
+Model: the bundled plan (PatchCore, ``mobilenetv2_100``, its default size and heatmaps setting) trained on
+the engine benchmark's 200-image gravel set (generated colour 256 px JPEGs); requests score its 300 other
+images one at a time, in turn. Measured, each in its own process:
+
+- ``in-process``: ``Detector.predict(path, heatmaps=...)`` with the plan's heatmap setting, one image a call.
+- ``loop``: ``main.py --mode inference --loop`` on a real ``redis-server``; one client pushes a request
+  (``dataset_uri`` = one image) and waits for its answer on ``inference_summary``: the full inference
+  pipeline per request (staging, output.csv, heatmap, summary, promotion, history), as a batch run.
+- ``http``: ``main.py --mode serve``; one client uploads one image per ``POST /v1/predict`` (no heatmap).
+- ``cold``: ``main.py --mode inference`` on a folder of one image, process start to exit.
+- throughput: 8 concurrent HTTP clients against the batch pipeline's scoring rate on the same 300 images
+  (the inference step's own images/s, both without heatmaps).
+- memory: the loop's resident set after 1,000 and after ``--memory-requests`` requests.
+
+    .venv/bin/python -m benchmarks.serve [--requests 1000] [--memory-requests 10000]
+
+Rows go to ``results/serve-rows.jsonl``; the table to ``BENCHMARKS.md`` ("Serving: edge loop and HTTP API").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from benchmarks.engine_speed import build_data, timed
+from benchmarks.report import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "results" / "serve"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from redis_server import RedisServer, free_port  # noqa: E402
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The value below which ``share`` of the values lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def write_plan(data: Path, folder: Path, inference: str, heatmaps: bool | None = None) -> Path:
+    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    plan["external_path"] = [
+        {"load_train_data_path": str(data / "train")},
+        {"load_inference_data_path": str(data / inference)},
+    ]
+    for entry in plan["user_parameters"]:
+        for steps in entry.values():
+            for step in steps:
+                if step["step"] == "train":
+                    step["args"][0]["model_name"] = "patchcore"
+                if step["step"] == "inference" and heatmaps is not None:
+                    step["args"][0]["save_anomaly_maps"] = heatmaps
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "experimental_plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def main_py(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "main.py"), *args]
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+
+
+def summary_ms(values: list[float]) -> dict:
+    return {
+        "p50_ms": percentile(values, 0.5) * 1000,
+        "p95_ms": percentile(values, 0.95) * 1000,
+        "mean_ms": statistics.fmean(values) * 1000,
+        "n": len(values),
+    }
+
+
+def in_process(plan: Path, images: list[Path], count: int) -> dict:
+    code = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "from assets.vad.detector import resident_detector\n"
+        "from assets.vad.runtime import use_all_cores\n"
+        "use_all_cores()\n"
+        "detector = resident_detector(Path(sys.argv[1]))\n"
+        "images, count, heat = json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1'\n"
+        "for image in images[:20]: detector.predict(image, heatmaps=heat)\n"
+        "times = []\n"
+        "for i in range(count):\n"
+        "    start = time.perf_counter(); detector.predict(images[i % len(images)], heatmaps=heat)\n"
+        "    times.append(time.perf_counter() - start)\n"
+        "print(json.dumps(times))\n"
+    )
+    heat = _plan_heatmaps(plan)
+    models = plan.parent / "train_artifacts" / "models"
+    command = [
+        sys.executable,
+        "-c",
+        code,
+        str(models),
+        json.dumps([str(p) for p in images]),
+        str(count),
+        "1" if heat else "0",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return {**summary_ms(json.loads(done.stdout.strip().splitlines()[-1])), "heatmaps": heat}
+
+
+def _plan_heatmaps(plan: Path) -> bool:
+    raw = yaml.safe_load(plan.read_text())
+    for entry in raw["user_parameters"]:
+        for step in entry.get("inference_pipeline", []):
+            if step["step"] == "inference":
+                return bool(step["args"][0].get("save_anomaly_maps"))
+    return False
+
+
+def loop(plan: Path, images: list[Path], count: int, memory_requests: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        server = RedisServer(Path(folder)).start()
+        client = server.client()
+        system = json.dumps({"edgeapp_interface": {"redis_server_uri": server.uri}})
+        process = subprocess.Popen(
+            main_py("--mode", "inference", "--loop", "--config", str(plan), "--system", system),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            times: list[float] = []
+            rss: dict[str, float] = {}
+            total = max(count, memory_requests)
+            for i in range(total + 20):
+                message = {"solution_metadata": {"pipeline": [{"dataset_uri": str(images[i % len(images)])}]}}
+                start = time.perf_counter()
+                client.rpush("request_inference", json.dumps({**message, "request_id": str(i)}))
+                answer = json.loads(client.blpop(["inference_summary"], timeout=600)[1])
+                elapsed = time.perf_counter() - start
+                if answer["status"] != "success":
+                    msg = f"request {i} failed: {answer['message']}"
+                    raise RuntimeError(msg)
+                if 20 <= i < 20 + count:
+                    times.append(elapsed)
+                if i + 1 - 20 in (1000, total):
+                    rss[str(i + 1 - 20)] = rss_mb(process.pid)
+            return {**summary_ms(times), "rss_mb": rss}
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+            server.stop()
+
+
+def http(plan: Path, images: list[Path], count: int, clients: int, throughput_images: int) -> dict:
+    port = free_port()
+    process = subprocess.Popen(
+        main_py("--mode", "serve", "--config", str(plan), "--port", str(port)),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{base}/readyz", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        payloads = [_multipart(image) for image in images]
+        for i in range(20):
+            _post(base, payloads[i % len(payloads)])
+        times = []
+        for i in range(count):
+            start = time.perf_counter()
+            _post(base, payloads[i % len(payloads)])
+            times.append(time.perf_counter() - start)
+        counter = iter(range(throughput_images))
+        lock = threading.Lock()
+
+        def client() -> None:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                _post(base, payloads[i % len(payloads)])
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rate = throughput_images / (time.perf_counter() - start)
+        return {**summary_ms(times), "clients": clients, "concurrent_images_per_s": rate}
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _multipart(image: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{image.name}"\r\n\r\n'
+    body = head.encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _post(base: str, payload: tuple[bytes, str]) -> None:
+    request = urllib.request.Request(f"{base}/v1/predict", data=payload[0], headers={"content-type": payload[1]})
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        answer.read()
+
+
+def batch_rate(plan: Path) -> dict:
+    row = timed(main_py("--mode", "inference", "--config", str(plan)))
+    log = (plan.parent / "inference_artifacts" / "log" / "pipeline.log").read_text(encoding="utf-8")
+    found = re.findall(r"inference: (\d+)/(\d+) \(([\d.]+)/s", log)
+    return {"process_s": row["seconds"], "step_images_per_s": float(found[-1][2])}
+
+
+def main() -> None:
+    """Run the benchmark and write its section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--memory-requests", type=int, default=10000)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    data = build_data("default")
+    images = sorted((data / "score").glob("*.jpg"))
+    project = WORK / "project"
+    shutil.rmtree(WORK, ignore_errors=True)
+    plan = write_plan(data, project, "one")
+    rows: dict[str, dict] = {"train": timed(main_py("--mode", "train", "--config", str(plan)))}
+    cold = [timed(main_py("--mode", "inference", "--config", str(plan)))["seconds"] for _ in range(3)]
+    rows["cold"] = {"median_s": statistics.median(cold), "runs": cold}
+    rows["in-process"] = in_process(plan, images, args.requests)
+    rows["loop"] = loop(plan, images, args.requests, args.memory_requests)
+    rows["http"] = http(plan, images, args.requests, args.clients, 400)
+    batch_plan = write_plan(data, WORK / "batch", "score", heatmaps=False)
+    shutil.copytree(project / "train_artifacts", WORK / "batch" / "train_artifacts")
+    rows["batch"] = batch_rate(batch_plan)
+    for name, row in rows.items():
+        line = {"name": name, **row, "finished": datetime.now(UTC).isoformat()}
+        print(json.dumps(line), flush=True)
+        with (ROOT / "results" / "serve-rows.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+    write_section(ROOT / "BENCHMARKS.md", "Serving: edge loop and HTTP API", table(rows, args))
+
+
+def table(rows: dict, args: argparse.Namespace) -> str:
+    """The BENCHMARKS.md section."""
+    ip, lp, hp = rows["in-process"], rows["loop"], rows["http"]
+    rss = lp["rss_mb"]
+    first, last = rss.get("1000"), rss.get(str(args.memory_requests))
+    lines = [
+        f"Command: `python -m benchmarks.serve --requests {args.requests} --memory-requests {args.memory_requests}`",
+        "",
+        "Bundled plan (PatchCore `mobilenetv2_100`, default size 320 px, heatmaps "
+        f"{'on' if ip['heatmaps'] else 'off'} in the inference step), trained on 200 generated gravel images "
+        "(colour 256 px JPEGs); each request scores one of 300 other images; one client, warm, "
+        f"{args.requests} requests after 20 unmeasured ones.",
+        "",
+        "| single image, one client | p50 ms | p95 ms | mean ms |",
+        "|---|---|---|---|",
+        f"| `Detector.predict` in-process (heatmap {'on' if ip['heatmaps'] else 'off'}) | {ip['p50_ms']:.1f} | "
+        f"{ip['p95_ms']:.1f} | {ip['mean_ms']:.1f} |",
+        f"| Redis loop: the whole inference pipeline per request | {lp['p50_ms']:.1f} | {lp['p95_ms']:.1f} | "
+        f"{lp['mean_ms']:.1f} |",
+        f"| HTTP `POST /v1/predict`, one upload, no heatmap | {hp['p50_ms']:.1f} | {hp['p95_ms']:.1f} | "
+        f"{hp['mean_ms']:.1f} |",
+        f"| cold `main.py --mode inference`, one image (process) | {rows['cold']['median_s'] * 1000:.0f} | | |",
+        "",
+        f"Loop p50 against in-process p50: {lp['p50_ms'] / ip['p50_ms']:.2f}x (target 1.15x); "
+        f"p50 target 60 ms: loop {'met' if lp['p50_ms'] <= 60 else 'not met'}, "
+        f"HTTP {'met' if hp['p50_ms'] <= 60 else 'not met'}.",
+        "",
+        f"Throughput, {hp['clients']} concurrent HTTP clients (one image per request, no heatmap): "
+        f"{hp['concurrent_images_per_s']:.1f} images/s against the batch pipeline's inference step on the 300 "
+        f"images without heatmaps, {rows['batch']['step_images_per_s']:.1f} images/s: "
+        f"{hp['concurrent_images_per_s'] / rows['batch']['step_images_per_s']:.0%} (target 90%).",
+        "",
+        f"Loop memory: resident set {first:.0f} MB after 1,000 requests, {last:.0f} MB after "
+        f"{args.memory_requests:,} ({(last / first - 1):+.1%}; target at most +5%).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

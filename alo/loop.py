@@ -11,8 +11,11 @@ archive is written, ``inference_artifacts``), and only then removed from the pro
 starts finds what a crashed one left there and serves it first: every request is answered at least once,
 and a repeated answer carries the same ``request_id``. One loop serves one Redis database.
 
-A failed request answers ``{"status": "fail", "message": <one line>}`` on both lists, publishes its code
-on ``alo_fail`` and the loop goes on. Redis going away is waited out with a capped backoff, logged once.
+A failed request answers ``{"status": "fail", "message": <one line>, "error_code": ...}`` on both lists,
+publishes ALO's ``{"ERROR_CODE", "ERROR_NAME", "COMMENT"}`` on ``alo_fail`` (ALO's codes: E111 an unreadable
+request or metadata, E112 metadata that cannot be applied to the plan, E141 data that cannot be loaded, E152
+any other failure while the pipeline runs) and the loop goes on. Redis going away is waited out with a capped
+backoff, logged once.
 SIGTERM / SIGINT finish the request in flight, then the loop returns.
 """
 
@@ -32,7 +35,7 @@ from typing import Any, TypeVar
 import yaml
 
 from alo.artifacts import project_lock
-from alo.errors import AloError, DataError, LockError, ModelError, PlanError, one_line
+from alo.errors import AloError, DataError, PlanError, one_line
 from alo.logs import FRAMEWORK_LOGGER
 from alo.plan import Plan, load_plan
 from alo.runner import model_dir_of, prepare, run_pipeline
@@ -51,31 +54,36 @@ BACKOFF = (0.1, 5.0)  # first and longest wait between attempts to reach Redis
 SUMMARY_FILE = Path("score") / "inference_summary.yaml"
 ARCHIVE = "inference_artifacts.tar.gz"
 
-# ALO's error codes where one fits (see the README's edge section).
-CODES: dict[type[BaseException], str] = {
-    PlanError: "E111",
-    DataError: "E121",
-    ModelError: "E131",
-    LockError: "E141",
-}
-INTERNAL_CODE = "E199"
-
 T = TypeVar("T")
+
+# ALO's edge error table (src/alo.py, src/pipeline.py of mellerikat/ALO v2): code -> (name, comment).
+ERRORS = {
+    "E111": ("SolutionMetadataReadError", "Failed to read Solution Metadata"),
+    "E112": ("SolutionMetadataOverwriteError", "Failed to overwrite Solution Metadata into Experimental Plan"),
+    "E141": ("PipelineDataLoadError", "Failed to load data from external path"),
+    "E152": ("AssetRunMethodFailure", "Failed to run asset"),
+}
+
+
+class RequestError(Exception):
+    """A request's failure with the ALO code of the phase it failed in."""
+
+    def __init__(self, code: str, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.code = code
+        self.cause = cause
 
 
 def error_code(exc: BaseException) -> str:
-    """The ``alo_fail`` code of a failure.
+    """The ALO code of a failure while the pipeline runs (metadata failures are coded where they happen).
 
     Args:
         exc: The exception.
 
     Returns:
-        Its code.
+        ``E141`` for data the pipeline cannot load, else ``E152`` (an asset failed: model, lock, a bug).
     """
-    for kind, code in CODES.items():
-        if isinstance(exc, kind):
-            return code
-    return INTERNAL_CODE
+    return "E141" if isinstance(exc, DataError) else "E152"
 
 
 class EdgeLoop:
@@ -219,21 +227,25 @@ class EdgeLoop:
         self._status("run")
         archive: Path | None = None
         try:
-            message = json.loads(raw)
+            try:
+                message = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                msg = f"plan error: a request is not JSON ({exc.msg}); send a JSON map"
+                raise RequestError("E111", PlanError(msg)) from None
             if not isinstance(message, dict) or not isinstance(message.get("solution_metadata"), dict | str):
-                msg = (
-                    'plan error: a request must be a JSON map {"solution_metadata": {...}}; fix the edge app\'s message'
-                )
-                raise PlanError(msg)
+                msg = 'plan error: a request must be a JSON map {"solution_metadata": {...}}; fix the message'
+                raise RequestError("E111", PlanError(msg))
             request_id = str(message.get("request_id") or request_id)
-            summary, archive = self.run_request(parse_metadata(message["solution_metadata"]))
+            try:
+                metadata = parse_metadata(message["solution_metadata"])
+            except PlanError as exc:
+                raise RequestError("E111", exc) from None
+            summary, archive = self.run_request(metadata)
             answer: dict[str, Any] = {"status": "success", "message": summary, "request_id": request_id}
-        except json.JSONDecodeError as exc:
-            answer = self._fail(
-                PlanError(f"plan error: a request is not JSON ({exc.msg}); send a JSON map"), request_id
-            )
+        except RequestError as exc:
+            answer = self._fail(exc.cause, request_id, exc.code)
         except Exception as exc:
-            answer = self._fail(exc, request_id)
+            answer = self._fail(exc, request_id, error_code(exc))
         text = json.dumps(answer, default=str)
         self._redis(lambda: self.redis.rpush(SUMMARY, text), "answer")
         if archive is not None or answer["status"] == "fail":
@@ -243,15 +255,16 @@ class EdgeLoop:
         self._status("waiting")
         logger.info(f"request {request_id}: {answer['status']} in {time.perf_counter() - started:.3f}s")
 
-    def _fail(self, exc: BaseException, request_id: str) -> dict[str, Any]:
-        code = error_code(exc)
+    def _fail(self, exc: BaseException, request_id: str, code: str) -> dict[str, Any]:
         if isinstance(exc, AloError):
             line = str(exc)
         else:
             line = f"internal error {one_line(f'{exc.__class__.__name__}: {exc}')}"
             logger.debug("request failed", exc_info=exc)
         logger.error(f"request {request_id} failed ({code}): {line}")
-        self._redis(lambda: self.redis.publish(FAIL, code), "publish the error code")
+        name, comment = ERRORS[code]
+        payload = json.dumps({"ERROR_CODE": code, "ERROR_NAME": name, "COMMENT": f"{comment}: {line}"})
+        self._redis(lambda: self.redis.publish(FAIL, payload), "publish the error code")
         return {"status": "fail", "message": line, "error_code": code, "request_id": request_id}
 
     def run_request(self, metadata: SolutionMetadata) -> tuple[dict[str, Any], Path | None]:
@@ -263,8 +276,11 @@ class EdgeLoop:
         Returns:
             The inference summary, and the artifacts archive when one was written.
         """
-        plan = metadata.apply(self.plan)
-        steps = prepare(plan, "inference", self.package)
+        try:
+            plan = metadata.apply(self.plan)
+            steps = prepare(plan, "inference", self.package)
+        except PlanError as exc:
+            raise RequestError("E112", exc) from None
         models = self._models_for(plan)
         with project_lock(plan.root):
             final = run_pipeline(plan, "inference", steps, self.package, resident_model=models)

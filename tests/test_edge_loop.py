@@ -126,27 +126,34 @@ def test_bad_requests_fail_with_one_line_and_the_loop_serves_the_next(trained, s
     client.rpush("request_inference", "{not json")
     client.rpush("request_inference", json.dumps({"solution_metadata": {"pipeline": [{"dataset_uri": ["a", "b"]}]}}))
     client.rpush("request_inference", request(good, "good"))
+    typo = {"selected_user_parameters": [{"step": "inference", "args": [{"inference_treshold": 0.9}]}]}
+    client.rpush("request_inference", request(good, "typo", parameters=typo))
+    strict = {"selected_user_parameters": [{"step": "inference", "args": {"inference_threshold": 0.0}}]}
+    client.rpush("request_inference", request(good, "strict", parameters=strict))
     failing = client.pubsub()
     failing.subscribe("alo_fail")
     loop = start_loop(trained, server)
-    found = answers(server, 5)
+    found = answers(server, 7)
     code, output = stop(loop)
     assert code == 0, output[-2000:]
-    assert [a["status"] for a in found] == ["fail"] * 4 + ["success"]
+    assert [a["status"] for a in found] == ["fail"] * 4 + ["success", "fail", "success"]
     assert found[0]["request_id"] == "corrupt" and "corrupt.png" in found[0]["message"]
     assert found[1]["request_id"] == "missing" and "missing.png" in found[1]["message"]
     assert "not JSON" in found[2]["message"] and found[2]["request_id"]  # an id even without a message to read it
     assert "dataset_uri" in found[3]["message"]
     assert all("\n" not in a["message"] and "Traceback" not in a["message"] for a in found[:4])
-    assert [a["error_code"] for a in found[:4]] == ["E121", "E121", "E111", "E111"]
+    assert [a["error_code"] for a in found[:4] + found[5:6]] == ["E141", "E141", "E111", "E111", "E112"]
     assert found[4]["message"]["result"] == "good"
-    failed = answers(server, 4, "inference_artifacts")  # fail answers go to both lists
-    assert [a["request_id"] for a in failed] == [a["request_id"] for a in found[:4]]
+    assert "inference_treshold" in found[5]["message"] and "inference_threshold" in found[5]["message"]
+    assert found[6]["message"]["result"] == "bad"  # the request's threshold 0.0 makes every image NG
+    failed = answers(server, 5, "inference_artifacts")  # fail answers go to both lists
+    assert [a["request_id"] for a in failed] == [a["request_id"] for a in found[:4]] + ["typo"]
     codes = []
     while (message := failing.get_message(timeout=0.5)) is not None:
         if message["type"] == "message":
-            codes.append(message["data"])
-    assert codes == ["E121", "E121", "E111", "E111"]
+            codes.append(json.loads(message["data"]))
+    assert [code["ERROR_CODE"] for code in codes] == ["E141", "E141", "E111", "E111", "E112"]
+    assert codes[0]["ERROR_NAME"] == "PipelineDataLoadError" and "corrupt.png" in codes[0]["COMMENT"]
     history = list((root / "history" / "inference").glob("*-error"))
     assert len(history) >= 2  # the failed pipeline runs are kept
 

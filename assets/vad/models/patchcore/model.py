@@ -155,15 +155,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
     def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """See :meth:`VadModel.scores_and_maps` (without maps, fewer patches are searched exactly).
-
-        Args:
-            images: Normalised images (B, 3, H, W), on the model's device.
-            maps: Whether the maps are wanted.
-
-        Returns:
-            Scores (B,) and maps (B, 1, H, W) or None.
-        """
+        """See :meth:`VadModel.scores_and_maps`: without maps, only the patches that can hold a peak are exact."""
         if self.image_score == "reweighted":
             return super().scores_and_maps(images, maps)
         return self._peak_scores(images.contiguous(memory_format=torch.channels_last), maps)

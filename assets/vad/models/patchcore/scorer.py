@@ -56,15 +56,7 @@ class PatchcoreScorer(GraphScorer):
         )
 
     def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """See :meth:`GraphScorer.scores_and_maps` (without maps, fewer patches are searched exactly).
-
-        Args:
-            images: Normalised images (B, 3, H, W).
-            maps: Whether the maps are wanted.
-
-        Returns:
-            Scores (B,) and maps (B, 1, H, W) or None.
-        """
+        """See :meth:`GraphScorer.scores_and_maps`: without maps, only the patches that can hold a peak are exact."""
         return self(images, maps)
 
     def forward(self, images: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -32,14 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from alo.artifacts import project_lock
 from alo.errors import AloError, DataError, PlanError, one_line
 from alo.logs import FRAMEWORK_LOGGER
 from alo.plan import Plan, load_plan
-from alo.runner import model_dir_of, prepare, run_pipeline
+from alo.runner import PreparedStep, model_dir_of, prepare, run_pipeline
 from alo.solution_metadata import SolutionMetadata, parse_metadata
+from alo.summary import read_summary
 
 logger = logging.getLogger(f"{FRAMEWORK_LOGGER}.loop")
 
@@ -53,6 +52,7 @@ WAIT_SECONDS = 1.0  # BLMOVE timeout: how often the loop looks at its stop flag
 BACKOFF = (0.1, 5.0)  # first and longest wait between attempts to reach Redis
 SUMMARY_FILE = Path("score") / "inference_summary.yaml"
 ARCHIVE = "inference_artifacts.tar.gz"
+PREPARED_KEPT = 16  # validated step lists kept, one per distinct set of step arguments seen in requests
 
 T = TypeVar("T")
 
@@ -119,6 +119,7 @@ class EdgeLoop:
         self.stopping = False
         self._workdir = tempfile.TemporaryDirectory(prefix="alo-loop-")
         self._models: dict[tuple, Path] = {}
+        self._steps: dict[str, list[PreparedStep]] = {}
         self.served = 0
 
     # ------------------------------------------------------------------ Redis, with reconnection
@@ -278,16 +279,25 @@ class EdgeLoop:
         """
         try:
             plan = metadata.apply(self.plan)
-            steps = prepare(plan, "inference", self.package)
+            steps = self._prepared(plan)
         except PlanError as exc:
             raise RequestError("E112", exc) from None
         models = self._models_for(plan)
         with project_lock(plan.root):
             final = run_pipeline(plan, "inference", steps, self.package, resident_model=models)
-        summary = yaml.safe_load((final / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary = read_summary(final / SUMMARY_FILE)
         destination = plan.resolve(plan.external_path.save_inference_artifacts_path)
         archive = destination / ARCHIVE if destination is not None else None
         return summary, archive if archive is not None and archive.is_file() else None
+
+    def _prepared(self, plan: Plan) -> list[PreparedStep]:
+        """The inference steps of a plan, validated once per distinct set of step arguments."""
+        key = json.dumps([(s.name, s.where, s.args) for s in plan.pipelines.get("inference", [])], default=str)
+        if key not in self._steps:
+            if len(self._steps) >= PREPARED_KEPT:
+                self._steps.pop(next(iter(self._steps)))
+            self._steps[key] = prepare(plan, "inference", self.package)
+        return self._steps[key]
 
     def _models_for(self, plan: Plan) -> Path:
         """The plan's model folder, found (and an archive extracted) once per model file."""

@@ -14,6 +14,10 @@ from typing import Any
 
 import yaml
 
+# libyaml's emitter and parser where PyYAML has them (same text, about 10x faster: it counts in an edge request).
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_RESULT = 32
 MAX_NOTE = 128
@@ -130,5 +134,17 @@ def write_summary(summary: dict[str, Any], path: Path) -> Path:
     """
     validate_summary(summary)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(summary, sort_keys=True, allow_unicode=True), encoding="utf-8")
+    path.write_text(yaml.dump(summary, Dumper=_DUMPER, sort_keys=True, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """Read a summary written by :func:`write_summary`.
+
+    Args:
+        path: The ``inference_summary.yaml`` file.
+
+    Returns:
+        The summary mapping.
+    """
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)

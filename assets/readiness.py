@@ -111,42 +111,39 @@ def clean_rows(
         skipped.append(reason)
         ctx.logger.warning(reason)
 
+    empty = np.zeros(len(table), dtype=bool)
     for column in columns:
-        table[column] = table[column].astype("string").str.strip()
-    empty = table[columns].isna().any(axis=1) | (table[columns] == "").any(axis=1)
+        table[column] = stripped = table[column].astype("string").str.strip()
+        empty |= (stripped.isna() | (stripped == "")).to_numpy(dtype=bool, na_value=True)
     if empty.any():
         rows = [str(i + 2) for i in table.index[empty]]
         skip(f"skipped {int(empty.sum())} row(s) with an empty {' or '.join(columns)} (CSV lines {_names(rows)})")
         table = table[~empty]
     root = data_dir.resolve()
     table[FILE] = [str((root / p).resolve()) for p in table[path_column]]
+
+    def drop(bad: np.ndarray, what: str) -> pd.DataFrame:
+        """The rows not marked bad, warning about the others (plain arrays: one image costs no pandas work)."""
+        if not bad.any():
+            return table
+        skip(f"skipped {int(bad.sum())} row(s) {what}: {_names(list(table[path_column][bad]))}")
+        return table[~bad]
+
     checks = (
-        ("point outside the data folder", lambda f: not Path(f).is_relative_to(root)),
-        ("point to missing files", lambda f: not Path(f).is_file()),
+        ("whose paths point outside the data folder", lambda f: not Path(f).is_relative_to(root)),
+        ("whose paths point to missing files", lambda f: not Path(f).is_file()),
         (
-            f"are not images ({', '.join(sorted(IMAGE_EXTENSIONS))})",
+            f"whose paths are not images ({', '.join(sorted(IMAGE_EXTENSIONS))})",
             lambda f: Path(f).suffix.lower() not in IMAGE_EXTENSIONS,
+        ),
+        (
+            "whose images cannot be decoded (empty, truncated, corrupt or not an image)",
+            lambda f: probe_image(f) is not None,
         ),
     )
     for what, is_bad in checks:
-        bad = table[FILE].map(is_bad).astype(bool)
-        if bad.any():
-            skip(f"skipped {int(bad.sum())} row(s) whose paths {what}: {_names(list(table[path_column][bad]))}")
-            table = table[~bad]
-    unreadable = table[FILE].map(lambda f: probe_image(f) is not None).astype(bool)
-    if unreadable.any():
-        skip(
-            f"skipped {int(unreadable.sum())} row(s) whose images cannot be decoded (empty, truncated, corrupt or "
-            f"not an image): {_names(list(table[path_column][unreadable]))}"
-        )
-        table = table[~unreadable]
-    duplicated = table[FILE].duplicated()
-    if duplicated.any():
-        skip(
-            f"skipped {int(duplicated.sum())} duplicate row(s) of the same image: "
-            f"{_names(list(table[path_column][duplicated]))}"
-        )
-        table = table[~duplicated]
+        table = drop(np.array([is_bad(f) for f in table[FILE]], dtype=bool), what)
+    table = drop(table[FILE].duplicated().to_numpy(), "that repeat an earlier row's image (duplicates)")
     table.attrs["skipped"] = skipped
     return table
 

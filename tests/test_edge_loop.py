@@ -130,13 +130,14 @@ def test_bad_requests_fail_with_one_line_and_the_loop_serves_the_next(trained, s
     client.rpush("request_inference", request(good, "typo", parameters=typo))
     strict = {"selected_user_parameters": [{"step": "inference", "args": {"inference_threshold": 0.0}}]}
     client.rpush("request_inference", request(good, "strict", parameters=strict))
+    client.rpush("request_inference", request(good, "good-again"))  # the plan's own threshold again
     failing = client.pubsub()
     failing.subscribe("alo_fail")
     loop = start_loop(trained, server)
-    found = answers(server, 7)
+    found = answers(server, 8)
     code, output = stop(loop)
     assert code == 0, output[-2000:]
-    assert [a["status"] for a in found] == ["fail"] * 4 + ["success", "fail", "success"]
+    assert [a["status"] for a in found] == ["fail"] * 4 + ["success", "fail", "success", "success"]
     assert found[0]["request_id"] == "corrupt" and "corrupt.png" in found[0]["message"]
     assert found[1]["request_id"] == "missing" and "missing.png" in found[1]["message"]
     assert "not JSON" in found[2]["message"] and found[2]["request_id"]  # an id even without a message to read it
@@ -146,6 +147,7 @@ def test_bad_requests_fail_with_one_line_and_the_loop_serves_the_next(trained, s
     assert found[4]["message"]["result"] == "good"
     assert "inference_treshold" in found[5]["message"] and "inference_threshold" in found[5]["message"]
     assert found[6]["message"]["result"] == "bad"  # the request's threshold 0.0 makes every image NG
+    assert found[7]["message"]["result"] == "good"  # steps validated per set of arguments, not reused across sets
     failed = answers(server, 5, "inference_artifacts")  # fail answers go to both lists
     assert [a["request_id"] for a in failed] == [a["request_id"] for a in found[:4]] + ["typo"]
     codes = []

@@ -14,6 +14,7 @@ form, the search index) happens once in :meth:`Detector.load`.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -233,10 +234,17 @@ RESIDENT_MODELS = 2  # detectors a long-running process keeps (the loop's curren
 _resident: OrderedDict[tuple, Detector] = OrderedDict()
 
 
-def _fingerprint(folder: Path) -> tuple:
-    """What identifies a saved model's files: every file's name, size and modification time."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+def _fingerprint(folder: Path, prefix: str = "") -> tuple:
+    """What identifies a saved model's files: every file's name, size and modification time (one stat a file)."""
+    found: list[tuple] = []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_dir():
+                found.extend(_fingerprint(Path(entry.path), f"{prefix}{entry.name}/"))
+            elif entry.is_file():
+                stat = entry.stat()
+                found.append((f"{prefix}{entry.name}", stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
 
 
 def resident_detector(path: Path, accelerator: str = "cpu", inference_threshold: float | None = None) -> Detector:

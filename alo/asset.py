@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +23,48 @@ from alo.plan import Plan
 
 Data = dict[str, Any]
 Config = dict[str, Any]
+
+
+class DeferredWork:
+    """Writes into the staged artifacts that a run's answer does not depend on (heatmap files, say).
+
+    The runner runs them once every step has succeeded and a resident process has answered (ALO's edge loop
+    sends the inference summary first, the artifacts after), and always before the run's artifacts are
+    promoted: a run is only finished, and only successful, once they are done. At most ``limit`` wait at a
+    time; beyond that the oldest runs at once, so a long run holds no more than ``limit`` in memory.
+    """
+
+    def __init__(self, limit: int = 8) -> None:
+        """Start with nothing queued.
+
+        Args:
+            limit: Most queued items at a time.
+        """
+        self.limit = limit
+        self._queue: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, function: Callable[..., object], *args: Any) -> None:
+        """Queue ``function(*args)``; run the oldest queued item if the queue is full.
+
+        Args:
+            function: What to run.
+            *args: Its arguments.
+        """
+        self._queue.append((function, args))
+        while len(self._queue) > self.limit:
+            self._run_one()
+
+    def run(self) -> None:
+        """Run everything queued, oldest first (the first failure is raised; the rest stay queued)."""
+        while self._queue:
+            self._run_one()
+
+    def _run_one(self) -> None:
+        function, args = self._queue.popleft()
+        function(*args)
 
 
 @dataclass(frozen=True)
@@ -37,6 +81,7 @@ class StepContext:
         data_path: The pipeline's input data folder, if the plan names one.
         model_dir: Where train writes models and inference reads them (``.../models``).
         logger: The step's logger (``pipeline.log``).
+        deferred: Where :meth:`defer` queues work (None: it runs at once).
     """
 
     pipeline: str
@@ -48,6 +93,21 @@ class StepContext:
     data_path: Path | None
     model_dir: Path
     logger: logging.Logger
+    deferred: DeferredWork | None = None
+
+    def defer(self, function: Callable[..., object], *args: Any) -> None:
+        """Write something into the staged artifacts after the run's answer (see :class:`DeferredWork`).
+
+        Use it for files nothing later in the run reads; a failure still fails the run.
+
+        Args:
+            function: A function that writes into ``artifacts``.
+            *args: Its arguments.
+        """
+        if self.deferred is None:
+            function(*args)
+        else:
+            self.deferred.add(function, *args)
 
     def artifact_path(self, *parts: str) -> Path:
         """Return a path inside the staged artifacts, creating its parent folder.

@@ -5,16 +5,20 @@ pipeline runs once on the plan's data as a warm-up, and ``alo_status`` goes ``bo
 
 Each request is a JSON message ``{"solution_metadata": {...}, "request_id": "..."}`` (``request_id``
 optional) on the Redis list ``request_inference``. It is moved atomically (``BLMOVE``) to the processing
-list ``request_inference:processing``, run through the same inference pipeline as a batch run (staging,
-promotion, history, summary) with the resident model, answered on ``inference_summary`` (and, once the
-archive is written, ``inference_artifacts``), and only then removed from the processing list. A loop that
+list ``request_inference:processing`` and run through the same inference pipeline as a batch run (staging,
+promotion, history, summary) with the resident model. As in ALO, it is answered on ``inference_summary`` as
+soon as every step has succeeded (the verdict does not wait for the heatmap files, the promotion or the
+archive), on ``inference_artifacts`` once the archive is written, and only then removed from the processing
+list. A loop that
 starts finds what a crashed one left there and serves it first: every request is answered at least once,
 and a repeated answer carries the same ``request_id``. One loop serves one Redis database.
 
 A failed request answers ``{"status": "fail", "message": <one line>, "error_code": ...}`` on both lists,
 publishes ALO's ``{"ERROR_CODE", "ERROR_NAME", "COMMENT"}`` on ``alo_fail`` (ALO's codes: E111 an unreadable
 request or metadata, E112 metadata that cannot be applied to the plan, E141 data that cannot be loaded, E152
-any other failure while the pipeline runs) and the loop goes on. Redis going away is waited out with a capped
+any other failure while the pipeline runs, E161 no summary written); a failure after the summary was answered
+(writing or promoting the artifacts) is answered on ``inference_artifacts`` only, with E162. The loop goes on.
+Redis going away is waited out with a capped
 backoff, logged once.
 SIGTERM / SIGINT finish the request in flight, then the loop returns.
 """
@@ -29,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,7 +67,18 @@ ERRORS = {
     "E112": ("SolutionMetadataOverwriteError", "Failed to overwrite Solution Metadata into Experimental Plan"),
     "E141": ("PipelineDataLoadError", "Failed to load data from external path"),
     "E152": ("AssetRunMethodFailure", "Failed to run asset"),
+    "E161": ("InferenceSummaryCreationFailure", "Failed to create inference summary"),
+    "E162": ("InferenceArtifactsCreationFailure", "Failed to create inference artifacts"),
 }
+
+
+@dataclass
+class Request:
+    """One request being served: its message, its id, and its summary answer once sent."""
+
+    raw: str
+    request_id: str
+    answer: str | None = None
 
 
 class RequestError(Exception):
@@ -220,13 +236,17 @@ class EdgeLoop:
     def handle(self, raw: str) -> None:
         """Run one request and answer it; never raises for what the request holds.
 
+        As in ALO, the summary is answered on ``inference_summary`` as soon as every step has succeeded, before
+        the deferred artifact writes, the promotion and the archive; ``inference_artifacts`` is answered once
+        those are done. A failure after the summary was answered is answered on ``inference_artifacts`` only
+        (ALO's E162). The request leaves the processing list only after its last answer.
+
         Args:
             raw: The message as taken from Redis.
         """
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        request = Request(raw, uuid.uuid4().hex)
         self._status("run")
-        archive: Path | None = None
         try:
             try:
                 message = json.loads(raw)
@@ -236,25 +256,38 @@ class EdgeLoop:
             if not isinstance(message, dict) or not isinstance(message.get("solution_metadata"), dict | str):
                 msg = 'plan error: a request must be a JSON map {"solution_metadata": {...}}; fix the message'
                 raise RequestError("E111", PlanError(msg))
-            request_id = str(message.get("request_id") or request_id)
+            request.request_id = str(message.get("request_id") or request.request_id)
             try:
                 metadata = parse_metadata(message["solution_metadata"])
             except PlanError as exc:
                 raise RequestError("E111", exc) from None
-            summary, archive = self.run_request(metadata)
-            answer: dict[str, Any] = {"status": "success", "message": summary, "request_id": request_id}
-        except RequestError as exc:
-            answer = self._fail(exc.cause, request_id, exc.code)
+            archive = self.run_request(metadata, lambda staging: self._answer_summary(request, staging))
+            if archive is not None and request.answer is not None:
+                self._redis(lambda: self.redis.rpush(ARTIFACTS, request.answer), "answer")
+            status = "success"
         except Exception as exc:
-            answer = self._fail(exc, request_id, error_code(exc))
-        text = json.dumps(answer, default=str)
-        self._redis(lambda: self.redis.rpush(SUMMARY, text), "answer")
-        if archive is not None or answer["status"] == "fail":
+            cause, code = (exc.cause, exc.code) if isinstance(exc, RequestError) else (exc, error_code(exc))
+            if request.answer is not None:  # the summary went out: only the artifacts failed
+                code = "E162"
+            text = json.dumps(self._fail(cause, request.request_id, code), default=str)
+            if request.answer is None:
+                self._redis(lambda: self.redis.rpush(SUMMARY, text), "answer")
             self._redis(lambda: self.redis.rpush(ARTIFACTS, text), "answer")
+            status = "fail"
         self._redis(lambda: self.redis.lrem(PROCESSING, 1, raw), "remove the answered request")
         self.served += 1
         self._status("waiting")
-        logger.info(f"request {request_id}: {answer['status']} in {time.perf_counter() - started:.3f}s")
+        logger.info(f"request {request.request_id}: {status} in {time.perf_counter() - started:.3f}s")
+
+    def _answer_summary(self, request: Request, staging: Path) -> None:
+        """Answer a request with its run's summary (every step has succeeded; the artifacts are not final yet)."""
+        path = staging / SUMMARY_FILE
+        if not path.is_file():
+            msg = f"the inference pipeline wrote no {SUMMARY_FILE.as_posix()}; its last step must write the summary"
+            raise RequestError("E161", RuntimeError(msg))
+        answer = {"status": "success", "message": read_summary(path), "request_id": request.request_id}
+        request.answer = json.dumps(answer, default=str)
+        self._redis(lambda: self.redis.rpush(SUMMARY, request.answer), "answer")
 
     def _fail(self, exc: BaseException, request_id: str, code: str) -> dict[str, Any]:
         if isinstance(exc, AloError):
@@ -268,14 +301,15 @@ class EdgeLoop:
         self._redis(lambda: self.redis.publish(FAIL, payload), "publish the error code")
         return {"status": "fail", "message": line, "error_code": code, "request_id": request_id}
 
-    def run_request(self, metadata: SolutionMetadata) -> tuple[dict[str, Any], Path | None]:
+    def run_request(self, metadata: SolutionMetadata, answer: Callable[[Path], None] | None = None) -> Path | None:
         """Run the inference pipeline as a request's metadata sets it, with the resident model.
 
         Args:
             metadata: The request's solution metadata.
+            answer: Called with the staging folder once every step has succeeded (see :func:`run_pipeline`).
 
         Returns:
-            The inference summary, and the artifacts archive when one was written.
+            The artifacts archive when one was written, else None.
         """
         try:
             plan = metadata.apply(self.plan)
@@ -284,11 +318,10 @@ class EdgeLoop:
             raise RequestError("E112", exc) from None
         models = self._models_for(plan)
         with project_lock(plan.root):
-            final = run_pipeline(plan, "inference", steps, self.package, resident_model=models)
-        summary = read_summary(final / SUMMARY_FILE)
+            run_pipeline(plan, "inference", steps, self.package, resident_model=models, answer=answer)
         destination = plan.resolve(plan.external_path.save_inference_artifacts_path)
         archive = destination / ARCHIVE if destination is not None else None
-        return summary, archive if archive is not None and archive.is_file() else None
+        return archive if archive is not None and archive.is_file() else None
 
     def _prepared(self, plan: Plan) -> list[PreparedStep]:
         """The inference steps of a plan, validated once per distinct set of step arguments."""

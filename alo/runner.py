@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from alo.archive import extract_archive, make_archive
 from alo.args import StepArgs, validate_args
 from alo.artifacts import ArtifactStore, project_lock
-from alo.asset import Asset, StepContext, load_asset
+from alo.asset import Asset, DeferredWork, StepContext, load_asset
 from alo.errors import DataError, ModelError, PlanError
 from alo.history import hash_code, hash_files, hash_object, new_run_id, write_record
 from alo.logs import FILE_ONLY, FRAMEWORK_LOGGER, PIPELINE_LOGGER, log_files
@@ -128,7 +129,12 @@ def _input_files(path: Path | None) -> list[Path]:
 
 
 def run_pipeline(
-    plan: Plan, pipeline: str, steps: list[PreparedStep], package: str, resident_model: Path | None = None
+    plan: Plan,
+    pipeline: str,
+    steps: list[PreparedStep],
+    package: str,
+    resident_model: Path | None = None,
+    answer: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run one pipeline and promote its artifacts.
 
@@ -139,6 +145,8 @@ def run_pipeline(
         package: The solution package (its code is hashed into the record).
         resident_model: For inference, a ``models`` folder already found (and extracted) by a resident
             process; else the plan's ``load_model_path`` or ``train_artifacts/models`` is looked up.
+        answer: Called with the staging folder once every step has succeeded, before the steps' deferred
+            writes and the promotion (the edge loop answers with the summary there, as ALO does).
 
     Returns:
         The promoted artifacts folder.
@@ -171,6 +179,7 @@ def run_pipeline(
             shutil.copyfile(plan.path, staging / "log" / "experimental_plan.yaml")
             data: dict[str, object] = {}
             config: dict[str, object] = {}
+            deferred = DeferredWork()
             for step in steps:
                 ctx = StepContext(
                     pipeline=pipeline,
@@ -182,11 +191,19 @@ def run_pipeline(
                     data_path=data_path,
                     model_dir=model_dir,
                     logger=logging.getLogger(f"{PIPELINE_LOGGER}.{step.name}"),
+                    deferred=deferred,
                 )
                 started = time.perf_counter()
                 logger.info(f"step '{step.name}' started")
                 data, config = _run_step(step, ctx, data, config)
                 logger.info(f"step '{step.name}' finished in {time.perf_counter() - started:.1f}s")
+            if answer is not None:
+                answer(staging)
+            if deferred:
+                started = time.perf_counter()
+                count = len(deferred)
+                deferred.run()
+                logger.debug(f"{count} deferred write(s) done in {time.perf_counter() - started:.3f}s")
             if pipeline == "train":
                 write_record(model_dir / MODEL_RECORD, {"train_id": run_id, "name": plan.name, "version": plan.version})
             failed = False

@@ -2,8 +2,10 @@
 
 Rows of ``output/output.csv`` are appended batch by batch as images are scored (in the staged
 artifacts, promoted only when the run succeeds), so a long run shows its results as it goes and
-holds no anomaly maps beyond the current batch. With labels, metrics are computed on the labelled
-rows (``output/inference_score.csv``).
+holds no anomaly maps beyond the current batch. Heatmap files are deferred writes (``ctx.defer``): the
+runner writes them after the steps, and after the edge loop has answered with the summary, before the run's
+artifacts are promoted (a few pictures are held at a time). With labels, metrics are computed on the
+labelled rows (``output/inference_score.csv``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class CsvRows:
             frame: Rows with the same columns as every other batch.
         """
         first = self.rows == 0
-        frame.to_csv(self.path, mode="w" if first else "a", header=first, index=False)
+        text = frame.to_csv(header=first, index=False)  # as text: pandas' file handling costs more than a row
+        with self.path.open("w" if first else "a", encoding="utf-8", newline="") as handle:
+            handle.write(text)
         self.rows += len(frame)
 
 
@@ -100,7 +104,8 @@ class InferenceStep(Asset):
                 if prediction.heatmap is not None:
                     folder.mkdir(parents=True, exist_ok=True)
                     label = labels[position] if labels else UNKNOWN_LABEL
-                    save_heatmap(prediction.heatmap, folder / heatmap_name(label, prediction.label, files[position]))
+                    path = folder / heatmap_name(label, prediction.label, files[position])
+                    ctx.defer(save_heatmap, prediction.heatmap, path)  # after the edge loop's answer
         predictions = pd.concat(batches)  # in input order: output.csv's rows
         is_anomalous = np.concatenate(flags)
         summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(is_anomalous.sum())}

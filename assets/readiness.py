@@ -112,9 +112,10 @@ def clean_rows(
         ctx.logger.warning(reason)
 
     empty = np.zeros(len(table), dtype=bool)
-    for column in columns:
-        table[column] = stripped = table[column].astype("string").str.strip()
-        empty |= (stripped.isna() | (stripped == "")).to_numpy(dtype=bool, na_value=True)
+    for column in columns:  # plain lists: a one-image request costs no per-row pandas string machinery
+        cells = [None if pd.isna(cell) else str(cell).strip() for cell in table[column].tolist()]
+        table[column] = pd.array(cells, dtype="string")
+        empty |= np.array([not cell for cell in cells], dtype=bool)
     if empty.any():
         rows = [str(i + 2) for i in table.index[empty]]
         skip(f"skipped {int(empty.sum())} row(s) with an empty {' or '.join(columns)} (CSV lines {_names(rows)})")
@@ -143,7 +144,9 @@ def clean_rows(
     )
     for what, is_bad in checks:
         table = drop(np.array([is_bad(f) for f in table[FILE]], dtype=bool), what)
-    table = drop(table[FILE].duplicated().to_numpy(), "that repeat an earlier row's image (duplicates)")
+    files = table[FILE].tolist()
+    if len(set(files)) < len(files):
+        table = drop(table[FILE].duplicated().to_numpy(), "that repeat an earlier row's image (duplicates)")
     table.attrs["skipped"] = skipped
     return table
 

@@ -19,9 +19,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` in a folder of its own, with an append-only file synced on every write."""
+    """``redis-server`` in a folder of its own, with an append-only file (synced on every write by default)."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, fsync: str = "always") -> None:
+        """Find the server; nothing starts yet.
+
+        Args:
+            folder: Its working folder (the append-only file).
+            port: Its port (default: a free one).
+            fsync: ``appendfsync``: ``always`` (every write on disk before the reply: nothing lost even on a
+                power cut) or ``everysec`` (Redis's default, and ``make redis``'s).
+        """
         executable = shutil.which("redis-server")
         if executable is None:
             msg = "redis-server is not installed: run 'make system-deps' (apt-packages.txt)"
@@ -29,13 +37,14 @@ class RedisServer:
         self.executable = executable
         self.folder = folder
         self.port = port or free_port()
+        self.fsync = fsync
         self.process: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING (at most 10 s)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         command = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"]
+        command += ["--appendonly", "yes", "--appendfsync", self.fsync, "--save", "", "--protected-mode", "yes"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -243,3 +243,57 @@ def test_solution_metadata_errors_are_one_line(tmp_path):
     metadata.write_text("metadata_version: 3\nunused_alo_key: 1\npipeline:\n- type: inference\n  dataset_uri: x\n")
     parsed = parse_metadata(str(metadata))
     assert parsed.metadata_version == 3 and parsed.inference().dataset_uri == "x"
+
+
+def test_the_summary_is_answered_before_the_artifacts_and_an_archive_failure_fails_only_them(trained, server):
+    root = trained["root"]
+    image = sorted((root / "data" / "inference").glob("ng_*.png"))[0]
+    blocker = root / "data" / "a-file-not-a-folder"
+    blocker.write_text("the archive cannot go inside a file")
+    heatmaps = {"selected_user_parameters": [{"step": "inference", "args": {"save_anomaly_maps": True}}]}
+    client = server.client()
+    client.rpush("request_inference", request(image, "blocked", artifact_uri=str(blocker), parameters=heatmaps))
+    client.rpush("request_inference", request(image, "saved", artifact_uri=str(root / "out"), parameters=heatmaps))
+    failing = client.pubsub()
+    failing.subscribe("alo_fail")
+    loop = start_loop(trained, server)
+    summaries = answers(server, 2)
+    artifacts = answers(server, 2, "inference_artifacts")
+    code, output = stop(loop)
+    assert code == 0, output[-2000:]
+    assert [a["status"] for a in summaries] == ["success", "success"]  # the verdict was out before the archive
+    assert artifacts[0]["status"] == "fail" and artifacts[0]["error_code"] == "E162"
+    assert artifacts[0]["request_id"] == "blocked" and "\n" not in artifacts[0]["message"]
+    assert artifacts[1] == summaries[1]  # the same message once the archive is written
+    codes = []
+    while (message := failing.get_message(timeout=0.5)) is not None:
+        if message["type"] == "message":
+            codes.append(json.loads(message["data"]))
+    assert [c["ERROR_CODE"] for c in codes] == ["E162"]
+    assert codes[0]["ERROR_NAME"] == "InferenceArtifactsCreationFailure"
+    assert (root / "out" / "inference_artifacts.tar.gz").is_file()
+    assert len(list((root / "inference_artifacts" / "extra_output" / "inference" / "images").glob("*.png"))) == 1
+    assert client.llen("request_inference:processing") == 0
+
+
+def test_run_pipeline_answers_before_deferred_writes_and_promotion(trained):
+    from alo.plan import load_plan
+    from alo.runner import prepare, run_pipeline
+
+    root = trained["root"]
+    plan = copy.deepcopy(trained["raw_plan"])
+    step_args(plan, "inference", "inference")["save_anomaly_maps"] = True
+    path = write_plan(root, plan, "heatmaps.yaml")
+    loaded = load_plan(path)
+    seen: dict = {}
+
+    def answer(staging: Path) -> None:
+        seen["summary"] = (staging / "score" / "inference_summary.yaml").is_file()
+        seen["pictures"] = list(staging.rglob("*.png"))
+        log = root / "inference_artifacts" / "log" / "process.log"
+        seen["promoted"] = log.is_file() and staging.name.removeprefix("inference-") in log.read_text()
+
+    final = run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets", answer=answer)
+    assert seen == {"summary": True, "pictures": [], "promoted": False}
+    pictures = list((final / "extra_output" / "inference" / "images").glob("*.png"))
+    assert len(pictures) == len(list((root / "data" / "inference").glob("*.png")))  # written before promotion

@@ -18,6 +18,7 @@ def test_csv_rows_appended_in_batches_equal_one_write(tmp_path):
             "mask_path": ["m.png", None, None, "n.png", None, None, None],
             "anomaly_score": np.linspace(0, 1, 7),
             "pred_label": ["good", "bad"] * 3 + ["good"],
+            "note": pd.array(['a, "quoted"', "two\nlines", None, "ümlaut", "", " x ", "z"], dtype="string"),
         }
     )
     writer = CsvRows(tmp_path / "streamed.csv")

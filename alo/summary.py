@@ -147,4 +147,8 @@ def read_summary(path: Path) -> dict[str, Any]:
     Returns:
         The summary mapping.
     """
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
+    loader = _LOADER(path.read_text(encoding="utf-8"))  # a safe loader: libyaml's or PyYAML's SafeLoader
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

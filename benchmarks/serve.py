@@ -37,6 +37,7 @@ import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from http.client import HTTPConnection
 from pathlib import Path
 
 import yaml
@@ -225,23 +226,25 @@ def http(plan: Path, images: list[Path], count: int, clients: int, throughput_im
             except OSError:
                 time.sleep(0.2)
         payloads = [_multipart(image) for image in images]
+        one = Client(port)
         for i in range(20):
-            _post(base, payloads[i % len(payloads)])
+            one.post(payloads[i % len(payloads)])
         times = []
         for i in range(count):
             start = time.perf_counter()
-            _post(base, payloads[i % len(payloads)])
+            one.post(payloads[i % len(payloads)])
             times.append(time.perf_counter() - start)
         counter = iter(range(throughput_images))
         lock = threading.Lock()
 
         def client() -> None:
+            connection = Client(port)
             while True:
                 with lock:
                     i = next(counter, None)
                 if i is None:
                     return
-                _post(base, payloads[i % len(payloads)])
+                connection.post(payloads[i % len(payloads)])
 
         threads = [threading.Thread(target=client) for _ in range(clients)]
         start = time.perf_counter()
@@ -263,10 +266,20 @@ def _multipart(image: Path) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _post(base: str, payload: tuple[bytes, str]) -> None:
-    request = urllib.request.Request(f"{base}/v1/predict", data=payload[0], headers={"content-type": payload[1]})
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        answer.read()
+class Client:
+    """One kept-alive HTTP connection to the server, as an edge app holds one (no TCP set-up per image)."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def post(self, payload: tuple[bytes, str]) -> None:
+        """``POST /v1/predict`` one multipart body and read the answer (a non-200 answer raises)."""
+        self.connection.request("POST", "/v1/predict", body=payload[0], headers={"content-type": payload[1]})
+        answer = self.connection.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            msg = f"HTTP {answer.status}: {body[:200]!r}"
+            raise RuntimeError(msg)
 
 
 def batch_rate(plan: Path) -> dict:

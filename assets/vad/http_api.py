@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import io
 import ipaddress
 import logging
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -40,6 +40,7 @@ from assets.vad.batch_summary import summarize
 from assets.vad.batcher import Batcher
 from assets.vad.detector import Detector, Prediction
 from assets.vad.images import decode_image
+from assets.vad.png import encode_png
 
 logger = logging.getLogger("assets.http")
 
@@ -106,6 +107,54 @@ class BodyLimit:
             await _too_large(self.limit, send)
 
 
+class Observe:
+    """Token check, one-line errors and metrics around the app, as plain ASGI (no per-request task group)."""
+
+    def __init__(self, app: ASGIApp, token: str | None, requests: Counter, latency: Histogram, errors: Counter) -> None:
+        self.app = app
+        self.token = token
+        self.requests = requests
+        self.latency = latency
+        self.errors = errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the token of protected routes, run the app, count the request and its latency.
+
+        Args:
+            scope: ASGI scope.
+            receive: ASGI receive.
+            send: ASGI send.
+        """
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status, answered = 500, False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status, answered = int(message["status"]), True
+            await send(message)
+
+        try:
+            if route in PROTECTED and self.token is not None:
+                _check_token(Request(scope), self.token)
+            await self.app(scope, receive, sending)
+        except ApiError as exc:
+            await JSONResponse({"error": str(exc)}, exc.status)(scope, receive, sending)
+        except Exception as exc:  # one line, never a stack trace
+            logger.exception("request failed")
+            if not answered:
+                error = JSONResponse({"error": f"internal error {one_line(exc.__class__.__name__)}"}, 500)
+                await error(scope, receive, sending)
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(time.perf_counter() - started)
+        if status >= 400:
+            self.errors.labels(str(status)).inc()
+
+
 class _BodyTooLargeError(Exception):
     pass
 
@@ -118,12 +167,13 @@ async def _too_large(limit: int, send: Send) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def create_app(detector: Callable[[], Detector], settings: ServeSettings) -> FastAPI:
+def create_app(detector: Callable[[], Detector], settings: ServeSettings, batcher: Batcher | None = None) -> FastAPI:
     """The API around a detector.
 
     Args:
-        detector: Returns the resident detector (loaded once; called per batch).
+        detector: Returns the resident detector (loaded once; called per batch, in the batcher's thread).
         settings: Limits, data folder and token.
+        batcher: The batcher to score with (default: a new one around ``detector``).
 
     Returns:
         The ASGI app (body limit included).
@@ -140,27 +190,8 @@ def create_app(detector: Callable[[], Detector], settings: ServeSettings) -> Fas
     )
     images_scored = Counter("vad_images_scored", "Images scored", registry=registry)
     errors = Counter("vad_errors", "Requests that ended in an error, by status", ["status"], registry=registry)
-    batcher = Batcher(detector)
+    batcher = batcher or Batcher(detector)
     app.state.batcher = batcher
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable) -> Response:
-        started = time.perf_counter()
-        route = request.url.path if request.url.path in ROUTES else "other"
-        try:
-            if route in PROTECTED and settings.token is not None:
-                _check_token(request, settings.token)
-            response = await call_next(request)
-        except ApiError as exc:
-            response = JSONResponse({"error": str(exc)}, exc.status)
-        except Exception as exc:  # one line, never a stack trace
-            logger.exception("request failed")
-            response = JSONResponse({"error": f"internal error {one_line(exc.__class__.__name__)}"}, 500)
-        requests.labels(route, str(response.status_code)).inc()
-        latency.labels(route).observe(time.perf_counter() - started)
-        if response.status_code >= 400:
-            errors.labels(str(response.status_code)).inc()
-        return response
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -169,8 +200,13 @@ def create_app(detector: Callable[[], Detector], settings: ServeSettings) -> Fas
 
     @app.post("/v1/predict", summary="Score images (multipart uploads 'files', or JSON {'paths': [...]})")
     async def predict(request: Request, heatmap: bool = False, summary: bool = False) -> dict[str, Any]:
-        names, images = await _request_images(request, settings)
-        found: list[Prediction] = await asyncio.wrap_future(batcher.submit(images, heatmaps=heatmap))
+        batcher.announce()  # a batch being formed waits for this request while it is received and decoded
+        try:
+            names, images = await _request_images(request, settings)
+        except BaseException:
+            batcher.withdraw()
+            raise
+        found: list[Prediction] = await asyncio.wrap_future(batcher.submit(images, heatmap, announced=True))
         images_scored.inc(len(found))
         results = []
         for name, prediction in zip(names, found, strict=True):
@@ -183,18 +219,18 @@ def create_app(detector: Callable[[], Detector], settings: ServeSettings) -> Fas
                 "is_anomalous": prediction.is_anomalous,
             }
             if heatmap and prediction.heatmap is not None:
-                buffer = io.BytesIO()
-                prediction.heatmap.save(buffer, format="PNG")
-                row["heatmap_png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+                picture = encode_png(np.asarray(prediction.heatmap))
+                row["heatmap_png"] = base64.b64encode(picture).decode("ascii")
             results.append(row)
         body: dict[str, Any] = {"results": results}
         if summary:
-            body["summary"] = _summary(detector(), names, found, settings.version)
+            current = await asyncio.wrap_future(batcher.resolve())
+            body["summary"] = _summary(current, names, found, settings.version)
         return body
 
     @app.get("/v1/model", summary="The resident model")
     async def model() -> dict[str, Any]:
-        current = detector()
+        current = await asyncio.wrap_future(batcher.resolve())
         spec, calibration = current.spec, current.calibration
         return {
             "model_name": spec.model_name,
@@ -215,7 +251,7 @@ def create_app(detector: Callable[[], Detector], settings: ServeSettings) -> Fas
     @app.get("/readyz", summary="The model is loaded and scores")
     async def readyz() -> Response:
         try:
-            detector()
+            await asyncio.wrap_future(batcher.resolve())
         except Exception as exc:
             return JSONResponse({"status": "not ready", "error": one_line(str(exc))}, 503)
         return JSONResponse({"status": "ready"})
@@ -225,7 +261,8 @@ def create_app(detector: Callable[[], Detector], settings: ServeSettings) -> Fas
         return PlainTextResponse(generate_latest(registry).decode("utf-8"), media_type=CONTENT_TYPE_LATEST)
 
     app.router.on_shutdown.append(batcher.close)
-    return BodyLimit(app, settings.max_body_bytes)  # type: ignore[return-value]
+    observed = Observe(app, settings.token, requests, latency, errors)
+    return BodyLimit(observed, settings.max_body_bytes)  # type: ignore[return-value]
 
 
 ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
@@ -291,7 +328,6 @@ def _decode_all(names: list[str], contents: list[bytes]) -> list:
 
 
 def _summary(detector: Detector, names: list[str], found: list[Prediction], version: str) -> dict[str, Any]:
-    import numpy as np
     import pandas as pd
 
     table = pd.DataFrame(
@@ -375,7 +411,8 @@ def serve(
         def current() -> Detector:
             return resident_detector(models, accelerator, None if threshold is None else float(threshold))
 
-        current()  # load before listening: /readyz is true from the first request
+        batcher = Batcher(current)
+        batcher.resolve().result()  # load before listening, in the thread that scores: /readyz is true at once
         folder = Path(data_root) if data_root else plan.resolve(plan.external_path.load_inference_data_path)
         root = folder if folder is not None and folder.is_dir() else None
         settings = ServeSettings(
@@ -386,4 +423,4 @@ def serve(
             train_id=train_id_of(models),
         )
         logger.info(f"serving {models} on http://{host}:{port} (data folder: {root or 'none, uploads only'})")
-        uvicorn.run(create_app(current, settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(current, settings, batcher), host=host, port=port, log_level="warning")

@@ -60,3 +60,19 @@ def test_the_window_bounds_the_wait_for_an_announced_request():
         assert done.wait(timeout=10) and future.result() == [0]
     finally:
         batcher.close()
+
+
+def test_the_detector_is_loaded_and_used_in_the_scoring_thread():
+    detector, callers = CountingDetector(), []
+
+    def factory() -> CountingDetector:
+        callers.append(threading.current_thread().name)
+        return detector
+
+    batcher = Batcher(factory)
+    try:
+        assert batcher.resolve().result(timeout=10) is detector
+        batcher.submit([Image.new("RGB", (4, 4))]).result(timeout=10)
+        assert callers == ["vad-batcher", "vad-batcher"]  # a model prepared elsewhere scores slower
+    finally:
+        batcher.close()

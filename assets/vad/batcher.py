@@ -1,8 +1,8 @@
 """Micro-batching: images of concurrent requests scored together by one thread (one model, no contention).
 
-The worker thread also loads the detector (:meth:`Batcher.resolve`): a model prepared in one thread scores
-about 1.4x slower in another on this CPU (the folded backbone's forward: 24 against 15 ms an image), so the
-thread that scores is the thread that loads.
+The worker thread also loads the detector (:meth:`Batcher.resolve`): a model loaded in one thread scores about
+1.3x slower in another on this CPU (``Detector.predict`` p50 43 against 33 ms an image, BENCHMARKS.md "Serving:
+heatmap encoding and the scoring thread"), so the thread that scores is the thread that loads.
 
 A request announces itself when it arrives (:meth:`Batcher.announce`), then puts its decoded images on a
 queue and waits on a future. One worker thread takes the first waiting request and, while other announced

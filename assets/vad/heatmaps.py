@@ -81,7 +81,7 @@ def heatmap_name(label: str, pred: str, image_path: str | Path) -> str:
 
 
 def save_heatmap(picture: Image.Image, path: Path) -> None:
-    """Write a heatmap picture as a PNG, quickly (:func:`assets.vad.png.write_png`: 2 ms where Pillow takes 10).
+    """Write a heatmap picture as a PNG, quickly (:func:`assets.vad.png.write_png`: 1.8 ms, Pillow 13 at level 1).
 
     Args:
         picture: The picture.

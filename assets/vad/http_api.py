@@ -69,15 +69,13 @@ class ApiError(Exception):
         self.status = status
 
 
-class BodyLimit:
-    """Refuse request bodies over a size with 413, whether or not they declare their length."""
+class HttpMiddleware:
+    """Plain ASGI middleware: anything but an HTTP request passes through; requests go to :meth:`handle`."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
+    app: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on, counting its body; answer 413 once it is over the limit.
+        """Route one ASGI call.
 
         Args:
             scope: ASGI scope.
@@ -87,6 +85,22 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle an HTTP request (subclasses)."""
+        raise NotImplementedError
+
+
+class BodyLimit(HttpMiddleware):
+    """Refuse request bodies over a size with 413, whether or not they declare their length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, counting its body; answer 413 once it is over the limit."""
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _too_large(self.limit, send)
@@ -107,7 +121,7 @@ class BodyLimit:
             await _too_large(self.limit, send)
 
 
-class Observe:
+class Observe(HttpMiddleware):
     """Token check, one-line errors and metrics around the app, as plain ASGI (no per-request task group)."""
 
     def __init__(self, app: ASGIApp, token: str | None, requests: Counter, latency: Histogram, errors: Counter) -> None:
@@ -117,17 +131,8 @@ class Observe:
         self.latency = latency
         self.errors = errors
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the token of protected routes, run the app, count the request and its latency.
-
-        Args:
-            scope: ASGI scope.
-            receive: ASGI receive.
-            send: ASGI send.
-        """
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the token of protected routes, run the app, count the request and its latency."""
         started = time.perf_counter()
         route = scope["path"] if scope["path"] in ROUTES else "other"
         status, answered = 500, False

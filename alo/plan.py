@@ -70,6 +70,22 @@ class Plan:
     control: Control
     pipelines: dict[str, list[StepPlan]]
     raw: dict[str, Any] = field(repr=False)
+    changed_by: str | None = None  # what changed it after it was read (ALO solution metadata), if anything
+
+    def as_run(self) -> dict[str, Any]:
+        """The plan in its file's shape with the values it runs with (the file's own when nothing changed it).
+
+        Returns:
+            A mapping for ``yaml.safe_dump``: name, version, paths and every step's arguments as this plan has them.
+        """
+        written = {key: value for key, value in self.raw.items() if key not in ("external_path", "user_parameters")}
+        written.update(name=self.name, version=self.version)
+        written["external_path"] = [{key: value} for key, value in self.external_path.model_dump().items()]
+        written["user_parameters"] = [
+            {f"{name}_pipeline": [{"step": step.name, "args": [dict(step.args)]} for step in steps]}
+            for name, steps in self.pipelines.items()
+        ]
+        return written
 
     @property
     def root(self) -> Path:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from alo.archive import extract_archive, make_archive
 from alo.args import StepArgs, validate_args
 from alo.artifacts import ArtifactStore, project_lock
@@ -176,7 +178,7 @@ def run_pipeline(
             record["data_id"] = hash_files(_input_files(data_path), data_path)
             record["param_id"] = hash_object({s.name: s.args.model_dump(mode="json") for s in steps})
             record["code_id"] = _code_id(package)
-            shutil.copyfile(plan.path, staging / "log" / "experimental_plan.yaml")
+            _keep_plan(plan, staging / "log" / "experimental_plan.yaml")
             data: dict[str, object] = {}
             config: dict[str, object] = {}
             deferred = DeferredWork()
@@ -225,6 +227,15 @@ def run_pipeline(
     logger.info(f"{pipeline} pipeline {run_id} succeeded: artifacts in {final}")
     _save_archives(plan, pipeline, final)
     return final
+
+
+def _keep_plan(plan: Plan, target: Path) -> None:
+    """A run's copy of its plan: the file itself, or, when something changed the plan, the plan as it runs."""
+    if plan.changed_by is None:
+        shutil.copyfile(plan.path, target)
+        return
+    head = f"# {plan.path} as this run used it: {plan.changed_by} applied\n"
+    target.write_text(head + yaml.safe_dump(plan.as_run(), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 @functools.cache

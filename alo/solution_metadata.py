@@ -147,7 +147,7 @@ class SolutionMetadata(_Loose):
             updates = entry.parameters.selected_user_parameters
             if updates:
                 changes["pipelines"] = {**plan.pipelines, "inference": _updated_steps(plan, updates)}
-        return dataclasses.replace(plan, **changes) if changes else plan
+        return dataclasses.replace(plan, **changes, changed_by="solution metadata") if changes else plan
 
 
 def _updated_steps(plan: Plan, updates: list[StepParameters]) -> list[StepPlan]:

@@ -297,3 +297,26 @@ def test_run_pipeline_answers_before_deferred_writes_and_promotion(trained):
     assert seen == {"summary": True, "pictures": [], "promoted": False}
     pictures = list((final / "extra_output" / "inference" / "images").glob("*.png"))
     assert len(pictures) == len(list((root / "data" / "inference").glob("*.png")))  # written before promotion
+
+
+def test_a_run_keeps_the_plan_as_the_request_changed_it(trained):
+    from alo.plan import load_plan
+    from alo.runner import prepare, run_pipeline
+    from alo.solution_metadata import parse_metadata
+
+    root = trained["root"]
+    image = sorted((root / "data" / "inference").glob("ok_*.png"))[0]
+    loaded = load_plan(trained["plan"])
+    parameters = {"selected_user_parameters": [{"step": "inference", "args": {"inference_threshold": 0.7}}]}
+    entry = {"type": "inference", "dataset_uri": str(image), "parameters": parameters}
+    metadata = parse_metadata({"pipeline": [entry]})
+    plan = metadata.apply(loaded)
+    final = run_pipeline(plan, "inference", prepare(plan, "inference", "assets"), "assets")
+    kept = final / "log" / "experimental_plan.yaml"
+    assert kept.read_text().startswith(f"# {trained['plan']} as this run used it: solution metadata applied")
+    again = load_plan(kept)  # a valid plan
+    assert again.external_path.load_inference_data_path == str(image)
+    assert {s.name: s.args for s in again.pipelines["inference"]}["inference"]["inference_threshold"] == 0.7
+    assert again.pipelines["train"] == loaded.pipelines["train"] and again.name == loaded.name
+    unchanged = run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets")
+    assert (unchanged / "log" / "experimental_plan.yaml").read_bytes() == trained["plan"].read_bytes()

@@ -193,6 +193,7 @@ def load(folder: Path, device: torch.device | str = "cpu") -> TrainedModel:
         scorer: type[GraphScorer] = registered.scorer_class()
         if (folder / GRAPH_FILE).is_file() and scorer.supports(spec):
             model = scorer.from_state(spec, load_file(str(weights_path)), load_graph(folder)).to(device)
+            model.prepare()
         else:  # saved before graphs, or a form the scorer does not cover: the model itself scores
             model = build_model(spec, pretrained=False)
             model.load_state_dict(load_file(str(weights_path)), strict=True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from assets.vad.models.maps import as_arrays
+from assets.vad.models.ort_backbone import ort_backbone
 from assets.vad.models.spec import ModelSpec
 
 
@@ -62,6 +63,9 @@ class GraphScorer(nn.Module):
         Returns:
             One map per layer.
         """
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None and images.device.type == "cpu":
+            return runtime(images)
         return list(self.backbone(images.to(self.device).contiguous(memory_format=torch.channels_last)))
 
     @property
@@ -70,7 +74,10 @@ class GraphScorer(nn.Module):
         return next(self.backbone.parameters()).device
 
     def prepare(self) -> None:
-        """Nothing is left to prepare: everything is built in :meth:`from_state`."""
+        """On the CPU, run the backbone in ONNX Runtime when it gives torch's features (see :mod:`.ort_backbone`)."""
+        self.runtime = None
+        if self.device.type == "cpu":
+            self.runtime = ort_backbone(self.backbone, self.spec.input_size, torch.get_num_threads())
 
     def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image scores and, on request, anomaly maps of a batch (a hook: a scorer may skip the maps' work).

@@ -79,7 +79,7 @@ def ort_backbone(graph: nn.Module, input_size: tuple[int, int], threads: int) ->
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # torch scores next: no spinning threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # torch scores next: no spinning
         model = _export(graph, example, len(expected))
         backbone = OrtBackbone(
             onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"]), len(expected)

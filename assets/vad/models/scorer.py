@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from assets.vad.models.maps import as_arrays
-from assets.vad.models.ort_backbone import ort_backbone
+from assets.vad.models.ort_backbone import OrtBackbone, ort_backbone
 from assets.vad.models.spec import ModelSpec
 
 
@@ -26,6 +26,7 @@ class GraphScorer(nn.Module):
         super().__init__()
         self.spec = spec
         self.backbone = backbone.to(memory_format=torch.channels_last).eval()
+        self.runtime: OrtBackbone | None = None  # the backbone in ONNX Runtime, set by :meth:`prepare`
 
     @classmethod
     def supports(cls, spec: ModelSpec) -> bool:
@@ -63,9 +64,8 @@ class GraphScorer(nn.Module):
         Returns:
             One map per layer.
         """
-        runtime = getattr(self, "runtime", None)
-        if runtime is not None and images.device.type == "cpu":
-            return runtime(images)
+        if self.runtime is not None and images.device.type == "cpu":
+            return self.runtime(images)
         return list(self.backbone(images.to(self.device).contiguous(memory_format=torch.channels_last)))
 
     @property
@@ -75,7 +75,6 @@ class GraphScorer(nn.Module):
 
     def prepare(self) -> None:
         """On the CPU, run the backbone in ONNX Runtime when it gives torch's features (see :mod:`.ort_backbone`)."""
-        self.runtime = None
         if self.device.type == "cpu":
             self.runtime = ort_backbone(self.backbone, self.spec.input_size, torch.get_num_threads())
 

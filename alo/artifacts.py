@@ -59,9 +59,12 @@ def project_lock(root: Path) -> Iterator[None]:
             msg = f"another run is using {root} (lock {internal / 'lock'}); wait for it to finish, then run again"
             raise LockError(msg) from None
         handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        pid = str(os.getpid())
+        if handle.read() != pid:  # a resident process locks once per request: the pid is written once
+            handle.seek(0)
+            handle.truncate()
+            handle.write(pid)
+            handle.flush()
         yield
     finally:
         handle.close()

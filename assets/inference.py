@@ -10,7 +10,6 @@ labelled rows (``output/inference_score.csv``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -20,7 +19,8 @@ from pydantic import Field
 from alo import Asset, Config, Data, StepArgs, StepContext
 from assets.vad import samples as cols
 from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
-from assets.vad.detector import resident_detector
+from assets.vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
+from assets.vad.detector import PredictionBatch, resident_detector
 from assets.vad.heatmaps import heatmap_name, save_heatmap
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.runtime import use_all_cores
@@ -35,26 +35,6 @@ class InferenceArgs(StepArgs):
     inference_threshold: float = Field(DEFAULT_INFERENCE_THRESHOLD, ge=0.0, le=1.0)
     save_anomaly_maps: bool = False
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
-
-
-class CsvRows:
-    """Appends rows to a CSV file: the header with the first rows, then each batch, closed after each write."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = 0
-
-    def append(self, frame: pd.DataFrame) -> None:
-        """Write a batch of rows.
-
-        Args:
-            frame: Rows with the same columns as every other batch.
-        """
-        first = self.rows == 0
-        text = frame.to_csv(header=first, index=False)  # as text: pandas' file handling costs more than a row
-        with self.path.open("w" if first else "a", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        self.rows += len(frame)
 
 
 class InferenceStep(Asset):
@@ -88,25 +68,27 @@ class InferenceStep(Asset):
         )
         folder = ctx.artifacts / "extra_output" / "inference" / "images"
         pixels = PixelRows(samples)
-        rows = data["dataframe"].loc[samples.index]
+        frame: pd.DataFrame = data["dataframe"]
+        rows = frame if frame.index.equals(samples.index) else frame.loc[samples.index]  # rows readiness kept
         output = CsvRows(ctx.artifact_path("output", "output.csv"))
-        batches, flags = [], []
+        cells = _row_cells(rows)
+        scored: dict[str, list[np.ndarray]] = {}
+        flags = []
         for batch in detector.iter_predict(
             files, BATCH_SIZE, heatmaps=args.save_anomaly_maps, progress_logger=ctx.logger, raw_maps=pixels.wanted
         ):
             if batch.raw_maps is not None:
                 pixels.update(batch.positions, batch.raw_maps)
-            frame = rows.iloc[batch.positions].assign(**batch.scored.columns)
-            output.append(frame)
-            batches.append(frame)
+            output.write_text(_batch_text(rows, cells, batch, header=output.rows == 0), len(batch.positions))
+            for name, values in batch.scored.columns.items():
+                scored.setdefault(name, []).append(values)
             flags.append(batch.scored.is_anomalous)
             for position, prediction in zip(batch.positions, batch.predictions, strict=True):
-                if prediction.heatmap is not None:
-                    folder.mkdir(parents=True, exist_ok=True)
+                if prediction.heatmap is not None:  # save_heatmap creates the folder
                     label = labels[position] if labels else UNKNOWN_LABEL
                     path = folder / heatmap_name(label, prediction.label, files[position])
                     ctx.defer(save_heatmap, prediction.heatmap, path)  # after the edge loop's answer
-        predictions = pd.concat(batches)  # in input order: output.csv's rows
+        predictions = rows.assign(**{name: np.concatenate(parts) for name, parts in scored.items()})  # input order
         is_anomalous = np.concatenate(flags)
         summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(is_anomalous.sum())}
         if cols.IS_NG in samples:
@@ -142,6 +124,25 @@ class InferenceStep(Asset):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
         ctx.logger.info(f"labels found, scores written to output/inference_score.csv: {shown}")
         return scores
+
+
+def _row_cells(rows: pd.DataFrame) -> list[list[object]] | None:
+    """The CSV cells of the input rows, column by column, once per run (None: pandas writes each batch)."""
+    cells = [column_cells(rows.iloc[:, position]) for position in range(rows.shape[1])]
+    return None if any(column is None for column in cells) else cells  # type: ignore[return-value]
+
+
+def _batch_text(rows: pd.DataFrame, cells: list[list[object]] | None, batch: PredictionBatch, header: bool) -> str:
+    """output.csv's text for one batch: its input rows, then the scored columns (as ``DataFrame.assign`` adds them)."""
+    columns = batch.scored.columns
+    if cells is None or any(name in rows.columns for name in columns):
+        return frame_text(rows.iloc[batch.positions].assign(**columns), header)
+    first, last = int(batch.positions[0]), int(batch.positions[-1]) + 1  # batches are consecutive rows
+    scored = [column_cells(values) for values in columns.values()]
+    if any(column is None for column in scored):
+        return frame_text(rows.iloc[batch.positions].assign(**columns), header)
+    names = [*rows.columns, *columns]
+    return rows_text(names, [column[first:last] for column in cells] + scored, header)  # type: ignore[operator]
 
 
 ASSET = InferenceStep

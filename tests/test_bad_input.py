@@ -140,6 +140,9 @@ def test_inference_with_only_unreadable_images(project, capsys):
     assert run(root, plan, "inference") == 2
     assert "no usable image rows to score" in last_error(capsys)
     assert (root / "inference_artifacts").exists() == before
+    (failed,) = [run for run in (root / "history" / "inference").iterdir() if run.name.endswith("-error")]
+    assert (failed / "log" / "experimental_plan.yaml").is_file(), "a failed run keeps the plan it ran"
+    assert '"status": "error"' in (failed / "log" / "experimental_history.json").read_text()
 
 
 def test_inference_images_of_other_sizes_and_modes_are_scored(project, tmp_path):

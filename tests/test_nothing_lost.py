@@ -91,3 +91,15 @@ def test_concurrent_run_is_refused(project, capsys):
     assert "another run is using" in capsys.readouterr().err
     assert not (root / "train_artifacts").exists()
     assert main.main(["--mode", "train", "--config", str(path)]) == 0, "the lock is released afterwards"
+
+
+def test_lock_file_names_the_holder(tmp_path):
+    lock = tmp_path / ".alo" / "lock"
+    lock.parent.mkdir()
+    lock.write_text("99999999 (an earlier, longer pid)")
+    with project_lock(tmp_path):
+        assert lock.read_text() == str(os.getpid())
+    before = lock.stat().st_mtime_ns
+    with project_lock(tmp_path):  # the same process again (the edge loop, per request): nothing rewritten
+        assert lock.read_text() == str(os.getpid())
+    assert lock.stat().st_mtime_ns == before

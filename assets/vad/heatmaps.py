@@ -85,6 +85,7 @@ def save_heatmap(picture: Image.Image, path: Path) -> None:
 
     Args:
         picture: The picture.
-        path: The ``.png`` file.
+        path: The ``.png`` file (its folder is created if needed).
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_png(np.asarray(picture if picture.mode == "RGB" else picture.convert("RGB")), path)

@@ -38,3 +38,20 @@ def test_cached_listing_sees_own_archives_and_outside_changes(tmp_path):
     assert prune_history(history, 5) == []  # 5 MB: within the cap, nothing more
     removed = prune_history(history, 3)
     assert [run.name for run in removed] == ["20260101T000000Z-a-vad", "20260102T000000Z-a-vad"]
+
+
+def test_oldest_runs_go_first_across_pipelines_and_the_kept_run_stays(tmp_path):
+    history = tmp_path / "history"
+    mb = 1024 * 1024
+    names = {"train": ["20260102T000000Z-a-vad", "20260104T000000Z-a-vad"], "inference": ["20260101T000000Z-b-vad"]}
+    for pipeline, runs in names.items():
+        for name in runs:
+            _run(history / pipeline, name, mb)
+    _run(history / "inference", "20260100T000000Z-c-vad-error", mb)  # the oldest, but the one to keep
+    keep = history / "inference" / "20260100T000000Z-c-vad-error"
+    removed = prune_history(history, 2, keep=keep)
+    assert [(run.parent.name, run.name) for run in removed] == [
+        ("inference", "20260101T000000Z-b-vad"),
+        ("train", "20260102T000000Z-a-vad"),
+    ]
+    assert keep.is_dir() and (history / "train" / "20260104T000000Z-a-vad").is_dir()

@@ -11,8 +11,9 @@ def preload(models: Path, inference_args: dict[str, Any]) -> None:
 
     Args:
         models: The ``models`` folder the inference pipeline will use.
-        inference_args: The plan's ``inference`` step arguments (for ``accelerator``).
+        inference_args: The plan's ``inference`` step arguments (for ``accelerator`` and ``runtime``).
     """
     from assets.vad.detector import resident_detector
 
-    resident_detector(models, str(inference_args.get("accelerator", "cpu")))
+    accelerator = str(inference_args.get("accelerator", "cpu"))
+    resident_detector(models, accelerator, runtime=str(inference_args.get("runtime", "auto")))

@@ -35,6 +35,7 @@ class InferenceArgs(StepArgs):
     inference_threshold: float = Field(DEFAULT_INFERENCE_THRESHOLD, ge=0.0, le=1.0)
     save_anomaly_maps: bool = False
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
 
 
 class InferenceStep(Asset):
@@ -55,7 +56,7 @@ class InferenceStep(Asset):
         """
         args: InferenceArgs = ctx.args  # type: ignore[assignment]
         use_all_cores()
-        detector = resident_detector(ctx.model_dir, args.accelerator, args.inference_threshold)
+        detector = resident_detector(ctx.model_dir, args.accelerator, args.inference_threshold, args.runtime)
         spec, calibration = detector.spec, detector.calibration
         samples: pd.DataFrame = data["samples"]
         if cols.LABEL in samples:  # NG where a label is given and is not the OK name; <NA> without a label
@@ -63,7 +64,7 @@ class InferenceStep(Asset):
         files = list(samples[cols.FILE])
         labels = list(samples[cols.LABEL].fillna(UNKNOWN_LABEL)) if cols.LABEL in samples else None
         ctx.logger.info(
-            f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} "
+            f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} ({detector.trained.runtime}) "
             f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}"
         )
         folder = ctx.artifacts / "extra_output" / "inference" / "images"

@@ -200,12 +200,13 @@ def worker_detector(models: Path, data: Path) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from assets.vad.batches import to_tensor
     from assets.vad.detector import Detector
-    from assets.vad.images import read_image, to_tensor
+    from assets.vad.images import read_image
     from assets.vad.runtime import use_all_cores
 
     use_all_cores()
-    detector = Detector.load(models)
+    detector = Detector.load(models, runtime="torch")  # the torch engine: its backbone is the baseline
     spec = detector.spec
     files = sorted(str(p) for p in (data / "score").glob("*.jpg"))
     pictures = [read_image(f) for f in files]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from assets.vad.batches import to_tensor
 from assets.vad.heatmaps import heatmap_name, render
-from assets.vad.images import ImageReadError, model_input_size, probe_image, read_image, to_tensor
+from assets.vad.images import ImageReadError, model_input_size, probe_image, read_image
 
 
 def test_reads_gray_rgba_palette_and_16bit(tmp_path):

@@ -71,7 +71,7 @@ def test_a_loaded_model_scores_as_with_torchs_backbone(tmp_path):
     set_external(plan, "load_train_data_path", "data")
     step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8})
     assert main.main(["--mode", "train", "--config", str(write_plan(tmp_path, plan))]) == 0
-    detector = Detector.load(tmp_path / "train_artifacts" / "models")
+    detector = Detector.load(tmp_path / "train_artifacts" / "models", runtime="torch")
     scorer = detector.trained.model
     assert scorer.runtime is not None  # the sample backbone runs in ONNX Runtime
     images = sorted((tmp_path / "data").rglob("*.png"))[:6]

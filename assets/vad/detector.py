@@ -20,20 +20,22 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from alo.archive import extract_archive
 from alo.errors import DataError, ModelError
 from alo.logs import Progress
 from assets.vad.calibration import Calibration, Scored
+from assets.vad.exported import ExportedModel, choose_runtime
 from assets.vad.heatmaps import render
-from assets.vad.images import read_image, to_rgb, to_tensor
+from assets.vad.images import read_image, to_rgb
 from assets.vad.models import ModelSpec
-from assets.vad.models.factory import TrainedModel, load
-from assets.vad.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from assets.vad.models.factory import TrainedModel
 
 ImageInput = str | Path | Image.Image | np.ndarray
 DEFAULT_BATCH_SIZE = 8
@@ -102,7 +104,7 @@ def _as_image(item: ImageInput) -> Image.Image:
 class Detector:
     """A trained model and its calibration, ready to score."""
 
-    def __init__(self, trained: TrainedModel, inference_threshold: float | None = None) -> None:
+    def __init__(self, trained: TrainedModel | ExportedModel, inference_threshold: float | None = None) -> None:
         self.trained = trained
         calibration = trained.calibration
         if inference_threshold is not None:
@@ -111,13 +113,21 @@ class Detector:
         self._workdir: tempfile.TemporaryDirectory | None = None
 
     @classmethod
-    def load(cls, path: str | Path, accelerator: str = "cpu", inference_threshold: float | None = None) -> Detector:
+    def load(
+        cls,
+        path: str | Path,
+        accelerator: str = "cpu",
+        inference_threshold: float | None = None,
+        runtime: str = "auto",
+    ) -> Detector:
         """Load a trained model once, with everything scoring needs prepared.
 
         Args:
             path: A ``train_artifacts/models`` folder (or its ``train`` subfolder), or a ``model.tar.gz``.
             accelerator: ``cpu``, ``gpu`` or ``auto`` (see :func:`assets.vad.runtime.resolve_device`).
             inference_threshold: Normalised score from which an image is NG (default 0.5, the trained threshold).
+            runtime: ``torch``, ``onnxruntime`` (the exported model, no torch imported) or ``auto``
+                (see :func:`assets.vad.exported.choose_runtime`).
 
         Returns:
             The detector.
@@ -134,7 +144,17 @@ class Detector:
         if not folder.is_dir():
             msg = f"model error: {path} is neither a models folder nor a model.tar.gz; point it at a train run's model"
             raise ModelError(msg)
-        detector = cls(load(folder, resolve_device(accelerator)), inference_threshold)
+        chosen = choose_runtime(folder, runtime) if accelerator == "cpu" else "torch"
+        if chosen == "onnxruntime":
+            trained: TrainedModel | ExportedModel = ExportedModel.load(folder)
+        else:
+            from assets.vad.models.factory import load  # torch: imported only by the torch runtime
+            from assets.vad.runtime import resolve_device, use_all_cores
+
+            device = resolve_device(accelerator)
+            use_all_cores()
+            trained = load(folder, device)
+        detector = cls(trained, inference_threshold)
         detector._workdir = workdir  # the extracted files live as long as the detector
         return detector
 
@@ -200,13 +220,11 @@ class Detector:
         Yields:
             One :class:`PredictionBatch` per batch.
         """
-        spec = self.trained.spec
         progress = Progress(progress_logger, "inference", len(images)) if progress_logger else None
         for start in range(0, len(images), batch_size):
             items = images[start : start + batch_size]
             pictures = [_as_image(item) for item in items]
-            tensor = torch.stack([to_tensor(picture, spec.input_size, spec.mean, spec.std) for picture in pictures])
-            raw_scores, found = self.trained.model.score(tensor, maps or heatmaps or raw_maps)
+            raw_scores, found = self.trained.score_images(pictures, maps or heatmaps or raw_maps)
             scored = self.calibration.apply(raw_scores)
             columns = scored.columns
             predictions = []
@@ -247,7 +265,9 @@ def _fingerprint(folder: Path, prefix: str = "") -> tuple:
     return tuple(found)
 
 
-def resident_detector(path: Path, accelerator: str = "cpu", inference_threshold: float | None = None) -> Detector:
+def resident_detector(
+    path: Path, accelerator: str = "cpu", inference_threshold: float | None = None, runtime: str = "auto"
+) -> Detector:
     """A detector kept in memory between runs of a long-running process (the edge loop, the HTTP service).
 
     The same model folder with unchanged files is loaded once; a retrained or replaced model (other
@@ -257,16 +277,17 @@ def resident_detector(path: Path, accelerator: str = "cpu", inference_threshold:
         path: A ``train_artifacts/models`` folder or its ``train`` subfolder.
         accelerator: ``cpu``, ``gpu`` or ``auto``.
         inference_threshold: Normalised score from which an image is NG.
+        runtime: ``torch``, ``onnxruntime`` or ``auto`` (see :meth:`Detector.load`).
 
     Returns:
         The detector, with this threshold.
     """
     folder = path / "train" if (path / "train").is_dir() else path
-    key = (str(folder.resolve()), accelerator, _fingerprint(folder))
+    key = (str(folder.resolve()), accelerator, runtime, _fingerprint(folder))
     if key in _resident:
         _resident.move_to_end(key)
     else:
-        _resident[key] = Detector.load(folder, accelerator)
+        _resident[key] = Detector.load(folder, accelerator, runtime=runtime)
         while len(_resident) > RESIDENT_MODELS:
             _resident.popitem(last=False)
     detector = _resident[key]

@@ -414,7 +414,8 @@ def serve(
         threshold = args.get("inference_threshold")
 
         def current() -> Detector:
-            return resident_detector(models, accelerator, None if threshold is None else float(threshold))
+            threshold_value = None if threshold is None else float(threshold)
+            return resident_detector(models, accelerator, threshold_value, str(args.get("runtime", "auto")))
 
         batcher = Batcher(current)
         batcher.resolve().result()  # load before listening, in the thread that scores: /readyz is true at once

@@ -1,4 +1,4 @@
-"""Reading product images of any common kind into RGB arrays and model tensors.
+"""Reading product images of any common kind into RGB pictures and model-size pixel arrays (no torch here).
 
 Handles EXIF orientation, grayscale, palette, RGBA (composited on black), 16-bit and float
 images, and refuses decompression bombs and files that are not images.
@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 from alo.errors import DataError, one_line
 
@@ -202,47 +200,32 @@ def model_input_size(img_size: int | Sequence[int], height: int, width: int) -> 
     return tuple(max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in size)  # type: ignore[return-value]
 
 
-def to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Resize (antialiased) and normalise an RGB image into a CHW float tensor.
+def model_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image resized (antialiased bilinear, as every model input is made) to the model's input size.
 
     Args:
         image: RGB image.
         size: (height, width).
+
+    Returns:
+        uint8 pixels (height, width, 3).
+    """
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def normalized(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Model-size pixels scaled to [0, 1] and normalised per channel, channels first.
+
+    Args:
+        pixels: uint8 (height, width, 3).
         mean: Per-channel mean of the backbone's training data.
         std: Per-channel standard deviation.
 
     Returns:
-        The tensor.
+        float32 (3, height, width), contiguous.
     """
-    if image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = pixels.astype(np.float32) / 255.0
     array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-
-
-class ImageDataset(Dataset):
-    """Images as model tensors, with an optional augmentation applied to the PIL image."""
-
-    def __init__(
-        self,
-        paths: Sequence[str | Path],
-        size: tuple[int, int],
-        mean: Sequence[float],
-        std: Sequence[float],
-        augment: object | None = None,
-    ) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.size = size
-        self.mean = mean
-        self.std = std
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = read_image(self.paths[index])
-        if self.augment is not None:
-            image = self.augment(image)  # type: ignore[operator]
-        return to_tensor(image, self.size, self.mean, self.std), index
+    return np.ascontiguousarray(array.transpose(2, 0, 1))

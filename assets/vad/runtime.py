@@ -1,14 +1,22 @@
-"""Run-time set-up shared by the steps and the detector: seeding, threads, device."""
+"""Run-time set-up shared by the steps and the detector: seeding, threads, device.
+
+torch is imported by the functions that need it, not here: an inference process on an exported model
+(:mod:`assets.vad.exported`) runs without torch.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from alo.errors import PlanError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def seed_everything(seed: int) -> None:
@@ -17,15 +25,24 @@ def seed_everything(seed: int) -> None:
     Args:
         seed: The experiment seed.
     """
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def cores() -> int:
+    """The number of cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def use_all_cores() -> None:
-    """Let torch use every core this process may run on."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    """Let torch use every core this process may run on (when torch is loaded: it is not imported for this)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(cores())
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -40,6 +57,8 @@ def resolve_device(accelerator: str) -> torch.device:
     Raises:
         PlanError: ``gpu`` on a machine where torch sees no CUDA device.
     """
+    import torch
+
     if accelerator == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():

@@ -1,34 +1,34 @@
 """Building, saving and loading registered models (weights-only: safetensors and JSON files).
 
-``models/train/`` holds ``model.safetensors`` (anomalib's state dict), ``train_config.json``
-(format 2: the spec and training facts) and ``calibration.json``. Models saved before format 2
-(one flat spec of both models' fields, the calibration inside ``train_config.json``) load through
-:func:`migrate`, the one place that knows the old layout.
+The files are described in :mod:`assets.vad.models.saved`, which reads a model's spec and calibration
+(and migrates old layouts) without torch; this module builds the torch model or scorer on them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from alo.errors import ModelError
-from assets.vad.calibration import CALIBRATION_FILE, Calibration
+from assets.vad.batches import to_tensor
+from assets.vad.calibration import Calibration
 from assets.vad.models import ModelParams, ModelSpec, entry
 from assets.vad.models.base import VadModel
 from assets.vad.models.graph import GRAPH_FILE, export_graph, load_graph
+from assets.vad.models.saved import CONFIG_FILE, FORMAT, WEIGHTS_FILE, read_saved
 from assets.vad.models.scorer import GraphScorer
 
 logger = logging.getLogger("assets.models")
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "train_config.json"
-FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,28 @@ class TrainedModel:
         spec: Its description.
         calibration: Threshold, normalisation and class names.
         training: Facts of the train run (weights source, fit time and metrics, validation metrics).
+        runtime: ``torch``.
     """
 
     model: VadModel | GraphScorer
     spec: ModelSpec
     calibration: Calibration
     training: dict[str, Any]
+    runtime: str = "torch"
+
+    def score_images(self, pictures: Sequence[Image.Image], maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw image scores and raw anomaly maps of RGB pictures (resized and normalised as in training).
+
+        Args:
+            pictures: RGB images of any size.
+            maps: Return the maps (else None; a scorer may then skip their work).
+
+        Returns:
+            Scores (B,) and maps (B, H, W) or None, float32.
+        """
+        spec = self.spec
+        tensor = torch.stack([to_tensor(picture, spec.input_size, spec.mean, spec.std) for picture in pictures])
+        return self.model.score(tensor, maps)
 
 
 def make_spec(model_name: str, params: ModelParams, img_size: int | list[int], reference: tuple[int, int]) -> ModelSpec:
@@ -126,40 +142,6 @@ def save(model: VadModel, calibration: Calibration, training: dict[str, Any], fo
         logger.warning(f"backbone graph not saved ({exc}); this model will score through anomalib, with a slower start")
 
 
-def migrate(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The format-2 ``train_config.json`` and calibration of a model saved before format 2.
-
-    Old layout: ``model`` is one flat spec holding every model's fields; ``scoring`` holds the
-    threshold, ``min``/``max``, ``ok_class``/``ng_name``, the method and the training facts. A PatchCore
-    saved before ``image_score`` existed scored with anomalib's re-weighted score and keeps it.
-
-    Args:
-        config: The old ``train_config.json``.
-
-    Returns:
-        (format-2 config, calibration values).
-    """
-    flat, scoring = dict(config["model"]), dict(config["scoring"])
-    name = str(flat["model_name"])
-    params_class = entry(name).params
-    params = {field: flat[field] for field in params_class.model_fields if field in flat}
-    if name == "patchcore" and "image_score" not in flat:
-        params["image_score"] = "reweighted"
-    spec = {key: flat[key] for key in ("model_name", "input_size", "mean", "std")} | {"params": params}
-    calibration = {
-        "threshold": scoring["threshold"],
-        "low": scoring["min"],
-        "high": scoring["max"],
-        "ok_name": scoring["ok_class"],
-        "ng_name": scoring["ng_name"],
-        "method": scoring.get("threshold_method", "F1"),
-        "percentile": scoring.get("percentile", 0.8),
-    }
-    facts = ("weights_source", "fit_seconds", "fit_metrics", "validation")
-    training = {key: scoring[key] for key in facts if key in scoring}
-    return {"format": FORMAT, "model": spec, "training": training}, calibration
-
-
 def load(folder: Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Rebuild a trained model from ``models/train`` and prepare it for scoring (no unpickling).
 
@@ -173,23 +155,14 @@ def load(folder: Path, device: torch.device | str = "cpu") -> TrainedModel:
     Raises:
         ModelError: Files missing or not matching.
     """
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not config_path.is_file() or not weights_path.is_file():
-        msg = (
-            f"model error: {folder} lacks {CONFIG_FILE} or {WEIGHTS_FILE}; "
-            "train again or point load_model_path at a train run"
-        )
+    weights_path = folder / WEIGHTS_FILE
+    saved = read_saved(folder)
+    spec, calibration = saved.spec, saved.calibration
+    if not weights_path.is_file():
+        msg = f"model error: {folder} lacks {WEIGHTS_FILE}; train again or point load_model_path at a train run"
         raise ModelError(msg)
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        if config.get("format") == FORMAT:
-            calibration_values = json.loads((folder / CALIBRATION_FILE).read_text(encoding="utf-8"))
-        else:
-            config, calibration_values = migrate(config)
-        calibration = Calibration.from_dict(calibration_values)
-        spec_values = config["model"]
-        registered = entry(spec_values["model_name"])
-        spec = ModelSpec.from_dict(spec_values, registered.params)
+        registered = entry(spec.model_name)
         scorer: type[GraphScorer] = registered.scorer_class()
         if (folder / GRAPH_FILE).is_file() and scorer.supports(spec):
             model = scorer.from_state(spec, load_file(str(weights_path)), load_graph(folder)).to(device)
@@ -203,4 +176,4 @@ def load(folder: Path, device: torch.device | str = "cpu") -> TrainedModel:
         detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         msg = f"model error: the model in {folder} cannot be loaded ({detail}); train again"
         raise ModelError(msg) from None
-    return TrainedModel(model.eval(), spec, calibration, dict(config.get("training", {})))
+    return TrainedModel(model.eval(), spec, calibration, saved.training)

@@ -64,7 +64,7 @@ class GraphScorer(nn.Module):
         Returns:
             One map per layer.
         """
-        if self.runtime is not None and images.device.type == "cpu":
+        if self.runtime is not None and images.device.type == "cpu" and not torch.onnx.is_in_onnx_export():
             return self.runtime(images)
         return list(self.backbone(images.to(self.device).contiguous(memory_format=torch.channels_last)))
 
@@ -77,6 +77,19 @@ class GraphScorer(nn.Module):
         """On the CPU, run the backbone in ONNX Runtime when it gives torch's features (see :mod:`.ort_backbone`)."""
         if self.device.type == "cpu":
             self.runtime = ort_backbone(self.backbone, self.spec.input_size, torch.get_num_threads())
+
+    def graph_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores and maps in operations an exported graph can hold (a hook: :mod:`.export` traces it).
+
+        The default is :meth:`forward`; a scorer whose forward searches outside torch overrides it.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W).
+        """
+        return self(images)
 
     def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image scores and, on request, anomaly maps of a batch (a hook: a scorer may skip the maps' work).

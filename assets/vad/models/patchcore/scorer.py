@@ -59,6 +59,27 @@ class PatchcoreScorer(GraphScorer):
         """See :meth:`GraphScorer.scores_and_maps`: without maps, only the patches that can hold a peak are exact."""
         return self(images, maps)
 
+    def graph_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and maps with the exact nearest row of every patch, in graph operations (for the export).
+
+        The same embedding and upsample-and-blur as :meth:`forward`; the search is one product against the
+        bank (every patch exact, so the score is the exact peak :meth:`forward` finds).
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W).
+        """
+        pooled = [F.avg_pool2d(feature, 3, 1, 1) for feature in self.features(images)]
+        embedding = concat_layers(pooled, "bilinear")
+        batch, dims, height, width = embedding.shape
+        queries = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dims)
+        squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * queries @ self.bank.T
+        nearest = (squared + (self.bank * self.bank).sum(dim=1)).amin(dim=2).clamp_min(0).sqrt()
+        maps = self._blur(height, width, queries.device)(nearest.reshape(batch, height, width))
+        return maps.amax(dim=(1, 2)), maps.unsqueeze(1)
+
     def forward(self, images: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them.
 
@@ -74,7 +95,12 @@ class PatchcoreScorer(GraphScorer):
         embedding = concat_layers(pooled, "bilinear")
         batch, dims, height, width = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, dims)
-        key = (height, width, queries.device)
+        blur = self._blur(height, width, queries.device)
+        return peak_scores(queries, (batch, height, width), self.search, blur, maps)
+
+    def _blur(self, height: int, width: int, device: torch.device) -> UpsampleBlur:
+        """The upsample-and-blur operator of a patch grid, built once (an export traces it as constants)."""
+        key = (int(height), int(width), device)  # a trace gives sizes as tensors
         if key not in self.blurs:
-            self.blurs[key] = UpsampleBlur((height, width), tuple(self.spec.input_size), self.kernel.to(queries.device))
-        return peak_scores(queries, (batch, height, width), self.search, self.blurs[key], maps)
+            self.blurs[key] = UpsampleBlur(key[:2], tuple(self.spec.input_size), self.kernel.to(device))
+        return self.blurs[key]

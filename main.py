@@ -1,4 +1,4 @@
-"""Command line entry point: ``python main.py --mode train|inference|all [--config PLAN]``.
+"""Command line entry point: ``python main.py --mode train|inference|all|serve|export [--config PLAN]``.
 
 ``--mode inference --loop [--system SOLUTION_METADATA]`` keeps the inference pipeline resident and serves
 requests from Redis (ALO's edge protocol, :mod:`alo.loop`).
@@ -28,9 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Visual anomaly detection pipeline (PatchCore / FastFlow).")
     parser.add_argument(
         "--mode",
-        choices=["train", "inference", "all", "serve"],
+        choices=["train", "inference", "all", "serve", "export"],
         default="all",
-        help="which pipeline(s) to run (default: all = train, then inference), or serve: the HTTP scoring API",
+        help="which pipeline(s) to run (default: all = train, then inference), serve: the HTTP scoring API, "
+        "export: export the trained model (ONNX, with its parity gate)",
     )
     parser.add_argument("--config", default="experimental_plan.yaml", help="the plan file (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="show DEBUG messages and tracebacks")
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             from assets.vad.http_api import serve
 
             serve(args.config, args.host, args.port, args.data_root, args.max_upload_mb)
+        elif args.mode == "export":
+            from assets.vad.export_command import run_export
+
+            run_export(args.config)
         else:
             run(args.config, args.mode)
     except AloError as exc:

@@ -184,7 +184,12 @@ class ExportedModel:
             )
             raise ModelError(msg)
         saved = read_saved(folder)
-        runner = session(str(export_dir(folder) / ONNX_FILE))
+        try:
+            runner = session(str(export_dir(folder) / ONNX_FILE))
+        except Exception as exc:  # onnxruntime raises its own types for a damaged graph
+            detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+            msg = f"model error: the exported model in {export_dir(folder)} cannot be loaded ({detail}); export again"
+            raise ModelError(msg) from None
         return cls(ExportedScorer(runner, tuple(saved.spec.input_size)), saved.spec, saved.calibration, saved.training)
 
     def score_images(self, pictures: Sequence[Image.Image], maps: bool) -> tuple[np.ndarray, np.ndarray | None]:

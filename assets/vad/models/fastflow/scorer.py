@@ -61,4 +61,4 @@ class FastflowScorer(GraphScorer):
                 F.interpolate(-probability, size=tuple(self.spec.input_size), mode="bilinear", align_corners=False)
             )
         anomaly_map = torch.mean(torch.stack(maps, dim=-1), dim=-1)
-        return torch.amax(anomaly_map, dim=(-2, -1)).reshape(len(images)), anomaly_map
+        return torch.amax(anomaly_map, dim=(-2, -1)).reshape(-1), anomaly_map  # -1: a free batch when exported

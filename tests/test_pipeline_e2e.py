@@ -89,7 +89,8 @@ def test_single_image_inference_and_model_archive(project, tmp_path_factory):
     with tarfile.open(exported / "model.tar.gz") as tar:
         names = tar.getnames()
     assert "train/model.safetensors" in names
-    assert all(name.endswith((".json", ".safetensors")) for name in names), "weights-only: no pickles"
+    assert "export/model.onnx" in names, "the exported model travels with it"
+    assert all(name.endswith((".json", ".safetensors", ".onnx")) for name in names), "data only: no pickles"
 
     elsewhere = tmp_path_factory.mktemp("edge")
     single = make_inference_folder(elsewhere / "one", n_ok=0, n_ng=1)

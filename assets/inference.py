@@ -111,8 +111,11 @@ class InferenceStep(Asset):
         ctx: StepContext, samples: pd.DataFrame, predictions: pd.DataFrame, is_anomalous: np.ndarray, pixels: PixelRows
     ) -> dict[str, float]:
         """Image metrics on the labelled rows (AUROC on raw scores) and pixel metrics, to ``inference_score.csv``."""
-        from assets.vad.reports import classification_scores  # sklearn: imported by labelled runs only
-
+        try:
+            from assets.vad.reports import classification_scores  # sklearn: imported by labelled runs only
+        except ImportError as exc:  # the slim edge install (requirements-edge.txt) has no scikit-learn
+            ctx.logger.warning(f"labels found but no metrics: {exc.name} is not installed (pip install scikit-learn)")
+            return {}
         labelled = samples[cols.IS_NG].notna().to_numpy()
         if not labelled.all():
             ctx.logger.info(f"labels on {int(labelled.sum())} of {len(labelled)} rows: metrics use those rows only")

@@ -1,0 +1,172 @@
+"""The slim edge install: its size on disk and a cold single-image inference with it, beside the full install.
+
+A fresh venv gets ``requirements-edge.txt`` only (no torch). Models: each registered model trained with the
+bundled plan's settings on the engine benchmark's 200-image gravel set (generated colour 256 px JPEGs), its
+export kept in ``model.tar.gz``. Measured, each a whole process from start to exit (three runs, median):
+``main.py --mode inference`` on one image with the slim venv (``runtime: onnxruntime``) and with the full
+``.venv`` (``runtime: torch``), and the 300-image scoring of both with the labels compared.
+
+    .venv/bin/python -m benchmarks.edge_install [--models patchcore fastflow padim]
+
+Rows go to ``results/edge-install-rows.jsonl``; the table to ``BENCHMARKS.md`` ("Edge install").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from benchmarks.engine_speed import build_data, timed
+from benchmarks.report import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "results" / "edge-install"
+EDGE_VENV = WORK / "venv"
+
+
+def folder_mb(path: Path) -> float:
+    """Size on disk of a folder in MB (``du``: blocks, not file lengths)."""
+    done = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0]) / 1024
+
+
+def make_venv() -> dict:
+    """A fresh venv with requirements-edge.txt only; seconds to build, MB on disk, and whether torch is absent."""
+    shutil.rmtree(EDGE_VENV, ignore_errors=True)
+    started = datetime.now(UTC)
+    subprocess.run([sys.executable, "-m", "venv", str(EDGE_VENV)], check=True)
+    pip = [str(EDGE_VENV / "bin/python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "-r", str(ROOT / "requirements-edge.txt")], check=True)
+    seconds = (datetime.now(UTC) - started).total_seconds()
+    probe = subprocess.run(
+        [str(EDGE_VENV / "bin/python"), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {"install_s": seconds, "mb": folder_mb(EDGE_VENV), "torch_absent": probe.stdout.strip() == "True"}
+
+
+def write_plan(data: Path, folder: Path, model: str, inference: str, runtime: str, archive: Path | None) -> Path:
+    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    plan["external_path"] = [
+        {"load_train_data_path": str(data / "train")},
+        {"load_inference_data_path": str(data / inference)},
+        {"save_train_artifacts_path": str(folder / "saved")},
+        {"load_model_path": str(archive) if archive else None},
+    ]
+    for entry in plan["user_parameters"]:
+        for steps in entry.values():
+            for step in steps:
+                if step["step"] == "train":
+                    step["args"][0]["model_name"] = model
+                if step["step"] == "inference":
+                    step["args"][0].update(save_anomaly_maps=False, runtime=runtime)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"plan-{inference}-{runtime}.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def main_py(python: Path, mode: str, plan: Path) -> list[str]:
+    return [str(python), str(ROOT / "main.py"), "--mode", mode, "--config", str(plan)]
+
+
+def measure_model(data: Path, model: str) -> dict:
+    """Train one model (export kept), then cold one-image and 300-image runs on both installs."""
+    folder = WORK / model
+    shutil.rmtree(folder, ignore_errors=True)
+    train = timed(main_py(ROOT / ".venv/bin/python", "train", write_plan(data, folder, model, "one", "torch", None)))
+    if "error" in train:
+        return {"model": model, "error": train["error"]}
+    parity = json.loads((folder / "train_artifacts/models/export/parity.json").read_text())
+    archive = folder / "saved" / "model.tar.gz"
+    row: dict = {"model": model, "train_s": train["seconds"], "parity": parity}
+    for name, python, runtime in (
+        ("edge", EDGE_VENV / "bin/python", "onnxruntime"),
+        ("full", ROOT / ".venv/bin/python", "torch"),
+    ):
+        one = write_plan(data, folder / name, model, "one", runtime, archive)
+        runs = [timed(main_py(python, "inference", one)) for _ in range(3)]
+        errors = [r["error"] for r in runs if "error" in r]
+        if errors:
+            row[name] = {"error": errors[0]}
+            continue
+        many = write_plan(data, folder / name, model, "score", runtime, archive)
+        batch = timed(main_py(python, "inference", many))
+        output = pd.read_csv(folder / name / "inference_artifacts/output/output.csv")
+        row[name] = {
+            "cold_one_s": statistics.median(r["seconds"] for r in runs),
+            "runs": [r["seconds"] for r in runs],
+            "score_300_s": batch.get("seconds"),
+            "labels": list(output["pred_label"]),
+            "anomaly_score": list(output["anomaly_score"]),
+        }
+    if "labels" in row.get("edge", {}) and "labels" in row.get("full", {}):
+        edge, full = row["edge"], row["full"]
+        row["labels_identical"] = edge["labels"] == full["labels"]
+        row["max_score_difference"] = max(
+            abs(a - b) for a, b in zip(edge["anomaly_score"], full["anomaly_score"], strict=True)
+        )
+        for side in (edge, full):
+            side.pop("labels"), side.pop("anomaly_score")
+    return row
+
+
+def table(venv: dict, rows: list[dict]) -> str:
+    """The BENCHMARKS.md section."""
+    lines = [
+        "Command: `python -m benchmarks.edge_install`",
+        "",
+        f"Slim install (`requirements-edge.txt` in a fresh venv, {venv['install_s']:.0f} s to build): "
+        f"**{venv['mb']:.0f} MB** on disk (target 400 MB), torch {'absent' if venv['torch_absent'] else 'PRESENT'}. "
+        "Each model trained with the bundled plan's settings on 200 generated gravel images (colour 256 px "
+        "JPEGs); its export (ONNX fp32, gated on the 20 validation images) in `model.tar.gz`; inference "
+        "without heatmaps, whole processes start to exit.",
+        "",
+        "| model | gate: normalised diff | gate: export / torch images/s | cold one image, slim (ONNX Runtime) s "
+        "| cold one image, full (torch) s | 300 images slim s | 300 images full s | labels slim = full "
+        "| max score diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row or "error" in row.get("edge", {}) or "error" in row.get("full", {}):
+            reason = row.get("error") or row.get("edge", {}).get("error") or row.get("full", {}).get("error")
+            lines.append(f"| {row['model']} | error: {str(reason)[:120]} | | | | | | | |")
+            continue
+        parity, edge, full = row["parity"], row["edge"], row["full"]
+        lines.append(
+            f"| {row['model']} | {parity.get('normalized_max_abs_difference', float('nan')):.1e} | "
+            f"{parity.get('export_images_per_s')} / {parity.get('torch_images_per_s')} | {edge['cold_one_s']:.2f} | "
+            f"{full['cold_one_s']:.2f} | {edge['score_300_s']:.1f} | {full['score_300_s']:.1f} | "
+            f"{'yes' if row['labels_identical'] else 'NO'} | {row['max_score_difference']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Build the slim venv, measure each model, write the section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["patchcore", "fastflow", "padim"])
+    args = parser.parse_args()
+    data = build_data("default")
+    venv = make_venv()
+    rows = [measure_model(data, model) for model in args.models]
+    with (ROOT / "results" / "edge-install-rows.jsonl").open("a", encoding="utf-8") as handle:
+        for row in [{"venv": venv}, *rows]:
+            handle.write(json.dumps({**row, "finished": datetime.now(UTC).isoformat()}, default=str) + "\n")
+    print(json.dumps({"venv": venv, "rows": rows}, default=str, indent=1))
+    write_section(ROOT / "BENCHMARKS.md", "Edge install", table(venv, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -130,8 +130,9 @@ def table(venv: dict, rows: list[dict]) -> str:
         f"Slim install (`requirements-edge.txt` in a fresh venv, {venv['install_s']:.0f} s to build): "
         f"**{venv['mb']:.0f} MB** on disk (target 400 MB), torch {'absent' if venv['torch_absent'] else 'PRESENT'}. "
         "Each model trained with the bundled plan's settings on 200 generated gravel images (colour 256 px "
-        "JPEGs); its export (ONNX fp32, gated on the 20 validation images) in `model.tar.gz`; inference "
-        "without heatmaps, whole processes start to exit.",
+        f"JPEGs); its export (ONNX fp32, gated on the {rows[0].get('parity', {}).get('images', '?')} validation "
+        "images: 20 OK, 10 with defects) in `model.tar.gz`; inference without heatmaps, whole processes start to "
+        "exit, one image: median of three.",
         "",
         "| model | gate: normalised diff | gate: export / torch images/s | cold one image, slim (ONNX Runtime) s "
         "| cold one image, full (torch) s | 300 images slim s | 300 images full s | labels slim = full "

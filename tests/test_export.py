@@ -121,3 +121,29 @@ def test_auto_takes_the_export_only_where_it_was_not_slower(project):
         manifest_file.write_text(json.dumps({**manifest, "faster_than_torch": faster}))
         assert choose_runtime(folder, "auto") == expected
     assert choose_runtime(folder, "torch") == "torch"
+
+
+def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, tmp_path_factory):
+    """requirements-edge.txt in a fresh venv (no torch at all) runs main.py --mode inference on model.tar.gz."""
+    venv = tmp_path_factory.mktemp("edge") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "-r", str(ROOT / "requirements-edge.txt")], check=True, timeout=600, capture_output=True)
+    probe = [str(venv / "bin/python"), "-c", "import importlib.util as u; assert u.find_spec('torch') is None"]
+    subprocess.run(probe, check=True, timeout=60)
+    saved = tmp_path_factory.mktemp("saved")
+    set_external(project["plan"], "save_train_artifacts_path", str(saved))
+    trained = _train(project, "padim")
+    root, plan = trained["root"], trained["plan"]
+    assert main.main(["--mode", "inference", "--config", str(trained["path"])]) == 0
+    torch_rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    set_external(plan, "load_model_path", str(saved / "model.tar.gz"))
+    step_args(plan, "inference", "inference")["runtime"] = "auto"  # no torch there: auto takes the export
+    path = write_plan(root, plan, "edge_plan.yaml")
+    command = [str(venv / "bin/python"), str(ROOT / "main.py"), "--mode", "inference", "--config", str(path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(onnxruntime)" in done.stderr
+    edge_rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    assert list(edge_rows["pred_label"]) == list(torch_rows["pred_label"])
+    assert (edge_rows["anomaly_score"] - torch_rows["anomaly_score"]).abs().max() <= 1e-3

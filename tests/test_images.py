@@ -103,3 +103,20 @@ def test_heatmap_colours_are_matplotlibs_jet_without_importing_it():
 
     expected = (colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
     assert np.array_equal(_JET, expected)
+
+
+def test_heatmap_resize_without_opencv_equals_opencv(monkeypatch):
+    import cv2
+
+    from assets.vad import heatmaps
+
+    rng = np.random.default_rng(0)
+    cases = [((40, 40), (64, 90)), ((320, 320), (256, 256)), ((7, 5), (3, 2)), ((64, 64), (64, 96))]
+    for source, (height, width) in cases:
+        values = rng.random(source).astype(np.float32)
+        expected = np.clip(cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
+        monkeypatch.setattr(heatmaps, "_cv2", lambda: None)
+        found = heatmaps.resize_map(values, height, width)
+        monkeypatch.undo()
+        assert found.shape == (height, width)
+        assert np.abs(found - expected).max() < 1e-6

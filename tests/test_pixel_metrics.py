@@ -60,3 +60,17 @@ def test_no_defect_pixels_gives_no_metrics():
     metrics = PixelMetrics()
     metrics.update(np.random.default_rng(0).normal(size=(2, 8, 8)), ["", ""])
     assert metrics.compute() == {}
+
+
+def test_regions_without_opencv_are_opencvs_regions():
+    from assets.vad.pixel_metrics import _regions_numpy, regions
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        mask = rng.random((40, 57)) < rng.uniform(0.05, 0.7)
+        count, labels = _regions_numpy(mask)
+        expected_count, expected = regions(mask)
+        assert count == expected_count
+        pairs = set(zip(labels[mask].tolist(), expected[mask].tolist(), strict=True))
+        assert len(pairs) == count - 1, "one OpenCV region per fallback region, and back"
+        assert (labels[~mask] == 0).all()

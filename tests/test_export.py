@@ -133,7 +133,7 @@ def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, t
     subprocess.run(probe, check=True, timeout=60)
     saved = tmp_path_factory.mktemp("saved")
     set_external(project["plan"], "save_train_artifacts_path", str(saved))
-    trained = _train(project, "padim")
+    trained = _train(project, "patchcore")  # its bank search runs in numpy and faiss there
     root, plan = trained["root"], trained["plan"]
     assert main.main(["--mode", "inference", "--config", str(trained["path"])]) == 0
     torch_rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
@@ -147,3 +147,24 @@ def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, t
     edge_rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
     assert list(edge_rows["pred_label"]) == list(torch_rows["pred_label"])
     assert (edge_rows["anomaly_score"] - torch_rows["anomaly_score"]).abs().max() <= 1e-3
+
+
+def test_patchcore_tail_with_an_inverted_file_equals_the_torch_scorer(project, monkeypatch):
+    """The exported runtime's bank search (bounds, exact peaks, inverted-file maps) gives the torch scorer's."""
+    from assets.vad.models.factory import load
+    from assets.vad.models.patchcore import search, settings
+
+    trained = _train(project, "patchcore", export=[])
+    monkeypatch.setattr(search, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
+    for module in (search, settings):
+        monkeypatch.setattr(module, "EXACT_MAP_ROWS", 50)  # and its maps come from it, in both runtimes
+    model = load(trained["models"] / "train")
+    assert model.model.search.ivf is not None
+    images = sorted(str(p) for p in (trained["root"] / "data" / "train").rglob("*.png"))
+    folder = trained["models"] / "train"
+    manifest = export_module.export_model(model.model, model.spec, model.calibration, images, folder)
+    parity = json.loads((trained["models"] / "export" / "parity.json").read_text())
+    assert manifest["accepted"] and manifest["tail"] == "patchcore", parity
+    assert parity["raw_max_relative_difference"] <= 1e-5
+    assert parity["map_max_abs_difference"] <= 1e-3, "maps from the same inverted file (up to float rounding)"
+    assert (trained["models"] / "export" / "patchcore_tail.npz").is_file()

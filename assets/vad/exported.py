@@ -35,6 +35,9 @@ MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("scores", "maps")
+EMBEDDING_NAME = "embedding"  # the output of a graph whose model finishes in a numpy tail
+# Tails after the graph, by a scorer's ``TAIL`` name: module and class (numpy and faiss, no torch).
+TAILS = {"patchcore": ("assets.vad.models.patchcore.tail", "PatchcoreTail")}
 RUNTIMES = ("torch", "onnxruntime")
 
 
@@ -107,15 +110,17 @@ def session(model: bytes | str, threads: int | None = None) -> Any:
 class ExportedScorer:
     """The exported scoring graph: pictures in, raw image scores and raw anomaly maps out."""
 
-    def __init__(self, runner: Any, input_size: tuple[int, int]) -> None:
+    def __init__(self, runner: Any, input_size: tuple[int, int], tail: Any = None) -> None:
         """Wrap a session.
 
         Args:
             runner: An ONNX Runtime session of the graph.
             input_size: The model's (height, width).
+            tail: The model's numpy tail when the graph ends at an embedding (PatchCore's bank search), else None.
         """
         self.runner = runner
         self.input_size = input_size
+        self.tail = tail
 
     def score_pixels(self, pixels: np.ndarray, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw scores and maps of model-size pixels.
@@ -127,7 +132,11 @@ class ExportedScorer:
         Returns:
             Scores (B,) and maps (B, H, W) or None, float32.
         """
-        scores, found = self.runner.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(pixels)})
+        feed = {INPUT_NAME: np.ascontiguousarray(pixels)}
+        if self.tail is not None:
+            (embedding,) = self.runner.run([EMBEDDING_NAME], feed)
+            return self.tail(embedding, maps)
+        scores, found = self.runner.run(list(OUTPUT_NAMES), feed)
         return scores.astype(np.float32, copy=False), found.astype(np.float32, copy=False) if maps else None
 
     def score_images(self, pictures: Sequence[Image.Image], maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -184,13 +193,16 @@ class ExportedModel:
             )
             raise ModelError(msg)
         saved = read_saved(folder)
+        tail_name = (read_manifest(folder) or {}).get("tail")
         try:
             runner = session(str(export_dir(folder) / ONNX_FILE))
+            tail = load_tail(tail_name, export_dir(folder)) if tail_name else None
         except Exception as exc:  # onnxruntime raises its own types for a damaged graph
             detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
             msg = f"model error: the exported model in {export_dir(folder)} cannot be loaded ({detail}); export again"
             raise ModelError(msg) from None
-        return cls(ExportedScorer(runner, tuple(saved.spec.input_size)), saved.spec, saved.calibration, saved.training)
+        scorer = ExportedScorer(runner, tuple(saved.spec.input_size), tail)
+        return cls(scorer, saved.spec, saved.calibration, saved.training)
 
     def score_images(self, pictures: Sequence[Image.Image], maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw scores and maps of pictures (see :meth:`ExportedScorer.score_images`).
@@ -203,6 +215,22 @@ class ExportedModel:
             Scores and maps or None.
         """
         return self.model.score_images(pictures, maps)
+
+
+def load_tail(name: str, folder: Path) -> Any:
+    """A model's numpy tail, read from ``models/export``.
+
+    Args:
+        name: Its ``TAILS`` name.
+        folder: ``models/export``.
+
+    Returns:
+        The tail (callable: embedding, maps -> scores, maps).
+    """
+    import importlib
+
+    module, attribute = TAILS[name]
+    return getattr(importlib.import_module(module), attribute).load(folder)
 
 
 def choose_runtime(folder: Path, runtime: str) -> str:

@@ -19,6 +19,7 @@ training run still succeeds without it.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -37,6 +38,7 @@ from torch import nn
 from assets.vad.batches import to_tensor
 from assets.vad.calibration import Calibration
 from assets.vad.exported import (
+    EMBEDDING_NAME,
     INPUT_NAME,
     MANIFEST_FILE,
     ONNX_FILE,
@@ -44,6 +46,7 @@ from assets.vad.exported import (
     PARITY_FILE,
     ExportedScorer,
     export_dir,
+    load_tail,
     session,
 )
 from assets.vad.images import model_pixels, read_image
@@ -59,7 +62,10 @@ BATCH = 4
 
 
 class ScoringGraph(nn.Module):
-    """Model-size uint8 pixels (B, H, W, 3) to raw image scores (B,) and raw anomaly maps (B, H, W)."""
+    """Model-size uint8 pixels (B, H, W, 3) to raw image scores (B,) and raw anomaly maps (B, H, W).
+
+    For a scorer with a ``TAIL`` (PatchCore), to its embedding instead: the numpy tail scores it.
+    """
 
     def __init__(self, scorer: GraphScorer, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -69,8 +75,8 @@ class ScoringGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 1, 1, 3))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 1, 1, 3))
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and maps, as the torch runtime computes them from the same pixels.
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Scores and maps (or the tail's embedding), as the torch runtime computes them from the same pixels.
 
         Args:
             pixels: uint8 (B, H, W, 3).
@@ -79,12 +85,16 @@ class ScoringGraph(nn.Module):
             Scores (B,) and maps (B, H, W).
         """
         images = ((pixels.float() / 255.0 - self.mean) / self.std).permute(0, 3, 1, 2)
+        if self.scorer.TAIL is not None:
+            return self.scorer.graph_embedding(images)
         scores, maps = self.scorer.graph_forward(images)
         return scores.reshape(-1), maps.reshape(maps.shape[0], maps.shape[-2], maps.shape[-1])
 
 
-def onnx_bytes(scorer: GraphScorer, mean: Sequence[float], std: Sequence[float], size: tuple[int, int]) -> bytes:
-    """The scoring graph of a scorer as ONNX (batch size free).
+def onnx_bytes(
+    scorer: GraphScorer, mean: Sequence[float], std: Sequence[float], size: tuple[int, int]
+) -> tuple[bytes, dict[str, np.ndarray] | None]:
+    """The scoring graph of a scorer as ONNX (batch size free), and its tail's arrays when it has one.
 
     Args:
         scorer: A loaded scorer (CPU, eval).
@@ -93,21 +103,37 @@ def onnx_bytes(scorer: GraphScorer, mean: Sequence[float], std: Sequence[float],
         size: Input (height, width).
 
     Returns:
-        The ONNX model.
+        The ONNX model, and the tail's arrays or None.
     """
     graph = ScoringGraph(scorer, mean, std).eval()
     example = torch.zeros(2, *size, 3, dtype=torch.uint8)
     buffer = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}}
+    outputs = [EMBEDDING_NAME] if scorer.TAIL is not None else list(OUTPUT_NAMES)
+    axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]}
     with torch.inference_mode():
-        graph(example)  # operators a scorer builds on first use (PatchCore's blur) are constants of the trace
+        warm = graph(example)  # operators a scorer builds on first use (PatchCore's blur) are trace constants
+        tail = scorer.tail_arrays(warm) if scorer.TAIL is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter says a newer one exists
         torch.onnx.export(
             graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+            output_names=outputs, dynamic_axes=axes,
         )  # fmt: skip
-    return buffer.getvalue()
+    return buffer.getvalue(), tail
+
+
+def save_tail_arrays(name: str, folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a tail's arrays into ``models/export`` (``np.savez``: plain arrays, read back without pickles).
+
+    Args:
+        name: The tail's ``TAILS`` name.
+        folder: ``models/export``.
+        arrays: Its arrays.
+    """
+    from assets.vad.exported import TAILS
+
+    module = importlib.import_module(TAILS[name][0])
+    module.save_tail(folder, arrays)
 
 
 def parity(
@@ -202,9 +228,14 @@ def export_model(
     }
     started = time.perf_counter()
     try:
-        model = onnx_bytes(scorer, spec.mean, spec.std, size)
+        model, arrays = onnx_bytes(scorer, spec.mean, spec.std, size)
         graph_file.write_bytes(model)
-        exported = ExportedScorer(session(model), size)
+        tail = None
+        if arrays is not None:
+            save_tail_arrays(scorer.TAIL, target, arrays)
+            tail = load_tail(scorer.TAIL, target)
+            manifest.update(tail=scorer.TAIL, outputs=[EMBEDDING_NAME])
+        exported = ExportedScorer(session(model), size, tail)
         pictures = [read_image(path) for path in list(validation)[:GATE_IMAGES]]
         if not pictures:
             msg = "no validation images to prove the export on"
@@ -212,6 +243,7 @@ def export_model(
         figures = parity(scorer, exported, calibration, pictures, spec)
     except Exception as exc:  # an exporter or runtime that cannot take this model: refused, training goes on
         figures = {"accepted": False, "reason": f"export failed ({exc.__class__.__name__}: {str(exc)[:160]})"}
+        logger.debug("export failed", exc_info=exc)
     manifest.update(accepted=figures["accepted"], export_seconds=round(time.perf_counter() - started, 2))
     if figures["accepted"]:
         manifest["faster_than_torch"] = figures["export_images_per_s"] >= figures["torch_images_per_s"]
@@ -223,6 +255,8 @@ def export_model(
     else:
         manifest["reason"] = figures["reason"]
         graph_file.unlink(missing_ok=True)
+        for leftover in target.glob("*.npz"):
+            leftover.unlink()
         logger.warning(f"export refused: {figures['reason']}; the model scores with torch")
     (target / PARITY_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -78,6 +78,30 @@ class GraphScorer(nn.Module):
         if self.device.type == "cpu":
             self.runtime = ort_backbone(self.backbone, self.spec.input_size, torch.get_num_threads())
 
+    TAIL: str | None = None  # the exported runtime's numpy tail after the graph (None: the graph scores)
+
+    def graph_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """What an exported graph outputs for a scorer with a ``TAIL``: the tail's input (a hook).
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            The tail's input.
+        """
+        raise NotImplementedError
+
+    def tail_arrays(self, embedding: torch.Tensor) -> dict[str, np.ndarray]:
+        """The arrays the exported tail needs, for the embedding of an example batch (a hook).
+
+        Args:
+            embedding: :meth:`graph_embedding` of an example batch.
+
+        Returns:
+            Name -> array.
+        """
+        raise NotImplementedError
+
     def graph_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores and maps in operations an exported graph can hold (a hook: :mod:`.export` traces it).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -59,26 +60,38 @@ class PatchcoreScorer(GraphScorer):
         """See :meth:`GraphScorer.scores_and_maps`: without maps, only the patches that can hold a peak are exact."""
         return self(images, maps)
 
-    def graph_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and maps with the exact nearest row of every patch, in graph operations (for the export).
+    TAIL = "patchcore"
 
-        The same embedding and upsample-and-blur as :meth:`forward`; the search is one product against the
-        bank (every patch exact, so the score is the exact peak :meth:`forward` finds).
+    def graph_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch embeddings (B, h, w, D) the exported graph outputs; the numpy tail searches the bank.
 
         Args:
             images: Normalised images (B, 3, H, W).
 
         Returns:
-            Scores (B,) and maps (B, 1, H, W).
+            The embeddings.
         """
         pooled = [F.avg_pool2d(feature, 3, 1, 1) for feature in self.features(images)]
-        embedding = concat_layers(pooled, "bilinear")
-        batch, dims, height, width = embedding.shape
-        queries = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dims)
-        squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * queries @ self.bank.T
-        nearest = (squared + (self.bank * self.bank).sum(dim=1)).amin(dim=2).clamp_min(0).sqrt()
-        maps = self._blur(height, width, queries.device)(nearest.reshape(batch, height, width))
-        return maps.amax(dim=(1, 2)), maps.unsqueeze(1)
+        return concat_layers(pooled, "bilinear").permute(0, 2, 3, 1)
+
+    def tail_arrays(self, embedding: torch.Tensor) -> dict[str, np.ndarray]:
+        """The bank, the inverted file's centroids (empty: exact search) and the grid's upsample-and-blur matrices.
+
+        Args:
+            embedding: An example batch's embeddings (B, h, w, D).
+
+        Returns:
+            The arrays of :class:`~assets.vad.models.patchcore.tail.PatchcoreTail`.
+        """
+        blur = self._blur(embedding.shape[1], embedding.shape[2], embedding.device)
+        ivf = self.search.ivf
+        centroids = ivf.centroids if ivf is not None else torch.empty(0, self.bank.shape[1])
+        return {
+            "bank": self.bank.float().cpu().numpy(),
+            "centroids": centroids.float().cpu().numpy(),
+            "rows": blur.rows.float().cpu().numpy(),
+            "columns_t": blur.columns_t.float().cpu().numpy(),
+        }
 
     def forward(self, images: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them.

@@ -10,21 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
-# From this many queries faiss's brute-force search beats torch's blocked product on this CPU (4,096 queries:
-# 1.6-2.3x faster); with fewer it is slower (800 queries: 1.7-1.9x slower), so small sets stay in torch.
-FAISS_MIN_QUERIES = 2048
-# Lists visited per query for a map. A fixed count keeps the search cost from growing with the bank: on a
-# 1,024,000-row bank (4,096 lists) 16 probes found the exact nearest row for 99.9% of patches and the same image
-# maxima as 128 probes (1/32 of the lists), 9x faster; on a 20,480-row bank (512 lists) the recall was 0.992.
-IVF_PROBES = 16
-# Lists visited per query when only image scores are wanted: the distances are upper bounds that decide which
-# patches are searched exactly (more probes: tighter bounds and fewer exact patches, at a higher list cost).
-BOUND_PROBES = 2
-EXACT_MAP_ROWS = 8192  # smaller banks get exact maps (one matrix product); larger ones inverted-file maps
-BOUND_MIN_ROWS = 2048  # smaller banks are searched exactly, whatever is asked (the product costs little)
-ROWS_PER_LIST = 40  # about 40 bank rows per inverted list (faiss wants >= 39 k-means points per centroid)
-MAX_LISTS = 4096
+from assets.vad.models.patchcore.settings import (
+    BOUND_MIN_ROWS,
+    BOUND_PROBES,
+    EXACT_MAP_ROWS,
+    FAISS_MIN_QUERIES,
+    IVF_PROBES,
+    MAX_LISTS,
+    QUERY_BLOCK,
+    ROWS_PER_LIST,
+)
 
 
 def exact_nearest(bank: torch.Tensor, queries: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +129,7 @@ class IvfSearch:
         self.index = faiss.IndexIVFFlat(self.quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
         self.index.add(np.ascontiguousarray(bank.float().cpu().numpy()))
         self.lists = centroids.shape[0]
+        self.centroids = centroids  # what an export rebuilds the same index from
 
     def nearest(self, queries: torch.Tensor, probes: int = IVF_PROBES) -> tuple[torch.Tensor, torch.Tensor]:
         """One nearest bank row per query among its visited lists (all lists empty: answered exactly).

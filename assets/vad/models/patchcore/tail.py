@@ -1,0 +1,167 @@
+"""PatchCore's scoring after the backbone in numpy and faiss, for the exported runtime (no torch).
+
+The exported graph gives each patch's embedding; this tail searches the memory bank as the torch scorer does
+(:mod:`.search` and :mod:`.peaks`): faiss's inverted file bounds the patch distances, only the patches that
+could hold each map's peak are searched exactly, and the map is the patch grid upsampled and blurred by two
+fixed matrices. The index is rebuilt from the same bank and centroids, so the searches are the torch
+scorer's; the export's parity gate compares the two on the validation images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from assets.vad.models.patchcore import settings
+
+TAIL_FILE = "patchcore_tail.npz"
+
+
+class NumpyBankSearch:
+    """The searches of :class:`~assets.vad.models.patchcore.search.BankSearch`, on numpy arrays."""
+
+    def __init__(self, bank: np.ndarray, centroids: np.ndarray) -> None:
+        """Build the indexes.
+
+        Args:
+            bank: Memory bank (M, D), float32.
+            centroids: The inverted file's centroids (lists, D); empty: every search is exact.
+        """
+        import faiss
+
+        self.faiss = faiss
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.bank_squared = (self.bank * self.bank).sum(axis=1)
+        self.index = None
+        if len(centroids):
+            quantizer = faiss.IndexFlatL2(centroids.shape[1])
+            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            self.index = faiss.IndexIVFFlat(quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
+            self.index.add(self.bank)
+            self.quantizer = quantizer  # the index refers to it: kept alive here
+            self.lists = centroids.shape[0]
+        self.exact_maps = self.index is None or len(self.bank) < settings.EXACT_MAP_ROWS
+
+    def exact(self, queries: np.ndarray) -> np.ndarray:
+        """Exact distance of each query to its nearest bank row (faiss's brute force for many queries).
+
+        Args:
+            queries: (N, D) float32.
+
+        Returns:
+            Distances (N,).
+        """
+        if len(queries) >= settings.FAISS_MIN_QUERIES:
+            squared, _ = self.faiss.knn(np.ascontiguousarray(queries), self.bank, 1)
+            return np.sqrt(np.maximum(squared[:, 0], 0.0))
+        found = []
+        for start in range(0, len(queries), settings.QUERY_BLOCK):
+            block = queries[start : start + settings.QUERY_BLOCK]
+            squared = (self.bank_squared[None, :] - 2.0 * (block @ self.bank.T)).min(axis=1) + (block * block).sum(1)
+            found.append(np.sqrt(np.maximum(squared, 0.0)))
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.float32)
+
+    def _ivf(self, queries: np.ndarray, probes: int) -> np.ndarray:
+        params = self.faiss.SearchParametersIVF(nprobe=min(probes, self.lists))
+        squared, rows = self.index.search(np.ascontiguousarray(queries), 1, params=params)  # type: ignore[union-attr]
+        distances = np.sqrt(np.maximum(squared[:, 0], 0.0))
+        missing = rows[:, 0] < 0
+        if missing.any():
+            distances[missing] = self.exact(queries[missing])
+        return distances
+
+    def distances(self, queries: np.ndarray, maps: bool) -> tuple[np.ndarray, bool]:
+        """Patch distances: exact, or upper bounds from the inverted file (as ``BankSearch.distances``).
+
+        Args:
+            queries: (N, D).
+            maps: Whether the distances make a map.
+
+        Returns:
+            Distances (N,) and whether they are exact.
+        """
+        if self.index is None:
+            return self.exact(queries), True
+        if maps:
+            if self.exact_maps:
+                return self.exact(queries), True
+            return self._ivf(queries, settings.IVF_PROBES), False
+        return self._ivf(queries, settings.BOUND_PROBES), False
+
+
+class PatchcoreTail:
+    """Embeddings (B, h, w, D) to raw image scores and maps, as the torch scorer computes them."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        """Build from the exported arrays.
+
+        Args:
+            arrays: ``bank``, ``centroids``, ``rows`` (H x h) and ``columns_t`` (w x W).
+        """
+        self.search = NumpyBankSearch(arrays["bank"], arrays["centroids"])
+        self.rows = arrays["rows"].astype(np.float32)
+        self.columns_t = arrays["columns_t"].astype(np.float32)
+        self.rows_reach = (self.rows > 0).astype(np.float32)
+        self.columns_reach_t = (self.columns_t > 0).astype(np.float32)
+
+    @classmethod
+    def load(cls, folder: Path) -> PatchcoreTail:
+        """Read ``patchcore_tail.npz`` (plain arrays, no pickles).
+
+        Args:
+            folder: ``models/export``.
+
+        Returns:
+            The tail.
+        """
+        with np.load(folder / TAIL_FILE, allow_pickle=False) as saved:
+            return cls({name: saved[name] for name in saved.files})
+
+    def _blur(self, grids: np.ndarray) -> np.ndarray:
+        return self.rows @ grids @ self.columns_t
+
+    def __call__(self, embedding: np.ndarray, maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (B,) and maps (B, H, W) or None (the exact peak; maps as the torch scorer's).
+
+        Args:
+            embedding: (B, h, w, D) float32.
+            maps: Return the maps.
+
+        Returns:
+            Scores and maps.
+        """
+        batch, height, width, dims = embedding.shape
+        queries = np.ascontiguousarray(embedding.reshape(-1, dims), dtype=np.float32)
+        distances, exact = self.search.distances(queries, maps)
+        patches = distances.reshape(batch, height, width).astype(np.float32)
+        bounded = self._blur(patches)
+        if not exact:
+            known = np.zeros(patches.shape, dtype=bool)
+            candidates = bounded == bounded.max(axis=(1, 2), keepdims=True)
+            while True:
+                needed = ((self.rows_reach.T @ candidates.astype(np.float32) @ self.columns_reach_t.T) > 0) & ~known
+                if not needed.any():
+                    break
+                patches[needed] = self.search.exact(queries[needed.reshape(-1)]).astype(np.float32)
+                known |= needed
+                bounded = self._blur(patches)
+                settled = ~((self.rows_reach @ (~known).astype(np.float32) @ self.columns_reach_t) > 0)
+                floor = np.where(settled, bounded, -np.inf).max(axis=(1, 2), keepdims=True)
+                candidates = bounded > floor
+        return bounded.max(axis=(1, 2)).astype(np.float32), bounded.astype(np.float32) if maps else None
+
+
+def save_tail(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write the tail's arrays into ``models/export``.
+
+    Args:
+        folder: ``models/export``.
+        arrays: As :class:`PatchcoreTail` takes them.
+
+    Returns:
+        The file written.
+    """
+    path = folder / TAIL_FILE
+    np.savez(path, **{name: np.ascontiguousarray(value) for name, value in arrays.items()})
+    return path

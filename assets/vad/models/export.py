@@ -11,7 +11,7 @@ exported graph in ONNX Runtime and writes ``models/export/parity.json``:
 - labels: whether every validation image gets the same OK/NG label; the gate needs all;
 - maps (normalised): max absolute difference, reported only (PatchCore's torch maps of large banks come
   from the inverted file; the exported graph searches exactly);
-- images/s of both on the same images (``auto`` prefers the faster).
+- images/s of both on the same images (reported; ``auto`` does not choose by them).
 
 An export that fails the gate is refused: ``model.onnx`` is removed, ``manifest.json`` says why, and the
 training run still succeeds without it.
@@ -246,7 +246,6 @@ def export_model(
         logger.debug("export failed", exc_info=exc)
     manifest.update(accepted=figures["accepted"], export_seconds=round(time.perf_counter() - started, 2))
     if figures["accepted"]:
-        manifest["faster_than_torch"] = figures["export_images_per_s"] >= figures["torch_images_per_s"]
         logger.info(
             f"exported to {graph_file.relative_to(folder.parent.parent)} (ONNX fp32): parity on {figures['images']} "
             f"validation image(s), normalised scores within {figures['normalized_max_abs_difference']:.1e}, labels "

@@ -90,7 +90,7 @@ def test_single_image_inference_and_model_archive(project, tmp_path_factory):
         names = tar.getnames()
     assert "train/model.safetensors" in names
     assert "export/model.onnx" in names, "the exported model travels with it"
-    assert all(name.endswith((".json", ".safetensors", ".onnx")) for name in names), "data only: no pickles"
+    assert all(name.endswith((".json", ".safetensors", ".onnx", ".npz")) for name in names), "data only: no pickles"
 
     elsewhere = tmp_path_factory.mktemp("edge")
     single = make_inference_folder(elsewhere / "one", n_ok=0, n_ng=1)

@@ -139,12 +139,10 @@ def _row_cells(rows: pd.DataFrame) -> list[list[object]] | None:
 def _batch_text(rows: pd.DataFrame, cells: list[list[object]] | None, batch: PredictionBatch, header: bool) -> str:
     """output.csv's text for one batch: its input rows, then the scored columns (as ``DataFrame.assign`` adds them)."""
     columns = batch.scored.columns
-    if cells is None or any(name in rows.columns for name in columns):
-        return frame_text(rows.iloc[batch.positions].assign(**columns), header)
-    first, last = int(batch.positions[0]), int(batch.positions[-1]) + 1  # batches are consecutive rows
     scored = [column_cells(values) for values in columns.values()]
-    if any(column is None for column in scored):
-        return frame_text(rows.iloc[batch.positions].assign(**columns), header)
+    if cells is None or None in scored or any(name in rows.columns for name in columns):
+        return frame_text(rows.iloc[batch.positions].assign(**columns), header)  # pandas writes it
+    first, last = int(batch.positions[0]), int(batch.positions[-1]) + 1  # batches are consecutive rows
     names = [*rows.columns, *columns]
     return rows_text(names, [column[first:last] for column in cells] + scored, header)  # type: ignore[operator]
 

@@ -21,9 +21,11 @@ system-deps:
 		|| { echo "ERROR: could not install$$missing with apt-get; install them (see apt-packages.txt)"; exit 1; }; \
 	fi
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt requirements-edge.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt requirements-edge.txt requirements-edge-common.txt \
+		requirements-edge-openvino.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt -r requirements-edge.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt -r requirements-edge.txt \
+		-r requirements-edge-openvino.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 

@@ -35,7 +35,7 @@ class InferenceArgs(StepArgs):
     inference_threshold: float = Field(DEFAULT_INFERENCE_THRESHOLD, ge=0.0, le=1.0)
     save_anomaly_maps: bool = False
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
-    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
 
 
 class InferenceStep(Asset):
@@ -64,7 +64,7 @@ class InferenceStep(Asset):
         files = list(samples[cols.FILE])
         labels = list(samples[cols.LABEL].fillna(UNKNOWN_LABEL)) if cols.LABEL in samples else None
         ctx.logger.info(
-            f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} ({detector.trained.runtime}) "
+            f"scoring {len(files)} image(s) with {spec.model_name}/{spec.backbone} ({detector.trained.label}) "
             f"at {spec.input_size[0]}x{spec.input_size[1]}, inference_threshold {args.inference_threshold}"
         )
         folder = ctx.artifacts / "extra_output" / "inference" / "images"

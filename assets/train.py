@@ -12,7 +12,7 @@ import time
 from typing import Literal
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from alo import Asset, Config, Data, PlanError, StepArgs, StepContext
 from assets.vad import samples as cols
@@ -22,7 +22,7 @@ from assets.vad.calibration import Calibration
 from assets.vad.images import read_image
 from assets.vad.models import MODELS, entry, model_parameters_class
 from assets.vad.models.base import FitData, FitOptions, VadModel
-from assets.vad.models.export import export_saved
+from assets.vad.models.export import DEFAULT_FORMATS, export_saved
 from assets.vad.models.factory import build_model, make_spec, save
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.runtime import resolve_device, seed_everything, use_all_cores
@@ -54,7 +54,15 @@ class TrainArgs(StepArgs):
     hue_degree: float = Field(0.3, ge=0.0, le=0.5)
     blur_kernel_size: int = Field(5, ge=0, le=255)
     model_parameters: ModelParameters = Field(default_factory=ModelParameters)  # type: ignore[valid-type]
-    export: list[Literal["onnx"]] = Field(default_factory=lambda: ["onnx"])
+    export: list[Literal["openvino", "onnx"]] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
+    precision: Literal["fp32", "int8"] = "fp32"
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> TrainArgs:
+        if self.precision == "int8" and "openvino" not in self.export:
+            msg = "precision int8 quantises the OpenVINO graph: add openvino to the train arg export, or use fp32"
+            raise ValueError(msg)
+        return self
 
     @field_validator("img_size")
     @classmethod
@@ -133,8 +141,8 @@ class TrainStep(Asset):
             "validation": metrics,
         }
         save(model, calibration, training, ctx.model_dir / "train")
-        if args.export:  # the graph proven equal to torch on the validation images, or refused (logged)
-            export_saved(ctx.model_dir / "train", valid.files)
+        if args.export:  # each graph proven on the validation images, or refused (logged)
+            export_saved(ctx.model_dir / "train", valid.files, args.export, args.precision, valid.is_ng, train.files)
         ctx.logger.info(
             f"trained in {fit_seconds:.1f}s; raw threshold {calibration.threshold:.5g} ({method}); "
             f"validation image AUROC {metrics.get('auroc', float('nan')):.4f}"

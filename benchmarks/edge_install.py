@@ -6,9 +6,11 @@ export kept in ``model.tar.gz``. Measured, each a whole process from start to ex
 ``main.py --mode inference`` on one image with the slim venv (``runtime: onnxruntime``) and with the full
 ``.venv`` (``runtime: torch``), and the 300-image scoring of both with the labels compared.
 
-    .venv/bin/python -m benchmarks.edge_install [--models patchcore fastflow padim]
+    .venv/bin/python -m benchmarks.edge_install [--models patchcore fastflow padim] [--runtime openvino]
 
-Rows go to ``results/edge-install-rows.jsonl``; the table to ``BENCHMARKS.md`` ("Edge install").
+``--runtime openvino`` builds the slim venv from ``requirements-edge-openvino.txt`` and runs the OpenVINO graph
+instead (section "Edge install: OpenVINO"). Rows go to ``results/edge-install-rows.jsonl``; the table to
+``BENCHMARKS.md`` ("Edge install").
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from benchmarks.report import write_section
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "results" / "edge-install"
 EDGE_VENV = WORK / "venv"
+# runtime -> (requirements file, its graph's key in parity.json, BENCHMARKS.md section)
+EDGES = {
+    "onnxruntime": ("requirements-edge.txt", "onnx", "Edge install"),
+    "openvino": ("requirements-edge-openvino.txt", "openvino", "Edge install: OpenVINO"),
+}
 
 
 def folder_mb(path: Path) -> float:
@@ -39,13 +46,13 @@ def folder_mb(path: Path) -> float:
     return int(done.stdout.split()[0]) / 1024
 
 
-def make_venv() -> dict:
-    """A fresh venv with requirements-edge.txt only; seconds to build, MB on disk, and whether torch is absent."""
+def make_venv(requirements: str) -> dict:
+    """A fresh venv with an edge requirements file only; seconds to build, MB on disk, whether torch is absent."""
     shutil.rmtree(EDGE_VENV, ignore_errors=True)
     started = datetime.now(UTC)
     subprocess.run([sys.executable, "-m", "venv", str(EDGE_VENV)], check=True)
     pip = [str(EDGE_VENV / "bin/python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "-r", str(ROOT / "requirements-edge.txt")], check=True)
+    subprocess.run([*pip, "-r", str(ROOT / requirements)], check=True)
     seconds = (datetime.now(UTC) - started).total_seconds()
     probe = subprocess.run(
         [str(EDGE_VENV / "bin/python"), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
@@ -53,7 +60,12 @@ def make_venv() -> dict:
         text=True,
         check=True,
     )
-    return {"install_s": seconds, "mb": folder_mb(EDGE_VENV), "torch_absent": probe.stdout.strip() == "True"}
+    return {
+        "install_s": seconds,
+        "mb": folder_mb(EDGE_VENV),
+        "torch_absent": probe.stdout.strip() == "True",
+        "requirements": requirements,
+    }
 
 
 def write_plan(data: Path, folder: Path, model: str, inference: str, runtime: str, archive: Path | None) -> Path:
@@ -81,27 +93,27 @@ def main_py(python: Path, mode: str, plan: Path) -> list[str]:
     return [str(python), str(ROOT / "main.py"), "--mode", mode, "--config", str(plan)]
 
 
-def measure_model(data: Path, model: str) -> dict:
+def measure_model(data: Path, model: str, runtime: str) -> dict:
     """Train one model (export kept), then cold one-image and 300-image runs on both installs."""
     folder = WORK / model
     shutil.rmtree(folder, ignore_errors=True)
     train = timed(main_py(ROOT / ".venv/bin/python", "train", write_plan(data, folder, model, "one", "torch", None)))
     if "error" in train:
         return {"model": model, "error": train["error"]}
-    parity = json.loads((folder / "train_artifacts/models/export/parity.json").read_text())
+    parity = json.loads((folder / "train_artifacts/models/export/parity.json").read_text()).get(EDGES[runtime][1], {})
     archive = folder / "saved" / "model.tar.gz"
     row: dict = {"model": model, "train_s": train["seconds"], "parity": parity}
-    for name, python, runtime in (
-        ("edge", EDGE_VENV / "bin/python", "onnxruntime"),
+    for name, python, side in (
+        ("edge", EDGE_VENV / "bin/python", runtime),
         ("full", ROOT / ".venv/bin/python", "torch"),
     ):
-        one = write_plan(data, folder / name, model, "one", runtime, archive)
+        one = write_plan(data, folder / name, model, "one", side, archive)
         runs = [timed(main_py(python, "inference", one)) for _ in range(3)]
         errors = [r["error"] for r in runs if "error" in r]
         if errors:
             row[name] = {"error": errors[0]}
             continue
-        many = write_plan(data, folder / name, model, "score", runtime, archive)
+        many = write_plan(data, folder / name, model, "score", side, archive)
         batch = timed(main_py(python, "inference", many))
         output = pd.read_csv(folder / name / "inference_artifacts/output/output.csv")
         row[name] = {
@@ -122,19 +134,20 @@ def measure_model(data: Path, model: str) -> dict:
     return row
 
 
-def table(venv: dict, rows: list[dict]) -> str:
+def table(venv: dict, rows: list[dict], runtime: str) -> str:
     """The BENCHMARKS.md section."""
+    option = "" if runtime == "onnxruntime" else f" --runtime {runtime}"
     lines = [
-        "Command: `python -m benchmarks.edge_install`",
+        f"Command: `python -m benchmarks.edge_install{option}`",
         "",
-        f"Slim install (`requirements-edge.txt` in a fresh venv, {venv['install_s']:.0f} s to build): "
+        f"Slim install (`{venv['requirements']}` in a fresh venv, {venv['install_s']:.0f} s to build): "
         f"**{venv['mb']:.0f} MB** on disk (target 400 MB), torch {'absent' if venv['torch_absent'] else 'PRESENT'}. "
         "Each model trained with the bundled plan's settings on 200 generated gravel images (colour 256 px "
-        f"JPEGs); its export (ONNX fp32, gated on the {rows[0].get('parity', {}).get('images', '?')} validation "
+        f"JPEGs); its export ({runtime} fp32, gated on the {rows[0].get('parity', {}).get('images', '?')} validation "
         "images: 20 OK, 10 with defects) in `model.tar.gz`; inference without heatmaps, whole processes start to "
         "exit, one image: median of three.",
         "",
-        "| model | gate: normalised diff | gate: export / torch images/s | cold one image, slim (ONNX Runtime) s "
+        f"| model | gate: normalised diff | gate: export / torch images/s | cold one image, slim ({runtime}) s "
         "| cold one image, full (torch) s | 300 images slim s | 300 images full s | labels slim = full "
         "| max score diff |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -158,15 +171,17 @@ def main() -> None:
     """Build the slim venv, measure each model, write the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["patchcore", "fastflow", "padim"])
+    parser.add_argument("--runtime", choices=sorted(EDGES), default="onnxruntime")
     args = parser.parse_args()
     data = build_data("default")
-    venv = make_venv()
-    rows = [measure_model(data, model) for model in args.models]
+    requirements, _, section = EDGES[args.runtime]
+    venv = make_venv(requirements)
+    rows = [measure_model(data, model, args.runtime) for model in args.models]
     with (ROOT / "results" / "edge-install-rows.jsonl").open("a", encoding="utf-8") as handle:
         for row in [{"venv": venv}, *rows]:
             handle.write(json.dumps({**row, "finished": datetime.now(UTC).isoformat()}, default=str) + "\n")
     print(json.dumps({"venv": venv, "rows": rows}, default=str, indent=1))
-    write_section(ROOT / "BENCHMARKS.md", "Edge install", table(venv, rows))
+    write_section(ROOT / "BENCHMARKS.md", section, table(venv, rows, args.runtime))
 
 
 if __name__ == "__main__":

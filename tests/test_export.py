@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, set_external, step_args, write_plan
 
 import main
-from assets.vad.exported import choose_runtime, read_manifest
+from assets.vad.exported import choose_runtime, read_manifest, usable_kind
 from assets.vad.models import MODELS
 from assets.vad.models import export as export_module
 
@@ -42,17 +42,22 @@ def _train(project, model_name: str, **train_args) -> dict:
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_fp32_export_of_each_model_passes_its_gate(project, model_name):
-    trained = _train(project, model_name)
+    trained = _train(project, model_name)  # the default formats: OpenVINO and ONNX, fp32
     export = trained["models"] / "export"
     manifest = read_manifest(trained["models"] / "train")
-    parity = json.loads((export / "parity.json").read_text())
-    assert manifest["accepted"] and parity["accepted"], parity.get("reason")
-    assert (export / "model.onnx").is_file()
-    assert parity["images"] == 14  # every validation image of the sample data
-    assert parity["labels_identical"] is True
-    assert parity["normalized_max_abs_difference"] <= 1e-3
-    assert parity["raw_max_relative_difference"] <= 1e-3
-    assert {"torch_images_per_s", "export_images_per_s", "map_max_abs_difference"} <= set(parity)
+    parities = json.loads((export / "parity.json").read_text())
+    assert manifest["accepted"] and set(manifest["exports"]) == {"openvino", "onnx"}
+    for name, graph in (("onnx", "model.onnx"), ("openvino", "model.xml")):
+        parity = parities[name]
+        assert manifest["exports"][name]["accepted"] and parity["accepted"], parity.get("reason")
+        assert (export / graph).is_file()
+        assert parity["images"] == 14  # every validation image of the sample data
+        assert parity["labels_identical"] is True
+        assert parity["normalized_max_abs_difference"] <= 1e-3
+        assert parity["raw_max_relative_difference"] <= 1e-3
+        speed = {"torch_images_per_s", "export_images_per_s", "torch_one_image_ms", "export_one_image_ms"}
+        assert speed | {"map_max_abs_difference"} <= set(parity)
+    assert (export / "model.bin").stat().st_size > 4 * 10_000, "fp32 weights (not compressed to fp16)"
 
 
 def test_a_broken_export_is_refused_and_training_still_succeeds(project, monkeypatch):
@@ -67,7 +72,9 @@ def test_a_broken_export_is_refused_and_training_still_succeeds(project, monkeyp
     manifest = read_manifest(trained["models"] / "train")
     assert manifest["accepted"] is False
     assert "differ" in manifest["reason"]
-    assert not (trained["models"] / "export" / "model.onnx").exists(), "a refused export leaves no graph"
+    assert all("differ" in entry["reason"] for entry in manifest["exports"].values())
+    for graph in ("model.onnx", "model.xml", "model.bin", "patchcore_tail.npz"):
+        assert not (trained["models"] / "export" / graph).exists(), "a refused export leaves no graph"
     assert (trained["root"] / "train_artifacts" / "models" / "train" / "model.safetensors").is_file()
     assert choose_runtime(trained["models"] / "train", "auto") == "torch"
 
@@ -82,7 +89,8 @@ def test_runtime_onnxruntime_without_an_export_is_one_clear_error(project, capsy
     assert line.startswith("ERROR: model error: runtime onnxruntime needs an exported model")
     assert "--mode export" in line
     assert main.main(["--mode", "export", "--config", str(path)]) == 0  # on demand, then it runs
-    assert read_manifest(trained["models"] / "train")["accepted"] is True
+    manifest = read_manifest(trained["models"] / "train")
+    assert manifest["accepted"] is True and set(manifest["exports"]) == {"openvino", "onnx"}
     assert main.main(["--mode", "inference", "--config", str(path)]) == 0
 
 
@@ -112,20 +120,117 @@ def test_exported_model_tar_gz_scores_without_torch_as_torch_does(project, tmp_p
     assert (edge_rows["anomaly_score"] - torch_rows["anomaly_score"]).abs().max() <= 1e-3
 
 
-def test_auto_takes_torch_where_it_is_installed(project):
+def _set_speeds(folder, name: str, torch_ms: float, export_ms: float, torch_per_s: float, export_per_s: float):
+    path = folder.parent / "export" / "parity.json"
+    parities = json.loads(path.read_text())
+    parities[name].update(
+        torch_one_image_ms=torch_ms, export_one_image_ms=export_ms,
+        torch_images_per_s=torch_per_s, export_images_per_s=export_per_s,
+    )  # fmt: skip
+    path.write_text(json.dumps(parities))
+
+
+def test_auto_takes_an_export_only_where_the_gate_measured_it_faster_than_torch(project):
     trained = _train(project, "patchcore")
     folder = trained["models"] / "train"
     assert read_manifest(folder)["accepted"]
-    assert choose_runtime(folder, "auto") == "torch"  # the slim install (no torch) takes the export: tested below
+    for name in ("openvino", "onnx"):
+        _set_speeds(folder, name, 40.0, 50.0, 30.0, 20.0)  # slower than torch
+    assert choose_runtime(folder, "auto") == "torch"
+    _set_speeds(folder, "onnx", 40.0, 30.0, 30.0, 40.0)  # ONNX faster at both
+    assert choose_runtime(folder, "auto") == "onnxruntime"
+    _set_speeds(folder, "openvino", 40.0, 30.0, 30.0, 25.0)  # OpenVINO faster for one image, slower in batches
+    assert choose_runtime(folder, "auto") == "onnxruntime"
+    _set_speeds(folder, "openvino", 40.0, 20.0, 30.0, 50.0)
+    assert choose_runtime(folder, "auto") == "openvino"  # OpenVINO before ONNX Runtime when both are faster
     assert choose_runtime(folder, "onnxruntime") == "onnxruntime"
+    assert choose_runtime(folder, "torch") == "torch"
 
 
-def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, tmp_path_factory):
-    """requirements-edge.txt in a fresh venv (no torch at all) runs main.py --mode inference on model.tar.gz."""
+def test_a_manifest_of_the_first_layout_reads_as_one_onnx_export(tmp_path):
+    folder = tmp_path / "models" / "train"
+    (tmp_path / "models" / "export").mkdir(parents=True)
+    old = {"format": "onnx", "precision": "fp32", "accepted": False, "reason": "1 of 14 validation label(s) differ"}
+    (tmp_path / "models" / "export" / "manifest.json").write_text(json.dumps(old))
+    manifest = read_manifest(folder)
+    assert manifest["exports"] == {"onnx": {"file": "model.onnx", "precision": "fp32", "accepted": False,
+                                            "reason": old["reason"]}}  # fmt: skip
+    assert choose_runtime(folder, "auto") == "torch"
+
+
+def test_openvino_runtime_scores_as_torch_does(project):
+    trained = _train(project, "fastflow", export=["openvino"])
+    root, plan = trained["root"], trained["plan"]
+    assert main.main(["--mode", "inference", "--config", str(trained["path"])]) == 0
+    torch_rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    step_args(plan, "inference", "inference")["runtime"] = "openvino"
+    path = write_plan(root, plan, "openvino_plan.yaml")
+    assert main.main(["--mode", "inference", "--config", str(path)]) == 0
+    log = (root / "inference_artifacts/log/pipeline.log").read_text()
+    assert "(openvino)" in log
+    rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    assert list(rows["pred_label"]) == list(torch_rows["pred_label"])
+    assert (rows["anomaly_score"] - torch_rows["anomaly_score"]).abs().max() <= 1e-3
+    step_args(plan, "inference", "inference")["runtime"] = "onnxruntime"  # exported for OpenVINO only
+    path = write_plan(root, plan, "onnx_plan.yaml")
+    assert main.main(["--mode", "inference", "--config", str(path)]) == 2
+
+
+def test_int8_that_fails_its_accuracy_gate_is_refused_with_the_measured_drop(project, monkeypatch):
+    monkeypatch.setattr(export_module, "MAX_AUROC_DROP", -1.0)  # no int8 model can pass: the refusal path
+    trained = _train(project, "fastflow", export=["openvino"], precision="int8")
+    export = trained["models"] / "export"
+    manifest = read_manifest(trained["models"] / "train")
+    entry = manifest["exports"]["openvino_int8"]
+    parity = json.loads((export / "parity.json").read_text())["openvino_int8"]
+    assert entry["accepted"] is False
+    assert entry["reason"].startswith(f"validation image AUROC drops by {parity['auroc_drop']:.4f}")
+    assert f"{parity['fp32_auroc']:.4f} to {parity['int8_auroc']:.4f}" in entry["reason"]
+    assert not (export / "model_int8.xml").exists() and not (export / "calibration_int8.json").exists()
+    assert manifest["exports"]["openvino"]["accepted"], "the fp32 graph stays"
+    assert usable_kind(trained["models"] / "train", "openvino").name == "openvino"
+
+
+def test_int8_that_passes_its_gate_scores_with_its_own_calibration(project, monkeypatch):
+    monkeypatch.setattr(export_module, "MAX_AUROC_DROP", 1.0)  # whatever this tiny model's drop, keep it
+    monkeypatch.setattr(export_module, "MAX_F1_DROP", 1.0)
+    trained = _train(project, "fastflow", export=["openvino"], precision="int8")
+    root, plan, folder = trained["root"], trained["plan"], trained["models"] / "train"
+    export = trained["models"] / "export"
+    parity = json.loads((export / "parity.json").read_text())["openvino_int8"]
+    assert parity["accepted"], parity
+    assert parity["images"] == 14 and parity["n_ng"] == 6
+    own = json.loads((export / "calibration_int8.json").read_text())
+    fp32 = json.loads((folder / "calibration.json").read_text())
+    assert own["threshold"] == pytest.approx(parity["int8_threshold"]) and own["method"] == fp32["method"]
+    assert own["threshold"] != fp32["threshold"], "re-derived on the int8 scores, not the fp32 one reused"
+    step_args(plan, "inference", "inference")["runtime"] = "openvino"
+    path = write_plan(root, plan, "int8_plan.yaml")
+    assert main.main(["--mode", "inference", "--config", str(path)]) == 0
+    assert "(openvino int8)" in (root / "inference_artifacts/log/pipeline.log").read_text()
+    rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    assert ((rows["raw_score"] >= own["threshold"]) == (rows["pred_label"] != "good")).all()
+
+
+def test_int8_needs_the_openvino_export_in_the_plan(project, capsys):
+    root, plan = project["root"], project["plan"]
+    step_args(plan, "train", "train").update({"export": ["onnx"], "precision": "int8"})
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("ERROR: plan error:") and "add openvino to the train arg export" in line
+
+
+@pytest.mark.parametrize(
+    ("requirements", "runtime"),
+    [("requirements-edge.txt", "onnxruntime"), ("requirements-edge-openvino.txt", "openvino")],
+)
+def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, tmp_path_factory, requirements, runtime):
+    """An edge requirements file in a fresh venv (no torch at all) runs main.py --mode inference on model.tar.gz."""
     venv = tmp_path_factory.mktemp("edge") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin/python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "-r", str(ROOT / "requirements-edge.txt")], check=True, timeout=600, capture_output=True)
+    subprocess.run([*pip, "-r", str(ROOT / requirements)], check=True, timeout=600, capture_output=True)
     probe = [str(venv / "bin/python"), "-c", "import importlib.util as u; assert u.find_spec('torch') is None"]
     subprocess.run(probe, check=True, timeout=60)
     saved = tmp_path_factory.mktemp("saved")
@@ -140,7 +245,7 @@ def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, t
     command = [str(venv / "bin/python"), str(ROOT / "main.py"), "--mode", "inference", "--config", str(path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "(onnxruntime)" in done.stderr
+    assert f"({runtime})" in done.stderr
     edge_rows = pd.read_csv(root / "inference_artifacts/output/output.csv")
     assert list(edge_rows["pred_label"]) == list(torch_rows["pred_label"])
     assert (edge_rows["anomaly_score"] - torch_rows["anomaly_score"]).abs().max() <= 1e-3
@@ -160,7 +265,7 @@ def test_patchcore_tail_with_an_inverted_file_equals_the_torch_scorer(project, m
     images = sorted(str(p) for p in (trained["root"] / "data" / "train").rglob("*.png"))
     folder = trained["models"] / "train"
     manifest = export_module.export_model(model.model, model.spec, model.calibration, images, folder)
-    parity = json.loads((trained["models"] / "export" / "parity.json").read_text())
+    parity = json.loads((trained["models"] / "export" / "parity.json").read_text())["onnx"]
     assert manifest["accepted"] and manifest["tail"] == "patchcore", parity
     assert parity["raw_max_relative_difference"] <= 1e-5
     assert parity["map_max_abs_difference"] <= 1e-3, "maps from the same inverted file (up to float rounding)"

@@ -90,7 +90,9 @@ def test_single_image_inference_and_model_archive(project, tmp_path_factory):
         names = tar.getnames()
     assert "train/model.safetensors" in names
     assert "export/model.onnx" in names, "the exported model travels with it"
-    assert all(name.endswith((".json", ".safetensors", ".onnx", ".npz")) for name in names), "data only: no pickles"
+    assert "export/model.xml" in names and "export/model.bin" in names
+    data_only = (".json", ".safetensors", ".onnx", ".npz", ".xml", ".bin")
+    assert all(name.endswith(data_only) for name in names), "data only: no pickles"
 
     elsewhere = tmp_path_factory.mktemp("edge")
     single = make_inference_folder(elsewhere / "one", n_ok=0, n_ng=1)

@@ -126,7 +126,7 @@ class Detector:
             path: A ``train_artifacts/models`` folder (or its ``train`` subfolder), or a ``model.tar.gz``.
             accelerator: ``cpu``, ``gpu`` or ``auto`` (see :func:`assets.vad.runtime.resolve_device`).
             inference_threshold: Normalised score from which an image is NG (default 0.5, the trained threshold).
-            runtime: ``torch``, ``onnxruntime`` (the exported model, no torch imported) or ``auto``
+            runtime: ``torch``, ``openvino`` or ``onnxruntime`` (an exported model, no torch imported) or ``auto``
                 (see :func:`assets.vad.exported.choose_runtime`).
 
         Returns:
@@ -145,8 +145,8 @@ class Detector:
             msg = f"model error: {path} is neither a models folder nor a model.tar.gz; point it at a train run's model"
             raise ModelError(msg)
         chosen = choose_runtime(folder, runtime) if accelerator == "cpu" else "torch"
-        if chosen == "onnxruntime":
-            trained: TrainedModel | ExportedModel = ExportedModel.load(folder)
+        if chosen != "torch":
+            trained: TrainedModel | ExportedModel = ExportedModel.load(folder, chosen)
         else:
             from assets.vad.models.factory import load  # torch: imported only by the torch runtime
             from assets.vad.runtime import resolve_device, use_all_cores
@@ -277,7 +277,7 @@ def resident_detector(
         path: A ``train_artifacts/models`` folder or its ``train`` subfolder.
         accelerator: ``cpu``, ``gpu`` or ``auto``.
         inference_threshold: Normalised score from which an image is NG.
-        runtime: ``torch``, ``onnxruntime`` or ``auto`` (see :meth:`Detector.load`).
+        runtime: ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (see :meth:`Detector.load`).
 
     Returns:
         The detector, with this threshold.

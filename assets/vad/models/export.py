@@ -1,9 +1,11 @@
-"""Exporting a trained model to ONNX, proven equal to the torch scores on the validation images (the parity gate).
+"""Exporting a trained model (OpenVINO, ONNX; int8 by NNCF), each graph proven on the validation images.
 
 The graph (:class:`ScoringGraph`) takes model-size uint8 pixels and computes, inside: the normalisation, the
 backbone (torch's batch-norm-folded graph), the model's scoring (each scorer's :meth:`graph_forward`) and
-the raw image score and anomaly map. The gate scores the validation images through torch and through the
-exported graph in ONNX Runtime and writes ``models/export/parity.json``:
+the raw image score and anomaly map. It is traced to ONNX once; OpenVINO's graph is converted from it.
+
+**fp32 parity gate** (``onnx``, ``openvino``): the validation images scored through torch and through the
+exported graph; ``models/export/parity.json`` gets, per export:
 
 - raw scores: max absolute and max relative difference (relative to the calibration's score range);
 - normalised scores (``anomaly_score``): max absolute difference; the gate needs at most
@@ -11,21 +13,31 @@ exported graph in ONNX Runtime and writes ``models/export/parity.json``:
 - labels: whether every validation image gets the same OK/NG label; the gate needs all;
 - maps (normalised): max absolute difference, reported only (PatchCore's torch maps of large banks come
   from the inverted file; the exported graph searches exactly);
-- images/s of both on the same images (reported; ``auto`` does not choose by them).
+- speed of both on the same images: images/s in batches of :data:`BATCH` and one image with its map (ms).
 
-An export that fails the gate is refused: ``model.onnx`` is removed, ``manifest.json`` says why, and the
-training run still succeeds without it.
+**int8 accuracy gate** (``openvino_int8``, train arg ``precision: int8``): NNCF's post-training quantisation of
+the OpenVINO graph, calibrated on OK training images only. Its scores are not the fp32 ones, so its threshold
+and normalisation are re-derived on its own validation scores (``calibration_int8.json``, by the method the
+fp32 calibration used) and it is kept only when validation image AUROC drops by at most
+:data:`MAX_AUROC_DROP` and F1 at the trained threshold by at most :data:`MAX_F1_DROP`.
+
+A refused export leaves no graph (``manifest.json`` says why, the log warns) and the training run still
+succeeds without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
 import logging
+import os
+import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,14 +52,19 @@ from assets.vad.calibration import Calibration
 from assets.vad.exported import (
     EMBEDDING_NAME,
     INPUT_NAME,
+    INT8_CALIBRATION_FILE,
+    KINDS,
     MANIFEST_FILE,
-    ONNX_FILE,
+    ONNX,
+    OPENVINO,
+    OPENVINO_INT8,
     OUTPUT_NAMES,
     PARITY_FILE,
     ExportedScorer,
+    ExportKind,
     export_dir,
     load_tail,
-    session,
+    runner,
 )
 from assets.vad.images import model_pixels, read_image
 from assets.vad.models.scorer import GraphScorer
@@ -55,10 +72,17 @@ from assets.vad.models.scorer import GraphScorer
 logger = logging.getLogger("assets.models.export")
 
 OPSET = 17
-FORMATS = ("onnx",)
-MAX_NORMALIZED_DIFFERENCE = 1e-3  # the gate: normalised scores of every validation image within this
-GATE_IMAGES = 64  # validation images the gate scores at most (the first ones)
+FORMATS = ("openvino", "onnx")
+DEFAULT_FORMATS = ("openvino", "onnx")  # OpenVINO for Intel edge boxes; ONNX for the smallest edge install
+PRECISIONS = ("fp32", "int8")
+MAX_NORMALIZED_DIFFERENCE = 1e-3  # the fp32 gate: normalised scores of every validation image within this
+MAX_AUROC_DROP = 0.005  # the int8 gate: validation image AUROC may drop by this much
+MAX_F1_DROP = 0.01  # and F1 at the trained threshold by this much
+GATE_IMAGES = 64  # validation images the fp32 gate scores at most (the first ones)
+INT8_VALIDATION_IMAGES = 1000  # validation images the int8 gate scores at most
+CALIBRATION_IMAGES = 300  # OK training images the quantiser sees at most
 BATCH = 4
+LATENCY_REPEATS = 5  # one-image timings (after one warm-up call); their median is reported
 
 
 class ScoringGraph(nn.Module):
@@ -137,40 +161,25 @@ def save_tail_arrays(name: str, folder: Path, arrays: dict[str, np.ndarray]) -> 
 
 
 def parity(
-    scorer: GraphScorer, exported: ExportedScorer, calibration: Calibration, pictures: Sequence[Image.Image], spec: Any
+    reference: tuple[np.ndarray, list[np.ndarray]],
+    exported: tuple[np.ndarray, list[np.ndarray]],
+    calibration: Calibration,
 ) -> dict[str, Any]:
-    """Score the same pictures through torch and through the export, and compare (the gate's figures).
+    """Compare torch's scores and maps with an fp32 export's (the gate's figures).
 
     Args:
-        scorer: The torch scorer.
-        exported: The exported graph in ONNX Runtime.
+        reference: Torch's raw scores and per-batch raw maps.
+        exported: The export's, of the same images.
         calibration: The model's calibration.
-        pictures: Validation images.
-        spec: The model's spec (input size, normalisation).
 
     Returns:
         The figures, with ``accepted`` and, when refused, ``reason``.
     """
-    size = tuple(spec.input_size)
-    ours: list[np.ndarray] = []
-    theirs: list[np.ndarray] = []
-    torch_maps: list[np.ndarray] = []
-    export_maps: list[np.ndarray] = []
-    torch_seconds = export_seconds = 0.0
-    for start in range(0, len(pictures), BATCH):
-        batch = pictures[start : start + BATCH]
-        started = time.perf_counter()
-        scores, maps = scorer.score(torch.stack([to_tensor(p, size, spec.mean, spec.std) for p in batch]), True)
-        torch_seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        exported_scores, exported_maps = exported.score_pixels(np.stack([model_pixels(p, size) for p in batch]))
-        export_seconds += time.perf_counter() - started
-        ours.append(scores)
-        theirs.append(exported_scores)
-        torch_maps.append(calibration.normalize(maps))
-        export_maps.append(calibration.normalize(exported_maps))
-    raw, exported_raw = np.concatenate(ours), np.concatenate(theirs)
-    map_difference = max(float(np.max(np.abs(a - b))) for a, b in zip(torch_maps, export_maps, strict=True))
+    raw, exported_raw = reference[0], exported[0]
+    map_difference = max(
+        float(np.max(np.abs(calibration.normalize(a) - calibration.normalize(b))))
+        for a, b in zip(reference[1], exported[1], strict=True)
+    )
     span = max(calibration.high - calibration.low, 1e-12)
     scored, exported_scored = calibration.apply(raw), calibration.apply(exported_raw)
     normalized = float(np.max(np.abs(scored.columns["anomaly_score"] - exported_scored.columns["anomaly_score"])))
@@ -182,8 +191,6 @@ def parity(
         "normalized_max_abs_difference": normalized,
         "labels_identical": same_labels,
         "map_max_abs_difference": map_difference,
-        "torch_images_per_s": round(len(raw) / torch_seconds, 2),
-        "export_images_per_s": round(len(raw) / export_seconds, 2),
         "limit_normalized": MAX_NORMALIZED_DIFFERENCE,
     }
     reasons = []
@@ -198,76 +205,361 @@ def parity(
     return figures
 
 
+def int8_gate(
+    fp32_raw: np.ndarray, int8_raw: np.ndarray, is_ng: np.ndarray | None, calibration: Calibration
+) -> tuple[dict[str, Any], Calibration | None]:
+    """The int8 accuracy gate: its own calibration from its validation scores, and its AUROC and F1 drops.
+
+    Args:
+        fp32_raw: Torch's raw validation scores.
+        int8_raw: The int8 graph's, of the same images.
+        is_ng: True for NG validation images (None: no labels).
+        calibration: The fp32 model's calibration (its method, percentile and class names are reused).
+
+    Returns:
+        The figures (``accepted``, ``reason`` when refused) and the int8 calibration (None when refused).
+    """
+    from assets.vad.reports import classification_scores
+
+    if is_ng is None or not np.any(is_ng) or np.all(is_ng):
+        reason = "validation holds no NG image (or no OK image), so its AUROC and F1 drops cannot be measured"
+        return {"accepted": False, "reason": reason, "images": len(int8_raw)}, None
+    if not np.all(np.isfinite(int8_raw)):
+        return {"accepted": False, "reason": "the int8 graph gives non-finite scores", "images": len(int8_raw)}, None
+    own, _ = Calibration.fit(
+        int8_raw, is_ng, calibration.method, calibration.percentile, calibration.ok_name, calibration.ng_name
+    )
+    before = classification_scores(is_ng, calibration.apply(fp32_raw).is_anomalous, fp32_raw)
+    after = classification_scores(is_ng, own.apply(int8_raw).is_anomalous, int8_raw)
+    auroc_drop, f1_drop = before["auroc"] - after["auroc"], before["f1"] - after["f1"]
+    figures: dict[str, Any] = {
+        "images": len(int8_raw),
+        "n_ng": int(np.sum(is_ng)),
+        "fp32_auroc": before["auroc"],
+        "int8_auroc": after["auroc"],
+        "auroc_drop": auroc_drop,
+        "fp32_f1": before["f1"],
+        "int8_f1": after["f1"],
+        "f1_drop": f1_drop,
+        "limit_auroc_drop": MAX_AUROC_DROP,
+        "limit_f1_drop": MAX_F1_DROP,
+        "int8_threshold": own.threshold,
+        "fp32_threshold": calibration.threshold,
+    }
+    reasons = []
+    if not auroc_drop <= MAX_AUROC_DROP:
+        reasons.append(
+            f"validation image AUROC drops by {auroc_drop:.4f} ({before['auroc']:.4f} to {after['auroc']:.4f}; "
+            f"limit {MAX_AUROC_DROP:g})"
+        )
+    if not f1_drop <= MAX_F1_DROP:
+        reasons.append(
+            f"F1 at the trained threshold drops by {f1_drop:.4f} ({before['f1']:.4f} to {after['f1']:.4f}; "
+            f"limit {MAX_F1_DROP:g})"
+        )
+    figures["accepted"] = not reasons
+    if reasons:
+        figures["reason"] = "; ".join(reasons)
+        return figures, None
+    return figures, own
+
+
+def _score_batches(
+    score: Callable[[list[Image.Image]], tuple[np.ndarray, np.ndarray | None]], pictures: Sequence[Image.Image]
+) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Scores and per-batch maps of pictures in batches of :data:`BATCH`, and images/s."""
+    scores, maps = [], []
+    started = time.perf_counter()
+    for start in range(0, len(pictures), BATCH):
+        found, found_maps = score(list(pictures[start : start + BATCH]))
+        scores.append(np.asarray(found, dtype=np.float32))
+        maps.append(found_maps)
+    seconds = max(time.perf_counter() - started, 1e-9)
+    return np.concatenate(scores), maps, round(len(pictures) / seconds, 2)
+
+
+def _one_image_ms(score: Callable[[list[Image.Image]], Any], picture: Image.Image) -> float:
+    """Median milliseconds to score one picture with its map (after one warm-up call)."""
+    score([picture])
+    timings = []
+    for _ in range(LATENCY_REPEATS):
+        started = time.perf_counter()
+        score([picture])
+        timings.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(timings), 2)
+
+
+def _torch_scores(scorer: GraphScorer, spec: Any) -> Callable[[list[Image.Image]], tuple[np.ndarray, np.ndarray]]:
+    size = tuple(spec.input_size)
+
+    def score(batch: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        return scorer.score(torch.stack([to_tensor(p, size, spec.mean, spec.std) for p in batch]), True)
+
+    return score
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """NNCF's progress bars and OpenVINO's messages kept out of the pipeline's console."""
+    with Path(os.devnull).open("w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        nncf_logger = logging.getLogger("nncf")
+        level = nncf_logger.level
+        nncf_logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            nncf_logger.setLevel(level)
+
+
+def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int, int]) -> Any:
+    """NNCF's post-training int8 quantisation of an OpenVINO graph, calibrated on OK training images.
+
+    Args:
+        model: The fp32 ``openvino.Model``.
+        calibration_images: OK training image files (the first :data:`CALIBRATION_IMAGES`).
+        size: Input (height, width).
+
+    Returns:
+        The quantised ``openvino.Model``.
+
+    Raises:
+        ValueError: No calibration images.
+    """
+    files = list(calibration_images)[:CALIBRATION_IMAGES]
+    if not files:
+        msg = "no OK training images to calibrate the quantisation on"
+        raise ValueError(msg)
+    with _quiet():
+        import nncf
+
+        dataset = nncf.Dataset(files, lambda path: model_pixels(read_image(path), size)[None])
+        return nncf.quantize(model, dataset, subset_size=len(files), preset=nncf.QuantizationPreset.PERFORMANCE)
+
+
+def _remove_graph(target: Path, kind: ExportKind) -> None:
+    graph = target / kind.file
+    graph.unlink(missing_ok=True)
+    if graph.suffix == ".xml":
+        graph.with_suffix(".bin").unlink(missing_ok=True)
+    if kind.precision == "int8":
+        (target / INT8_CALIBRATION_FILE).unlink(missing_ok=True)
+
+
+def _save_openvino(model: Any, path: Path) -> None:
+    import openvino
+
+    openvino.save_model(model, str(path), compress_to_fp16=False)  # fp32 weights: the graph the gate proved
+
+
+@dataclass
+class GateInputs:
+    """What every graph of one export is gated on.
+
+    Attributes:
+        scorer: The torch scorer.
+        spec: The model's spec.
+        calibration: The fp32 calibration.
+        validation: Validation image files.
+        pictures: The first :data:`GATE_IMAGES` of them, read.
+        is_ng: Their labels (None: none).
+        train_images: OK training image files (int8 calibration).
+        tail: The numpy tail after the graph, or None.
+        target: ``models/export``.
+        reference: Torch's raw scores and per-batch maps of ``pictures``.
+        torch_speed: Torch's images/s in batches and one-image milliseconds.
+    """
+
+    scorer: GraphScorer
+    spec: Any
+    calibration: Calibration
+    validation: list[str]
+    pictures: list[Image.Image]
+    is_ng: np.ndarray | None
+    train_images: Sequence[str]
+    tail: Any
+    target: Path
+    reference: tuple[np.ndarray, list[np.ndarray]] = (np.empty(0), [])
+    torch_speed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The model's input (height, width)."""
+        return tuple(self.spec.input_size)
+
+
 def export_model(
-    scorer: GraphScorer, spec: Any, calibration: Calibration, validation: Sequence[str], folder: Path
+    scorer: GraphScorer,
+    spec: Any,
+    calibration: Calibration,
+    validation: Sequence[str],
+    folder: Path,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    precision: str = "fp32",
+    is_ng: Sequence[bool] | np.ndarray | None = None,
+    train_images: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Export a trained model to ``models/export`` and run the parity gate; a refused export leaves no graph.
+    """Export a trained model to ``models/export`` and gate each graph; a refused graph is not left behind.
 
     Args:
         scorer: The model's torch scorer (loaded from ``folder``).
         spec: The model's spec.
         calibration: Its calibration.
-        validation: Validation image files (the gate scores up to :data:`GATE_IMAGES` of them).
+        validation: Validation image files (the fp32 gate scores up to :data:`GATE_IMAGES` of them, the int8
+            gate up to :data:`INT8_VALIDATION_IMAGES`).
         folder: ``models/train``.
+        formats: ``openvino`` and/or ``onnx``.
+        precision: ``int8`` adds the quantised OpenVINO graph (needs ``openvino`` in ``formats``).
+        is_ng: Labels of the validation images (the int8 gate needs OK and NG ones).
+        train_images: OK training image files (the int8 calibration set).
 
     Returns:
-        The manifest written (``accepted``, the gate's figures under ``parity``).
+        The manifest written (``exports``: each graph's entry; ``accepted``: whether any graph passed).
     """
     target = export_dir(folder)
     target.mkdir(parents=True, exist_ok=True)
-    graph_file = target / ONNX_FILE
+    for kind in KINDS.values():  # an earlier export's graphs do not outlive this one
+        _remove_graph(target, kind)
+    for leftover in target.glob("*.npz"):
+        leftover.unlink()
     size = tuple(spec.input_size)
+    kinds = [KINDS[name] for name in FORMATS if name in formats]
+    if precision == "int8" and OPENVINO in kinds:
+        kinds.append(OPENVINO_INT8)
     manifest: dict[str, Any] = {
-        "format": "onnx",
         "opset": OPSET,
-        "precision": "fp32",
         "model_name": spec.model_name,
         "input": {"name": INPUT_NAME, "shape": ["batch", size[0], size[1], 3], "dtype": "uint8", "layout": "NHWC"},
         "outputs": list(OUTPUT_NAMES),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "exports": {},
     }
+    parities: dict[str, Any] = {}
     started = time.perf_counter()
     try:
         model, arrays = onnx_bytes(scorer, spec.mean, spec.std, size)
-        graph_file.write_bytes(model)
         tail = None
         if arrays is not None:
             save_tail_arrays(scorer.TAIL, target, arrays)
             tail = load_tail(scorer.TAIL, target)
             manifest.update(tail=scorer.TAIL, outputs=[EMBEDDING_NAME])
-        exported = ExportedScorer(session(model), size, tail)
-        pictures = [read_image(path) for path in list(validation)[:GATE_IMAGES]]
+        names = list(validation)
+        pictures = [read_image(path) for path in names[:GATE_IMAGES]]
         if not pictures:
             msg = "no validation images to prove the export on"
             raise ValueError(msg)
-        figures = parity(scorer, exported, calibration, pictures, spec)
+        labels = None if is_ng is None else np.asarray(is_ng, dtype=bool)
+        gate = GateInputs(scorer, spec, calibration, names, pictures, labels, train_images, tail, target)
+        torch_score = _torch_scores(scorer, spec)
+        raw, maps, per_s = _score_batches(torch_score, pictures)
+        gate.reference = (raw, maps)
+        gate.torch_speed = {"torch_images_per_s": per_s, "torch_one_image_ms": _one_image_ms(torch_score, pictures[0])}
+        prepared: dict[str, Any] = {}
+        for kind in kinds:
+            parities[kind.name] = _export_one(kind, model, prepared, gate)
     except Exception as exc:  # an exporter or runtime that cannot take this model: refused, training goes on
-        figures = {"accepted": False, "reason": f"export failed ({exc.__class__.__name__}: {str(exc)[:160]})"}
+        reason = f"export failed ({exc.__class__.__name__}: {str(exc)[:160]})"
         logger.debug("export failed", exc_info=exc)
-    manifest.update(accepted=figures["accepted"], export_seconds=round(time.perf_counter() - started, 2))
-    if figures["accepted"]:
-        logger.info(
-            f"exported to {graph_file.relative_to(folder.parent.parent)} (ONNX fp32): parity on {figures['images']} "
-            f"validation image(s), normalised scores within {figures['normalized_max_abs_difference']:.1e}, labels "
-            f"identical; {figures['export_images_per_s']} images/s against torch's {figures['torch_images_per_s']}"
-        )
-    else:
-        manifest["reason"] = figures["reason"]
-        graph_file.unlink(missing_ok=True)
+        parities = {kind.name: {"accepted": False, "reason": reason} for kind in kinds}
+    for kind in kinds:
+        figures = parities[kind.name]
+        entry = {"file": kind.file, "runtime": kind.runtime, "precision": kind.precision}
+        entry["accepted"] = bool(figures["accepted"])
+        if not figures["accepted"]:
+            entry["reason"] = figures["reason"]
+            _remove_graph(target, kind)
+        manifest["exports"][kind.name] = entry
+        _log_verdict(kind, figures, target, folder)
+    accepted = [name for name, entry in manifest["exports"].items() if entry["accepted"]]
+    manifest.update(accepted=bool(accepted), export_seconds=round(time.perf_counter() - started, 2))
+    if not accepted:
+        manifest["reason"] = "; ".join(f"{name}: {entry['reason']}" for name, entry in manifest["exports"].items())
         for leftover in target.glob("*.npz"):
             leftover.unlink()
-        logger.warning(f"export refused: {figures['reason']}; the model scores with torch")
-    (target / PARITY_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (target / PARITY_FILE).write_text(json.dumps(parities, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
 
 
-def export_saved(folder: Path, validation: Sequence[str]) -> dict[str, Any] | None:
+def _export_one(kind: ExportKind, model: bytes, prepared: dict[str, Any], gate: GateInputs) -> dict[str, Any]:
+    """Write one graph and gate it (fp32: parity with torch; int8: the accuracy gate)."""
+    try:
+        if kind is ONNX:
+            (gate.target / kind.file).write_bytes(model)
+        else:
+            import openvino
+
+            if "openvino" not in prepared:
+                with _quiet():
+                    prepared["openvino"] = openvino.convert_model(io.BytesIO(model))
+            graph = prepared["openvino"]
+            if kind is OPENVINO_INT8:
+                graph = quantize_int8(graph, gate.train_images, gate.size)
+            _save_openvino(graph, gate.target / kind.file)
+        exported = ExportedScorer(
+            runner(kind, model if kind is ONNX else gate.target / kind.file), gate.size, gate.tail
+        )
+    except ImportError as exc:
+        return {"accepted": False, "reason": f"{exc.name or 'its runtime'} is not installed"}
+    score = exported.score_images
+    if kind.precision == "fp32":
+        raw, maps, per_s = _score_batches(score, gate.pictures)
+        figures = parity(gate.reference, (raw, maps), gate.calibration)
+    else:
+        every = gate.pictures
+        fp32_raw = gate.reference[0]
+        if len(gate.validation) > len(gate.pictures):
+            every = [read_image(path) for path in gate.validation[:INT8_VALIDATION_IMAGES]]
+            fp32_raw = _score_batches(_torch_scores(gate.scorer, gate.spec), every)[0]
+        raw, _, per_s = _score_batches(score, every)
+        labels = None if gate.is_ng is None else gate.is_ng[: len(every)]
+        figures, own = int8_gate(fp32_raw, raw, labels, gate.calibration)
+        if own is not None:
+            text = json.dumps(own.to_dict(), indent=2, sort_keys=True) + "\n"
+            (gate.target / INT8_CALIBRATION_FILE).write_text(text, encoding="utf-8")
+    speed = {"export_images_per_s": per_s, "export_one_image_ms": _one_image_ms(score, gate.pictures[0])}
+    return {**figures, **gate.torch_speed, **speed}
+
+
+def _log_verdict(kind: ExportKind, figures: dict[str, Any], target: Path, folder: Path) -> None:
+    where = (target / kind.file).relative_to(folder.parent.parent)
+    label = f"{kind.runtime} {kind.precision}"
+    if not figures["accepted"]:
+        logger.warning(f"export {kind.name} refused: {figures['reason']}")
+        return
+    speed = (
+        f"{figures['export_images_per_s']} images/s against torch's {figures['torch_images_per_s']}, one image "
+        f"{figures['export_one_image_ms']} ms against {figures['torch_one_image_ms']}"
+    )
+    if kind.precision == "int8":
+        logger.info(
+            f"exported to {where} ({label}): validation AUROC {figures['int8_auroc']:.4f} against fp32's "
+            f"{figures['fp32_auroc']:.4f}, F1 {figures['int8_f1']:.4f} against {figures['fp32_f1']:.4f}, its own "
+            f"threshold; {speed}"
+        )
+        return
+    logger.info(
+        f"exported to {where} ({label}): parity on {figures['images']} validation image(s), normalised scores "
+        f"within {figures['normalized_max_abs_difference']:.1e}, labels identical; {speed}"
+    )
+
+
+def export_saved(
+    folder: Path,
+    validation: Sequence[str],
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    precision: str = "fp32",
+    is_ng: Sequence[bool] | np.ndarray | None = None,
+    train_images: Sequence[str] = (),
+) -> dict[str, Any] | None:
     """Export the model saved in ``models/train`` (loaded as inference loads it), gated on ``validation``.
 
     Args:
         folder: ``models/train``.
         validation: Validation image files.
+        formats: ``openvino`` and/or ``onnx``.
+        precision: ``fp32`` or ``int8`` (see :func:`export_model`).
+        is_ng: Labels of the validation images.
+        train_images: OK training image files (int8 calibration).
 
     Returns:
         The manifest, or None when the model has no plain-torch scorer to export (logged).
@@ -278,4 +570,6 @@ def export_saved(folder: Path, validation: Sequence[str]) -> dict[str, Any] | No
     if not isinstance(trained.model, GraphScorer):
         logger.warning("export skipped: this model scores through anomalib (saved without its backbone graph)")
         return None
-    return export_model(trained.model, trained.spec, trained.calibration, validation, folder)
+    return export_model(
+        trained.model, trained.spec, trained.calibration, validation, folder, formats, precision, is_ng, train_images
+    )

@@ -50,6 +50,11 @@ class TrainedModel:
     training: dict[str, Any]
     runtime: str = "torch"
 
+    @property
+    def label(self) -> str:
+        """The runtime as the log names it."""
+        return self.runtime
+
     def score_images(self, pictures: Sequence[Image.Image], maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw image scores and raw anomaly maps of RGB pictures (resized and normalised as in training).
 

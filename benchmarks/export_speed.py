@@ -1,0 +1,339 @@
+"""Exported runtimes: images/s and AUROC of each on the accuracy benchmark's data, and the FastFlow int8 criterion.
+
+Run by ``python -m benchmarks.speed --only export [--products gravel grass]`` (or this module directly).
+
+**Runtimes.** For each product (the accuracy benchmark's generated data: 200 OK training images, threshold on
+20 OK + 10 NG validation images, 50 OK + 50 NG test images) PatchCore and FastFlow are trained with the bundled
+plan's settings through ``main.py --mode train`` with ``export: [openvino, onnx]`` and ``precision: int8``
+(heatmaps off). Then one fresh process scores the 100 test images with each runtime through ``Detector.predict``
+(file paths in, so decoding and resizing are included; batches of :data:`BATCH`; no maps), the runtimes taking
+turns for :data:`ROUNDS` rounds, the best round reported; and one image with its map (median of
+:data:`LATENCY_CALLS`). AUROC is from the raw scores, F1 at each runtime's own threshold (int8 has its own).
+anomalib's own OpenVINO export of the same trained weights, run by its ``OpenVINOInferencer`` one image at a
+time, is the outside reference (:mod:`benchmarks.anomalib_openvino`).
+
+**FastFlow criterion.** anomalib's ResNet-18 FastFlow configuration (``layer1``-``layer3``, 8 flow steps,
+256 px, random backbone weights: speed only) on the speed benchmark's 100 test images: plain anomalib's
+``Engine.predict`` (batch 8, post-processing off) against our int8 graph (the same configuration trained for one
+epoch by our pipeline, its OpenVINO graph quantised by NNCF on 100 OK training images; read, resized and scored
+in batches of 8), with our OpenVINO fp32 and torch runtimes beside it.
+
+Rows go to ``results/export-speed-rows.jsonl``; the tables to ``BENCHMARKS.md`` ("Speed: exported runtimes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "results" / "export-speed"
+LOG = ROOT / "results" / "export-speed-rows.jsonl"
+MODELS = {"patchcore": "mobilenetv2_100", "fastflow": "tf_efficientnet_lite0"}  # the bundled plan's backbones
+RUNTIMES = (("torch", None), ("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"))
+BATCH = 4
+ROUNDS = 3
+LATENCY_CALLS = 10
+R18_BATCH = 8
+
+
+def _labelled_test(folder: Path) -> tuple[list[str], list[bool]]:
+    """The test images of a product folder and whether each is NG."""
+    import pandas as pd
+
+    table = pd.read_csv(folder / "inference.csv", dtype=str, keep_default_na=False)
+    return [str(folder / name) for name in table["image_path"]], list(table["label"] != "good")
+
+
+def _auroc_f1(is_ng: list[bool], raw: list[float], predicted: list[bool] | None) -> dict:
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    row = {"auroc": float(roc_auc_score(is_ng, raw))}
+    if predicted is not None:
+        row["f1"] = float(f1_score(is_ng, predicted, zero_division=0))
+    return row
+
+
+def worker_runtimes(models: Path, test: Path) -> dict:
+    """Every runtime of one trained model on a product's test images (see the module)."""
+    sys.path.insert(0, str(ROOT))
+    from assets.vad.detector import Detector
+    from assets.vad.exported import ExportedModel
+    from benchmarks.anomalib_openvino import anomalib_openvino_scores
+
+    files, is_ng = _labelled_test(test)
+    detectors = {}
+    for runtime, precision in RUNTIMES:
+        name = runtime if precision is None else f"{runtime} {precision}"
+        try:
+            if precision is None:
+                detectors[name] = Detector.load(models, runtime="torch")
+            else:
+                detectors[name] = Detector(ExportedModel.load(models / "train", runtime, precision))
+        except Exception as exc:  # a graph refused by its gate: reported as such
+            detectors[name] = f"{exc.__class__.__name__}: {str(exc)[:200]}"
+    rows: dict = {name: {"error": value} for name, value in detectors.items() if isinstance(value, str)}
+    ready = {name: value for name, value in detectors.items() if not isinstance(value, str)}
+    best: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for name, detector in ready.items():
+            started = time.perf_counter()
+            results = [
+                r for start in range(0, len(files), BATCH) for r in detector.predict(files[start : start + BATCH])
+            ]
+            seconds = time.perf_counter() - started
+            best[name] = min(best.get(name, seconds), seconds)
+            if name not in rows:
+                raw = [r.raw_score for r in results]
+                rows[name] = _auroc_f1(is_ng, raw, [bool(r.is_anomalous) for r in results])
+    for name, detector in ready.items():
+        detector.predict(files[:1], maps=True)
+        timings = []
+        for _ in range(LATENCY_CALLS):
+            started = time.perf_counter()
+            detector.predict(files[:1], maps=True)
+            timings.append(time.perf_counter() - started)
+        rows[name].update(
+            images_per_s=len(files) / best[name], one_image_ms=1000 * statistics.median(timings), images=len(files)
+        )
+    found = anomalib_openvino_scores(models / "train", files, WORK / "anomalib-export" / models.parent.name)
+    rows["anomalib OpenVINOInferencer"] = {
+        **_auroc_f1(is_ng, found["scores"], None),
+        "images_per_s": found["images_per_s"],
+        "images": found["images"],
+    }
+    manifest = json.loads((models / "export" / "manifest.json").read_text())
+    parity = json.loads((models / "export" / "parity.json").read_text())
+    return {"runtimes": rows, "exports": manifest["exports"], "int8_gate": parity.get("openvino_int8", {})}
+
+
+def worker_r18_ours(models: Path, train: Path, test: Path) -> dict:
+    """Our ResNet-18 FastFlow: int8 (NNCF on 100 OK training images), OpenVINO fp32 and torch, images/s."""
+    import openvino
+
+    sys.path.insert(0, str(ROOT))
+    from assets.vad.detector import Detector
+    from assets.vad.exported import ExportedModel, ExportedScorer, OpenvinoRunner
+    from assets.vad.images import read_image
+    from assets.vad.models.export import quantize_int8
+
+    fp32 = ExportedModel.load(models / "train", "openvino", "fp32")
+    size = tuple(fp32.spec.input_size)
+    ok_train = sorted(str(p) for p in (train / "good").glob("*.jpg"))[:100]
+    started = time.perf_counter()
+    graph = quantize_int8(openvino.Core().read_model(str(models / "export" / "model.xml")), ok_train, size)
+    quantize_seconds = time.perf_counter() - started
+    int8 = ExportedScorer(OpenvinoRunner(graph), size)
+    files, _ = _labelled_test(test)
+    torch_detector = Detector.load(models, runtime="torch")
+    scorers = {
+        "ours int8 (OpenVINO)": lambda batch: int8.score_images(batch, maps=False),
+        "ours fp32 (OpenVINO)": lambda batch: fp32.score_images(batch, False),
+        "ours torch": lambda batch: torch_detector.trained.score_images(batch, False),
+    }
+    best: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for name, score in scorers.items():
+            started = time.perf_counter()
+            for start in range(0, len(files), R18_BATCH):
+                score([read_image(path) for path in files[start : start + R18_BATCH]])
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
+    rows = {name: {"images_per_s": len(files) / seconds, "images": len(files)} for name, seconds in best.items()}
+    rows["ours int8 (OpenVINO)"]["quantize_seconds"] = quantize_seconds
+    return rows
+
+
+def worker_r18_anomalib(data: Path) -> dict:
+    """Plain anomalib's ResNet-18 FastFlow (random weights), ``Engine.predict`` on the test images, images/s."""
+    import logging
+    import warnings
+
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from anomalib.models import Fastflow
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    module = Fastflow(
+        backbone="resnet18",
+        pre_trained=False,
+        flow_steps=8,
+        pre_processor=Fastflow.configure_pre_processor(image_size=(256, 256)),
+        post_processor=False,
+        evaluator=False,
+        visualizer=False,
+    )
+    datamodule = Folder(
+        name="gravel",
+        root=data / "anomalib",
+        normal_dir="train_good",
+        abnormal_dir="test_bad",
+        normal_test_dir="test_good",
+        train_batch_size=R18_BATCH,
+        eval_batch_size=R18_BATCH,
+        num_workers=0,
+        val_split_mode="same_as_test",
+        seed=0,
+    )
+    engine = Engine(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=WORK / "anomalib-r18"
+    )
+    datamodule.setup()
+    loader = datamodule.test_dataloader()
+    best = float("inf")
+    images = 0
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        batches = engine.predict(model=module, dataloaders=loader, return_predictions=True)
+        best = min(best, time.perf_counter() - started)
+        images = sum(len(batch.pred_score.reshape(-1)) for batch in batches)
+    return {"anomalib Engine.predict": {"images_per_s": images / best, "images": images}}
+
+
+def spawn(*args: str) -> dict:
+    """One worker in a fresh process; its JSON row (or the error's last lines)."""
+    out = WORK / "row.json"
+    out.unlink(missing_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.export_speed", "--worker", *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not out.is_file():
+        return {"error": "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])}
+    return json.loads(out.read_text())
+
+
+def train(plan: dict, folder: Path) -> Path:
+    """Train through main.py in a fresh process; the models folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "experimental_plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--mode", "train", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"training failed: {done.stderr.strip().splitlines()[-1:]}")
+    return folder / "train_artifacts" / "models"
+
+
+def record(name: str, row: dict) -> dict:
+    """Log a row as it finishes."""
+    row = {"name": name, "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), **row}
+    print(json.dumps(row), flush=True)
+    with LOG.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    return row
+
+
+def run(products: list[str]) -> list[dict]:
+    """Both parts of the benchmark; the rows."""
+    from benchmarks import accuracy, dataset, speed
+
+    rows = []
+    made = dataset.build((ROOT / "results" / "data").resolve(), tuple(products))
+    extra = {"export": ["openvino", "onnx"], "precision": "int8"}
+    for (product, _), folder in made.items():
+        for model, backbone in MODELS.items():
+            plan = accuracy.make_plan(folder, accuracy.Setting(model, backbone, train_args=extra))
+            models = train(plan, WORK / product / model)
+            rows.append(record(f"{product}/{model}", spawn("runtimes", str(models), str(folder / "test"))))
+    data = speed.build_data(200)
+    plan = yaml.safe_load(speed._plan(data, "fastflow", 1, data / "test").read_text())
+    for entry in plan["user_parameters"]:
+        for steps in entry.values():
+            for step in steps:
+                if step["step"] == "train":
+                    step["args"][0].update(export=["openvino"], precision="fp32")
+    models = train(plan, WORK / "fastflow-r18")
+    ours = spawn("r18-ours", str(models), str(data / "train"), str(data / "test"))
+    theirs = spawn("r18-anomalib", str(data))
+    rows.append(record("fastflow-r18", {"runtimes": {**theirs, **ours}}))
+    return rows
+
+
+def tables(rows: list[dict]) -> str:
+    """The markdown of the rows."""
+    lines = [
+        "| product / model | runtime | images/s (100 test images, batch 4) | one image with map, ms "
+        "| image AUROC | F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    r18 = None
+    for row in rows:
+        if row["name"] == "fastflow-r18":
+            r18 = row
+            continue
+        for runtime, figures in row.get("runtimes", {}).items():
+            if "error" in figures:
+                reason = row.get("int8_gate", {}).get("reason") if "int8" in runtime else None
+                lines.append(f"| {row['name']} | {runtime} | refused: {reason or figures['error'][:160]} | | | |")
+                continue
+            lines.append(
+                f"| {row['name']} | {runtime} | {figures['images_per_s']:.1f} | "
+                f"{_fmt(figures.get('one_image_ms'))} | {figures['auroc']:.4f} | {_fmt(figures.get('f1'), 3)} |"
+            )
+        if "error" in row:
+            lines.append(f"| {row['name']} | error: {row['error'][:200]} | | | | |")
+        gate = row.get("int8_gate") or {}
+        if "auroc_drop" in gate:
+            verdict = "kept" if gate["accepted"] else "refused"
+            lines.append(
+                f"| {row['name']} | int8 gate (validation) | AUROC {gate['fp32_auroc']:.4f} to "
+                f"{gate['int8_auroc']:.4f}, F1 {gate['fp32_f1']:.3f} to {gate['int8_f1']:.3f}: {verdict} | | | |"
+            )
+    if r18 is not None:
+        lines += ["", "| FastFlow ResNet-18 (anomalib's configuration, random weights) | images/s | vs anomalib |"]
+        lines.append("|---|---|---|")
+        runtimes = r18.get("runtimes", {})
+        base = runtimes.get("anomalib Engine.predict", {}).get("images_per_s")
+        for name, figures in runtimes.items():
+            if "images_per_s" not in figures:
+                lines.append(f"| {name} | error: {str(figures)[:160]} | |")
+                continue
+            ratio = f"{figures['images_per_s'] / base:.2f}x" if base else "n/a"
+            lines.append(f"| {name} | {figures['images_per_s']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (or one worker) and write its BENCHMARKS.md section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", nargs="+", default=["gravel", "grass"])
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        kind, *rest = args.worker
+        workers = {"runtimes": worker_runtimes, "r18-ours": worker_r18_ours, "r18-anomalib": worker_r18_anomalib}
+        row = workers[kind](*(Path(value) for value in rest))
+        args.out.write_text(json.dumps(row))
+        return
+    from benchmarks.report import write_section
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = run(args.products)
+    command = f"Command: `python -m benchmarks.speed --only export --products {' '.join(args.products)}`\n\n"
+    write_section(ROOT / "BENCHMARKS.md", "Speed: exported runtimes", command + tables(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -270,3 +271,26 @@ def test_patchcore_tail_with_an_inverted_file_equals_the_torch_scorer(project, m
     assert parity["raw_max_relative_difference"] <= 1e-5
     assert parity["map_max_abs_difference"] <= 1e-3, "maps from the same inverted file (up to float rounding)"
     assert (trained["models"] / "export" / "patchcore_tail.npz").is_file()
+
+
+def test_export_mode_int8_finds_the_validation_labels_and_the_ok_training_images(project, monkeypatch):
+    """--mode export int8: the gate scores the validation images with their labels; calibrated on OK training ones."""
+    calibrated = {}
+    original = export_module.quantize_int8
+
+    def recording(model, images, size):
+        calibrated["images"] = list(images)
+        return original(model, images, size)
+
+    monkeypatch.setattr(export_module, "quantize_int8", recording)
+    trained = _train(project, "fastflow", export=[])
+    step_args(trained["plan"], "train", "train").update(export=["openvino"], precision="int8")
+    path = write_plan(trained["root"], trained["plan"])
+    main.main(["--mode", "export", "--config", str(path)])  # int8 kept or refused: the fp32 graph passes either way
+    parity = json.loads((trained["models"] / "export" / "parity.json").read_text())
+    assert set(parity) == {"openvino", "openvino_int8"}
+    assert parity["openvino_int8"]["images"] == 14 and parity["openvino_int8"]["n_ng"] == 6, parity["openvino_int8"]
+    validation = set(pd.read_csv(trained["root"] / "train_artifacts/output/output.csv")["image_path"])
+    names = {str(p.relative_to(trained["root"] / "data" / "train")) for p in map(Path, calibrated["images"])}
+    assert len(names) == 24 and all(name.startswith("good/") for name in names)
+    assert not names & validation, "calibrated on training images only"

@@ -327,10 +327,11 @@ class ExportedModel:
         kind = usable_kind(folder, runtime, precision)
         if kind is None:
             manifest = read_manifest(folder)
-            entries = [(manifest or {}).get("exports", {}).get(k.name) for k in RUNTIME_KINDS.get(runtime, ())]
+            candidates = [k for k in RUNTIME_KINDS.get(runtime, ()) if precision in (None, k.precision)]
+            entries = [(manifest or {}).get("exports", {}).get(k.name) for k in candidates]
             reasons = [e["reason"] for e in entries if e and e.get("reason")]
             if manifest is None or not any(entries):
-                reason = f"it holds no {runtime} export"
+                reason = f"it holds no {runtime} {precision or ''} export".replace("  ", " ")
             elif reasons and not any(e and e.get("accepted") for e in entries):
                 reason = reasons[0]
             else:

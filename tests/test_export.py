@@ -185,7 +185,9 @@ def test_int8_that_fails_its_accuracy_gate_is_refused_with_the_measured_drop(pro
     entry = manifest["exports"]["openvino_int8"]
     parity = json.loads((export / "parity.json").read_text())["openvino_int8"]
     assert entry["accepted"] is False
-    assert entry["reason"].startswith(f"validation image AUROC drops by {parity['auroc_drop']:.4f}")
+    assert [attempt["scope"] for attempt in parity["attempts"]] == ["graph", "backbone"], "both scopes were tried"
+    assert entry["reason"].startswith("quantising the graph: validation image AUROC drops by ")
+    assert f"quantising the backbone: validation image AUROC drops by {parity['auroc_drop']:.4f}" in entry["reason"]
     assert f"{parity['fp32_auroc']:.4f} to {parity['int8_auroc']:.4f}" in entry["reason"]
     assert not (export / "model_int8.xml").exists() and not (export / "calibration_int8.json").exists()
     assert manifest["exports"]["openvino"]["accepted"], "the fp32 graph stays"
@@ -200,6 +202,7 @@ def test_int8_that_passes_its_gate_scores_with_its_own_calibration(project, monk
     export = trained["models"] / "export"
     parity = json.loads((export / "parity.json").read_text())["openvino_int8"]
     assert parity["accepted"], parity
+    assert parity["scope"] == "graph" and len(parity["attempts"]) == 1, "the whole graph passed: no second try"
     assert parity["images"] == 14 and parity["n_ng"] == 6
     own = json.loads((export / "calibration_int8.json").read_text())
     fp32 = json.loads((folder / "calibration.json").read_text())
@@ -278,9 +281,9 @@ def test_export_mode_int8_finds_the_validation_labels_and_the_ok_training_images
     calibrated = {}
     original = export_module.quantize_int8
 
-    def recording(model, images, size):
+    def recording(model, images, size, scope="graph"):
         calibrated["images"] = list(images)
-        return original(model, images, size)
+        return original(model, images, size, scope)
 
     monkeypatch.setattr(export_module, "quantize_int8", recording)
     trained = _train(project, "fastflow", export=[])
@@ -294,3 +297,18 @@ def test_export_mode_int8_finds_the_validation_labels_and_the_ok_training_images
     names = {str(p.relative_to(trained["root"] / "data" / "train")) for p in map(Path, calibrated["images"])}
     assert len(names) == 24 and all(name.startswith("good/") for name in names)
     assert not names & validation, "calibrated on training images only"
+
+
+def test_an_int8_quantiser_that_fails_costs_neither_the_fp32_graphs_nor_the_model(project, monkeypatch):
+    def broken(model, images, size, scope="graph"):
+        raise RuntimeError("quantiser crashed")
+
+    monkeypatch.setattr(export_module, "quantize_int8", broken)
+    trained = _train(project, "padim", precision="int8")
+    manifest = read_manifest(trained["models"] / "train")
+    assert manifest["exports"]["openvino_int8"] == {
+        "accepted": False, "file": "model_int8.xml", "precision": "int8", "runtime": "openvino",
+        "reason": "export failed (RuntimeError: quantiser crashed)",
+    }  # fmt: skip
+    assert manifest["exports"]["openvino"]["accepted"] and manifest["exports"]["onnx"]["accepted"]
+    assert usable_kind(trained["models"] / "train", "openvino").precision == "fp32"

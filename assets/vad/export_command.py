@@ -49,7 +49,7 @@ class GateData:
 def _train_readiness(plan: Plan) -> dict[str, Any]:
     """The train pipeline's readiness args as written (defaults where the plan leaves them out)."""
     args: dict[str, Any] = {"y_column": "label", "path_column": "image_path", "ok_class": "good"}
-    for step in plan.pipelines.get("train_pipeline", []):
+    for step in plan.pipelines.get("train", []):
         if step.name == "readiness":
             args.update({key: value for key, value in (step.args or {}).items() if value is not None})
     return args
@@ -127,7 +127,7 @@ def export_settings(plan: Plan) -> tuple[list[str], str]:
     from alo.args import validate_args
     from assets.train import TrainArgs
 
-    step = next((s for s in plan.pipelines.get("train_pipeline", []) if s.name == "train"), None)
+    step = next((s for s in plan.pipelines.get("train", []) if s.name == "train"), None)
     written = (step.args or {}) if step else {}
     values = {key: value for key, value in written.items() if key in ("export", "precision")}
     if not values.get("export"):

@@ -192,9 +192,10 @@ def worker_r18_anomalib(data: Path) -> dict:
     import logging
     import warnings
 
-    from anomalib.data import Folder
     from anomalib.engine import Engine
     from anomalib.models import Fastflow
+
+    from benchmarks.speed import anomalib_folder
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -207,18 +208,7 @@ def worker_r18_anomalib(data: Path) -> dict:
         evaluator=False,
         visualizer=False,
     )
-    datamodule = Folder(
-        name="gravel",
-        root=data / "anomalib",
-        normal_dir="train_good",
-        abnormal_dir="test_bad",
-        normal_test_dir="test_good",
-        train_batch_size=R18_BATCH,
-        eval_batch_size=R18_BATCH,
-        num_workers=0,
-        val_split_mode="same_as_test",
-        seed=0,
-    )
+    datamodule = anomalib_folder(data, R18_BATCH)
     engine = Engine(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=WORK / "anomalib-r18"
     )

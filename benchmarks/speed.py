@@ -213,13 +213,38 @@ def worker_ours(data: Path, model: str, mode: str, epochs: int, folder: str) -> 
     return row
 
 
+def anomalib_folder(data: Path, batch: int) -> object:
+    """The ``Folder`` datamodule of anomalib over the dataset's anomalib layout (train OK, test OK and NG).
+
+    Args:
+        data: A :func:`build_data` folder.
+        batch: Train and eval batch size.
+
+    Returns:
+        The datamodule.
+    """
+    from anomalib.data import Folder
+
+    return Folder(
+        name="gravel",
+        root=data / "anomalib",
+        normal_dir="train_good",
+        abnormal_dir="test_bad",
+        normal_test_dir="test_good",
+        train_batch_size=batch,
+        eval_batch_size=batch,
+        num_workers=0,
+        val_split_mode="same_as_test",
+        seed=0,
+    )
+
+
 def worker_anomalib(data: Path, model: str, epochs: int) -> dict:
     """Plain anomalib: Engine.fit and Engine.predict."""
     import logging
     import warnings
 
     import torch
-    from anomalib.data import Folder
     from anomalib.engine import Engine
     from anomalib.models import Fastflow, Patchcore
     from lightning.pytorch.callbacks import Callback
@@ -268,18 +293,7 @@ def worker_anomalib(data: Path, model: str, epochs: int) -> dict:
             visualizer=False,
         )
         max_epochs = epochs
-    datamodule = Folder(
-        name="gravel",
-        root=data / "anomalib",
-        normal_dir="train_good",
-        abnormal_dir="test_bad",
-        normal_test_dir="test_good",
-        train_batch_size=BATCH,
-        eval_batch_size=BATCH,
-        num_workers=0,
-        val_split_mode="same_as_test",
-        seed=0,
-    )
+    datamodule = anomalib_folder(data, BATCH)
     engine = Engine(
         accelerator="cpu",
         devices=1,

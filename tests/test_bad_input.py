@@ -214,8 +214,9 @@ def test_tampered_model_archives_are_refused(project, capsys, tmp_path_factory, 
             with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
                 members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
             members["train/model.safetensors"] = members["train/model.safetensors"][:1000]
-            if "export/model.onnx" in members:  # and the exported graph: refused by either runtime
-                members["export/model.onnx"] = members["export/model.onnx"][:1000]
+            for graph in ("export/model.onnx", "export/model.bin"):  # and the exported graphs: refused by any runtime
+                if graph in members:
+                    members[graph] = members[graph][:1000]
             content = _tar_with(members)
         set_external(plan, "save_train_artifacts_path", None)
     (exported / "model.tar.gz").write_bytes(content)

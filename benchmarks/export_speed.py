@@ -130,15 +130,10 @@ def _refused_int8(models: Path, files: list[str], is_ng: list[bool]) -> dict:
     train = Path(plan["external_path"][0]["load_train_data_path"])
     table = pd.read_csv(train / "train.csv", dtype=str, keep_default_na=False)
     ok = [str(train / name) for name in table[(table["label"] == "good") & (table["split"] == "train")]["image_path"]]
-    size = tuple(ExportedModel.load(models / "train", "openvino", "fp32").spec.input_size)
+    fp32 = ExportedModel.load(models / "train", "openvino", "fp32")  # its tail (PatchCore's bank search) is int8's
+    size = tuple(fp32.spec.input_size)
     graph = quantize_int8(openvino.Core().read_model(str(models / "export" / "model.xml")), ok, size)
-    manifest = json.loads((models / "export" / "manifest.json").read_text())
-    tail = None
-    if manifest.get("tail"):
-        from assets.vad.exported import load_tail
-
-        tail = load_tail(manifest["tail"], models / "export")
-    scorer = ExportedScorer(OpenvinoRunner(graph), size, tail)
+    scorer = ExportedScorer(OpenvinoRunner(graph), size, fp32.model.tail)
     raw, seconds = [], float("inf")
     for _ in range(ROUNDS):
         started = time.perf_counter()

@@ -162,16 +162,17 @@ class Calibration:
         values.pop("inference_threshold")
         return values
 
-    def save(self, folder: Path) -> Path:
-        """Write ``calibration.json`` into a model folder.
+    def save(self, folder: Path, name: str = CALIBRATION_FILE) -> Path:
+        """Write ``calibration.json`` (or another name) into a model folder.
 
         Args:
-            folder: ``models/train``.
+            folder: ``models/train`` (or ``models/export`` for an int8 graph's own calibration).
+            name: The file name.
 
         Returns:
             The file written.
         """
-        path = folder / CALIBRATION_FILE
+        path = folder / name
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return path
 

@@ -15,7 +15,6 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +23,10 @@ from alo.archive import extract_archive, make_archive
 from alo.artifacts import project_lock
 from alo.errors import DataError, ModelError
 from alo.plan import Plan, load_plan
+from assets.readiness import ReadinessArgs
 from assets.vad.images import IMAGE_EXTENSIONS
 from assets.vad.models.export import DEFAULT_FORMATS
+from assets.vad.models.saved import read_saved
 from assets.vad.samples import GENERATED_PATH_COLUMN
 
 logger = logging.getLogger("assets.export")
@@ -46,16 +47,15 @@ class GateData:
     train_images: list[str] = field(default_factory=list)
 
 
-def _train_readiness(plan: Plan) -> dict[str, Any]:
-    """The train pipeline's readiness args as written (defaults where the plan leaves them out)."""
-    args: dict[str, Any] = {"y_column": "label", "path_column": "image_path", "ok_class": "good"}
-    for step in plan.pipelines.get("train", []):
-        if step.name == "readiness":
-            args.update({key: value for key, value in (step.args or {}).items() if value is not None})
-    return args
+def _train_readiness(plan: Plan) -> ReadinessArgs:
+    """The train pipeline's readiness args, validated as the train run validated them (its defaults filled in)."""
+    from alo.args import validate_args
+
+    step = next((s for s in plan.pipelines.get("train", []) if s.name == "readiness"), None)
+    return validate_args(ReadinessArgs, (step.args or {}) if step else {}, step.where if step else "readiness")  # type: ignore[return-value]
 
 
-def _train_run_images(plan: Plan) -> GateData | None:
+def _train_run_images(plan: Plan, ok_name: str) -> GateData | None:
     """The train run's validation images and labels, and the train data's other OK images, when still there."""
     output = plan.root / "train_artifacts" / "output" / "output.csv"
     train_data = plan.resolve(plan.external_path.load_train_data_path)
@@ -63,34 +63,35 @@ def _train_run_images(plan: Plan) -> GateData | None:
         return None
     readiness = _train_readiness(plan)
     frame = pd.read_csv(output, dtype=str, keep_default_na=False)
-    column = next((c for c in (readiness["path_column"], GENERATED_PATH_COLUMN) if c in frame.columns), None)
+    column = next((c for c in (readiness.path_column, GENERATED_PATH_COLUMN) if c in frame.columns), None)
     if column is None:
         return None
     rows = frame[frame[column] != ""]
     files = [train_data / name for name in rows[column]]
     if not files or not all(path.is_file() for path in files):
         return None
-    labels = rows.get(readiness["y_column"])
+    labels = rows.get(readiness.y_column)
     is_ng = None
     if labels is not None and (labels != "").all():
-        is_ng = (labels != str(readiness["ok_class"])).to_numpy(dtype=bool)
+        is_ng = (labels != ok_name).to_numpy(dtype=bool)
     train_images = []
     tables = sorted(train_data.glob("*.csv"))
     if len(tables) == 1:
         table = pd.read_csv(tables[0], dtype=str, keep_default_na=False)
-        if {readiness["path_column"], readiness["y_column"]} <= set(table.columns):
+        if {readiness.path_column, readiness.y_column} <= set(table.columns):
             held_out = set(rows[column])
-            ok = table[table[readiness["y_column"]] == str(readiness["ok_class"])][readiness["path_column"]]
+            ok = table[table[readiness.y_column] == ok_name][readiness.path_column]
             candidates = [train_data / name for name in ok if name and name not in held_out]
             train_images = [str(path) for path in candidates if path.is_file()]
     return GateData([str(path) for path in files], is_ng, train_images)
 
 
-def gate_images(plan: Plan) -> GateData:
+def gate_images(plan: Plan, ok_name: str) -> GateData:
     """The images the gates score: the train run's validation images, else the plan's inference images.
 
     Args:
         plan: The plan.
+        ok_name: The label of OK images (the trained model's calibration: its single source on disk).
 
     Returns:
         The gate's images.
@@ -98,7 +99,7 @@ def gate_images(plan: Plan) -> GateData:
     Raises:
         DataError: Neither is found.
     """
-    found = _train_run_images(plan)
+    found = _train_run_images(plan, ok_name)
     if found is not None:
         return found
     inference = plan.resolve(plan.external_path.load_inference_data_path)
@@ -152,7 +153,6 @@ def run_export(plan_path: str | Path) -> Path:
     from assets.vad.models.export import export_saved
 
     plan = load_plan(plan_path)
-    images = gate_images(plan)
     formats, precision = export_settings(plan)
     source = plan.resolve(plan.external_path.load_model_path)
     with project_lock(plan.root), tempfile.TemporaryDirectory(prefix="vad-export-") as workdir:
@@ -167,6 +167,7 @@ def run_export(plan_path: str | Path) -> Path:
         if not folder.is_dir():
             msg = f"model error: no trained model in {models}; run 'main.py --mode train' first or set load_model_path"
             raise ModelError(msg)
+        images = gate_images(plan, read_saved(folder).calibration.ok_name)
         manifest = export_saved(folder, images.validation, formats, precision, images.is_ng, images.train_images)
         if manifest is None or not manifest.get("accepted"):
             reason = "the model has no exportable scorer" if manifest is None else manifest.get("reason")

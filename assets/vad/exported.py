@@ -46,7 +46,6 @@ OUTPUT_NAMES = ("scores", "maps")
 EMBEDDING_NAME = "embedding"  # the output of a graph whose model finishes in a numpy tail
 # Tails after the graph, by a scorer's ``TAIL`` name: module and class (numpy and faiss, no torch).
 TAILS = {"patchcore": ("assets.vad.models.patchcore.tail", "PatchcoreTail")}
-RUNTIMES = ("torch", "openvino", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -143,18 +142,6 @@ def usable_kind(folder: Path, runtime: str, precision: str | None = None) -> Exp
         if entry.get("accepted") and (export_dir(folder) / kind.file).is_file() and _installed(kind.package):
             return kind
     return None
-
-
-def exported_usable(folder: Path) -> bool:
-    """Whether a model folder holds an export that passed its gate and whose runtime is installed.
-
-    Args:
-        folder: ``models/train``.
-
-    Returns:
-        True when :class:`ExportedModel` can load one.
-    """
-    return any(usable_kind(folder, runtime) is not None for runtime in AUTO_ORDER)
 
 
 def session(model: bytes | str, threads: int | None = None) -> Any:
@@ -331,7 +318,7 @@ class ExportedModel:
             entries = [(manifest or {}).get("exports", {}).get(k.name) for k in candidates]
             reasons = [e["reason"] for e in entries if e and e.get("reason")]
             if manifest is None or not any(entries):
-                reason = f"it holds no {runtime} {precision or ''} export".replace("  ", " ")
+                reason = f"it holds no {runtime} export" + (f" in {precision}" if precision else "")
             elif reasons and not any(e and e.get("accepted") for e in entries):
                 reason = reasons[0]
             else:

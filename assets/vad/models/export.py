@@ -75,7 +75,6 @@ logger = logging.getLogger("assets.models.export")
 OPSET = 17
 FORMATS = ("openvino", "onnx")
 DEFAULT_FORMATS = ("openvino", "onnx")  # OpenVINO for Intel edge boxes; ONNX for the smallest edge install
-PRECISIONS = ("fp32", "int8")
 MAX_NORMALIZED_DIFFERENCE = 1e-3  # the fp32 gate: normalised scores of every validation image within this
 MAX_AUROC_DROP = 0.005  # the int8 gate: validation image AUROC may drop by this much
 MAX_F1_DROP = 0.01  # and F1 at the trained threshold by this much
@@ -562,8 +561,7 @@ def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
         figures.update(scope=scope, **gate.torch_speed, **speed)
         attempts.append({key: figures.get(key) for key in ("scope", "accepted", "auroc_drop", "f1_drop", "reason")})
         if own is not None:
-            text = json.dumps(own.to_dict(), indent=2, sort_keys=True) + "\n"
-            (gate.target / INT8_CALIBRATION_FILE).write_text(text, encoding="utf-8")
+            own.save(gate.target, INT8_CALIBRATION_FILE)
             break
         if "auroc_drop" not in figures:  # not measurable (no NG validation images): no other scope can pass
             break

@@ -32,6 +32,29 @@ logger = logging.getLogger("alo.artifacts")
 
 SUBFOLDERS = ("output", "extra_output", "log", "models", "score")
 
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_held_locks_in_child() -> None:
+    """Point a forked child's copies of the project lock at /dev/null.
+
+    An flock belongs to the open file, which a forked child shares: a child that outlives the run (OpenVINO's
+    converter forks one to send telemetry) would hold the project locked after the run has exited. ``dup2`` rather
+    than ``close`` keeps the descriptor number valid for the child's own file object, which closes it later.
+    """
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in list(_HELD_LOCKS):
+            os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
 
 @contextmanager
 def project_lock(root: Path) -> Iterator[None]:
@@ -59,6 +82,7 @@ def project_lock(root: Path) -> Iterator[None]:
                 raise
             msg = f"another run is using {root} (lock {internal / 'lock'}); wait for it to finish, then run again"
             raise LockError(msg) from None
+        _HELD_LOCKS.add(handle.fileno())
         handle.seek(0)
         pid = str(os.getpid())
         if handle.read() != pid:  # a resident process locks once per request: the pid is written once
@@ -68,6 +92,7 @@ def project_lock(root: Path) -> Iterator[None]:
             handle.flush()
         yield
     finally:
+        _HELD_LOCKS.discard(handle.fileno())
         handle.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,7 @@ def test_int8_that_passes_its_gate_scores_with_its_own_calibration(project, monk
     monkeypatch.setattr(export_module, "MAX_AUROC_DROP", 1.0)  # whatever this tiny model's drop, keep it
     monkeypatch.setattr(export_module, "MAX_F1_DROP", 1.0)
     trained = _train(project, "fastflow", export=["openvino"], precision="int8")
+    assert not multiprocessing.active_children(), "no telemetry process forked by the converter or NNCF"
     root, plan, folder = trained["root"], trained["plan"], trained["models"] / "train"
     export = trained["models"] / "export"
     parity = json.loads((export / "parity.json").read_text())["openvino_int8"]
@@ -312,3 +314,22 @@ def test_an_int8_quantiser_that_fails_costs_neither_the_fp32_graphs_nor_the_mode
     }  # fmt: skip
     assert manifest["exports"]["openvino"]["accepted"] and manifest["exports"]["onnx"]["accepted"]
     assert usable_kind(trained["models"] / "train", "openvino").precision == "fp32"
+
+
+def test_openvino_and_nncf_telemetry_is_declined(project, tmp_path):
+    """Without a consent file, importing OpenVINO counts the run in ~/intel and converting forks a sender."""
+    trained = _train(project, "fastflow", export=["onnx"])
+    home = tmp_path / "home"
+    home.mkdir()
+    code = (
+        "import multiprocessing, sys\n"
+        "from assets.vad.exported import import_openvino\n"
+        "openvino = import_openvino()\n"
+        "openvino.convert_model(sys.argv[1])\n"
+        "import nncf\n"
+        "assert not multiprocessing.active_children(), multiprocessing.active_children()\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(ROOT)}
+    model = trained["models"] / "export" / "model.onnx"
+    subprocess.run([sys.executable, "-c", code, str(model)], check=True, cwd=ROOT, env=env, timeout=300)
+    assert not (home / "intel").exists(), "nothing counted, no client id written"

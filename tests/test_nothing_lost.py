@@ -103,3 +103,24 @@ def test_lock_file_names_the_holder(tmp_path):
     with project_lock(tmp_path):  # the same process again (the edge loop, per request): nothing rewritten
         assert lock.read_text() == str(os.getpid())
     assert lock.stat().st_mtime_ns == before
+
+
+def test_a_child_forked_during_a_run_does_not_keep_the_project_locked(tmp_path):
+    """OpenVINO's converter forks a telemetry child that can outlive the run; the lock must not go with it."""
+    started_r, started_w = os.pipe()
+    leave_r, leave_w = os.pipe()
+    with project_lock(tmp_path):
+        child = os.fork()
+        if child == 0:  # the child: say it runs, wait until the parent has locked again, leave without clean-up
+            os.write(started_w, b"x")
+            os.read(leave_r, 1)
+            os._exit(0)
+        assert os.read(started_r, 1) == b"x"
+    try:
+        with project_lock(tmp_path):  # the child is still alive here
+            assert os.waitpid(child, os.WNOHANG) == (0, 0)
+    finally:
+        os.write(leave_w, b"x")
+        os.waitpid(child, 0)
+        for fd in (started_r, started_w, leave_r, leave_w):
+            os.close(fd)

@@ -164,6 +164,35 @@ def session(model: bytes | str, threads: int | None = None) -> Any:
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+def decline_telemetry() -> None:
+    """Decline the usage telemetry that OpenVINO's converter and NNCF send unless a consent file says no.
+
+    Without a consent file ``import openvino`` counts the run in ``~/intel``, and a conversion forks a process that
+    calls a web service: a factory machine must not reach out, and the forked child would outlive a training run.
+    """
+    try:
+        from openvino_telemetry.main import Telemetry
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # the tools fall back to their own no-op stub
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+    created = getattr(Telemetry, "_SingletonMetaClass__single_instance", None)
+    if created is not None:
+        created.consent = False
+
+
+def import_openvino() -> Any:
+    """Import OpenVINO with its telemetry declined (see :func:`decline_telemetry`).
+
+    Returns:
+        The ``openvino`` module.
+    """
+    decline_telemetry()
+    import openvino
+
+    return openvino
+
+
 class OpenvinoRunner:
     """An OpenVINO graph compiled for the CPU, called as an ONNX Runtime session is (``run(names, feed)``).
 
@@ -180,8 +209,7 @@ class OpenvinoRunner:
             model: An ``openvino.Model`` or the path of its ``.xml``.
             threads: Inference threads (default: every core this process may use).
         """
-        import openvino
-
+        openvino = import_openvino()
         config = {
             "INFERENCE_PRECISION_HINT": "f32",
             "INFERENCE_NUM_THREADS": threads or cores(),

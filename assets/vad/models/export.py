@@ -63,7 +63,9 @@ from assets.vad.exported import (
     PARITY_FILE,
     ExportedScorer,
     ExportKind,
+    decline_telemetry,
     export_dir,
+    import_openvino,
     load_tail,
     runner,
 )
@@ -308,7 +310,8 @@ def _torch_scores(scorer: GraphScorer, spec: Any) -> Callable[[list[Image.Image]
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """NNCF's progress bars and OpenVINO's messages kept out of the pipeline's console."""
+    """NNCF's progress bars and OpenVINO's messages kept out of the pipeline's console, their telemetry declined."""
+    decline_telemetry()  # before NNCF is imported: it counts the run at import
     with Path(os.devnull).open("w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         nncf_logger = logging.getLogger("nncf")
         level = nncf_logger.level
@@ -371,8 +374,7 @@ def _remove_graph(target: Path, kind: ExportKind) -> None:
 
 
 def _save_openvino(model: Any, path: Path) -> None:
-    import openvino
-
+    openvino = import_openvino()
     openvino.save_model(model, str(path), compress_to_fp16=False)  # fp32 weights: the graph the gate proved
 
 
@@ -517,8 +519,7 @@ def _export_one(kind: ExportKind, model: bytes, prepared: dict[str, Any], gate: 
         if kind is ONNX:
             (gate.target / kind.file).write_bytes(model)
         else:
-            import openvino
-
+            openvino = import_openvino()
             if "openvino" not in prepared:
                 with _quiet():
                     prepared["openvino"] = openvino.convert_model(io.BytesIO(model))

@@ -1,10 +1,11 @@
 """The slim edge install: its size on disk and a cold single-image inference with it, beside the full install.
 
-A fresh venv gets ``requirements-edge.txt`` only (no torch). Models: each registered model trained with the
-bundled plan's settings on the engine benchmark's 200-image gravel set (generated colour 256 px JPEGs), its
-export kept in ``model.tar.gz``. Measured, each a whole process from start to exit (three runs, median):
-``main.py --mode inference`` on one image with the slim venv (``runtime: onnxruntime``) and with the full
-``.venv`` (``runtime: torch``), and the 300-image scoring of both with the labels compared.
+A fresh venv built by ``edge_install.py`` (``requirements-edge.txt`` only, no torch, then pruned). Models:
+each registered model trained with the bundled plan's settings on the engine benchmark's 200-image gravel set
+(generated colour 256 px JPEGs), its export kept in ``model.tar.gz``. Measured, each a whole process from
+start to exit (three runs, median): ``main.py --mode inference`` on one image with the slim venv
+(``runtime: onnxruntime``) and with the full ``.venv`` (``runtime: torch``), and the 300-image scoring of both
+with the labels compared.
 
     .venv/bin/python -m benchmarks.edge_install [--models patchcore fastflow padim] [--runtime openvino]
 
@@ -20,13 +21,13 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+import edge_install
 from benchmarks.engine_speed import build_data, timed
 from benchmarks.report import write_section
 
@@ -50,9 +51,8 @@ def make_venv(requirements: str) -> dict:
     """A fresh venv with an edge requirements file only; seconds to build, MB on disk, whether torch is absent."""
     shutil.rmtree(EDGE_VENV, ignore_errors=True)
     started = datetime.now(UTC)
-    subprocess.run([sys.executable, "-m", "venv", str(EDGE_VENV)], check=True)
-    pip = [str(EDGE_VENV / "bin/python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "-r", str(ROOT / requirements)], check=True)
+    runtime = next(name for name, file in edge_install.REQUIREMENTS.items() if file == requirements)
+    freed = edge_install.install(EDGE_VENV, runtime)
     seconds = (datetime.now(UTC) - started).total_seconds()
     probe = subprocess.run(
         [str(EDGE_VENV / "bin/python"), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
@@ -65,6 +65,7 @@ def make_venv(requirements: str) -> dict:
         "mb": folder_mb(EDGE_VENV),
         "torch_absent": probe.stdout.strip() == "True",
         "requirements": requirements,
+        "pruned_mb": freed / 2**20,
     }
 
 
@@ -140,8 +141,10 @@ def table(venv: dict, rows: list[dict], runtime: str) -> str:
     lines = [
         f"Command: `python -m benchmarks.edge_install{option}`",
         "",
-        f"Slim install (`{venv['requirements']}` in a fresh venv, {venv['install_s']:.0f} s to build): "
-        f"**{venv['mb']:.0f} MB** on disk (target 400 MB), torch {'absent' if venv['torch_absent'] else 'PRESENT'}. "
+        f"Slim install (`python3 edge_install.py --runtime {runtime}`: `{venv['requirements']}` in a fresh venv, "
+        f"{venv['install_s']:.0f} s to build, {venv['pruned_mb']:.0f} MB of unused plugins, frontends and test "
+        f"suites pruned): **{venv['mb']:.0f} MB** on disk (target 400 MB), torch "
+        f"{'absent' if venv['torch_absent'] else 'PRESENT'}. "
         "Each model trained with the bundled plan's settings on 200 generated gravel images (colour 256 px "
         f"JPEGs); its export ({runtime} fp32, gated on the {rows[0].get('parity', {}).get('images', '?')} validation "
         "images: 20 OK, 10 with defects) in `model.tar.gz`; inference without heatmaps, whole processes start to "

@@ -9,7 +9,7 @@ PLAN ?= experimental_plan.yaml
 
 install: system-deps $(STAMP)
 
-# Debian packages from apt-packages.txt (a real redis-server for the edge loop and its tests).
+# Debian packages from apt-packages.txt (redis-server for the edge loop, chromium for the web page tests).
 APT_PACKAGES := $(shell grep -v '^\#' apt-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:

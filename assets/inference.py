@@ -21,12 +21,11 @@ from assets.vad import samples as cols
 from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
 from assets.vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
 from assets.vad.detector import PredictionBatch, resident_detector
-from assets.vad.heatmaps import heatmap_name, save_heatmap
+from assets.vad.heatmaps import UNKNOWN_LABEL, heatmap_name, save_heatmap
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.runtime import use_all_cores
 
 BATCH_SIZE = 8
-UNKNOWN_LABEL = "unknown"  # heatmap file names of images without a label
 
 
 class InferenceArgs(StepArgs):

@@ -15,6 +15,8 @@ from PIL import Image
 
 from assets.vad.png import write_png
 
+UNKNOWN_LABEL = "unknown"  # the label part of heatmap file names of images without a label
+
 # matplotlib's "jet" colour map as its segment table (position, value) per channel, sampled at 256 levels the way
 # matplotlib builds its lookup table (equality tested): the same colours without importing matplotlib to score.
 _JET_SEGMENTS = (

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -41,6 +41,10 @@ from assets.vad.batcher import Batcher
 from assets.vad.detector import Detector, Prediction
 from assets.vad.images import decode_image
 from assets.vad.png import encode_png
+
+if TYPE_CHECKING:
+    from alo.plan import Plan
+    from assets.vad.ui.app import UiContext
 
 logger = logging.getLogger("assets.http")
 
@@ -172,13 +176,19 @@ async def _too_large(limit: int, send: Send) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def create_app(detector: Callable[[], Detector], settings: ServeSettings, batcher: Batcher | None = None) -> FastAPI:
+def create_app(
+    detector: Callable[[], Detector],
+    settings: ServeSettings,
+    batcher: Batcher | None = None,
+    ui: UiContext | None = None,
+) -> FastAPI:
     """The API around a detector.
 
     Args:
         detector: Returns the resident detector (loaded once; called per batch, in the batcher's thread).
         settings: Limits, data folder and token.
         batcher: The batcher to score with (default: a new one around ``detector``).
+        ui: The web page's project, plan and folders (None: the API only).
 
     Returns:
         The ASGI app (body limit included).
@@ -230,7 +240,7 @@ def create_app(detector: Callable[[], Detector], settings: ServeSettings, batche
         body: dict[str, Any] = {"results": results}
         if summary:
             current = await asyncio.wrap_future(batcher.resolve())
-            body["summary"] = _summary(current, names, found, settings.version)
+            body["summary"] = batch_summary(current, names, found, settings.version)
         return body
 
     @app.get("/v1/model", summary="The resident model")
@@ -265,6 +275,10 @@ def create_app(detector: Callable[[], Detector], settings: ServeSettings, batche
     async def metrics() -> Response:
         return PlainTextResponse(generate_latest(registry).decode("utf-8"), media_type=CONTENT_TYPE_LATEST)
 
+    if ui is not None:
+        from assets.vad.ui.app import add_ui
+
+        add_ui(app, batcher, ui, settings.token, settings.max_images, settings.version)
     app.router.on_shutdown.append(batcher.close)
     observed = Observe(app, settings.token, requests, latency, errors)
     return BodyLimit(observed, settings.max_body_bytes)  # type: ignore[return-value]
@@ -292,7 +306,7 @@ async def _request_images(request: Request, settings: ServeSettings) -> tuple[li
             raise ApiError(413, f"{len(uploads)} images in one request; send at most {settings.max_images}")
         names = [str(upload.filename or f"upload-{i}") for i, upload in enumerate(uploads)]
         contents = [await upload.read() for upload in uploads]
-        return names, await run_in_threadpool(_decode_all, names, contents)
+        return names, await run_in_threadpool(decode_all, names, contents)
     if kind == "application/json":
         try:
             body = await request.json()
@@ -305,7 +319,7 @@ async def _request_images(request: Request, settings: ServeSettings) -> tuple[li
             raise ApiError(413, f"{len(paths)} images in one request; send at most {settings.max_images}")
         files = [_inside(settings.data_root, path) for path in paths]
         contents = await run_in_threadpool(lambda: [file.read_bytes() for file in files])
-        return list(paths), await run_in_threadpool(_decode_all, list(paths), contents)
+        return list(paths), await run_in_threadpool(decode_all, list(paths), contents)
     raise ApiError(415, "send images as multipart/form-data (field 'files') or JSON {\"paths\": [...]}")
 
 
@@ -322,7 +336,19 @@ def _inside(root: Path | None, path: str) -> Path:
     return resolved
 
 
-def _decode_all(names: list[str], contents: list[bytes]) -> list:
+def decode_all(names: list[str], contents: list[bytes]) -> list:
+    """Decode uploads as upright RGB images (by content, not by name).
+
+    Args:
+        names: The names shown in errors.
+        contents: The files' bytes.
+
+    Returns:
+        The images.
+
+    Raises:
+        ApiError: 415 with the one-line reason for the first file that is not a readable image.
+    """
     images = []
     for name, data in zip(names, contents, strict=True):
         try:
@@ -332,7 +358,18 @@ def _decode_all(names: list[str], contents: list[bytes]) -> list:
     return images
 
 
-def _summary(detector: Detector, names: list[str], found: list[Prediction], version: str) -> dict[str, Any]:
+def batch_summary(detector: Detector, names: list[str], found: list[Prediction], version: str) -> dict[str, Any]:
+    """The ``inference_summary`` of a batch of predictions.
+
+    Args:
+        detector: The detector that scored them (its calibration names the classes).
+        names: The images' names.
+        found: Their predictions.
+        version: The solution version.
+
+    Returns:
+        The summary.
+    """
     import pandas as pd
 
     table = pd.DataFrame(
@@ -403,6 +440,7 @@ def serve(
     from alo.plan import load_plan
     from alo.runner import model_dir_of, train_id_of
     from assets.vad.detector import resident_detector
+    from assets.vad.ui.app import UiContext
 
     token = token_from_env()
     check_bind(host, token)
@@ -428,5 +466,17 @@ def serve(
             version=plan.version,
             train_id=train_id_of(models),
         )
+        ui = UiContext(plan.root, plan.path, models, Path(data_root) if data_root else _page_data_root(plan))
         logger.info(f"serving {models} on http://{host}:{port} (data folder: {root or 'none, uploads only'})")
-        uvicorn.run(create_app(current, settings, batcher), host=host, port=port, log_level="warning")
+        logger.info(f"the page: http://{host}:{port}/ui/inspect (its data folder: {ui.data_root or 'none'})")
+        uvicorn.run(create_app(current, settings, batcher, ui), host=host, port=port, log_level="warning")
+
+
+def _page_data_root(plan: Plan) -> Path | None:
+    """The page's data folder by default: the folder holding both the plan's train and inference data."""
+    folders = [
+        plan.resolve(plan.external_path.load_train_data_path),
+        plan.resolve(plan.external_path.load_inference_data_path),
+    ]
+    found = [str(folder) for folder in folders if folder is not None and folder.is_dir()]
+    return Path(os.path.commonpath(found)) if found else None

@@ -1,0 +1,1 @@
+"""The web page for the quality engineer, on the scoring service."""

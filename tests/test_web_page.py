@@ -46,11 +46,28 @@ def project(tmp_path_factory):
     step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore"})
     path = write_plan(root, plan)
     assert main.main(["--mode", "all", "--config", str(path)]) == 0
+    labelled = root / "data" / "labelled"  # an inference run with ground truth, one NG image labelled OK
+    labelled.mkdir()
+    rows = []
+    for name in sorted((root / "data" / "inference").glob("*.png")):
+        shutil.copy(name, labelled / name.name)
+        rows.append(
+            {
+                "label": "good" if name.name in ("ng_0.png",) or name.name.startswith("ok") else "bad",
+                "image_path": name.name,
+            }
+        )
+    pd.DataFrame(rows).to_csv(labelled / "labels.csv", index=False)
+    checked = copy.deepcopy(plan)
+    set_external(checked, "load_inference_data_path", "data/labelled")
+    assert main.main(["--mode", "inference", "--config", str(write_plan(root, checked, "labelled.yaml"))]) == 0
+    labelled_run = json.loads((root / "inference_artifacts/log/experimental_history.json").read_text())["id"]
+    assert main.main(["--mode", "inference", "--config", str(path)]) == 0  # the plan's own run is the current one
     broken = copy.deepcopy(plan)
     set_external(broken, "load_inference_data_path", "data/empty")
     (root / "data" / "empty").mkdir()
     assert main.main(["--mode", "inference", "--config", str(write_plan(root, broken, "broken.yaml"))]) != 0
-    return {"root": root, "plan": path}
+    return {"root": root, "plan": path, "labelled_run": labelled_run}
 
 
 def _wait_ready(process: subprocess.Popen, base: str) -> None:
@@ -73,7 +90,7 @@ def server(project):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "VAD_API_TOKEN"}
     command = [sys.executable, "main.py", "--mode", "serve", "--config", str(project["plan"]), "--port", str(port)]
-    command += ["--data-root", str(project["root"] / "data")]
+    command += ["--data-root", str(project["root"] / "data"), "--max-upload-mb", "2"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     _wait_ready(process, base)
@@ -208,6 +225,9 @@ def test_folders_and_files_outside_the_roots_are_refused(server, project):
     assert status == 403 and "cross-site" in body["error"]
     cross = {**headers, "origin": "http://evil.example"}
     assert post(f"{server}/ui/api/inspect", json.dumps({"folder": "inference"}).encode(), cross)[0] == 403
+    big = b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n' + b"0" * 3_000_000
+    status, body = post(f"{server}/ui/api/inspect", big, {**headers, "content-type": "multipart/form-data; boundary=b"})
+    assert status == 413 and "error" in body
     train_id = json.loads((project["root"] / "train_artifacts/models/train_run.json").read_text())["train_id"]
     for relative in ("../../experimental_plan.yaml", "..%2F..%2Fexperimental_plan.yaml", "log/pipeline.log"):
         url = f"{server}/ui/api/runs/train/{train_id}/file/{relative}"
@@ -250,6 +270,18 @@ def test_runs_page_table_sorts_and_gallery_shows_misclassified_first(page, serve
     log = page.locator("#log").inner_text()
     assert "process.log" in log and "train pipeline" in log and "trained in" in log
     shoot(page, "run")
+
+
+def test_gallery_of_a_run_with_ground_truth_shows_the_misclassified_image_first(page, server, project):
+    run = project["labelled_run"]
+    page.goto(f"{server}/ui/runs/inference/{run}")
+    page.locator("#gallery figure").first.wait_for()
+    figures = page.locator("#gallery figure")
+    assert figures.count() == 5
+    assert figures.first.get_attribute("class") == "miss" and figures.first.get_attribute("data-image") == "ng_0.png"
+    assert "misclassified" in figures.first.inner_text()
+    assert page.locator("#gallery figure.miss").count() == 1
+    shoot(page, "run-inference")
 
 
 def test_threshold_slider_shows_the_sweep_and_the_plan_copy_gives_that_f1(page, server, project):

@@ -48,6 +48,9 @@ class Control(BaseModel):
     interface_mode: str = "memory"
     save_inference_format: str = "tar.gz"
     check_resource: bool = False
+    tracking: bool = True  # every run logged to MLflow (alo/tracking.py); false: nothing written
+    tracking_uri: str | None = None  # default: the SQLite store in mlruns/ beside the plan
+    tracking_experiment: str | None = None  # default: the plan's name
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def parse_plan(raw: Any, path: Path) -> Plan:
     if not isinstance(raw, dict):
         msg = f"plan error: {path} must be a YAML map with name, version, external_path and user_parameters"
         raise PlanError(msg)
-    known = {"name", "version", "external_path", "user_parameters", "control"} | _IGNORED_TOP_LEVEL
+    known = {"name", "version", "external_path", "user_parameters", "control", "tuning"} | _IGNORED_TOP_LEVEL
     for key in raw:
         if key not in known:
             allowed = ", ".join(sorted(known))

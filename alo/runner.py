@@ -30,6 +30,8 @@ from alo.errors import DataError, ModelError, PlanError
 from alo.history import hash_code, hash_files, hash_object, new_run_id, write_record
 from alo.logs import FILE_ONLY, FRAMEWORK_LOGGER, PIPELINE_LOGGER, log_files
 from alo.plan import PIPELINES, Plan, load_plan
+from alo.tracking import Tracker
+from alo.tracking import settings_of as tracking_settings
 
 logger = logging.getLogger(f"{FRAMEWORK_LOGGER}.runner")
 MODEL_RECORD = "train_run.json"
@@ -169,6 +171,8 @@ def run_pipeline(
         "start_time": datetime.now(UTC).isoformat(),
     }
     failed = True
+    tracker = Tracker(tracking_settings(plan), package, resident=resident_model is not None)
+    params = {step.name: step.args.model_dump(mode="json") for step in steps}
     with log_files(staging / "log"):
         try:
             logger.info(f"{pipeline} pipeline {run_id} started ({len(steps)} steps)")
@@ -230,9 +234,11 @@ def run_pipeline(
                 kept = store.fail(plan.control.backup_size)
                 if kept is not None:
                     logger.info(f"failed run kept in {kept}; the previous {pipeline}_artifacts are unchanged")
+                tracker.finish(record, kept or staging, params)
     final = store.promote(plan.control.backup_artifacts, plan.control.backup_size)
     logger.info(f"{pipeline} pipeline {run_id} succeeded: artifacts in {final}")
     _save_archives(plan, pipeline, final)
+    tracker.finish(record, final, params)
     return final
 
 

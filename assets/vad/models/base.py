@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ class VadModel(torch.nn.Module):
         """
         raise NotImplementedError
 
-    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
+    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, Any]:
         """Fit on normal images.
 
         Args:
@@ -111,7 +111,7 @@ class VadModel(torch.nn.Module):
             logger: Progress logger.
 
         Returns:
-            Fit metrics saved with the model (may be empty).
+            Fit metrics saved with the model (may be empty; FastFlow adds ``history``, one entry per epoch).
         """
         raise NotImplementedError
 

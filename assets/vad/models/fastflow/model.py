@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from assets.vad.reports import image_auroc
 from assets.vad.thresholds import sweep
 
 Features = list[torch.Tensor]  # one backbone feature map per layer, for a batch
+# Called after each epoch with (epoch, validation metrics); the tuner registers its pruning reporter here.
+EPOCH_CALLBACKS: list[Callable[[int, dict[str, float]], None]] = []
 
 HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
@@ -133,7 +136,7 @@ class OfflineFastflow(VadModel, FastflowModel):
         with torch.inference_mode():
             self(example_image(self.spec.input_size, self.device))
 
-    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
+    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, Any]:
         """Train the flows on the frozen backbone's features and keep the best epoch (:func:`fit_fastflow`).
 
         Without augmentation the features of every epoch are the same, so they are extracted once and
@@ -303,7 +306,7 @@ def fit_fastflow(
     monitor: str,
     patience: int,
     logger: logging.Logger,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Train the flows with Adam (anomalib's settings), keep the latest epoch as good as the best by ``monitor``.
 
     An epoch is as good as the best when ``monitor`` is within :data:`TOLERANCE` of the best value so far;
@@ -332,6 +335,7 @@ def fit_fastflow(
     kept_state: dict[str, torch.Tensor] | None = None
     stale = 0
     epoch_seconds: list[float] = []
+    history: list[dict[str, float]] = []  # per epoch: train loss and validation metrics (experiment tracking's steps)
     for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
         model.train()
@@ -348,6 +352,9 @@ def fit_fastflow(
         metrics = evaluate(model)
         value = sign * metrics[monitor]
         epoch_seconds.append(time.perf_counter() - started)
+        history.append({"epoch": float(epoch), "train_loss": total / max(count, 1), **metrics})
+        for callback in EPOCH_CALLBACKS:  # the tuner's pruning: may raise to stop a hopeless trial
+            callback(epoch, metrics)
         measured = not math.isnan(value)  # NaN: the metric cannot be computed (e.g. no NG image in validation)
         if measured:
             best_value = max(best_value, value)
@@ -373,4 +380,4 @@ def fit_fastflow(
         return {}
     model.load_state_dict(kept_state)
     logger.info(f"kept epoch {int(kept['epoch'])}: valid {monitor} {kept[monitor]:.4g}")
-    return {**kept, "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds)}
+    return {**kept, "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds), "history": history}

@@ -1,0 +1,51 @@
+"""The trained model as an MLflow pyfunc model: ``mlflow.pyfunc.load_model`` or ``mlflow models serve`` score images.
+
+It is logged as "models from code" (:mod:`assets.vad.mlflow_pyfunc`; no pickled object) and holds the run's
+``models`` folder and this project's code (``alo``, ``assets``). Loading it builds a
+:class:`~assets.vad.detector.Detector` (runtime ``auto``: the exported graph where it was proven and faster,
+else torch). Input: a DataFrame with a column ``image`` of file paths, or ``image_base64`` of base64-encoded
+image files (what a JSON request to ``mlflow models serve`` can carry). Output: per image ``raw_score``,
+``anomaly_score``, ``pred_label``, ``certainty``, ``is_anomalous``, as ``output.csv`` has them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def log_model(mlflow: Any, models: Path) -> Any:
+    """Log a ``models`` folder as the active run's pyfunc model ``model``.
+
+    Args:
+        mlflow: The MLflow module (tracking URI set, a run active).
+        models: The run's ``models`` folder.
+
+    Returns:
+        MLflow's model info.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "image_base64", required=False)]),
+        outputs=Schema(
+            [
+                ColSpec("double", "raw_score"),
+                ColSpec("double", "anomaly_score"),
+                ColSpec("string", "pred_label"),
+                ColSpec("double", "certainty"),
+                ColSpec("boolean", "is_anomalous"),
+            ]
+        ),
+    )
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),  # models from code: nothing pickled
+        artifacts={"models": str(models)},
+        code_paths=[str(ROOT / "alo"), str(ROOT / "assets")],
+        pip_requirements=str(ROOT / "requirements.txt"),
+        signature=signature,
+    )

@@ -1,0 +1,162 @@
+"""Experiment tracking in a real local MLflow store (SQLite beside the plan), and the logged pyfunc model."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import write_plan
+from mlflow.tracking import MlflowClient
+
+import main
+from alo.plan import load_plan
+from alo.tracking import settings_of, wait_pending
+
+
+def _control(plan: dict, **values) -> None:
+    """Set control keys (a list of one-key maps, as ALO writes it)."""
+    kept = [entry for entry in plan.get("control", []) if not set(entry) & set(values)]
+    plan["control"] = [*kept, *({key: value} for key, value in values.items())]
+
+
+def _store(root) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+def _settle(root) -> None:
+    """Wait for the background loggers (a one-shot run hands its logging over, see alo/tracking.py)."""
+    assert wait_pending(settings_of(load_plan(root / "experimental_plan.yaml")), 180), "tracking did not finish"
+
+
+def _runs(root, pipeline: str) -> list:
+    _settle(root)
+    client = _store(root)
+    experiment = client.get_experiment_by_name("vad")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.pipeline = '{pipeline}'")
+
+
+@pytest.fixture
+def tracked(project):
+    root, plan = project["root"], project["plan"]
+    from conftest import step_args
+
+    step_args(plan, "train", "train").update({"model_name": "fastflow", "max_epochs": 3})
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "all", "--config", str(path)]) == 0
+    return {**project, "path": path}
+
+
+def test_a_train_run_logs_params_metrics_steps_artifacts_and_its_model(tracked):
+    root = tracked["root"]
+    (run,) = _runs(root, "train")
+    record = json.loads((root / "train_artifacts/log/experimental_history.json").read_text())
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["train_id"] == record["id"]
+    assert {run.data.tags[k] for k in ("data_id", "param_id", "code_id")} == {
+        record["data_id"],
+        record["param_id"],
+        record["code_id"],
+    }
+    params = run.data.params
+    assert params["train.model_name"] == "fastflow"
+    assert params["train.model_parameters.fastflow_backbone"] == "tf_efficientnet_lite0"
+    assert params["train.img_size"] == "[64, 64]" and params["readiness.threshold_method"] == "F1"
+    score = pd.read_csv(root / "train_artifacts/output/validation_score.csv").iloc[0]
+    metrics = run.data.metrics
+    assert metrics["valid.auroc"] == pytest.approx(score["auroc"]) and metrics["valid.f1"] == pytest.approx(score["f1"])
+    assert metrics["raw_threshold"] == pytest.approx(score["threshold"])
+    assert metrics["fit_seconds"] > 0 and metrics["peak_rss_mb"] > 100
+    client = _store(root)
+    losses = client.get_metric_history(run.info.run_id, "epoch.train_loss")
+    assert sorted(m.step for m in losses) == list(range(1, len(losses) + 1)) and len(losses) >= 2
+    assert client.get_metric_history(run.info.run_id, "epoch.image_AUROC")
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"threshold", "validation", "heatmaps", "plan"} <= names
+    inside = {a.path for a in client.list_artifacts(run.info.run_id, "threshold")}
+    assert inside == {"threshold/threshold_test_result.png", "threshold/threshold_test_result.csv"}
+    assert 1 <= len(client.list_artifacts(run.info.run_id, "heatmaps")) <= 6
+
+
+def test_the_logged_model_loaded_with_pyfunc_scores_like_the_pipeline(tracked):
+    root = tracked["root"]
+    (run,) = _runs(root, "train")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    found = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    (model,) = [m for m in found if m.source_run_id == run.info.run_id]
+    loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    output = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    files = [str(root / "data" / "inference" / name) for name in output["image_path"]]
+    found = loaded.predict(pd.DataFrame({"image": files}))
+    assert list(found["pred_label"]) == list(output["pred_label"])
+    assert (found["anomaly_score"] - output["anomaly_score"]).abs().max() < 1e-5
+    import base64
+
+    encoded = [
+        base64.b64encode((root / "data" / "inference" / name).read_bytes()).decode() for name in output["image_path"]
+    ]
+    again = loaded.predict(pd.DataFrame({"image_base64": encoded}))
+    assert list(again["pred_label"]) == list(output["pred_label"])
+
+
+def test_an_inference_run_logs_counts_and_its_train_id(tracked):
+    root = tracked["root"]
+    (train,) = _runs(root, "train")
+    (run,) = _runs(root, "inference")
+    output = pd.read_csv(root / "inference_artifacts/output/output.csv")
+    assert run.data.tags["train_id"] == train.data.tags["train_id"]
+    assert run.data.metrics["n_images"] == len(output)
+    counts = output["pred_label"].value_counts()
+    for label, count in counts.items():
+        assert run.data.metrics[f"pred.{label}"] == count
+    assert {a.path for a in _store(root).list_artifacts(run.info.run_id)} >= {"summary", "plan"}
+
+
+def test_tracking_off_leaves_no_store(project):
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking=False)
+    assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 0
+    assert not (root / "mlruns").exists()
+    assert (root / "train_artifacts/models/train/calibration.json").is_file()
+
+
+def test_a_failed_run_is_tracked_as_failed_with_its_error(project):
+    root, plan = project["root"], project["plan"]
+    from conftest import set_external
+
+    (root / "data" / "empty").mkdir()
+    set_external(plan, "load_inference_data_path", "data/empty")
+    assert main.main(["--mode", "all", "--config", str(write_plan(root, plan))]) != 0
+    (run,) = _runs(root, "inference")
+    assert run.info.status == "FAILED" and "no images" in run.data.tags["error"]
+
+
+def test_a_store_that_cannot_be_written_is_one_warning_and_the_run_succeeds(project, capsys):
+    root, plan = project["root"], project["plan"]
+    (root / "blocked").write_text("a file where the store's folder would be")
+    _control(plan, tracking_uri="blocked/store")
+    assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "alo.tracking" in line]
+    assert len(warnings) == 1 and "tracking skipped" in warnings[0] and "WARNING" in warnings[0]
+    assert (root / "train_artifacts/models/train/calibration.json").is_file(), "tracking never costs a model"
+
+
+def test_an_unknown_tracking_key_is_a_plan_error(project, capsys):
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking_url="x")
+    assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 2
+    assert "tracking_url" in capsys.readouterr().err
+
+
+def test_the_background_loggers_errors_come_back_as_one_warning_on_the_next_run(project, capsys):
+    root, plan = project["root"], project["plan"]
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    _settle(root)
+    (root / "mlruns" / "tracking-errors.log").write_text("2026-12-01 run x: OperationalError: database is locked\n")
+    capsys.readouterr()
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "alo.tracking" in line]
+    assert len(warnings) == 1 and "database is locked" in warnings[0]
+    assert len(_runs(root, "train")) == 2

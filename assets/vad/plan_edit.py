@@ -1,9 +1,9 @@
 """Copies of the user's plan with a few values changed, comments and layout kept, and the diff to show.
 
-The page never edits the user's plan: it writes a copy beside it (so that its relative paths still resolve)
-and shows the unified diff. Values are replaced in the text at the positions YAML's composer reports, then the
-copy is checked: loaded, it must equal the original with exactly those values changed, and it must pass the
-plan's own validation.
+The page and the tuner never edit the user's plan: they write a copy beside it (so that its relative paths
+still resolve) and show the unified diff. Values are replaced in the text at the positions YAML's composer
+reports, then the copy is checked: loaded, it must equal the original with exactly those values changed, and
+it must pass the plan's own validation.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ class Change:
     """One value to set in a plan.
 
     Attributes:
-        where: ``("external_path", key)`` or ``(pipeline, step, key)`` with ``pipeline`` ``train``/``inference``.
+        where: ``("external_path", key)``, or ``(pipeline, step, key, ...)`` with ``pipeline`` ``train`` or
+            ``inference`` (more keys reach into nested args: ``("train", "train", "model_parameters", name)``).
         value: The new value (a YAML scalar or list).
     """
 
@@ -52,7 +53,7 @@ def _target(root: yaml.Node, where: tuple[str, ...]) -> tuple[yaml.Node, str]:
                 return entry, where[1]
         msg = f"plan error: the plan has no external_path.{where[1]}; add it to the plan first"
         raise PlanError(msg)
-    pipeline, step, key = where
+    pipeline, step, *keys = where
     found = _mapping_value(root, "user_parameters")
     blocks = found[1].value if found and isinstance(found[1], yaml.SequenceNode) else []
     for block in blocks:
@@ -65,7 +66,14 @@ def _target(root: yaml.Node, where: tuple[str, ...]) -> tuple[yaml.Node, str]:
                 continue
             args = _mapping_value(entry, "args")
             if args and isinstance(args[1], yaml.SequenceNode) and args[1].value:
-                return args[1].value[0], key
+                mapping = args[1].value[0]
+                for inner in keys[:-1]:  # nested args: model_parameters.patchcore_backbone
+                    found = _mapping_value(mapping, inner)
+                    if found is None or not isinstance(found[1], yaml.MappingNode) or not found[1].value:
+                        msg = f"plan error: the '{step}' step has no '{inner}' map; add it to the plan first"
+                        raise PlanError(msg)
+                    mapping = found[1]
+                return mapping, keys[-1]
             msg = f"plan error: the {pipeline} pipeline's '{step}' step has no args list; add 'args: [{{}}]' first"
             raise PlanError(msg)
     msg = f"plan error: the plan has no '{step}' step in its {pipeline} pipeline"
@@ -121,11 +129,14 @@ def _set(plan: dict[str, Any], change: Change) -> None:
             if change.where[1] in entry:
                 entry[change.where[1]] = change.value
         return
-    pipeline, step, key = change.where
+    pipeline, step, *keys = change.where
     for block in plan["user_parameters"]:
         for entry in block.get(f"{pipeline}_pipeline") or []:
             if entry.get("step") == step:
-                entry["args"][0][key] = change.value
+                mapping = entry["args"][0]
+                for inner in keys[:-1]:
+                    mapping = mapping[inner]
+                mapping[keys[-1]] = change.value
                 return
 
 

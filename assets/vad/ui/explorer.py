@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from assets.vad.calibration import CALIBRATION_FILE, Calibration
-from assets.vad.ui.plan_edit import Change, PlanCopy, write_copy
+from assets.vad.plan_edit import Change, PlanCopy, write_copy
 from assets.vad.ui.runs import RunInfo, output_rows
 
 SWEEP_FILE = Path("extra_output/train/threshold_test_result.csv")

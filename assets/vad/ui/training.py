@@ -1,7 +1,7 @@
 """Train runs started from the page: one at a time, in a child ``main.py --mode train``, with live progress.
 
 The child runs a plan copy (the user's plan with the chosen data folder, model and arguments; see
-:mod:`.plan_edit`), so a run from the page is the same run as from the console, under the same project lock.
+:mod:`assets.vad.plan_edit`), so a run from the page is the same run as from the console, under the same project lock.
 Its console lines are kept as they arrive. Cancel sends SIGINT to the child's process group: the pipeline
 stops, its staged run is moved to ``history/train/{id}-error`` and the previous ``train_artifacts`` stay.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assets.vad.ui.plan_edit import Change, PlanCopy, write_copy
+from assets.vad.plan_edit import Change, PlanCopy, write_copy
 
 MAIN = Path(__file__).resolve().parents[3] / "main.py"
 MAX_LINES = 5000

@@ -1,4 +1,4 @@
-"""Command line entry point: ``python main.py --mode train|inference|all|serve|export [--config PLAN]``.
+"""Command line entry point: ``python main.py --mode train|inference|all|serve|export|tune [--config PLAN]``.
 
 ``--mode inference --loop [--system SOLUTION_METADATA]`` keeps the inference pipeline resident and serves
 requests from Redis (ALO's edge protocol, :mod:`alo.loop`).
@@ -28,10 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Visual anomaly detection pipeline (PatchCore / FastFlow).")
     parser.add_argument(
         "--mode",
-        choices=["train", "inference", "all", "serve", "export"],
+        choices=["train", "inference", "all", "serve", "export", "tune"],
         default="all",
         help="which pipeline(s) to run (default: all = train, then inference), serve: the HTTP scoring API, "
-        "export: export the trained model (ONNX, with its parity gate)",
+        "export: export the trained model (ONNX, with its parity gate), tune: search the plan's tuning: space",
     )
     parser.add_argument("--config", default="experimental_plan.yaml", help="the plan file (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="show DEBUG messages and tracebacks")
@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             from assets.vad.export_command import run_export
 
             run_export(args.config)
+        elif args.mode == "tune":
+            from assets.vad.tuning.study import run_tune
+
+            run_tune(args.config)
         else:
             run(args.config, args.mode)
     except AloError as exc:

@@ -1,0 +1,424 @@
+"""``main.py --mode tune``: an Optuna study over the plan's ``tuning:`` space, judged on the user's own images.
+
+Each trial trains the plan with the trial's train args on every resample (:mod:`.resample`: the plan's own
+split first, then stratified re-splits of the labelled images) in its own folder under ``tuning/`` (exports
+and heatmaps off, tracking off: the study tracks the trial), and scores the mean validation metric. FastFlow
+reports its per-epoch validation metric on the first resample, so that hopeless trials are pruned. The study
+is stored in ``tuning/study.db`` (SQLite): an interrupted tune resumes where it stopped.
+
+The choice: the best mean, unless other trials lie within one standard error of it; then the user's own
+plan when it is among them (ties go to the default), else the fastest of them (validation images/s). The
+end writes ``{plan}.tuned-{UTC}.yaml`` beside the plan (the diff is printed), ``tuning/{study}/trials.csv``
+and a table of the trials; the user's plan is never edited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alo.errors import DataError
+from alo.plan import Plan, load_plan
+from assets.vad.tuning.resample import LabelledData, labelled_data, write_resamples
+from assets.vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, parse_tuning, train_values
+
+logger = logging.getLogger("assets.tune")
+
+STUDY_FOLDER = "tuning"
+SPEED = re.compile(r"validation: \d+/\d+ \(([\d.]+)/s")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One finished trial."""
+
+    number: int
+    state: str
+    values: dict[str, Any]
+    mean: float
+    std: float
+    per_resample: list[float]
+    images_per_s: float
+    default: bool
+
+
+def _train_step_args(plan: Plan, name: str) -> dict[str, Any]:
+    steps = {step.name: step.args for step in plan.pipelines.get("train", [])}
+    return dict(steps.get(name) or {})
+
+
+def _study_name(plan: Plan, tuning: Tuning, train_args: dict[str, Any]) -> str:
+    """A name that changes with what the trials measure, not with the budget (more trials resume the study)."""
+    what = {
+        "space": [d.__dict__ for d in tuning.dimensions],
+        "objective": tuning.objective,
+        "resamples": tuning.resamples,
+        "seed": tuning.seed,
+        "train": train_args,
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{plan.name}-{digest}"
+
+
+def _suggest(trial: Any, dimension: Dimension) -> Any:
+    if dimension.choices is not None:
+        shown = [json.dumps(c) if isinstance(c, list | dict) else c for c in dimension.choices]
+        picked = trial.suggest_categorical(dimension.key, shown)
+        return dimension.choices[shown.index(picked)]
+    if dimension.integer:
+        step = int(dimension.step or 1)
+        return trial.suggest_int(dimension.key, int(dimension.low), int(dimension.high), step=step, log=dimension.log)
+    return trial.suggest_float(dimension.key, dimension.low, dimension.high, step=dimension.step, log=dimension.log)
+
+
+def _default_values(tuning: Tuning, train_args: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan's own values of the searched args, or None where one lies outside the space."""
+    values = {}
+    for dimension in tuning.dimensions:
+        current = current_value(dimension.key, train_args)
+        if dimension.choices is not None:
+            if current not in dimension.choices:
+                return None
+            values[dimension.key] = json.dumps(current) if isinstance(current, list | dict) else current
+        elif current is None or not dimension.low <= float(current) <= dimension.high:
+            return None
+        else:
+            values[dimension.key] = current
+    return values
+
+
+def _trial_plan(plan: Plan, folder: Path, data: Path, changes: dict[str, Any]) -> Path:
+    """The plan for one fit of a trial: the user's plan with the trial's train args, in its own folder."""
+    raw = yaml.safe_load(plan.path.read_text(encoding="utf-8"))
+    raw.pop("tuning", None)
+    raw["external_path"] = [{"load_train_data_path": str(data)}]
+    raw["control"] = [{"tracking": False}, {"backup_size": 100}]
+    for block in raw["user_parameters"]:
+        for step in block.get("train_pipeline") or []:
+            args = step.get("args") or [{}]
+            if not isinstance(args, list) or not args or not isinstance(args[0], dict):
+                args = [{}]
+            step["args"] = args
+            if step.get("step") == "readiness":
+                args[0]["train_validate_column"] = "split"
+            if step.get("step") == "train":
+                for key, value in changes.items():
+                    if isinstance(value, dict):
+                        args[0].setdefault(key, {})
+                        args[0][key] = {**(args[0][key] or {}), **value}
+                    else:
+                        args[0][key] = value
+                args[0]["export"] = []
+                args[0]["save_validation_heatmap"] = False
+    raw["user_parameters"] = [b for b in raw["user_parameters"] if "train_pipeline" in b]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "experimental_plan.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _fit(plan_path: Path, objective: str) -> tuple[float, float]:
+    """Train once; the validation metric and the validation images/s."""
+    from alo.runner import run
+
+    (final,) = run(plan_path, "train")
+    import csv
+
+    with (final / "output" / "validation_score.csv").open(encoding="utf-8") as handle:
+        row = next(csv.DictReader(handle))
+    value = float(row[objective])
+    log = (final / "log" / "pipeline.log").read_text(encoding="utf-8")
+    speeds = SPEED.findall(log)
+    return value, float(speeds[-1]) if speeds else float("nan")
+
+
+class _EpochReporter:
+    """Reports FastFlow's per-epoch validation metric to the trial and prunes hopeless trials."""
+
+    def __init__(self, trial: Any, objective: str) -> None:
+        self.trial = trial
+        self.key = "image_AUROC" if objective == "auroc" else "image_F1Score"
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        import optuna
+
+        value = metrics.get(self.key)
+        if value is None or math.isnan(value):
+            return
+        self.trial.report(float(value), epoch)
+        if self.trial.should_prune():
+            msg = f"pruned at epoch {epoch}: validation {self.key} {value:.4f}"
+            raise optuna.TrialPruned(msg)
+
+
+def run_tune(plan_path: str | Path) -> Path:
+    """Run (or resume) the study and write the best plan beside the user's.
+
+    Args:
+        plan_path: The user's plan.
+
+    Returns:
+        The best plan's path.
+
+    Raises:
+        DataError: Too few NG images to judge the trials.
+    """
+    import optuna
+
+    from assets.vad.models.fastflow import model as fastflow_model
+    from assets.vad.plan_edit import write_copy
+
+    plan = load_plan(plan_path)
+    train_args = _train_step_args(plan, "train")
+    tuning = parse_tuning(plan.raw.get("tuning"), train_args)
+    data = labelled_data(plan)
+    if data.n_ng < MIN_NG[tuning.objective]:
+        msg = (
+            f"data error: the labelled data has {data.n_ng} NG image(s); judging trials on {tuning.objective} needs "
+            f"at least {MIN_NG[tuning.objective]}, or the choice is noise: add defective images to the train CSV"
+        )
+        raise DataError(msg)
+    name = _study_name(plan, tuning, train_args)
+    folder = plan.root / STUDY_FOLDER / name
+    resamples = write_resamples(data, folder / "data", tuning.resamples, tuning.seed)
+    storage = f"sqlite:///{plan.root / STUDY_FOLDER / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=tuning.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        load_if_exists=True,
+    )
+    _fail_interrupted(study)
+    default = _default_values(tuning, train_args)
+    if default is not None and not study.trials:
+        study.enqueue_trial(default, user_attrs={"default": True})
+    done = sum(t.state.is_finished() for t in study.trials)
+    remaining = None if tuning.n_trials is None else max(0, tuning.n_trials - done)
+    logger.info(
+        f"tuning study {name}: {done} trial(s) done, {remaining if remaining is not None else 'until the time budget'}"
+        f" to run; {len(resamples)} resample(s) of {data.n_ok} OK + {data.n_ng} NG labelled images; "
+        f"objective validation {tuning.objective}"
+    )
+    tracker = _StudyTracking(plan, name)
+
+    def objective(trial: Any) -> float:
+        chosen: dict[str, Any] = {}
+        for dimension in tuning.dimensions:  # model_name first; a model's own parameters only when it is trained
+            model = chosen.get("model_name", train_args.get("model_name", "fastflow"))
+            if dimension.model is None or dimension.model == model:
+                chosen[dimension.key] = _suggest(trial, dimension)
+        changes = train_values(tuning.dimensions, chosen)
+        values, speeds = [], []
+        reporter = _EpochReporter(trial, tuning.objective)
+        try:
+            for index, resample in enumerate(resamples):
+                if index == 0:
+                    fastflow_model.EPOCH_CALLBACKS.append(reporter)
+                try:
+                    trial_plan = _trial_plan(
+                        plan, folder / f"trial-{trial.number:03d}" / f"r{index}", resample, changes
+                    )
+                    value, speed = _fit(trial_plan, tuning.objective)
+                finally:
+                    if reporter in fastflow_model.EPOCH_CALLBACKS:
+                        fastflow_model.EPOCH_CALLBACKS.remove(reporter)
+                values.append(value)
+                speeds.append(speed)
+        except optuna.TrialPruned:
+            tracker.trial(trial.number, chosen, None, "PRUNED")
+            raise
+        mean = statistics.fmean(values)
+        trial.set_user_attr("per_resample", values)
+        trial.set_user_attr("images_per_s", statistics.fmean(speeds))
+        tracker.trial(trial.number, chosen, {"mean": mean, "values": values, "images_per_s": statistics.fmean(speeds)})
+        logger.info(f"trial {trial.number}: {tuning.objective} {mean:.4f} over {len(values)} resample(s) {chosen}")
+        return mean
+
+    started = time.perf_counter()
+    if remaining != 0:
+        study.optimize(objective, n_trials=remaining, timeout=tuning.timeout_s, gc_after_trial=True, catch=(DataError,))
+    results = _results(study)
+    best = choose(results)
+    if best is None:
+        msg = "data error: no trial finished; see the trials' logs under tuning/"
+        raise DataError(msg)
+    changes = [_change(d.key, best.values[d.key]) for d in tuning.dimensions if d.key in best.values]
+    copy = write_copy(plan.path, changes, "tuned")
+    _write_table(results, best, folder / "trials.csv", tuning.objective)
+    print(_table(results, best, tuning.objective))
+    print(copy.diff or f"(the best plan is the plan itself: {copy.path.name} changes nothing)")
+    confidence = _confidence(results, best, tuning.resamples)
+    logger.info(f"best: trial {best.number} {best.values} ({confidence}); wrote {copy.path}")
+    tracker.finish(best, copy.path, time.perf_counter() - started)
+    return copy.path
+
+
+def _fail_interrupted(study: Any) -> None:
+    """Trials an interrupted tune left RUNNING are marked failed, so that the budget counts the rest."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _change(key: str, value: Any) -> Any:
+    from assets.vad.plan_edit import Change
+
+    parts = key.split(".")
+    return Change(("train", "train", *parts), value)
+
+
+def _results(study: Any) -> list[TrialResult]:
+    found = []
+    for trial in study.trials:
+        values = {}
+        for key, value in trial.params.items():
+            values[key] = json.loads(value) if isinstance(value, str) and value.startswith("[") else value
+        per = trial.user_attrs.get("per_resample", [])
+        found.append(
+            TrialResult(
+                number=trial.number,
+                state=trial.state.name,
+                values=values,
+                mean=float(trial.value) if trial.value is not None else float("nan"),
+                std=statistics.stdev(per) if len(per) > 1 else 0.0,
+                per_resample=list(per),
+                images_per_s=float(trial.user_attrs.get("images_per_s", float("nan"))),
+                default=bool(trial.user_attrs.get("default", False)),
+            )
+        )
+    return found
+
+
+def choose(results: list[TrialResult]) -> TrialResult | None:
+    """The chosen trial: best mean; within one standard error of it, the default, else the fastest.
+
+    Args:
+        results: Every trial.
+
+    Returns:
+        The choice, or None when no trial completed.
+    """
+    complete = [r for r in results if r.state == "COMPLETE" and not math.isnan(r.mean)]
+    if not complete:
+        return None
+    best = max(complete, key=lambda r: r.mean)
+    error = best.std / math.sqrt(len(best.per_resample)) if best.per_resample else 0.0
+    tied = [r for r in complete if r.mean >= best.mean - error - 1e-12]
+    default = next((r for r in tied if r.default), None)
+    if default is not None:
+        return default
+    return max(tied, key=lambda r: (0.0 if math.isnan(r.images_per_s) else r.images_per_s, r.mean))
+
+
+def _confidence(results: list[TrialResult], best: TrialResult, resamples: int) -> str:
+    default = next((r for r in results if r.default and r.state == "COMPLETE"), None)
+    if default is None or default is best:
+        return "the plan's own values kept" if default is best else "the plan's own values lie outside the space"
+    wins = sum(b > d for b, d in zip(best.per_resample, default.per_resample, strict=False))
+    return (
+        f"beats the plan's own values on {wins} of {resamples} resample(s), {best.mean - default.mean:+.4f} on average"
+    )
+
+
+def _table(results: list[TrialResult], best: TrialResult, objective: str) -> str:
+    lines = [f"{'trial':>5}  {'state':<8} {objective:>8} {'std':>7} {'img/s':>7}  values"]
+    for r in results:
+        mark = " *" if r is best else ("  (plan)" if r.default else "")
+        mean = f"{r.mean:.4f}" if not math.isnan(r.mean) else "-"
+        speed = f"{r.images_per_s:.1f}" if not math.isnan(r.images_per_s) else "-"
+        lines.append(f"{r.number:>5}  {r.state:<8} {mean:>8} {r.std:>7.4f} {speed:>7}  {r.values}{mark}")
+    return "\n".join(lines)
+
+
+def _write_table(results: list[TrialResult], best: TrialResult, path: Path, objective: str) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", "state", objective, "std", "images_per_s", "default", "chosen", "values"])
+        for r in results:
+            writer.writerow(
+                [r.number, r.state, r.mean, r.std, r.images_per_s, r.default, r is best, json.dumps(r.values)]
+            )
+
+
+class _StudyTracking:
+    """The study as an MLflow run with one nested run per trial (one WARNING and nothing more on failure)."""
+
+    def __init__(self, plan: Plan, name: str) -> None:
+        from alo.tracking import settings_of
+
+        self.settings = settings_of(plan)
+        self.name = name
+        self.parent: str | None = None
+        self.mlflow: Any = None
+        if not self.settings.enabled:
+            return
+        try:
+            from alo.tracking import quiet_mlflow
+
+            quiet_mlflow()
+            import mlflow
+
+            mlflow.set_tracking_uri(self.settings.uri)
+            if mlflow.get_experiment_by_name(self.settings.experiment) is None:
+                mlflow.create_experiment(self.settings.experiment, self.settings.artifacts)
+            mlflow.set_experiment(self.settings.experiment)
+            run = mlflow.start_run(run_name=f"tune {name}", tags={"pipeline": "tune", "study": name})
+            self.parent = run.info.run_id
+            self.mlflow = mlflow
+        except Exception as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        logger.warning(f"tracking skipped ({exc.__class__.__name__}: {str(exc)[:160]}); the tune goes on")
+        self.mlflow = None
+
+    def trial(
+        self, number: int, values: dict[str, Any], result: dict[str, Any] | None, state: str = "COMPLETE"
+    ) -> None:
+        """Log one trial as a nested run."""
+        if self.mlflow is None:
+            return
+        try:
+            with self.mlflow.start_run(
+                run_name=f"trial {number}", nested=True, tags={"state": state, "trial": str(number)}
+            ):
+                self.mlflow.log_params({k: str(v) for k, v in values.items()})
+                if result is not None:
+                    self.mlflow.log_metric("objective", result["mean"])
+                    self.mlflow.log_metric("images_per_s", result["images_per_s"])
+                    for step, value in enumerate(result["values"]):
+                        self.mlflow.log_metric("objective_per_resample", value, step=step)
+        except Exception as exc:
+            self._warn(exc)
+
+    def finish(self, best: TrialResult, path: Path, seconds: float) -> None:
+        """Close the study's run with the choice."""
+        if self.mlflow is None:
+            return
+        try:
+            self.mlflow.log_params({f"best.{k}": str(v) for k, v in best.values.items()})
+            self.mlflow.log_metrics({"best_objective": best.mean, "best_trial": best.number, "seconds": seconds})
+            self.mlflow.log_artifact(str(path), "plan")
+            self.mlflow.end_run()
+        except Exception as exc:
+            self._warn(exc)
+
+
+__all__ = ["LabelledData", "choose", "run_tune"]

@@ -1,0 +1,132 @@
+"""``main.py --mode tune``: the Optuna study over the plan's ``tuning:`` section, its plan copy, its resume."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT, load_default_plan, make_dataset, set_external, step_args, write_plan
+from mlflow.tracking import MlflowClient
+
+import main
+
+SPACE = {"model_parameters.patchcore_coreset_sampling_ratio": {"low": 0.05, "high": 0.5}}
+
+
+@pytest.fixture
+def tune_project(tmp_path):
+    """PatchCore on tiny images with 10 NG validation images (enough to judge on AUROC)."""
+    make_dataset(tmp_path / "data" / "train", n_train=20, n_valid_ok=8, n_valid_ng=10)
+    plan = copy.deepcopy(load_default_plan())
+    set_external(plan, "load_train_data_path", "data/train")
+    set_external(plan, "load_inference_data_path", "data/train")
+    step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore"})
+    plan["tuning"] = {"objective": "auroc", "n_trials": 2, "seed": 0, "resamples": 2, "space": dict(SPACE)}
+    return {"root": tmp_path, "plan": plan}
+
+
+def _study(root) -> optuna.Study:
+    storage = f"sqlite:///{root / 'tuning' / 'study.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def test_a_two_trial_tune_writes_the_best_plan_beside_the_plan_and_tracks_each_trial(tune_project, capsys):
+    root, plan = tune_project["root"], tune_project["plan"]
+    path = write_plan(root, plan)
+    before = path.read_text()
+    assert main.main(["--mode", "tune", "--config", str(path)]) == 0
+    assert path.read_text() == before, "the user's plan is never edited"
+    (best,) = root.glob("experimental_plan.tuned-*.yaml")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["trial", "state", "auroc"] and sum(" *" in line for line in out[1:3]) == 1
+    assert any(line.startswith("+") and "patchcore_coreset_sampling_ratio" in line for line in out) or any(
+        "changes nothing" in line for line in out
+    )
+    study = _study(root)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2
+    assert complete[0].user_attrs.get("default") is True, "the plan's own values are trial 0"
+    assert complete[0].params["model_parameters.patchcore_coreset_sampling_ratio"] == 0.1
+    assert all(len(t.user_attrs["per_resample"]) == 2 for t in complete)
+    chosen = yaml.safe_load(best.read_text())
+    ratio = step_args(chosen, "train", "train")["model_parameters"]["patchcore_coreset_sampling_ratio"]
+    assert ratio in [t.params["model_parameters.patchcore_coreset_sampling_ratio"] for t in complete]
+    assert (root / "tuning").is_dir() and list((root / "tuning").glob("*/trials.csv"))
+    assert not (root / "train_artifacts").exists(), "trials train in their own folders"
+    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vad")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.pipeline = 'tune'")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 and all("objective" in c.data.metrics for c in children)
+
+
+def test_an_interrupted_tune_resumes_where_it_stopped(tune_project):
+    root, plan = tune_project["root"], tune_project["plan"]
+    plan["tuning"]["n_trials"] = 3
+    path = write_plan(root, plan)
+    command = [sys.executable, "main.py", "--mode", "tune", "--config", str(path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (root / "tuning" / "study.db").exists():
+                try:
+                    if sum(t.state.name == "COMPLETE" for t in _study(root).trials) >= 1:
+                        break
+                except (ValueError, KeyError):
+                    pass
+            time.sleep(0.3)
+        assert process.poll() is None, "the tune ended before it could be interrupted"
+        os.kill(process.pid, signal.SIGTERM)  # as a shutdown or a closed terminal stops it (SIGINT may be ignored)
+        assert process.wait(timeout=120) != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    first = [t for t in _study(root).trials if t.state.name == "COMPLETE"]
+    assert 1 <= len(first) < 3 and not list(root.glob("experimental_plan.tuned-*.yaml"))
+    assert main.main(["--mode", "tune", "--config", str(path)]) == 0
+    trials = _study(root).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3, [t.state.name for t in trials]
+    kept = {t.number: t.value for t in first}
+    assert {t.number: t.value for t in complete if t.number in kept} == kept, "finished trials are not run again"
+    assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
+    assert list(root.glob("experimental_plan.tuned-*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"model_parameters.nope": [1]}, "'nope' is not a model parameter"),
+        ({"img_size": []}, "tuning.space.img_size is an empty list"),
+        ({"model_parameters.patchcore_coreset_sampling_ratio": {"low": 0.3, "high": 0.1}}, "empty range"),
+        ({"model_parameters.fastflow_flow_steps": [4, 8]}, "has no effect: model_name is only patchcore"),
+        ({"accelerator": ["cpu"]}, "is not a train arg a search can change"),
+        ({"img_size": [16]}, "tuning.space.img_size"),
+    ],
+)
+def test_a_bad_tuning_section_is_one_plan_error(tune_project, capsys, space, expected):
+    root, plan = tune_project["root"], tune_project["plan"]
+    plan["tuning"]["space"] = space
+    assert main.main(["--mode", "tune", "--config", str(write_plan(root, plan))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and err.count("\n") == 0 and "Traceback" not in err
+    assert not (root / "tuning").exists()
+
+
+def test_too_few_ng_images_stops_instead_of_tuning_on_noise(tmp_path, capsys):
+    make_dataset(tmp_path / "data" / "train", n_valid_ng=3)
+    plan = copy.deepcopy(load_default_plan())
+    set_external(plan, "load_train_data_path", "data/train")
+    plan["tuning"] = "auto"
+    assert main.main(["--mode", "tune", "--config", str(write_plan(tmp_path, plan))]) != 0
+    err = capsys.readouterr().err
+    assert "3 NG image(s)" in err and "at least 8" in err

@@ -130,3 +130,44 @@ def test_too_few_ng_images_stops_instead_of_tuning_on_noise(tmp_path, capsys):
     assert main.main(["--mode", "tune", "--config", str(write_plan(tmp_path, plan))]) != 0
     err = capsys.readouterr().err
     assert "3 NG image(s)" in err and "at least 8" in err
+
+
+def _result(number, mean, per, speed, default=False):
+    from assets.vad.tuning.study import TrialResult
+
+    std = (sum((v - mean) ** 2 for v in per) / (len(per) - 1)) ** 0.5 if len(per) > 1 else 0.0
+    return TrialResult(number, "COMPLETE", {"n": number}, mean, std, per, speed, default)
+
+
+def test_the_choice_goes_to_the_plan_within_one_standard_error_else_to_the_fastest():
+    from assets.vad.tuning.study import choose
+
+    plan = _result(0, 0.90, [0.88, 0.92], 30.0, default=True)
+    noisy_best = _result(1, 0.91, [0.86, 0.96], 10.0)  # within its own standard error of the plan
+    assert choose([plan, noisy_best]).number == 0, "a tie goes to the plan's own values"
+    clear_best = _result(2, 0.99, [0.99, 0.99], 5.0)
+    assert choose([plan, noisy_best, clear_best]).number == 2
+    fast = _result(3, 0.99, [0.99, 0.99], 50.0)
+    assert choose([plan, clear_best, fast]).number == 3, "among tied trials (not the plan), the fastest"
+    assert choose([]) is None
+
+
+def test_a_fastflow_trial_that_falls_behind_is_pruned_at_its_epoch():
+    from assets.vad.tuning.study import _EpochReporter
+
+    class Trial:
+        def __init__(self):
+            self.reported = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return len(self.reported) >= 2
+
+    trial = Trial()
+    reporter = _EpochReporter(trial, "auroc")
+    reporter(1, {"image_AUROC": 0.6, "loss": 1.0})
+    with pytest.raises(optuna.TrialPruned, match="epoch 2"):
+        reporter(2, {"image_AUROC": 0.55})
+    assert trial.reported == [(1, 0.6), (2, 0.55)]

@@ -37,15 +37,25 @@ def _runs(root, pipeline: str) -> list:
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.pipeline = '{pipeline}'")
 
 
-@pytest.fixture
-def tracked(project):
-    root, plan = project["root"], project["plan"]
-    from conftest import step_args
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """One tracked FastFlow train and inference run, shared by the tests that read it."""
+    import copy
 
-    step_args(plan, "train", "train").update({"model_name": "fastflow", "max_epochs": 3})
+    from conftest import load_default_plan, make_dataset, make_inference_folder, set_external, step_args
+
+    root = tmp_path_factory.mktemp("tracked")
+    make_dataset(root / "data" / "train")
+    make_inference_folder(root / "data" / "inference")
+    plan = copy.deepcopy(load_default_plan())
+    set_external(plan, "load_train_data_path", "data/train")
+    set_external(plan, "load_inference_data_path", "data/inference")
+    step_args(plan, "train", "train").update(
+        {"img_size": [64, 64], "batch_size": 8, "model_name": "fastflow", "max_epochs": 3}
+    )
     path = write_plan(root, plan)
     assert main.main(["--mode", "all", "--config", str(path)]) == 0
-    return {**project, "path": path}
+    return {"root": root, "plan": plan, "path": path}
 
 
 def test_a_train_run_logs_params_metrics_steps_artifacts_and_its_model(tracked):

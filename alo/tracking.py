@@ -257,7 +257,7 @@ def _hand_over(settings: TrackingSettings, package: str, record: dict, folder: P
     environment = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     root = str(Path(__file__).resolve().parents[1])
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
-    subprocess.Popen(  # our interpreter on our module and a job file we wrote; an argument list, no shell
+    subprocess.Popen(  # our interpreter on our module and a job file we wrote, as an argument list
         [sys.executable, "-m", "alo.tracking", str(job)],
         cwd=root,
         env=environment,

@@ -63,8 +63,15 @@ def make_inference_folder(folder: Path, n_ok: int = 3, n_ng: int = 2, seed: int 
     return folder
 
 
-def load_default_plan() -> dict:
-    return yaml.safe_load(DEFAULT_PLAN.read_text(encoding="utf-8"))
+def load_default_plan(tracking: bool = False) -> dict:
+    """The bundled plan; experiment tracking off unless asked for (tests/test_tracking.py turns it on).
+
+    Each tracked one-shot run starts a background logger process (MLflow's import alone is 1.4 s of CPU): on
+    two cores, hundreds of tracked test runs would slow the whole suite down.
+    """
+    plan = yaml.safe_load(DEFAULT_PLAN.read_text(encoding="utf-8"))
+    plan["control"] = [*(plan.get("control") or []), {"tracking": tracking}]
+    return plan
 
 
 def step_args(plan: dict, pipeline: str, step: str) -> dict:

@@ -47,7 +47,7 @@ def tracked(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     make_dataset(root / "data" / "train")
     make_inference_folder(root / "data" / "inference")
-    plan = copy.deepcopy(load_default_plan())
+    plan = copy.deepcopy(load_default_plan(tracking=True))
     set_external(plan, "load_train_data_path", "data/train")
     set_external(plan, "load_inference_data_path", "data/inference")
     step_args(plan, "train", "train").update(
@@ -133,6 +133,7 @@ def test_tracking_off_leaves_no_store(project):
 
 def test_a_failed_run_is_tracked_as_failed_with_its_error(project):
     root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True)
     from conftest import set_external
 
     (root / "data" / "empty").mkdir()
@@ -145,7 +146,7 @@ def test_a_failed_run_is_tracked_as_failed_with_its_error(project):
 def test_a_store_that_cannot_be_written_is_one_warning_and_the_run_succeeds(project, capsys):
     root, plan = project["root"], project["plan"]
     (root / "blocked").write_text("a file where the store's folder would be")
-    _control(plan, tracking_uri="blocked/store")
+    _control(plan, tracking=True, tracking_uri="blocked/store")
     assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "alo.tracking" in line]
     assert len(warnings) == 1 and "tracking skipped" in warnings[0] and "WARNING" in warnings[0]
@@ -161,6 +162,7 @@ def test_an_unknown_tracking_key_is_a_plan_error(project, capsys):
 
 def test_the_background_loggers_errors_come_back_as_one_warning_on_the_next_run(project, capsys):
     root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True)
     path = write_plan(root, plan)
     assert main.main(["--mode", "train", "--config", str(path)]) == 0
     _settle(root)

@@ -24,7 +24,7 @@ SPACE = {"model_parameters.patchcore_coreset_sampling_ratio": {"low": 0.05, "hig
 def tune_project(tmp_path):
     """PatchCore on tiny images with 10 NG validation images (enough to judge on AUROC)."""
     make_dataset(tmp_path / "data" / "train", n_train=20, n_valid_ok=8, n_valid_ng=10)
-    plan = copy.deepcopy(load_default_plan())
+    plan = copy.deepcopy(load_default_plan(tracking=True))  # the study and its trials as MLflow runs
     set_external(plan, "load_train_data_path", "data/train")
     set_external(plan, "load_inference_data_path", "data/train")
     step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore"})

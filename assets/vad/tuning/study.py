@@ -205,7 +205,7 @@ def run_tune(plan_path: str | Path) -> Path:
     default = _default_values(tuning, train_args)
     if default is not None and not study.trials:
         study.enqueue_trial(default, user_attrs={"default": True})
-    done = sum(t.state.is_finished() for t in study.trials)
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)  # an interrupted (failed) one reruns
     remaining = None if tuning.n_trials is None else max(0, tuning.n_trials - done)
     logger.info(
         f"tuning study {name}: {done} trial(s) done, {remaining if remaining is not None else 'until the time budget'}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.engine_speed import build_data, timed
 from benchmarks.report import write_section
-from benchmarks.serve import ROOT, _multipart, free_port, main_py, percentile, write_plan
+from benchmarks.serve import ROOT, _multipart, main_py, percentile, start_server, write_plan
 
 WORK = ROOT / "results" / "page-load"
 
@@ -40,22 +39,9 @@ def _csrf(base: str) -> str:
 
 def load(plan: Path, images: list[Path], clients: int, seconds: float, max_requests: int) -> dict:
     """Run the clients against a fresh server; latencies and errors."""
-    port = free_port()
-    process = subprocess.Popen(
-        main_py("--mode", "serve", "--config", str(plan), "--port", str(port)),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process, port = start_server(plan)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/readyz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.2)
         csrf = _csrf(base)
         payloads = [_multipart(image) for image in images]
         scoring: list[float] = []

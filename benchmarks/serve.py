@@ -208,7 +208,8 @@ def loop_memory(plan: Path, images: list[Path], requests: int) -> dict:
             edge.close()
 
 
-def http(plan: Path, images: list[Path], count: int, clients: int, throughput_images: int) -> dict:
+def start_server(plan: Path) -> tuple[subprocess.Popen, int]:
+    """``main.py --mode serve`` on a free loopback port, once ``/readyz`` answers (or two minutes passed)."""
     port = free_port()
     process = subprocess.Popen(
         main_py("--mode", "serve", "--config", str(plan), "--port", str(port)),
@@ -216,15 +217,19 @@ def http(plan: Path, images: list[Path], count: int, clients: int, throughput_im
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
+            break
+        except OSError:
+            time.sleep(0.2)
+    return process, port
+
+
+def http(plan: Path, images: list[Path], count: int, clients: int, throughput_images: int) -> dict:
+    process, port = start_server(plan)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/readyz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.2)
         payloads = [_multipart(image) for image in images]
         one = Client(port)
         for i in range(20):

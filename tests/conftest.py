@@ -100,6 +100,52 @@ def write_plan(folder: Path, plan: dict, name: str = "experimental_plan.yaml") -
     return path
 
 
+def trained_project(
+    root: Path, model_name: str = "patchcore", tracking: bool = False, **train: object
+) -> tuple[dict, Path]:
+    """Tiny train data and a no-CSV inference folder in ``root``, trained and scored by ``main.py --mode all``.
+
+    Args:
+        root: The project folder.
+        model_name: The model to train.
+        tracking: Experiment tracking on.
+        **train: More train args.
+
+    Returns:
+        The plan and its path.
+    """
+    import main
+
+    make_dataset(root / "data" / "train")
+    make_inference_folder(root / "data" / "inference")
+    plan = copy.deepcopy(load_default_plan(tracking))
+    set_external(plan, "load_train_data_path", "data/train")
+    set_external(plan, "load_inference_data_path", "data/inference")
+    step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": model_name, **train})
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "all", "--config", str(path)]) == 0
+    return plan, path
+
+
+def wait_ready(process, url: str, timeout: float = 120.0) -> None:
+    """Wait until a server process answers ``url`` with 200 (fail with its output if it exits or never does)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {process.stdout.read()[-2000:] if process.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    pytest.fail("server did not start")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> dict:
     """A project folder with tiny train data, a no-CSV inference folder and a fast plan."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -15,7 +13,11 @@ import uuid
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, load_default_plan, make_dataset, make_inference_folder, set_external, step_args, write_plan
+from conftest import (
+    ROOT,
+    trained_project,
+    wait_ready,
+)
 from redis_server import free_port
 
 import main
@@ -27,14 +29,7 @@ TOKEN = "s3cret-token"
 def project(tmp_path_factory):
     """A trained PatchCore model and a batch run's output.csv over the inference folder."""
     root = tmp_path_factory.mktemp("http")
-    make_dataset(root / "data" / "train")
-    make_inference_folder(root / "data" / "inference")
-    plan = copy.deepcopy(load_default_plan())
-    set_external(plan, "load_train_data_path", "data/train")
-    set_external(plan, "load_inference_data_path", "data/inference")
-    step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore"})
-    path = write_plan(root, plan)
-    assert main.main(["--mode", "all", "--config", str(path)]) == 0
+    _, path = trained_project(root)
     (root / "outside.png").write_bytes((root / "data" / "inference" / "ok_0.png").read_bytes())
     return {"root": root, "plan": path, "output": pd.read_csv(root / "inference_artifacts/output/output.csv")}
 
@@ -49,18 +44,8 @@ def start(project, *extra: str, token: str | None = None) -> tuple[subprocess.Po
         [*command, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as answer:
-                if answer.status == 200:
-                    return process, base
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    pytest.fail("server did not start")
+    wait_ready(process, f"{base}/healthz")
+    return process, base
 
 
 @pytest.fixture(scope="module")

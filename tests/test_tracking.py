@@ -7,7 +7,7 @@ import json
 import mlflow
 import pandas as pd
 import pytest
-from conftest import write_plan
+from conftest import trained_project, write_plan
 from mlflow.tracking import MlflowClient
 
 import main
@@ -40,21 +40,8 @@ def _runs(root, pipeline: str) -> list:
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """One tracked FastFlow train and inference run, shared by the tests that read it."""
-    import copy
-
-    from conftest import load_default_plan, make_dataset, make_inference_folder, set_external, step_args
-
     root = tmp_path_factory.mktemp("tracked")
-    make_dataset(root / "data" / "train")
-    make_inference_folder(root / "data" / "inference")
-    plan = copy.deepcopy(load_default_plan(tracking=True))
-    set_external(plan, "load_train_data_path", "data/train")
-    set_external(plan, "load_inference_data_path", "data/inference")
-    step_args(plan, "train", "train").update(
-        {"img_size": [64, 64], "batch_size": 8, "model_name": "fastflow", "max_epochs": 3}
-    )
-    path = write_plan(root, plan)
-    assert main.main(["--mode", "all", "--config", str(path)]) == 0
+    plan, path = trained_project(root, "fastflow", tracking=True, max_epochs=3)
     return {"root": root, "plan": plan, "path": path}
 
 

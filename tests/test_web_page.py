@@ -22,7 +22,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, load_default_plan, make_dataset, make_inference_folder, set_external, step_args, write_plan
+from conftest import (
+    ROOT,
+    set_external,
+    trained_project,
+    wait_ready,
+    write_plan,
+)
 from PIL import Image
 from redis_server import free_port
 
@@ -40,14 +46,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 def project(tmp_path_factory):
     """A trained PatchCore model, a batch inference run and a failed run, in one project."""
     root = tmp_path_factory.mktemp("web")
-    make_dataset(root / "data" / "train")
-    make_inference_folder(root / "data" / "inference")
-    plan = copy.deepcopy(load_default_plan())
-    set_external(plan, "load_train_data_path", "data/train")
-    set_external(plan, "load_inference_data_path", "data/inference")
-    step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore"})
-    path = write_plan(root, plan)
-    assert main.main(["--mode", "all", "--config", str(path)]) == 0
+    plan, path = trained_project(root)
     labelled = root / "data" / "labelled"  # an inference run with ground truth, one NG image labelled OK
     labelled.mkdir()
     rows = []
@@ -73,18 +72,7 @@ def project(tmp_path_factory):
 
 
 def _wait_ready(process: subprocess.Popen, base: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    pytest.fail("server did not start")
+    wait_ready(process, f"{base}/readyz")
 
 
 @pytest.fixture(scope="module")

@@ -128,10 +128,20 @@ class Calibration:
         Returns:
             Normalised values as float32.
         """
+        return np.clip(self.unclipped(raw), 0.0, 1.0).astype(np.float32, copy=False)
+
+    def unclipped(self, raw: np.ndarray | float) -> np.ndarray:
+        """:meth:`normalize` before its clipping to [0, 1] (the threshold explorer asks where a value falls).
+
+        Args:
+            raw: Raw scores or anomaly-map values.
+
+        Returns:
+            Normalised values as float32, not clipped.
+        """
         values = np.asarray(raw, dtype=np.float32)
         span = np.float32(self.high) - np.float32(self.low)
-        normalized = (values - np.float32(self.threshold)) / span + np.float32(0.5)
-        return np.clip(normalized, 0.0, 1.0).astype(np.float32, copy=False)
+        return (values - np.float32(self.threshold)) / span + np.float32(0.5)
 
     def apply(self, raw: np.ndarray) -> Scored:
         """Output columns and the is-anomalous array for raw image scores.

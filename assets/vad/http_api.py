@@ -288,10 +288,19 @@ ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs"
 PROTECTED = {"/v1/predict", "/v1/model", "/metrics"}
 
 
-def _check_token(request: Request, token: str) -> None:
+def bearer(request: Request) -> str:
+    """The token of an ``Authorization: Bearer`` header ('' when there is none)."""
     header = request.headers.get("authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+
+
+def token_matches(given: str, token: str) -> bool:
+    """Whether a presented token is the server's (constant-time; an empty one never is)."""
+    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _check_token(request: Request, token: str) -> None:
+    if not token_matches(bearer(request), token):
         raise ApiError(401, "missing or wrong token: send 'Authorization: Bearer <token>' (the server's VAD_API_TOKEN)")
 
 

@@ -29,7 +29,8 @@ import yaml
 
 from alo.errors import DataError
 from alo.plan import Plan, load_plan
-from assets.vad.tuning.resample import LabelledData, labelled_data, write_resamples
+from assets.vad.plan_edit import Change, write_copy
+from assets.vad.tuning.resample import labelled_data, write_resamples
 from assets.vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, parse_tuning, train_values
 
 logger = logging.getLogger("assets.tune")
@@ -176,7 +177,6 @@ def run_tune(plan_path: str | Path) -> Path:
     import optuna
 
     from assets.vad.models.fastflow import model as fastflow_model
-    from assets.vad.plan_edit import write_copy
 
     plan = load_plan(plan_path)
     train_args = _train_step_args(plan, "train")
@@ -274,11 +274,9 @@ def _fail_interrupted(study: Any) -> None:
         study.tell(trial.number, state=TrialState.FAIL)
 
 
-def _change(key: str, value: Any) -> Any:
-    from assets.vad.plan_edit import Change
-
-    parts = key.split(".")
-    return Change(("train", "train", *parts), value)
+def _change(key: str, value: Any) -> Change:
+    """The plan change for a dimension key (``model_parameters.<key>`` reaches into the nested args)."""
+    return Change(("train", "train", *key.split(".")), value)
 
 
 def _results(study: Any) -> list[TrialResult]:
@@ -419,6 +417,3 @@ class _StudyTracking:
             self.mlflow.end_run()
         except Exception as exc:
             self._warn(exc)
-
-
-__all__ = ["LabelledData", "choose", "run_tune"]

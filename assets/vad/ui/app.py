@@ -15,7 +15,6 @@ the request names outside the run folder or the data folder.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from alo.runner import train_id_of
 from assets.vad.batcher import Batcher
 from assets.vad.detector import Detector
-from assets.vad.http_api import batch_summary
+from assets.vad.http_api import batch_summary, bearer, token_matches
 from assets.vad.images import IMAGE_EXTENSIONS
 from assets.vad.ui import explorer, runs
 from assets.vad.ui.inspect import PictureStore, inspected, validation_scores
@@ -117,12 +116,7 @@ def add_ui(
     app.router.on_shutdown.append(trainer.close)
 
     def authorized(request: Request) -> bool:
-        if token is None:
-            return True
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        given = given or request.cookies.get(COOKIE, "")
-        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+        return token is None or token_matches(bearer(request) or request.cookies.get(COOKIE, ""), token)
 
     def page(request: Request, name: str, **values: Any) -> Response:
         if not authorized(request):
@@ -135,7 +129,7 @@ def add_ui(
             raise UiError(401, "missing or wrong token: log in at /ui/login")
         if post:
             given = request.headers.get(CSRF_HEADER, "")
-            if not (given and hmac.compare_digest(given.encode(), context.csrf.encode()) and _same_origin(request)):
+            if not (token_matches(given, context.csrf) and _same_origin(request)):
                 raise UiError(403, "cross-site or stale request refused: reload the page and try again")
 
     def current_train() -> runs.RunInfo | None:
@@ -169,7 +163,7 @@ def add_ui(
             raise UiError(403, "cross-site request refused")
         form = await request.form(max_files=0, max_fields=2)
         given = str(form.get("token", ""))
-        if token is not None and not (given and hmac.compare_digest(given.encode(), token.encode())):
+        if token is not None and not token_matches(given, token):
             html = templates.get_template("login.html").render(csrf="", page="login", message="wrong token")
             return HTMLResponse(html, 401, headers=SECURITY_HEADERS)
         response = RedirectResponse("/ui/inspect", 303)
@@ -277,8 +271,8 @@ def add_ui(
     @router.get("/ui/api/runs/{pipeline}/{run_id}/file/{relative:path}", include_in_schema=False)
     async def run_file(request: Request, pipeline: str, run_id: str, relative: str) -> Response:
         guard(request)
-        run = await run_in_threadpool(runs.find_run, context.project, pipeline, run_id)
-        path = runs.run_file(run, relative) if run is not None else None
+        found = await run_in_threadpool(runs.find_folder, context.project, pipeline, run_id)
+        path = runs.run_file(found[0], relative) if found is not None else None
         if path is None or path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise UiError(404, "no such picture in this run")
         return FileResponse(path, headers={"Cache-Control": "private, max-age=300"})

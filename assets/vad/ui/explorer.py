@@ -40,11 +40,8 @@ def normalized_threshold(calibration: Calibration, raw: float) -> float | None:
     Returns:
         The normalised value (float32 maths, as scored), or None where normalisation would clip it.
     """
-    span = np.float32(calibration.high) - np.float32(calibration.low)
-    value = (np.float32(raw) - np.float32(calibration.threshold)) / span + np.float32(0.5)
-    if not 0.0 <= float(value) <= 1.0:
-        return None
-    return float(np.float32(value))
+    value = float(calibration.unclipped(raw))
+    return value if 0.0 <= value <= 1.0 else None
 
 
 def sweep_view(run: RunInfo) -> dict[str, Any] | None:

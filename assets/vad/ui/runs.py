@@ -205,6 +205,34 @@ def _with_model(run: RunInfo, train: RunInfo | None) -> RunInfo:
     return replace(run, model=train.model, backbone=train.backbone)
 
 
+def _record_id(folder: Path) -> str:
+    """A run folder's id: its record's, else its folder name (less ``-error``)."""
+    return str(_read_json(folder / "log" / "experimental_history.json").get("id") or folder.name.removesuffix("-error"))
+
+
+def find_folder(project: Path, pipeline: str, run_id: str) -> tuple[Path, bool] | None:
+    """The folder of the run with this pipeline and id, and whether it is the current one; None when none is.
+
+    Reads only the run records (what a picture request needs; :func:`find_run` describes the run too).
+
+    Args:
+        project: The project folder.
+        pipeline: ``train`` or ``inference``.
+        run_id: The id as listed.
+
+    Returns:
+        The folder and ``current``, or None.
+    """
+    if pipeline not in PIPELINES or not RUN_ID.match(run_id):
+        return None
+    current = project / f"{pipeline}_artifacts"
+    candidates = [(current, True)] + [(project / "history" / pipeline / n, False) for n in (run_id, f"{run_id}-error")]
+    for folder, is_current in candidates:
+        if (folder / "log").is_dir() and _record_id(folder) == run_id:
+            return folder, is_current
+    return None
+
+
 def find_run(project: Path, pipeline: str, run_id: str) -> RunInfo | None:
     """The run with this pipeline and id, or None.
 
@@ -216,33 +244,21 @@ def find_run(project: Path, pipeline: str, run_id: str) -> RunInfo | None:
     Returns:
         The run, or None when no listed run has that id.
     """
-    if pipeline not in PIPELINES or not RUN_ID.match(run_id):
-        return None
-    current = project / f"{pipeline}_artifacts"
-    if (current / "log").is_dir():
-        found = describe(current, pipeline, True)
-        if found.run_id == run_id:
-            return found
-    for name in (run_id, f"{run_id}-error"):
-        folder = project / "history" / pipeline / name
-        if (folder / "log").is_dir():
-            found = describe(folder, pipeline, False)
-            if found.run_id == run_id:
-                return found
-    return None
+    found = find_folder(project, pipeline, run_id)
+    return None if found is None else describe(found[0], pipeline, found[1])
 
 
-def run_file(run: RunInfo, relative: str) -> Path | None:
+def run_file(folder: Path, relative: str) -> Path | None:
     """A file inside a run's folder, or None when the path leaves it or names no file.
 
     Args:
-        run: The run.
-        relative: A path relative to its folder.
+        folder: The run's folder.
+        relative: A path relative to it.
 
     Returns:
         The resolved file.
     """
-    base = run.folder.resolve()
+    base = folder.resolve()
     candidate = (base / relative).resolve()
     if not candidate.is_relative_to(base) or not candidate.is_file():
         return None

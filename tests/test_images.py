@@ -8,7 +8,7 @@ from PIL import Image
 
 from assets.vad.batches import to_tensor
 from assets.vad.heatmaps import heatmap_name, render
-from assets.vad.images import ImageReadError, model_input_size, probe_image, read_image
+from assets.vad.images import ImageReadError, model_input_size, normalized, probe_image, read_image
 
 
 def test_reads_gray_rgba_palette_and_16bit(tmp_path):
@@ -66,6 +66,18 @@ def test_to_tensor_resizes_and_normalises():
     assert tuple(tensor.shape) == (3, 32, 64)
     assert tensor[0].mean().item() == pytest.approx(1.0)
     assert tensor[1].mean().item() == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"), [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+)
+def test_normalized_by_table_equals_the_float32_arithmetic_bit_for_bit(mean, std):
+    pixels = np.random.default_rng(2).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    pixels[0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]
+    arithmetic = (pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    looked_up = normalized(pixels, mean, std)
+    assert looked_up.dtype == np.float32 and looked_up.flags.c_contiguous
+    assert np.array_equal(looked_up, arithmetic.transpose(2, 0, 1))
 
 
 def test_heatmap_has_three_panels_at_original_resolution():

@@ -45,11 +45,17 @@ class LooseSearch:
         self.truth = truth  # the query "embedding" is its own index
         self.slack = slack
         self.searched = 0
+        self.refined = 0
 
     def distances(self, queries: torch.Tensor, maps: bool) -> tuple[torch.Tensor, bool]:
         del maps
         rows = queries[:, 0].long()
         return self.truth[rows] * self.slack[rows], False
+
+    def refine(self, queries: torch.Tensor) -> torch.Tensor:
+        rows = queries[:, 0].long()
+        self.refined += len(queries)
+        return self.truth[rows] * self.slack[rows].sqrt()  # tighter than the first bounds, still never below
 
     def exact(self, queries: torch.Tensor) -> torch.Tensor:
         self.searched += len(queries)

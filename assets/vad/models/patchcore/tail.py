@@ -90,6 +90,19 @@ class NumpyBankSearch:
             distances[missing] = self.exact(queries[missing])
         return distances
 
+    def refine(self, queries: np.ndarray) -> np.ndarray:
+        """Tighter upper bounds for a few patches (as ``BankSearch.refine``).
+
+        Args:
+            queries: (N, D).
+
+        Returns:
+            Distances (N,).
+        """
+        if self.index is None:
+            return self.exact(queries)
+        return self._ivf(queries, settings.REFINE_PROBES)
+
     def distances(self, queries: np.ndarray, maps: bool) -> tuple[np.ndarray, bool]:
         """Patch distances: exact, or upper bounds from the inverted file (as ``BankSearch.distances``).
 
@@ -140,6 +153,35 @@ class PatchcoreTail:
     def _blur(self, grids: np.ndarray) -> np.ndarray:
         return self.rows @ grids @ self.columns_t
 
+    def _patches_of(self, pixels: np.ndarray) -> np.ndarray:
+        return (self.rows_reach.T @ pixels.astype(np.float32) @ self.columns_reach_t.T) > 0
+
+    def _exact_peaks(self, queries: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        """The maps of bounded patch distances made exact where the peak can be (:func:`.peaks.peak_scores`)."""
+        level = np.zeros(patches.shape, dtype=np.int8)  # 0 bounded, 1 refined, 2 exact
+        bounded = self._blur(patches)
+        maps = bounded.copy()
+        active = np.arange(len(patches))
+        region = self._patches_of(bounded == bounded.max(axis=(1, 2), keepdims=True))
+        while len(active):
+            coarse = region & (level[active] == 0)
+            step, todo = (1, coarse) if coarse.any() else (2, region & (level[active] == 1))
+            sub, level_sub = patches[active], level[active]
+            wanted = queries[active][todo]
+            sub[todo] = self.search.refine(wanted) if step == 1 else self.search.exact(wanted)
+            level_sub[todo] = step
+            patches[active], level[active] = sub, level_sub
+            bounded = self._blur(sub)
+            maps[active] = bounded
+            unsettled = (self.rows_reach @ (level_sub != 2).astype(np.float32) @ self.columns_reach_t) > 0
+            floor = np.where(unsettled, -np.inf, bounded).max(axis=(1, 2), keepdims=True)
+            top = bounded == bounded.max(axis=(1, 2), keepdims=True)
+            candidates = np.where(np.isinf(floor), top, bounded > floor)
+            region = self._patches_of(candidates) & (level_sub != 2)
+            still = region.reshape(len(region), -1).any(axis=1)
+            active, region = active[still], region[still]
+        return maps
+
     def __call__(self, embedding: np.ndarray, maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores (B,) and maps (B, H, W) or None (the exact peak; maps as the torch scorer's).
 
@@ -156,18 +198,7 @@ class PatchcoreTail:
         patches = distances.reshape(batch, height, width).astype(np.float32)
         bounded = self._blur(patches)
         if not exact:
-            known = np.zeros(patches.shape, dtype=bool)
-            candidates = bounded == bounded.max(axis=(1, 2), keepdims=True)
-            while True:
-                needed = ((self.rows_reach.T @ candidates.astype(np.float32) @ self.columns_reach_t.T) > 0) & ~known
-                if not needed.any():
-                    break
-                patches[needed] = self.search.exact(queries[needed.reshape(-1)]).astype(np.float32)
-                known |= needed
-                bounded = self._blur(patches)
-                settled = ~((self.rows_reach @ (~known).astype(np.float32) @ self.columns_reach_t) > 0)
-                floor = np.where(settled, bounded, -np.inf).max(axis=(1, 2), keepdims=True)
-                candidates = bounded > floor
+            bounded = self._exact_peaks(queries.reshape(batch, height, width, dims), patches)
         return bounded.max(axis=(1, 2)).astype(np.float32), bounded.astype(np.float32) if maps else None
 
 

@@ -61,6 +61,28 @@ class PatchcoreScorer(GraphScorer):
         return self(images, maps)
 
     TAIL = "patchcore"
+    RUNTIME_RUNS = "embedding"  # the pooling, upsampling and concatenation too: 0.9 ms an image less in torch
+
+    def runtime_graph(self) -> nn.Module:
+        """The backbone with the patch embedding after it (see :meth:`GraphScorer.runtime_graph`).
+
+        Returns:
+            A module giving ``(embedding,)``, (B, h, w, D).
+        """
+        return _Embedding(self)
+
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch embeddings (B, h, w, D), from ONNX Runtime when prepared.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            The embeddings.
+        """
+        if self.RUNTIME_RUNS == "embedding" and self.uses_runtime(images):
+            return self.runtime(images)[0]  # type: ignore[misc]
+        return self.graph_embedding(images)
 
     def graph_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """The patch embeddings (B, h, w, D) the exported graph outputs; the numpy tail searches the bank.
@@ -104,10 +126,9 @@ class PatchcoreScorer(GraphScorer):
         Returns:
             Scores and maps.
         """
-        pooled = [F.avg_pool2d(feature, 3, 1, 1) for feature in self.features(images)]
-        embedding = concat_layers(pooled, "bilinear")
-        batch, dims, height, width = embedding.shape
-        queries = embedding.permute(0, 2, 3, 1).reshape(-1, dims)
+        embedding = self.embedding(images)
+        batch, height, width, dims = embedding.shape
+        queries = embedding.reshape(-1, dims)
         blur = self._blur(height, width, queries.device)
         return peak_scores(queries, (batch, height, width), self.search, blur, maps)
 
@@ -117,3 +138,15 @@ class PatchcoreScorer(GraphScorer):
         if key not in self.blurs:
             self.blurs[key] = UpsampleBlur(key[:2], tuple(self.spec.input_size), self.kernel.to(device))
         return self.blurs[key]
+
+
+class _Embedding(nn.Module):
+    """A scorer's backbone and patch embedding as one module (what ONNX Runtime runs)."""
+
+    def __init__(self, scorer: PatchcoreScorer) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        """``(embedding,)`` of a batch."""
+        return (self.scorer.graph_embedding(images),)

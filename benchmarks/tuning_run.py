@@ -2,11 +2,13 @@
 
 The product's ``train/`` folder (170 OK training images, 20 OK + 10 NG validation) is what the tuner sees;
 its held-out ``test/`` folder (50 OK + 50 NG) judges the result. The space is small: PatchCore's backbone x
-image size x coreset ratio. Measured: the tune's wall time (``main.py --mode tune``, whole process), then
-the default plan and the tuned plan each trained and scored on the test images (image AUROC and F1 at the
+image size x coreset ratio (``--space small``, section "Tuning: one product"), or the built-in space
+(``--space auto``: every registered model, the offline backbones, three sizes, the image scores; section
+"Tuning: one product, the built-in space"). Measured: the tune's wall time (``main.py --mode tune``, whole
+process), then the default plan and the tuned plan each trained and scored on the test images (image AUROC and F1 at the
 trained threshold, from ``inference_score.csv``).
 
-    .venv/bin/python -m benchmarks.tuning_run [--product gravel] [--trials 12] [--resamples 2]
+    .venv/bin/python -m benchmarks.tuning_run [--product gravel] [--trials 12] [--resamples 2] [--space small|auto]
 
 Rows go to ``results/tuning-rows.jsonl``; the table to ``BENCHMARKS.md`` ("Tuning: one product").
 """
@@ -36,15 +38,16 @@ SPACE = {
 }
 
 
-def write_plan(folder: Path, data: Path, trials: int, resamples: int) -> Path:
-    """The bundled plan (PatchCore) on the product, with the tuning section."""
+def write_plan(folder: Path, data: Path, trials: int, resamples: int, space: str) -> Path:
+    """The bundled plan (PatchCore) on the product, with the tuning section (the small space or ``auto``)."""
     plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
     plan["external_path"] = [
         {"load_train_data_path": str(data / "train")},
         {"load_inference_data_path": str(data / "test")},
     ]
     plan["control"] = [*plan.get("control", []), {"tracking": False}]
-    plan["tuning"] = {"objective": "auroc", "n_trials": trials, "seed": 0, "resamples": resamples, "space": SPACE}
+    plan["tuning"] = {"objective": "auroc", "n_trials": trials, "seed": 0, "resamples": resamples}
+    plan["tuning"]["space"] = SPACE if space == "small" else "auto"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "experimental_plan.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
@@ -71,19 +74,25 @@ def test_scores(plan: Path, name: str) -> dict:
     return {"test_auroc": float(scores["auroc"]), "test_f1": float(scores["f1"]), "train_and_test_s": seconds}
 
 
+def _model_of(values: str) -> str:
+    """The model a trial trained (the plan's own when the space does not choose it)."""
+    return json.loads(values).get("model_name") or "patchcore"
+
+
 def main() -> None:
     """Tune, judge both plans on the test images, write the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--product", default="gravel")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--resamples", type=int, default=2)
+    parser.add_argument("--space", choices=["small", "auto"], default="small")
     args = parser.parse_args()
     data = ROOT / "results" / "data" / args.product
     if not (data / "train").is_dir():
         msg = f"{data} is missing: run python -m benchmarks.accuracy --products {args.product} once to generate it"
         raise SystemExit(msg)
     shutil.rmtree(WORK, ignore_errors=True)
-    plan = write_plan(WORK / "project", data, args.trials, args.resamples)
+    plan = write_plan(WORK / "project", data, args.trials, args.resamples, args.space)
     tune_s = main_py("--mode", "tune", "--config", str(plan))
     (best,) = sorted((WORK / "project").glob("experimental_plan.tuned-*.yaml"))
     trials = pd.read_csv(next((WORK / "project" / "tuning").glob("*/trials.csv")))
@@ -91,6 +100,9 @@ def main() -> None:
     default = trials[trials["default"]].iloc[0] if trials["default"].any() else None
     row = {
         "product": args.product,
+        "space": args.space,
+        "pruned": int((trials["state"] == "PRUNED").sum()),
+        "models": {str(k): int(v) for k, v in trials["values"].map(_model_of).value_counts().items()},
         "trials": len(trials),
         "complete": int((trials["state"] == "COMPLETE").sum()),
         "tune_s": tune_s,
@@ -105,15 +117,21 @@ def main() -> None:
     print(json.dumps(row), flush=True)
     with (ROOT / "results" / "tuning-rows.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
+    space = (
+        "PatchCore's backbone (mobilenetv2_100, tf_efficientnet_lite1) x img_size (default 320, 256, 384) x coreset "
+        "ratio (0.02-0.2, log)"
+        if args.space == "small"
+        else "`tuning: auto` (every registered model, the offline backbones, img_size 224/256/320 beside the plan's "
+        "own, PatchCore's image scores)"
+    )
     lines = [
         f"Command: `python -m benchmarks.tuning_run --product {args.product} --trials {args.trials} "
-        f"--resamples {args.resamples}`",
+        f"--resamples {args.resamples} --space {args.space}`",
         "",
         f"Product {args.product} of the accuracy benchmark's generated data (drawn defects, not real ones). The tuner "
         "saw only `train/` (170 OK training images, 20 OK + 10 NG validation), with each trial fitted on the plan's "
         f"split and {args.resamples - 1} re-split(s); the 100 held-out `test/` images (50 OK + 50 NG) judge both "
-        "plans afterwards. Space: PatchCore's backbone (mobilenetv2_100, tf_efficientnet_lite1) x img_size (default "
-        "320, 256, 384) x coreset ratio (0.02-0.2, log); objective validation image AUROC; sampler seed 0.",
+        f"plans afterwards. Space: {space}; objective validation image AUROC; sampler seed 0.",
         "",
         "| plan | trial | values | validation AUROC (mean of resamples) | test AUROC | test F1 |",
         "|---|---|---|---|---|---|",
@@ -122,10 +140,12 @@ def main() -> None:
         f"| tuned | {row['chosen_trial']} | {row['chosen_values']} | {row['chosen_valid_auroc']:.4f} | "
         f"{row['tuned']['test_auroc']:.4f} | {row['tuned']['test_f1']:.4f} |",
         "",
-        f"The tune ran {row['trials']} trials ({row['complete']} complete) in {tune_s / 60:.1f} min (whole process, "
+        f"The tune ran {row['trials']} trials ({row['complete']} complete, {row['pruned']} pruned; models "
+        f"{', '.join(f'{k} {v}' for k, v in row['models'].items())}) in {tune_s / 60:.1f} min (whole process, "
         "2 CPU cores).",
     ]
-    write_section(ROOT / "BENCHMARKS.md", "Tuning: one product", "\n".join(lines))
+    section = "Tuning: one product" if args.space == "small" else "Tuning: one product, the built-in space"
+    write_section(ROOT / "BENCHMARKS.md", section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -79,10 +79,7 @@ def test_a_train_run_logs_params_metrics_steps_artifacts_and_its_model(tracked):
 def test_the_logged_model_loaded_with_pyfunc_scores_like_the_pipeline(tracked):
     root = tracked["root"]
     (run,) = _runs(root, "train")
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    found = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    (model,) = [m for m in found if m.source_run_id == run.info.run_id]
-    loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    loaded = mlflow.pyfunc.load_model(_logged_model_uri(root, run))
     output = pd.read_csv(root / "inference_artifacts/output/output.csv")
     files = [str(root / "data" / "inference" / name) for name in output["image_path"]]
     found = loaded.predict(pd.DataFrame({"image": files}))
@@ -95,6 +92,57 @@ def test_the_logged_model_loaded_with_pyfunc_scores_like_the_pipeline(tracked):
     ]
     again = loaded.predict(pd.DataFrame({"image_base64": encoded}))
     assert list(again["pred_label"]) == list(output["pred_label"])
+
+
+def _logged_model_uri(root, run) -> str:
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    found = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    (model,) = [m for m in found if m.source_run_id == run.info.run_id]
+    return f"models:/{model.model_id}"
+
+
+def test_mlflow_models_serve_scores_images_like_the_pipeline(tracked):
+    """``mlflow models serve`` (this environment, loopback, a free port): /invocations answers as output.csv."""
+    import base64
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import wait_ready
+    from redis_server import free_port
+
+    root = tracked["root"]
+    (run,) = _runs(root, "train")
+    port = free_port()
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", _logged_model_uri(root, run)]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(  # noqa: S603
+        command, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_ready(server, f"http://127.0.0.1:{port}/ping", timeout=120)
+        output = pd.read_csv(root / "inference_artifacts/output/output.csv")
+        encoded = [base64.b64encode((root / "data/inference" / n).read_bytes()).decode() for n in output["image_path"]]
+        body = json.dumps({"dataframe_split": {"columns": ["image_base64"], "data": [[e] for e in encoded]}})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body.encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            rows = pd.DataFrame(json.loads(answer.read())["predictions"])
+        assert list(rows["pred_label"]) == list(output["pred_label"])
+        assert (rows["anomaly_score"] - output["anomaly_score"]).abs().max() < 1e-5
+        assert list(rows["is_anomalous"]) == list(output["pred_label"] != "good")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def test_an_inference_run_logs_counts_and_its_train_id(tracked):

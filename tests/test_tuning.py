@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -169,3 +170,63 @@ def test_a_fastflow_trial_that_falls_behind_is_pruned_at_its_epoch():
     with pytest.raises(optuna.TrialPruned, match="epoch 2"):
         reporter(2, {"image_AUROC": 0.55})
     assert trial.reported == [(1, 0.6), (2, 0.55)]
+
+
+def test_a_fastflow_trial_reports_each_epoch_to_the_study_and_a_pruned_one_ends_pruned(tune_project, monkeypatch):
+    """A real study of FastFlow trials: epoch values reach Optuna's storage; a prune stops the trial's training."""
+    root, plan = tune_project["root"], tune_project["plan"]
+    step_args(plan, "train", "train").update({"model_name": "fastflow", "max_epochs": 3})
+    plan["tuning"].update(
+        {"n_trials": 3, "resamples": 1, "space": {"model_parameters.fastflow_flow_steps": {"low": 2, "high": 4}}}
+    )
+    from optuna.trial import Trial
+
+    asked = []
+
+    def should_prune(trial):  # the study's pruner, made to prune trial 1 at its second epoch
+        asked.append((trial.number, max(trial.storage.get_trial(trial._trial_id).intermediate_values)))
+        return trial.number == 1 and asked[-1][1] >= 2
+
+    monkeypatch.setattr(Trial, "should_prune", should_prune)
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "tune", "--config", str(path)]) == 0
+    trials = {t.number: t for t in _study(root).trials}
+    assert [trials[n].state.name for n in sorted(trials)] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert sorted(trials[1].intermediate_values) == [1, 2], "pruned at its second epoch, not trained to the third"
+    for number in (0, 2):
+        epochs = trials[number].intermediate_values
+        assert sorted(epochs) == list(range(1, len(epochs) + 1)) and len(epochs) >= 2
+        assert all(0.0 <= v <= 1.0 for v in epochs.values())
+    (folder,) = (root / "tuning").glob("*/trial-001/r0")
+    record = json.loads(next(folder.glob("history/train/*/log/experimental_history.json")).read_text())
+    assert record["status"] == "error" and "TrialPruned" in record["error"]
+    best = yaml.safe_load(next(root.glob("experimental_plan.tuned-*.yaml")).read_text())
+    chosen = step_args(best, "train", "train")["model_parameters"].get("fastflow_flow_steps", 8)
+    assert chosen in {
+        trials[0].params["model_parameters.fastflow_flow_steps"],
+        trials[2].params["model_parameters.fastflow_flow_steps"],
+    }
+
+
+def test_tuning_auto_searches_the_registered_models_end_to_end(tune_project):
+    """``tuning: auto`` on real data: the plan's own values first, then other models and backbones, a best plan."""
+    root, plan = tune_project["root"], tune_project["plan"]
+    step_args(plan, "train", "train")["max_epochs"] = 2  # FastFlow trials stay short
+    plan["tuning"] = {"space": "auto", "n_trials": 4, "resamples": 1, "seed": 1}
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "tune", "--config", str(path)]) == 0
+    trials = _study(root).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert trials[0].user_attrs.get("default") is True and trials[0].params["model_name"] == "patchcore"
+    keys = set().union(*(t.params for t in trials))
+    assert {"model_name", "img_size"} <= keys
+    from assets.vad.models import MODELS
+
+    assert {t.params["model_name"] for t in trials} <= set(MODELS)
+    for trial in trials:  # a model's own parameters only in its own trials
+        model = trial.params["model_name"]
+        assert all(k.split(".")[-1].startswith(model) for k in trial.params if k.startswith("model_parameters."))
+    (best,) = root.glob("experimental_plan.tuned-*.yaml")
+    chosen = step_args(yaml.safe_load(best.read_text()), "train", "train")
+    assert chosen["model_name"] in MODELS
+    assert (root / "tuning").is_dir() and list((root / "tuning").glob("*/trials.csv"))

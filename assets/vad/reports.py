@@ -11,15 +11,8 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+
+from assets.vad import metrics
 
 
 def image_auroc(is_ng: np.ndarray, scores: np.ndarray) -> float:
@@ -32,10 +25,7 @@ def image_auroc(is_ng: np.ndarray, scores: np.ndarray) -> float:
     Returns:
         The AUROC.
     """
-    is_ng = np.asarray(is_ng, dtype=bool)
-    if is_ng.all() or not is_ng.any():
-        return float("nan")
-    return float(roc_auc_score(is_ng, scores))
+    return metrics.auroc(is_ng, scores)
 
 
 def classification_scores(is_ng: np.ndarray, pred_ng: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -49,14 +39,17 @@ def classification_scores(is_ng: np.ndarray, pred_ng: np.ndarray, scores: np.nda
     Returns:
         The metrics with the class counts.
     """
+    tn, fp, fn, tp = metrics.confusion(is_ng, pred_ng)
+    precision, recall, f1 = metrics.precision_recall_f1(tp, fp, fn)
+    total = tn + fp + fn + tp
     return {
-        "accuracy": float(accuracy_score(is_ng, pred_ng)),
-        "precision": float(precision_score(is_ng, pred_ng, zero_division=0)),
-        "recall": float(recall_score(is_ng, pred_ng, zero_division=0)),
-        "f1": float(f1_score(is_ng, pred_ng, zero_division=0)),
+        "accuracy": (tn + tp) / total if total else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "auroc": image_auroc(is_ng, scores),
-        "n_ok": int((~is_ng).sum()),
-        "n_ng": int(is_ng.sum()),
+        "n_ok": tn + fp,
+        "n_ng": tp + fn,
     }
 
 
@@ -85,18 +78,17 @@ def write_validation_reports(
     Returns:
         The scores written.
     """
-    metrics = {**classification_scores(is_ng, pred_ng, scores), "threshold": float(threshold), **(extra or {})}
-    pd.DataFrame([metrics]).to_csv(folder / "validation_score.csv", index=False)
-    matrix = confusion_matrix(is_ng, pred_ng, labels=[False, True])
+    found = {**classification_scores(is_ng, pred_ng, scores), "threshold": float(threshold), **(extra or {})}
+    pd.DataFrame([found]).to_csv(folder / "validation_score.csv", index=False)
+    tn, fp, fn, tp = metrics.confusion(is_ng, pred_ng)
+    matrix = np.array([[tn, fp], [fn, tp]])
     names = [ok_name, ng_name]
     pd.DataFrame(matrix, index=[f"true_{n}" for n in names], columns=[f"pred_{n}" for n in names]).to_csv(
         folder / "validation_confusion_matrix.csv", index_label="label"
     )
-    report = classification_report(
-        is_ng, pred_ng, labels=[False, True], target_names=names, output_dict=True, zero_division=0
-    )
+    report = metrics.classification_report(is_ng, pred_ng, ok_name, ng_name)
     (folder / "validation_classification_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return metrics
+    return found
 
 
 def plot_sweep(table: pd.DataFrame, chosen: float, path: Path, title: str) -> Path:

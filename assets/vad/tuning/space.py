@@ -23,7 +23,7 @@ argument model; a parameter of a model the space never trains is refused. Errors
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -161,21 +161,29 @@ def _dimension(key: str, value: list[Any] | Range, base: dict[str, Any]) -> Dime
 
 
 def auto_dimensions() -> tuple[Dimension, ...]:
-    """The built-in space: the registered models, their offline backbones, image sizes and image scores.
+    """The built-in space: every registered model, the offline backbones, image sizes and image scores.
+
+    Each model with a ``backbone`` parameter gets its own backbone dimension (the offline ones, whose ImageNet
+    weights come from installed packages), and each with an ``image_score`` parameter its choices. A model
+    added to the registry joins the space with no change here.
 
     Returns:
         The dimensions.
     """
     from assets.vad.backbones import BACKBONES
+    from assets.vad.models import MODELS, model_parameters_class
 
     offline = tuple(name for name, spec in BACKBONES.items() if spec.package is not None)
-    return (
-        Dimension("model_name", ("patchcore", "fastflow")),
-        Dimension("img_size", AUTO_SIZES),
-        Dimension("model_parameters.patchcore_backbone", offline),
-        Dimension("model_parameters.patchcore_image_score", ("map_max", "reweighted")),
-        Dimension("model_parameters.fastflow_backbone", offline),
-    )
+    keys = model_parameters_class().KEYS
+    dimensions = [Dimension("model_name", tuple(MODELS)), Dimension("img_size", AUTO_SIZES)]
+    for model in MODELS:
+        params = MODELS[model].params
+        if "backbone" in keys[model]:
+            dimensions.append(Dimension(f"model_parameters.{keys[model]['backbone']}", offline))
+        if "image_score" in keys[model]:
+            options = get_args(params.model_fields["image_score"].annotation)  # a Literal's values
+            dimensions.append(Dimension(f"model_parameters.{keys[model]['image_score']}", tuple(options)))
+    return tuple(dimensions)
 
 
 def current_value(key: str, train_args: dict[str, Any]) -> Any:

@@ -104,6 +104,7 @@ def _logged_model_uri(root, run) -> str:
 def test_mlflow_models_serve_scores_images_like_the_pipeline(tracked):
     """``mlflow models serve`` (this environment, loopback, a free port): /invocations answers as output.csv."""
     import base64
+    import contextlib
     import os
     import signal
     import subprocess
@@ -116,7 +117,9 @@ def test_mlflow_models_serve_scores_images_like_the_pipeline(tracked):
     root = tracked["root"]
     (run,) = _runs(root, "train")
     port = free_port()
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
+    # MLflow starts ``uvicorn`` by name: the venv's bin folder must be on PATH, as an activated venv has it
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    environment = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", _logged_model_uri(root, run)]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     server = subprocess.Popen(  # noqa: S603
@@ -137,7 +140,8 @@ def test_mlflow_models_serve_scores_images_like_the_pipeline(tracked):
         assert (rows["anomaly_score"] - output["anomaly_score"]).abs().max() < 1e-5
         assert list(rows["is_anomalous"]) == list(output["pred_label"] != "good")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -108,6 +108,12 @@ def apply_changes(text: str, changes: list[Change]) -> str:
             start, end = found[1].start_mark.index, found[1].end_mark.index
             if isinstance(found[1], yaml.ScalarNode) and found[1].value == "" and start == end:
                 new = " " + new  # ``key:`` with nothing after it
+            elif isinstance(found[1], yaml.CollectionNode) and not found[1].flow_style:
+                # a block list or map (``key:`` then ``- item`` lines) ends where the next key begins: replace
+                # from the key's colon to the end of its last line, and write the value in flow style after it
+                start = text.index(":", found[0].end_mark.index) + 1
+                end = text.rindex("\n", start, end) + 1 if "\n" in text[start:end] else end
+                new = f" {new}\n"
             text = text[:start] + new + text[end:]
         else:  # a new first key of the mapping, at its column
             first = mapping.value[0][0].start_mark if mapping.value else None

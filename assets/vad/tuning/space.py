@@ -187,18 +187,29 @@ def auto_dimensions() -> tuple[Dimension, ...]:
 
 
 def current_value(key: str, train_args: dict[str, Any]) -> Any:
-    """The plan's own value of a searched key (None: unset, the model's default).
+    """The plan's own value of a searched key (a model parameter it leaves unset: the model's default).
 
     Args:
         key: A dimension key.
         train_args: The plan's train args.
 
     Returns:
-        The value.
+        The value (None: an unset shared key, the model's default size for ``img_size``).
     """
     if key.startswith("model_parameters."):
-        return (train_args.get("model_parameters") or {}).get(key.split(".", 1)[1])
+        name = key.split(".", 1)[1]
+        value = (train_args.get("model_parameters") or {}).get(name)
+        model = Dimension(key).model
+        return _model_default(model, name) if value is None and model is not None else value
     return train_args.get(key)
+
+
+def _model_default(model: str, plan_key: str) -> Any:
+    """A model parameter's default, by its plan key (``patchcore_image_score`` -> ``map_max``)."""
+    from assets.vad.models import MODELS, model_parameters_class
+
+    field = next(name for name, key in model_parameters_class().KEYS[model].items() if key == plan_key)
+    return MODELS[model].params.model_fields[field].default
 
 
 def _with_current(dimension: Dimension, train_args: dict[str, Any]) -> Dimension:

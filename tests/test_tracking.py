@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -118,11 +119,11 @@ def test_mlflow_models_serve_scores_images_like_the_pipeline(tracked):
     (run,) = _runs(root, "train")
     port = free_port()
     # MLflow starts ``uvicorn`` by name: the venv's bin folder must be on PATH, as an activated venv has it
-    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     environment = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", _logged_model_uri(root, run)]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    server = subprocess.Popen(  # noqa: S603
+    server = subprocess.Popen(
         command, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip

@@ -151,6 +151,19 @@ def test_the_choice_goes_to_the_plan_within_one_standard_error_else_to_the_faste
     assert choose([]) is None
 
 
+def test_a_difference_under_the_validation_splits_step_is_a_tie():
+    from assets.vad.tuning.study import choose, resolution
+
+    step = resolution("auroc", 20, 10)
+    assert step == pytest.approx(0.005) and resolution("f1", 20, 10) == pytest.approx(0.05)
+    plan = _result(0, 0.9925, [0.99, 0.995], 25.0, default=True)
+    close = _result(1, 0.995, [0.995, 0.995], 24.0)  # two resamples that agree: a standard error of 0
+    assert choose([plan, close]).number == 1, "without the step, a zero standard error decides"
+    assert choose([plan, close], step).number == 0, "half an OK/NG pair is no measured difference"
+    clear = _result(2, 1.0, [1.0, 1.0], 20.0)
+    assert choose([plan, clear], step).number == 2
+
+
 def test_a_fastflow_trial_that_falls_behind_is_pruned_at_its_epoch():
     from assets.vad.tuning.study import _EpochReporter
 

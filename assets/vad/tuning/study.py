@@ -30,7 +30,7 @@ import yaml
 from alo.errors import DataError
 from alo.plan import Plan, load_plan
 from assets.vad.plan_edit import Change, write_copy
-from assets.vad.tuning.resample import labelled_data, write_resamples
+from assets.vad.tuning.resample import SPLIT, labelled_data, write_resamples
 from assets.vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, parse_tuning, train_values
 
 logger = logging.getLogger("assets.tune")
@@ -251,7 +251,9 @@ def run_tune(plan_path: str | Path) -> Path:
     if remaining != 0:
         study.optimize(objective, n_trials=remaining, timeout=tuning.timeout_s, gc_after_trial=True, catch=(DataError,))
     results = _results(study)
-    best = choose(results)
+    n_valid_ok = int(((data.table[SPLIT].to_numpy() == "valid") & ~data.is_ng).sum())
+    step = resolution(tuning.objective, n_valid_ok, data.n_ng)
+    best = choose(results, step)
     if best is None:
         msg = "data error: no trial finished; see the trials' logs under tuning/"
         raise DataError(msg)
@@ -261,7 +263,10 @@ def run_tune(plan_path: str | Path) -> Path:
     print(_table(results, best, tuning.objective))
     print(copy.diff or f"(the best plan is the plan itself: {copy.path.name} changes nothing)")
     confidence = _confidence(results, best, tuning.resamples)
-    logger.info(f"best: trial {best.number} {best.values} ({confidence}); wrote {copy.path}")
+    logger.info(
+        f"best: trial {best.number} {best.values} ({confidence}; differences under {step:.4f}, the smallest step of "
+        f"{tuning.objective} on {n_valid_ok} OK + {data.n_ng} NG validation images, count as ties); wrote {copy.path}"
+    )
     tracker.finish(best, copy.path, time.perf_counter() - started)
     return copy.path
 
@@ -301,11 +306,32 @@ def _results(study: Any) -> list[TrialResult]:
     return found
 
 
-def choose(results: list[TrialResult]) -> TrialResult | None:
+def resolution(objective: str, n_valid_ok: int, n_ng: int) -> float:
+    """The smallest difference of the objective that the validation split can show.
+
+    AUROC moves in steps of one OK/NG pair, ``1 / (n_ok * n_ng)``; F1 by about ``1 / (2 * n_ng)`` when one NG
+    image changes side. A smaller difference between two trials is no measured difference.
+
+    Args:
+        objective: ``auroc`` or ``f1``.
+        n_valid_ok: OK validation images of a split.
+        n_ng: NG images (all in validation).
+
+    Returns:
+        The step.
+    """
+    if objective == "auroc":
+        return 1.0 / max(1, n_valid_ok * n_ng)
+    return 1.0 / max(1, 2 * n_ng)
+
+
+def choose(results: list[TrialResult], step: float = 0.0) -> TrialResult | None:
     """The chosen trial: best mean; within one standard error of it, the default, else the fastest.
 
     Args:
         results: Every trial.
+        step: The objective's :func:`resolution` on the validation split: the standard error of the best mean is
+            never taken below it (two resamples that agree give a standard error of 0).
 
     Returns:
         The choice, or None when no trial completed.
@@ -315,6 +341,7 @@ def choose(results: list[TrialResult]) -> TrialResult | None:
         return None
     best = max(complete, key=lambda r: r.mean)
     error = best.std / math.sqrt(len(best.per_resample)) if best.per_resample else 0.0
+    error = max(error, step)
     tied = [r for r in complete if r.mean >= best.mean - error - 1e-12]
     default = next((r for r in tied if r.default), None)
     if default is not None:

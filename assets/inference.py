@@ -111,7 +111,7 @@ class InferenceStep(Asset):
     ) -> dict[str, float]:
         """Image metrics on the labelled rows (AUROC on raw scores) and pixel metrics, to ``inference_score.csv``."""
         try:
-            from assets.vad.reports import classification_scores  # sklearn: imported by labelled runs only
+            from assets.vad.reports import classification_scores  # matplotlib: imported by labelled runs only
         except ImportError as exc:  # the slim edge install (requirements-edge.txt) has no scikit-learn
             ctx.logger.warning(f"labels found but no metrics: {exc.name} is not installed (pip install scikit-learn)")
             return {}

@@ -73,10 +73,10 @@ def test_a_loaded_model_scores_as_with_torchs_backbone(tmp_path):
     assert main.main(["--mode", "train", "--config", str(write_plan(tmp_path, plan))]) == 0
     detector = Detector.load(tmp_path / "train_artifacts" / "models", runtime="torch")
     scorer = detector.trained.model
-    assert scorer.runtime is not None  # the sample backbone runs in ONNX Runtime
+    assert scorer.embedding_runtime is not None  # the sample backbone and embedding run in ONNX Runtime
     images = sorted((tmp_path / "data").rglob("*.png"))[:6]
     with_runtime = detector.predict(images, maps=True)
-    scorer.runtime = None  # torch's forward
+    scorer.embedding_runtime = None  # torch's forward
     with_torch = detector.predict(images, maps=True)
     assert [p.raw_score for p in with_runtime] == pytest.approx([p.raw_score for p in with_torch], rel=1e-4, abs=1e-5)
     for a, b in zip(with_runtime, with_torch, strict=True):

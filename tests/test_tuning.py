@@ -244,3 +244,20 @@ def test_tuning_auto_searches_the_registered_models_end_to_end(tune_project):
     chosen = step_args(yaml.safe_load(best.read_text()), "train", "train")
     assert chosen["model_name"] in MODELS
     assert (root / "tuning").is_dir() and list((root / "tuning").glob("*/trials.csv"))
+
+
+def test_a_trial_plan_keeps_every_train_arg_whatever_the_args_layout(tune_project):
+    """Args split over one-key maps (ALO's layout) reach the trial's plan whole, with the trial's changes on top."""
+    from alo.plan import load_plan
+    from assets.vad.tuning.study import _trial_plan
+
+    root, plan = tune_project["root"], tune_project["plan"]
+    train = next(s for b in plan["user_parameters"] for s in b.get("train_pipeline", []) if s["step"] == "train")
+    train["args"] = [{key: value} for key, value in train["args"][0].items()]  # one map per key
+    loaded = load_plan(write_plan(root, plan))
+    changes = {"model_parameters": {"patchcore_coreset_sampling_ratio": 0.3}, "img_size": [96, 96]}
+    path = _trial_plan(loaded, root / "trial", root / "data" / "train", changes)
+    args = dict(next(s for s in load_plan(path).pipelines["train"] if s.name == "train").args)
+    assert args["batch_size"] == 8 and args["model_name"] == "patchcore", "the user's own train args are kept"
+    assert args["img_size"] == [96, 96] and args["model_parameters"]["patchcore_coreset_sampling_ratio"] == 0.3
+    assert args["export"] == [] and args["save_validation_heatmap"] is False

@@ -19,6 +19,18 @@ from assets.vad.models.ort_backbone import OrtBackbone, ort_backbone
 from assets.vad.models.spec import ModelSpec
 
 
+def in_graph_runtime(images: torch.Tensor) -> bool:
+    """Whether a batch may go through a prepared ONNX Runtime graph: on the CPU, and not while exporting.
+
+    Args:
+        images: The batch.
+
+    Returns:
+        True when it may.
+    """
+    return images.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
+
+
 class GraphScorer(nn.Module):
     """Base of the scorers: the backbone graph in channels-last layout, and ``score`` as models have it."""
 
@@ -26,7 +38,7 @@ class GraphScorer(nn.Module):
         super().__init__()
         self.spec = spec
         self.backbone = backbone.to(memory_format=torch.channels_last).eval()
-        self.runtime: OrtBackbone | None = None  # the backbone (or :meth:`runtime_graph`) in ONNX Runtime
+        self.runtime: OrtBackbone | None = None  # the backbone in ONNX Runtime, set by :meth:`prepare`
 
     @classmethod
     def supports(cls, spec: ModelSpec) -> bool:
@@ -64,8 +76,8 @@ class GraphScorer(nn.Module):
         Returns:
             One map per layer.
         """
-        if self.RUNTIME_RUNS == "features" and self.uses_runtime(images):
-            return self.runtime(images)  # type: ignore[misc]
+        if self.runtime is not None and in_graph_runtime(images):
+            return self.runtime(images)
         return list(self.backbone(images.to(self.device).contiguous(memory_format=torch.channels_last)))
 
     @property
@@ -73,34 +85,10 @@ class GraphScorer(nn.Module):
         """Where the scorer's weights are."""
         return next(self.backbone.parameters()).device
 
-    RUNTIME_RUNS = "features"  # what ONNX Runtime computes: the backbone's maps, or a scorer's ``runtime_graph``
-
-    def runtime_graph(self) -> nn.Module:
-        """The graph ONNX Runtime runs on the CPU (a hook): the backbone, returning its feature maps.
-
-        A scorer whose ``RUNTIME_RUNS`` is not ``features`` returns a larger graph (with the steps after the
-        backbone that a graph runtime does faster) and reads its outputs itself.
-
-        Returns:
-            The module, with a tuple of tensors as output.
-        """
-        return self.backbone
-
-    def uses_runtime(self, images: torch.Tensor) -> bool:
-        """Whether this batch goes through ONNX Runtime (on the CPU, when prepared, and not while exporting).
-
-        Args:
-            images: The batch.
-
-        Returns:
-            True when it does.
-        """
-        return self.runtime is not None and images.device.type == "cpu" and not torch.onnx.is_in_onnx_export()
-
     def prepare(self) -> None:
-        """On the CPU, run :meth:`runtime_graph` in ONNX Runtime when it gives torch's outputs."""
+        """On the CPU, run the backbone in ONNX Runtime when it gives torch's features (see :mod:`.ort_backbone`)."""
         if self.device.type == "cpu":
-            self.runtime = ort_backbone(self.runtime_graph(), self.spec.input_size, torch.get_num_threads())
+            self.runtime = ort_backbone(self.backbone, self.spec.input_size, torch.get_num_threads())
 
     TAIL: str | None = None  # the exported runtime's numpy tail after the graph (None: the graph scores)
 

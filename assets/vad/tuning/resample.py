@@ -51,6 +51,11 @@ class LabelledData:
         """OK images."""
         return int((~self.is_ng).sum())
 
+    @property
+    def n_valid_ok(self) -> int:
+        """OK images of the plan's validation split (every resample validates on as many)."""
+        return int(((self.table[SPLIT].to_numpy() == "valid") & ~self.is_ng).sum())
+
 
 def labelled_data(plan: Plan) -> LabelledData:
     """Read the plan's train CSV and split it as the readiness step would.
@@ -116,7 +121,7 @@ def write_resamples(data: LabelledData, folder: Path, count: int, seed: int) -> 
         The resample folders.
     """
     ok = np.flatnonzero(~data.is_ng)
-    n_valid = int((data.table[SPLIT].to_numpy()[ok] == "valid").sum())
+    n_valid = data.n_valid_ok
     folders = []
     for index in range(count):
         table = data.table.copy()

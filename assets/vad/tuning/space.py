@@ -105,7 +105,6 @@ class Tuning:
     seed: int
     resamples: int
     dimensions: tuple[Dimension, ...]
-    auto: bool
 
 
 def _train_args(values: dict[str, Any], where: str) -> None:
@@ -194,14 +193,18 @@ def current_value(key: str, train_args: dict[str, Any]) -> Any:
         train_args: The plan's train args.
 
     Returns:
-        The value (None: an unset shared key, the model's default size for ``img_size``).
+        The value (an unset key: the train step's default; None for ``img_size``, the model's own size).
     """
     if key.startswith("model_parameters."):
         name = key.split(".", 1)[1]
         value = (train_args.get("model_parameters") or {}).get(name)
         model = Dimension(key).model
         return _model_default(model, name) if value is None and model is not None else value
-    return train_args.get(key)
+    from assets.train import TrainArgs
+
+    value = train_args.get(key)
+    field = TrainArgs.model_fields.get(key)
+    return field.default if value is None and field is not None else value
 
 
 def _model_default(model: str, plan_key: str) -> Any:
@@ -215,8 +218,6 @@ def _model_default(model: str, plan_key: str) -> Any:
 def _with_current(dimension: Dimension, train_args: dict[str, Any]) -> Dimension:
     """An auto dimension that also offers the plan's own value, so that the plan itself is a trial."""
     current = current_value(dimension.key, train_args)
-    if dimension.key == "model_name" and current is None:
-        return dimension
     if current in dimension.choices:  # type: ignore[operator]
         return dimension
     return Dimension(dimension.key, (current, *dimension.choices))  # type: ignore[misc]
@@ -250,15 +251,14 @@ def parse_tuning(raw: Any, train_args: dict[str, Any]) -> Tuning:
     if section.n_trials is None and section.timeout_minutes is None:
         msg = "plan error: tuning needs n_trials or timeout_minutes (or both) to know when to stop"
         raise PlanError(msg)
-    auto = section.space == "auto"
-    if auto:
+    if section.space == "auto":
         dimensions = tuple(_with_current(d, train_args) for d in auto_dimensions())
     else:
         if not section.space:
             msg = "plan error: tuning.space is empty; list the train args to search, or write space: auto"
             raise PlanError(msg)
         dimensions = tuple(_dimension(k, v, dict(train_args)) for k, v in section.space.items())  # type: ignore[union-attr]
-    models = next((d.choices for d in dimensions if d.key == "model_name"), (train_args.get("model_name", "fastflow"),))
+    models = next((d.choices for d in dimensions if d.key == "model_name"), (current_value("model_name", train_args),))
     for dimension in dimensions:
         if dimension.model is not None and dimension.model not in models:
             msg = (
@@ -270,7 +270,7 @@ def parse_tuning(raw: Any, train_args: dict[str, Any]) -> Tuning:
         sorted(dimensions, key=lambda d: d.key != "model_name")
     )  # the model first: the rest depend on it
     timeout = section.timeout_minutes * 60 if section.timeout_minutes else None
-    return Tuning(section.objective, section.n_trials, timeout, section.seed, section.resamples, dimensions, auto)
+    return Tuning(section.objective, section.n_trials, timeout, section.seed, section.resamples, dimensions)
 
 
 def train_values(dimensions: tuple[Dimension, ...], chosen: dict[str, Any]) -> dict[str, Any]:

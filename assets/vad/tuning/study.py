@@ -21,6 +21,7 @@ import math
 import re
 import statistics
 import time
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ import yaml
 
 from alo.errors import DataError
 from alo.plan import Plan, load_plan
-from assets.vad.plan_edit import Change, write_copy
-from assets.vad.tuning.resample import SPLIT, labelled_data, write_resamples
+from assets.vad.plan_edit import Change, apply_changes, write_copy
+from assets.vad.tuning.resample import labelled_data, write_resamples
 from assets.vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, parse_tuning, train_values
 
 logger = logging.getLogger("assets.tune")
@@ -99,29 +100,26 @@ def _default_values(tuning: Tuning, train_args: dict[str, Any]) -> dict[str, Any
 
 
 def _trial_plan(plan: Plan, folder: Path, data: Path, changes: dict[str, Any]) -> Path:
-    """The plan for one fit of a trial: the user's plan with the trial's train args, in its own folder."""
-    raw = yaml.safe_load(plan.path.read_text(encoding="utf-8"))
+    """The plan for one fit of a trial: the user's plan with the trial's train args, in its own folder.
+
+    It starts from the loaded plan's own normalised form (:meth:`Plan.as_run`: one args map per step, whatever
+    layout the file uses), so every train arg the user wrote is kept.
+    """
+    raw = deepcopy(plan.as_run())
     raw.pop("tuning", None)
     raw["external_path"] = [{"load_train_data_path": str(data)}]
     raw["control"] = [{"tracking": False}, {"backup_size": 100}]
+    raw["user_parameters"] = [block for block in raw["user_parameters"] if "train_pipeline" in block]
     for block in raw["user_parameters"]:
-        for step in block.get("train_pipeline") or []:
-            args = step.get("args") or [{}]
-            if not isinstance(args, list) or not args or not isinstance(args[0], dict):
-                args = [{}]
-            step["args"] = args
-            if step.get("step") == "readiness":
-                args[0]["train_validate_column"] = "split"
-            if step.get("step") == "train":
+        for step in block["train_pipeline"]:
+            args = step["args"][0]
+            if step["step"] == "readiness":
+                args["train_validate_column"] = "split"
+            if step["step"] == "train":
                 for key, value in changes.items():
-                    if isinstance(value, dict):
-                        args[0].setdefault(key, {})
-                        args[0][key] = {**(args[0][key] or {}), **value}
-                    else:
-                        args[0][key] = value
-                args[0]["export"] = []
-                args[0]["save_validation_heatmap"] = False
-    raw["user_parameters"] = [b for b in raw["user_parameters"] if "train_pipeline" in b]
+                    args[key] = {**(args.get(key) or {}), **value} if isinstance(value, dict) else value
+                args["export"] = []
+                args["save_validation_heatmap"] = False
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "experimental_plan.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -188,6 +186,11 @@ def run_tune(plan_path: str | Path) -> Path:
             f"at least {MIN_NG[tuning.objective]}, or the choice is noise: add defective images to the train CSV"
         )
         raise DataError(msg)
+    # the best plan is written after the whole budget: a space the plan copy cannot hold fails now, in one line
+    apply_changes(
+        plan.path.read_text(encoding="utf-8"),
+        [_change(d.key, current_value(d.key, train_args)) for d in tuning.dimensions],
+    )
     name = _study_name(plan, tuning, train_args)
     folder = plan.root / STUDY_FOLDER / name
     resamples = write_resamples(data, folder / "data", tuning.resamples, tuning.seed)
@@ -217,7 +220,7 @@ def run_tune(plan_path: str | Path) -> Path:
     def objective(trial: Any) -> float:
         chosen: dict[str, Any] = {}
         for dimension in tuning.dimensions:  # model_name first; a model's own parameters only when it is trained
-            model = chosen.get("model_name", train_args.get("model_name", "fastflow"))
+            model = chosen.get("model_name", current_value("model_name", train_args))
             if dimension.model is None or dimension.model == model:
                 chosen[dimension.key] = _suggest(trial, dimension)
         changes = train_values(tuning.dimensions, chosen)
@@ -242,8 +245,9 @@ def run_tune(plan_path: str | Path) -> Path:
             raise
         mean = statistics.fmean(values)
         trial.set_user_attr("per_resample", values)
-        trial.set_user_attr("images_per_s", statistics.fmean(speeds))
-        tracker.trial(trial.number, chosen, {"mean": mean, "values": values, "images_per_s": statistics.fmean(speeds)})
+        per_s = statistics.fmean(speeds)
+        trial.set_user_attr("images_per_s", per_s)
+        tracker.trial(trial.number, chosen, {"mean": mean, "values": values, "images_per_s": per_s})
         logger.info(f"trial {trial.number}: {tuning.objective} {mean:.4f} over {len(values)} resample(s) {chosen}")
         return mean
 
@@ -251,8 +255,7 @@ def run_tune(plan_path: str | Path) -> Path:
     if remaining != 0:
         study.optimize(objective, n_trials=remaining, timeout=tuning.timeout_s, gc_after_trial=True, catch=(DataError,))
     results = _results(study)
-    n_valid_ok = int(((data.table[SPLIT].to_numpy() == "valid") & ~data.is_ng).sum())
-    step = resolution(tuning.objective, n_valid_ok, data.n_ng)
+    step = resolution(tuning.objective, data.n_valid_ok, data.n_ng)
     best = choose(results, step)
     if best is None:
         msg = "data error: no trial finished; see the trials' logs under tuning/"
@@ -265,7 +268,8 @@ def run_tune(plan_path: str | Path) -> Path:
     confidence = _confidence(results, best, tuning.resamples)
     logger.info(
         f"best: trial {best.number} {best.values} ({confidence}; differences under {step:.4f}, the smallest step of "
-        f"{tuning.objective} on {n_valid_ok} OK + {data.n_ng} NG validation images, count as ties); wrote {copy.path}"
+        f"{tuning.objective} on {data.n_valid_ok} OK + {data.n_ng} NG validation images, count as ties); "
+        f"wrote {copy.path}"
     )
     tracker.finish(best, copy.path, time.perf_counter() - started)
     return copy.path

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -171,8 +172,6 @@ def _permute_affine(z: torch.Tensor, step: _Step) -> torch.Tensor:
         # gather form became GatherElements (a reference kernel) between layout reorders in OpenVINO, 45% of the
         # int8 ResNet-18 FastFlow's time; as a convolution that graph ran 59.6 against 27.7 images/s (fp32 23.1
         # against 17.2, ONNX Runtime 21.2 against 19.2), with the same outputs
-        import numpy as np
-
         matrix = np.zeros((channels, channels, 1, 1), dtype=np.float32)  # from numpy: a constant of the trace
         matrix[np.arange(channels), step.permutation.numpy(), 0, 0] = step.global_scale.reshape(-1).numpy()
         offset = torch.from_numpy(step.global_offset.reshape(-1).numpy().copy())

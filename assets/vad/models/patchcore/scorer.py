@@ -8,9 +8,10 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from assets.vad.models.maps import UpsampleBlur, concat_layers
+from assets.vad.models.ort_backbone import OrtBackbone, ort_backbone
 from assets.vad.models.patchcore.peaks import peak_scores
 from assets.vad.models.patchcore.search import BankSearch
-from assets.vad.models.scorer import GraphScorer
+from assets.vad.models.scorer import GraphScorer, in_graph_runtime
 from assets.vad.models.spec import ModelSpec
 
 
@@ -27,6 +28,7 @@ class PatchcoreScorer(GraphScorer):
         self.register_buffer("kernel", kernel)
         self.search = BankSearch(bank, centroids, exact_only=spec.params.search == "exact")  # type: ignore[attr-defined]
         self.blurs: dict[tuple, UpsampleBlur] = {}
+        self.embedding_runtime: OrtBackbone | None = None  # backbone + embedding in ONNX Runtime (:meth:`prepare`)
 
     @classmethod
     def supports(cls, spec: ModelSpec) -> bool:
@@ -61,15 +63,14 @@ class PatchcoreScorer(GraphScorer):
         return self(images, maps)
 
     TAIL = "patchcore"
-    RUNTIME_RUNS = "embedding"  # the pooling, upsampling and concatenation too: 0.9 ms an image less in torch
 
-    def runtime_graph(self) -> nn.Module:
-        """The backbone with the patch embedding after it (see :meth:`GraphScorer.runtime_graph`).
+    def prepare(self) -> None:
+        """On the CPU, run the backbone and the patch embedding as one ONNX Runtime graph when it gives torch's.
 
-        Returns:
-            A module giving ``(embedding,)``, (B, h, w, D).
+        The pooling, upsampling and concatenation in the graph too: 14% more images/s than the backbone alone.
         """
-        return _Embedding(self)
+        if self.device.type == "cpu":
+            self.embedding_runtime = ort_backbone(_Embedding(self), self.spec.input_size, torch.get_num_threads())
 
     def embedding(self, images: torch.Tensor) -> torch.Tensor:
         """The patch embeddings (B, h, w, D), from ONNX Runtime when prepared.
@@ -80,8 +81,8 @@ class PatchcoreScorer(GraphScorer):
         Returns:
             The embeddings.
         """
-        if self.RUNTIME_RUNS == "embedding" and self.uses_runtime(images):
-            return self.runtime(images)[0]  # type: ignore[misc]
+        if self.embedding_runtime is not None and in_graph_runtime(images):
+            return self.embedding_runtime(images)[0]
         return self.graph_embedding(images)
 
     def graph_embedding(self, images: torch.Tensor) -> torch.Tensor:

@@ -156,6 +156,9 @@ class PatchcoreTail:
     def _patches_of(self, pixels: np.ndarray) -> np.ndarray:
         return (self.rows_reach.T @ pixels.astype(np.float32) @ self.columns_reach_t.T) > 0
 
+    def _pixels_of(self, patches: np.ndarray) -> np.ndarray:
+        return (self.rows_reach @ patches.astype(np.float32) @ self.columns_reach_t) > 0
+
     def _exact_peaks(self, queries: np.ndarray, patches: np.ndarray) -> np.ndarray:
         """The maps of bounded patch distances made exact where the peak can be (:func:`.peaks.peak_scores`)."""
         level = np.zeros(patches.shape, dtype=np.int8)  # 0 bounded, 1 refined, 2 exact
@@ -173,7 +176,7 @@ class PatchcoreTail:
             patches[active], level[active] = sub, level_sub
             bounded = self._blur(sub)
             maps[active] = bounded
-            unsettled = (self.rows_reach @ (level_sub != 2).astype(np.float32) @ self.columns_reach_t) > 0
+            unsettled = self._pixels_of(level_sub != 2)
             floor = np.where(unsettled, -np.inf, bounded).max(axis=(1, 2), keepdims=True)
             top = bounded == bounded.max(axis=(1, 2), keepdims=True)
             candidates = np.where(np.isinf(floor), top, bounded > floor)

@@ -72,7 +72,20 @@ def prepare(plan: Plan, pipeline: str, package: str) -> list[PreparedStep]:
     return steps
 
 
-def _data_path(plan: Plan, pipeline: str) -> Path:
+def data_path_of(plan: Plan, pipeline: str) -> Path:
+    """The pipeline's input data: the plan's ``load_{pipeline}_data_path`` folder (inference: or one image).
+
+    Args:
+        plan: The plan.
+        pipeline: ``train`` or ``inference``.
+
+    Returns:
+        The path.
+
+    Raises:
+        PlanError: The key is empty.
+        DataError: The path is no folder (nor, for inference, a file).
+    """
     key = f"load_{pipeline}_data_path"
     path = plan.resolve(getattr(plan.external_path, key))
     if path is None:
@@ -176,7 +189,7 @@ def run_pipeline(
     with log_files(staging / "log"):
         try:
             logger.info(f"{pipeline} pipeline {run_id} started ({len(steps)} steps)")
-            data_path = _data_path(plan, pipeline)
+            data_path = data_path_of(plan, pipeline)
             if pipeline == "train":
                 model_dir = staging / "models"
             else:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 ImageInput = str | Path | Image.Image | np.ndarray
 DEFAULT_BATCH_SIZE = 8
+RESULT_COLUMNS = ("raw_score", "anomaly_score", "pred_label", "certainty", "is_anomalous")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,20 @@ class Prediction:
     certainty: float
     anomaly_map: np.ndarray | None = None
     heatmap: Image.Image | None = None
+
+    def result_row(self) -> dict[str, float | str | bool]:
+        """The image's result columns as ``output.csv``, the HTTP API and the MLflow model answer them.
+
+        Returns:
+            ``{column: value}`` for each of :data:`RESULT_COLUMNS`, in that order.
+        """
+        return {
+            "raw_score": self.raw_score,
+            "anomaly_score": self.anomaly_score,
+            "pred_label": self.label,
+            "certainty": self.certainty,
+            "is_anomalous": self.is_anomalous,
+        }
 
 
 @dataclass(frozen=True)

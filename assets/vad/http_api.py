@@ -225,14 +225,7 @@ def create_app(
         images_scored.inc(len(found))
         results = []
         for name, prediction in zip(names, found, strict=True):
-            row: dict[str, Any] = {
-                "image": name,
-                "raw_score": prediction.raw_score,
-                "anomaly_score": prediction.anomaly_score,
-                "pred_label": prediction.label,
-                "certainty": prediction.certainty,
-                "is_anomalous": prediction.is_anomalous,
-            }
+            row: dict[str, Any] = {"image": name, **prediction.result_row()}
             if heatmap and prediction.heatmap is not None:
                 picture = encode_png(np.asarray(prediction.heatmap))
                 row["heatmap_png"] = base64.b64encode(picture).decode("ascii")

@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+RESULT_TYPES = {
+    "raw_score": "double",
+    "anomaly_score": "double",
+    "pred_label": "string",
+    "certainty": "double",
+    "is_anomalous": "boolean",
+}
 
 
 def log_model(mlflow: Any, models: Path) -> Any:
@@ -29,17 +36,11 @@ def log_model(mlflow: Any, models: Path) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
+    from assets.vad.detector import RESULT_COLUMNS
+
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "image_base64", required=False)]),
-        outputs=Schema(
-            [
-                ColSpec("double", "raw_score"),
-                ColSpec("double", "anomaly_score"),
-                ColSpec("string", "pred_label"),
-                ColSpec("double", "certainty"),
-                ColSpec("boolean", "is_anomalous"),
-            ]
-        ),
+        outputs=Schema([ColSpec(RESULT_TYPES[column], column) for column in RESULT_COLUMNS]),
     )
     return mlflow.pyfunc.log_model(
         name="model",

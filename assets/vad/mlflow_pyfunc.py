@@ -13,8 +13,6 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import set_model
 
-OUTPUT_COLUMNS = ("raw_score", "anomaly_score", "pred_label", "certainty", "is_anomalous")
-
 
 class VadPythonModel(mlflow.pyfunc.PythonModel):
     """A :class:`~assets.vad.detector.Detector` behind MLflow's pyfunc interface."""
@@ -38,11 +36,12 @@ class VadPythonModel(mlflow.pyfunc.PythonModel):
             params: Unused.
 
         Returns:
-            A DataFrame with the :data:`OUTPUT_COLUMNS`, one row per image.
+            A DataFrame with the result columns (:data:`~assets.vad.detector.RESULT_COLUMNS`), one row per image.
 
         Raises:
             ValueError: Neither column is present.
         """
+        from assets.vad.detector import RESULT_COLUMNS
         from assets.vad.images import decode_image
 
         del context, params
@@ -55,17 +54,7 @@ class VadPythonModel(mlflow.pyfunc.PythonModel):
             msg = "send a column 'image' (file paths) or 'image_base64' (base64-encoded image files)"
             raise ValueError(msg)
         found = self.detector.predict(images) if images else []
-        rows = [
-            {
-                "raw_score": p.raw_score,
-                "anomaly_score": p.anomaly_score,
-                "pred_label": p.label,
-                "certainty": p.certainty,
-                "is_anomalous": p.is_anomalous,
-            }
-            for p in found
-        ]
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        return pd.DataFrame([p.result_row() for p in found], columns=list(RESULT_COLUMNS))
 
 
 set_model(VadPythonModel())

@@ -31,7 +31,7 @@ import yaml
 from alo.errors import DataError
 from alo.plan import Plan, load_plan
 from assets.vad.plan_edit import Change, apply_changes, write_copy
-from assets.vad.tuning.resample import labelled_data, write_resamples
+from assets.vad.tuning.resample import SPLIT_COLUMN, labelled_data, write_resamples
 from assets.vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, parse_tuning, train_values
 
 logger = logging.getLogger("assets.tune")
@@ -113,8 +113,10 @@ def _trial_plan(plan: Plan, folder: Path, data: Path, changes: dict[str, Any]) -
     for block in raw["user_parameters"]:
         for step in block["train_pipeline"]:
             args = step["args"][0]
+            if step["step"] == "input":
+                args["encoding"] = "utf-8"  # the resample CSVs are written as UTF-8
             if step["step"] == "readiness":
-                args["train_validate_column"] = "split"
+                args["train_validate_column"] = SPLIT_COLUMN
             if step["step"] == "train":
                 for key, value in changes.items():
                     args[key] = {**(args.get(key) or {}), **value} if isinstance(value, dict) else value

@@ -30,7 +30,7 @@ from alo.errors import DataError, ModelError, PlanError
 from alo.history import hash_code, hash_files, hash_object, new_run_id, write_record
 from alo.logs import FILE_ONLY, FRAMEWORK_LOGGER, PIPELINE_LOGGER, log_files
 from alo.plan import PIPELINES, Plan, load_plan
-from alo.tracking import Tracker
+from alo.tracking import Tracker, start_logger
 from alo.tracking import settings_of as tracking_settings
 
 logger = logging.getLogger(f"{FRAMEWORK_LOGGER}.runner")
@@ -155,6 +155,7 @@ def run_pipeline(
     package: str,
     resident_model: Path | None = None,
     answer: Callable[[Path], None] | None = None,
+    tracking_jobs: list[Path] | None = None,
 ) -> Path:
     """Run one pipeline and promote its artifacts.
 
@@ -167,6 +168,8 @@ def run_pipeline(
             process; else the plan's ``load_model_path`` or ``train_artifacts/models`` is looked up.
         answer: Called with the staging folder once every step has succeeded, before the steps' deferred
             writes and the promotion (the edge loop answers with the summary there, as ALO does).
+        tracking_jobs: Where a one-shot process collects its runs' tracking jobs, to start one logger for all
+            (:func:`alo.tracking.start_logger`); None: this run's logger starts when it ends.
 
     Returns:
         The promoted artifacts folder.
@@ -247,11 +250,11 @@ def run_pipeline(
                 kept = store.fail(plan.control.backup_size)
                 if kept is not None:
                     logger.info(f"failed run kept in {kept}; the previous {pipeline}_artifacts are unchanged")
-                tracker.finish(record, kept or staging, params)
+                tracker.finish(record, kept or staging, params, tracking_jobs)
     final = store.promote(plan.control.backup_artifacts, plan.control.backup_size)
     logger.info(f"{pipeline} pipeline {run_id} succeeded: artifacts in {final}")
     _save_archives(plan, pipeline, final)
-    tracker.finish(record, final, params)
+    tracker.finish(record, final, params, tracking_jobs)
     return final
 
 
@@ -331,5 +334,9 @@ def run(plan_path: str | Path, mode: str = "all", package: str = "assets") -> li
     plan = load_plan(plan_path)
     pipelines = list(PIPELINES) if mode == "all" else [mode]
     prepared = {pipeline: prepare(plan, pipeline, package) for pipeline in pipelines}
-    with project_lock(plan.root):
-        return [run_pipeline(plan, pipeline, prepared[pipeline], package) for pipeline in pipelines]
+    jobs: list[Path] = []
+    try:
+        with project_lock(plan.root):
+            return [run_pipeline(plan, name, prepared[name], package, tracking_jobs=jobs) for name in pipelines]
+    finally:
+        start_logger(jobs)  # one logger for every run of this process, failed ones too

@@ -5,26 +5,32 @@ On by default, into a local SQLite store beside the plan (``mlruns/mlflow.db``, 
 ``tracking: false`` turns it off, ``tracking_uri`` points elsewhere (any MLflow tracking URI; a plain path is
 a folder for the SQLite store), ``tracking_experiment`` names the experiment (default: the plan's name).
 
-Importing MLflow alone costs a default run on this machine's two cores over 5% (1.4 s of a 25 s run), so a
-one-shot run (``main.py --mode train|inference|all``) does not wait for it: at the end it checks that the
-store can be written (a WARNING if not), writes a job file (``.pending/`` in the store's folder) and starts
-``python -m alo.tracking JOB`` in its own session; that process logs the run, then removes the job. Its
-errors go to ``tracking-errors.log`` beside the store, and the next run repeats them as a WARNING. A
-resident process (the edge loop) keeps MLflow loaded and logs in a background thread. What a run reports
-(metrics, steps, artifacts, a model) comes from the solution package's ``tracking_report`` module.
+The run's own process builds what the run reports (the solution package's ``tracking_report`` module:
+metrics, steps, tags, artifact files, the model folder) the moment it ends, and snapshots it as a job: a
+folder under ``.pending/`` in the jobs folder (the local store's folder; for any other URI ``mlruns/``
+beside the plan) holding ``job.json`` and hard links to the files. A later run moving or deleting the
+artifacts changes nothing that is logged. MLflow itself is loaded elsewhere, since importing it alone costs
+a default run on this machine's two cores over 5% (1.4 s of a 25 s run): a one-shot process
+(``main.py --mode train|inference|all``) starts one ``python -m alo.tracking JOB...`` in its own session for
+all its runs' jobs; a resident process (the edge loop) keeps MLflow loaded and logs in one background
+thread, so that a request never waits for it. A logger logs each job once (a file lock), then removes it, and
+also logs the jobs an earlier logger left. Its errors go to ``tracking-errors.log`` in the jobs folder, and
+the next run repeats them as a WARNING.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import logging
 import os
+import queue
+import shutil
 import threading
 import warnings
-from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,11 @@ logger = logging.getLogger("alo.tracking")
 STORE_FOLDER = "mlruns"
 DATABASE = "mlflow.db"
 FINISH_TIMEOUT_S = 300.0
+EXIT_WAIT_S = 30.0
 MAX_PARAM_CHARS = 6000
+PENDING = ".pending"
+ERRORS = "tracking-errors.log"
+JOB_FILE = "job.json"
 
 
 @dataclass(frozen=True)
@@ -45,12 +55,14 @@ class TrackingSettings:
         uri: The MLflow tracking URI.
         artifacts: The artifact location for a new experiment (None: the store's default).
         experiment: The experiment name.
+        jobs: The local folder of the pending jobs and the error log.
     """
 
     enabled: bool
     uri: str
     artifacts: str | None
     experiment: str
+    jobs: str
 
 
 def settings_of(plan: Any) -> TrackingSettings:
@@ -66,10 +78,10 @@ def settings_of(plan: Any) -> TrackingSettings:
     experiment = control.tracking_experiment or plan.name
     uri = control.tracking_uri
     if uri and "://" in uri:
-        return TrackingSettings(control.tracking, uri, None, experiment)
+        return TrackingSettings(control.tracking, uri, None, experiment, str(plan.root / STORE_FOLDER))
     folder = plan.resolve(uri) if uri else plan.root / STORE_FOLDER
     return TrackingSettings(
-        control.tracking, f"sqlite:///{folder / DATABASE}", (folder / "artifacts").as_uri(), experiment
+        control.tracking, f"sqlite:///{folder / DATABASE}", (folder / "artifacts").as_uri(), experiment, str(folder)
     )
 
 
@@ -84,14 +96,14 @@ def quiet_mlflow() -> None:
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested arguments as MLflow params: dotted keys, text values (lists as written in YAML flow style).
+    """Nested arguments as MLflow params: dotted keys, each other value as Python writes it (``str``).
 
     Args:
         values: Nested mapping.
         prefix: Key prefix.
 
     Returns:
-        ``{"train.model_name": "patchcore", "train.model_parameters.patchcore_backbone": ...}``.
+        ``{"train.model_name": "patchcore", "train.img_size": "[256, 256]", ...}``.
     """
     flat: dict[str, str] = {}
     for key, value in values.items():
@@ -105,28 +117,35 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 @dataclass
 class Report:
-    """What one run logs besides its params and tags.
+    """What one run logs besides its params and tags (built by the run's own process).
 
     Attributes:
         metrics: Final metrics.
         steps: Per-step series, ``{name: [(step, value), ...]}``.
         artifacts: Files to log, ``{path in the run: file}``.
         tags: Extra tags.
-        model: Called with the MLflow module to log the run's model (None: no model).
+        model: A folder the package's ``tracking_report.log_model(mlflow, folder)`` logs as the run's model.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
     steps: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    model: Callable[[Any], None] | None = None
+    model: Path | None = None
 
 
-def _open_store(settings: TrackingSettings) -> tuple[Any, Any, str]:
-    """Import MLflow and open (or create) the store and the experiment."""
+def open_store(settings: TrackingSettings) -> tuple[Any, Any, str]:
+    """Import MLflow (quietly) and open, or create, the store and the experiment.
+
+    Args:
+        settings: The tracking settings.
+
+    Returns:
+        The ``mlflow`` module (its tracking URI set), an ``MlflowClient`` on the store, the experiment id.
+    """
     quiet_mlflow()
     import mlflow
-    import mlflow.pyfunc  # loaded here, not while the run waits
+    import mlflow.pyfunc  # loaded here, not while a run waits
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(settings.uri)  # the model is logged through the fluent API
@@ -139,14 +158,8 @@ def _open_store(settings: TrackingSettings) -> tuple[Any, Any, str]:
     return mlflow, client, experiment_id
 
 
-def _store_folder(settings: TrackingSettings) -> Path | None:
-    """The folder of a local SQLite store (None for other stores)."""
-    prefix = "sqlite:///"
-    return Path(settings.uri.removeprefix(prefix)).parent if settings.uri.startswith(prefix) else None
-
-
 def check_store(settings: TrackingSettings) -> None:
-    """Check, without MLflow, that a local store's folder can be created and written.
+    """Check, without MLflow, that the jobs folder (the local store's folder) can be created and written.
 
     Args:
         settings: The tracking settings.
@@ -154,24 +167,18 @@ def check_store(settings: TrackingSettings) -> None:
     Raises:
         OSError: The folder cannot be created or written.
     """
-    folder = _store_folder(settings)
-    if folder is None:
-        return
+    folder = Path(settings.jobs)
     (folder / PENDING).mkdir(parents=True, exist_ok=True)
     if not os.access(folder, os.W_OK):
         msg = f"{folder} is not writable"
         raise PermissionError(msg)
 
 
-PENDING = ".pending"
-ERRORS = "tracking-errors.log"
-
-
 class Tracker:
     """One pipeline run's tracking (see the module docstring)."""
 
     def __init__(self, settings: TrackingSettings, package: str, resident: bool = False) -> None:
-        """Prepare tracking; a resident process starts loading MLflow in a background thread.
+        """Prepare tracking; a resident process starts loading MLflow in its logging thread.
 
         Args:
             settings: The plan's tracking settings.
@@ -181,33 +188,38 @@ class Tracker:
         self.settings = settings
         self.package = package
         self.resident = resident
-        self.opened: Future | None = None
         if settings.enabled and resident:
-            self.opened = _resident_store(settings)
+            _resident_logger(settings)
 
-    def finish(self, record: dict[str, Any], folder: Path, params: dict[str, Any]) -> Path | str | None:
-        """Log the finished run (success or error): params, tags, the report's metrics, artifacts and model.
+    def finish(
+        self, record: dict[str, Any], folder: Path, params: dict[str, Any], jobs: list[Path] | None = None
+    ) -> Path | None:
+        """Snapshot the finished run (success or error) as a job, and have it logged.
 
         Args:
             record: The run's record (id, pipeline, status, ids, error, times).
             folder: The run's artifacts folder (promoted, or kept in history when it failed).
             params: The steps' arguments, by step name.
+            jobs: A one-shot process's job list: the job joins it and :func:`start_logger` starts one logger for
+                all of them; None: a logger starts now (resident: the job is queued to its thread).
 
         Returns:
-            The job file handed to the background logger, the MLflow run id (resident), or None when
-            tracking is off or failed (one WARNING logged).
+            The job folder, or None when tracking is off or failed (one WARNING logged).
         """
         if not self.settings.enabled:
             return None
         try:
-            if self.resident:
-                mlflow, client, experiment_id = self.opened.result(FINISH_TIMEOUT_S)  # type: ignore[union-attr]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    return log_run(mlflow, client, experiment_id, record, folder, params, self.package)
             check_store(self.settings)
-            _report_earlier_errors(self.settings)
-            return _hand_over(self.settings, self.package, record, folder, params)
+            if not self.resident:
+                _report_earlier_errors(self.settings)
+            job = write_job(self.settings, self.package, record, folder, params)
+            if self.resident:
+                _resident_logger(self.settings).put(job)
+            elif jobs is not None:
+                jobs.append(job)
+            else:
+                start_logger([job])
+            return job
         except Exception as exc:
             from alo.errors import one_line
 
@@ -218,47 +230,82 @@ class Tracker:
             return None
 
 
-_resident_stores: dict[TrackingSettings, Future] = {}
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link (copy across file systems) a file or a folder's files to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=link)
+    else:
+        link(str(source), str(target))
 
 
-def _resident_store(settings: TrackingSettings) -> Future:
-    """The store of a resident process, opened once in a background thread."""
-    if settings not in _resident_stores:
-        opened: Future = Future()
+def write_job(settings: TrackingSettings, package: str, record: dict, folder: Path, params: dict) -> Path:
+    """Build the run's report now and snapshot it with its files as a job folder (``job.json`` written last).
 
-        def work() -> None:
-            try:
-                opened.set_result(_open_store(settings))
-            except BaseException as exc:  # reported by finish() as a WARNING
-                opened.set_exception(exc)
+    Args:
+        settings: The tracking settings.
+        package: The solution package.
+        record: The run's record.
+        folder: The run's artifacts folder.
+        params: The steps' arguments.
 
-        threading.Thread(target=work, name="alo-tracking", daemon=True).start()
-        _resident_stores[settings] = opened
-    return _resident_stores[settings]
+    Returns:
+        The job folder.
+    """
+    report = _report(package, record, folder)
+    job = Path(settings.jobs) / PENDING / f"{record.get('id')}-{record.get('pipeline')}"
+    shutil.rmtree(job, ignore_errors=True)  # a half-written snapshot of this same run
+    job.mkdir(parents=True)
+    artifacts = {}
+    for index, (name, path) in enumerate(sorted(report.artifacts.items())):
+        if path.is_file():
+            relative = f"files/{index}/{Path(name).name}"
+            _link_tree(path, job / relative)
+            artifacts[name] = relative
+    if report.model is not None and report.model.is_dir():
+        _link_tree(report.model, job / "model" / report.model.name)
+    payload = {
+        "settings": asdict(settings),
+        "package": package,
+        "record": record,
+        "params": params,
+        "report": {
+            "metrics": report.metrics,
+            "steps": report.steps,
+            "tags": report.tags,
+            "artifacts": artifacts,
+            "model": f"model/{report.model.name}" if report.model is not None and report.model.is_dir() else None,
+        },
+    }
+    written = job / f"{JOB_FILE}.part"
+    written.write_text(json.dumps(payload, default=str), encoding="utf-8")
+    written.rename(job / JOB_FILE)
+    return job
 
 
-def _hand_over(settings: TrackingSettings, package: str, record: dict, folder: Path, params: dict) -> Path:
-    """Write the job file and start the background logger in its own session."""
+def start_logger(jobs: list[Path]) -> None:
+    """Start one background logger for the jobs, in its own session (nothing when there are none).
+
+    Args:
+        jobs: Job folders written by :func:`write_job`.
+    """
     import subprocess
     import sys
 
-    store = _store_folder(settings) or folder.parent
-    pending = store / PENDING
-    pending.mkdir(parents=True, exist_ok=True)
-    job = pending / f"{record.get('id')}-{record.get('pipeline')}.json"
-    payload = {
-        "settings": settings.__dict__,
-        "package": package,
-        "record": record,
-        "folder": str(folder),
-        "params": params,
-    }
-    job.write_text(json.dumps(payload, default=str), encoding="utf-8")
+    if not jobs:
+        return
     environment = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     root = str(Path(__file__).resolve().parents[1])
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
-    subprocess.Popen(  # our interpreter on our module and a job file we wrote, as an argument list
-        [sys.executable, "-m", "alo.tracking", str(job)],
+    subprocess.Popen(  # our interpreter on our module and job folders we wrote, as an argument list
+        [sys.executable, "-m", "alo.tracking", *map(str, jobs)],
         cwd=root,
         env=environment,
         stdin=subprocess.DEVNULL,
@@ -266,23 +313,69 @@ def _hand_over(settings: TrackingSettings, package: str, record: dict, folder: P
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    return job
+
+
+class _ResidentLogger:
+    """A resident process's logging thread: MLflow opened once, jobs logged one at a time, off the request path."""
+
+    def __init__(self, settings: TrackingSettings) -> None:
+        self.settings = settings
+        self.jobs: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self.store: Future = Future()
+        self.idle = threading.Event()
+        self.idle.set()
+        threading.Thread(target=self._work, name="alo-tracking", daemon=True).start()
+        atexit.register(self._drain)
+
+    def put(self, job: Path) -> None:
+        self.idle.clear()
+        self.jobs.put(job)
+
+    def _drain(self) -> None:
+        """At exit, wait a little for the queue (what is left stays on disk for the next logger)."""
+        self.idle.wait(EXIT_WAIT_S)
+
+    def _work(self) -> None:
+        try:
+            self.store.set_result(open_store(self.settings))
+        except BaseException as exc:  # each job then reports it as a WARNING
+            self.store.set_exception(exc)
+        while True:
+            job = self.jobs.get()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    log_jobs([job], lambda: self.store.result(FINISH_TIMEOUT_S))
+            except Exception as exc:
+                logger.warning(f"tracking of {job.name} failed ({exc.__class__.__name__}: {str(exc)[:200]})")
+            finally:
+                if self.jobs.empty():
+                    self.idle.set()
+
+
+_resident_loggers: dict[TrackingSettings, _ResidentLogger] = {}
+
+
+def _resident_logger(settings: TrackingSettings) -> _ResidentLogger:
+    if settings not in _resident_loggers:
+        _resident_loggers[settings] = _ResidentLogger(settings)
+    return _resident_loggers[settings]
 
 
 def _report_earlier_errors(settings: TrackingSettings) -> None:
     """Repeat, once, the background logger's errors since the last run as a WARNING."""
-    store = _store_folder(settings)
-    if store is None or not (store / ERRORS).is_file():
+    folder = Path(settings.jobs)
+    if not (folder / ERRORS).is_file():
         return
-    text = (store / ERRORS).read_text(encoding="utf-8", errors="replace").strip()
-    (store / ERRORS).rename(store / f"{ERRORS}.seen")
+    text = (folder / ERRORS).read_text(encoding="utf-8", errors="replace").strip()
+    (folder / ERRORS).rename(folder / f"{ERRORS}.seen")
     if text:
         last = text.splitlines()[-1]
-        logger.warning(f"an earlier run could not be tracked: {last[:240]} (see {store / (ERRORS + '.seen')})")
+        logger.warning(f"an earlier run could not be tracked: {last[:240]} (see {folder / (ERRORS + '.seen')})")
 
 
 def wait_pending(settings: TrackingSettings, timeout: float = 120.0) -> bool:
-    """Wait until the background loggers have finished (for tests and benchmarks).
+    """Wait until the loggers have finished (for tests and benchmarks).
 
     Args:
         settings: The tracking settings.
@@ -293,37 +386,30 @@ def wait_pending(settings: TrackingSettings, timeout: float = 120.0) -> bool:
     """
     import time
 
-    store = _store_folder(settings)
-    if store is None:
-        return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any((store / PENDING).glob("*.json")):
+        if not any((Path(settings.jobs) / PENDING).glob(f"*/{JOB_FILE}")):
             return True
         time.sleep(0.1)
     return False
 
 
-def log_run(
-    mlflow: Any, client: Any, experiment_id: str, record: dict, folder: Path, params: dict, package: str
-) -> str:
-    """Log one finished run into an open store.
+def log_run(mlflow: Any, client: Any, experiment_id: str, job: Path) -> str:
+    """Log one job's run into an open store.
 
     Args:
         mlflow: The MLflow module.
         client: An ``MlflowClient`` on the store.
         experiment_id: The experiment.
-        record: The run's record.
-        folder: The run's artifacts folder.
-        params: The steps' arguments.
-        package: The solution package (its ``tracking_report`` builds the report).
+        job: The job folder.
 
     Returns:
         The MLflow run id.
     """
     from mlflow.entities import Metric, Param
 
-    report = _report(package, record, _current_folder(folder, record))
+    payload = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))
+    record, report = payload["record"], payload["report"]
     pipeline = str(record.get("pipeline"))
     tags = {
         "pipeline": pipeline,
@@ -331,7 +417,7 @@ def log_run(
         "mlflow.runName": f"{pipeline} {record.get('id')}",
         **{key: str(record[key]) for key in ("data_id", "param_id", "code_id", "train_id") if record.get(key)},
         **({"error": str(record["error"])[:5000]} if record.get("error") else {}),
-        **report.tags,
+        **{str(k): str(v) for k, v in report["tags"].items()},
     }
     if pipeline == "train":
         tags["train_id"] = str(record.get("id"))
@@ -340,34 +426,44 @@ def log_run(
     status = "FINISHED" if record.get("status") == "success" else "FAILED"
     try:
         now = _millis(record.get("end_time"))
-        metrics = [Metric(k, float(v), now, 0) for k, v in report.metrics.items()]
-        for name, series in report.steps.items():
+        metrics = [Metric(k, float(v), now, 0) for k, v in report["metrics"].items()]
+        for name, series in report["steps"].items():
             metrics.extend(Metric(name, float(value), now, int(step)) for step, value in series)
-        flat = [Param(k, v) for k, v in flatten(params).items()]
+        flat = [Param(k, v) for k, v in flatten(payload["params"]).items()]
         for chunk in range(0, max(len(metrics), len(flat)), 100):
             client.log_batch(run_id, metrics=metrics[chunk : chunk + 100], params=flat[chunk : chunk + 100])
-        for name, path in report.artifacts.items():
-            if path.is_file():
-                parent = str(Path(name).parent)
-                client.log_artifact(run_id, str(path), None if parent == "." else parent)
-        if report.model is not None:
+        for name, relative in report["artifacts"].items():  # each file is linked under its name in the run
+            parent = str(Path(name).parent)
+            client.log_artifact(run_id, str(job / relative), None if parent == "." else parent)
+        if report["model"] is not None:
+            module = importlib.import_module(f"{payload['package']}.tracking_report")
             with mlflow.start_run(run_id=run_id):
-                report.model(mlflow)
+                module.log_model(mlflow, job / report["model"])
     finally:
         client.set_terminated(run_id, status, _millis(record.get("end_time")))
     return run_id
 
 
-def _current_folder(folder: Path, record: dict) -> Path:
-    """Where the run's artifacts are now: promoted folders move to history when a later run replaces them."""
-    try:
-        found = json.loads((folder / "log" / "experimental_history.json").read_text(encoding="utf-8")).get("id")
-    except (OSError, ValueError):
-        found = None
-    if found == record.get("id"):
-        return folder
-    history = folder.parent / "history" / str(record.get("pipeline")) / str(record.get("id"))
-    return history if history.is_dir() else folder
+def log_jobs(jobs: list[Path], store: Any) -> None:
+    """Log jobs one at a time (a file lock: never twice, never beside another logger), each then removed.
+
+    Args:
+        jobs: Job folders.
+        store: Called once, when a job is first logged: returns :func:`open_store`'s answer.
+    """
+    import fcntl
+
+    opened = None
+    for job in jobs:
+        with (job.parent / ".lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            if not (job / JOB_FILE).is_file():  # another logger took it
+                continue
+            try:
+                opened = opened or store()
+                log_run(*opened, job)
+            finally:
+                shutil.rmtree(job, ignore_errors=True)
 
 
 def _report(package: str, record: dict, folder: Path) -> Report:
@@ -387,48 +483,58 @@ def _millis(iso: object) -> int:
         return int(datetime.now(UTC).timestamp() * 1000)
 
 
-def run_job(job: Path) -> int:
-    """The background logger: log the job's run, remove the job; errors go to ``tracking-errors.log``.
+def run_jobs(jobs: list[Path]) -> int:
+    """The background logger: log the given jobs, then any complete job an earlier logger left.
+
+    Errors go, one line per job, to ``tracking-errors.log`` in the jobs folder.
 
     Args:
-        job: The job file.
+        jobs: Job folders (of one jobs folder).
 
     Returns:
-        The exit code.
+        The exit code (1 when a job failed).
     """
-    import fcntl
+    if not jobs:
+        return 0
+    pending = jobs[0].parent
+    left = sorted(p.parent for p in pending.glob(f"*/{JOB_FILE}") if p.parent not in jobs)
+    failed = 0
+    stores: dict[TrackingSettings, Any] = {}
 
-    payload = json.loads(job.read_text(encoding="utf-8"))
-    settings = TrackingSettings(**payload["settings"])
-    lock = (job.parent / ".lock").open("a")
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one logger at a time: a new store's tables are created once
-        mlflow, client, experiment_id = _open_store(settings)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            log_run(
-                mlflow,
-                client,
-                experiment_id,
-                payload["record"],
-                Path(payload["folder"]),
-                payload["params"],
-                payload["package"],
-            )
-    except Exception as exc:
-        from datetime import UTC, datetime
+    def store_of(settings: TrackingSettings) -> Any:
+        if settings not in stores:
+            stores[settings] = open_store(settings)
+        return stores[settings]
 
-        line = f"{datetime.now(UTC).isoformat()} run {payload['record'].get('id')}: {exc.__class__.__name__}: {exc}"
-        with (job.parent.parent / ERRORS).open("a", encoding="utf-8") as handle:
-            handle.write(line.replace("\n", " ")[:1000] + "\n")
-        return 1
-    finally:
-        job.unlink(missing_ok=True)
-        lock.close()
-    return 0
+    for job in [*jobs, *left]:
+        try:
+            settings = TrackingSettings(**json.loads((job / JOB_FILE).read_text(encoding="utf-8"))["settings"])
+        except OSError:
+            continue  # already logged by another logger
+        except (ValueError, TypeError, KeyError) as exc:
+            _error_line(pending, job, exc)
+            shutil.rmtree(job, ignore_errors=True)
+            failed = 1
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                log_jobs([job], lambda s=settings: store_of(s))
+        except Exception as exc:
+            _error_line(pending, job, exc)
+            failed = 1
+    return failed
+
+
+def _error_line(pending: Path, job: Path, exc: Exception) -> None:
+    from datetime import UTC, datetime
+
+    line = f"{datetime.now(UTC).isoformat()} run {job.name}: {exc.__class__.__name__}: {exc}"
+    with (pending.parent / ERRORS).open("a", encoding="utf-8") as handle:
+        handle.write(line.replace("\n", " ")[:1000] + "\n")
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(run_job(Path(sys.argv[1])))
+    sys.exit(run_jobs([Path(arg) for arg in sys.argv[1:]]))

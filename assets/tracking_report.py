@@ -1,5 +1,5 @@
-"""The solution's tracking hook (:class:`alo.tracking.Tracker` imports ``{package}.tracking_report``)."""
+"""The solution's tracking hook (:mod:`alo.tracking` imports ``{package}.tracking_report``)."""
 
-from assets.vad.tracking_report import report
+from assets.vad.tracking_report import log_model, report
 
-__all__ = ["report"]
+__all__ = ["log_model", "report"]

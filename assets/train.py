@@ -124,6 +124,7 @@ class TrainStep(Asset):
         fit_metrics = model.fit(train, valid, options, ctx.logger)
         fit_seconds = time.perf_counter() - started
         raw, pixels = score_validation(model, valid.files, PixelRows(valid_rows), args.batch_size, ctx.logger)
+        scoring_seconds = time.perf_counter() - started - fit_seconds
         calibration, table = Calibration.fit(
             raw, valid.is_ng, method, args.percentile, readiness["ok_class"], readiness["ng_name"]
         )
@@ -137,6 +138,7 @@ class TrainStep(Asset):
         training = {
             "weights_source": model.weights_source,
             "fit_seconds": round(fit_seconds, 2),
+            "validation_images_per_s": round(len(valid.files) / max(scoring_seconds, 1e-9), 2),  # the tuner's tie
             "fit_metrics": fit_metrics,
             "validation": metrics,
         }

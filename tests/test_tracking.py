@@ -212,3 +212,86 @@ def test_the_background_loggers_errors_come_back_as_one_warning_on_the_next_run(
     warnings = [line for line in capsys.readouterr().err.splitlines() if "alo.tracking" in line]
     assert len(warnings) == 1 and "database is locked" in warnings[0]
     assert len(_runs(root, "train")) == 2
+
+
+def test_a_run_logs_what_it_reported_even_when_a_later_run_replaced_its_folder(project):
+    """The job is a snapshot: a second train run (no backup) deletes the first's folder before anything is logged."""
+    from alo.runner import prepare, run_pipeline
+    from alo.tracking import run_jobs
+
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True, backup_artifacts=False)
+    loaded = load_plan(write_plan(root, plan))
+    steps = prepare(loaded, "train", "assets")
+    jobs: list[Path] = []
+    first = run_pipeline(loaded, "train", steps, "assets", tracking_jobs=jobs)
+    first_id = json.loads((first / "log" / "experimental_history.json").read_text())["id"]
+    run_pipeline(loaded, "train", steps, "assets", tracking_jobs=jobs)
+    assert len(jobs) == 2 and not list((root / "history").glob(f"**/{first_id}")), "the first run's folder is gone"
+    assert run_jobs(jobs) == 0 and not any(job.exists() for job in jobs)
+    runs = {run.data.tags["alo.run_id"]: run for run in _runs(root, "train")}
+    assert len(runs) == 2
+    client = _store(root)
+    for run in runs.values():
+        assert {"threshold", "validation", "plan"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    found = mlflow.search_logged_models(experiment_ids=[runs[first_id].info.experiment_id], output_format="list")
+    assert runs[first_id].info.run_id in {m.source_run_id for m in found}, "the first run's model is logged"
+
+
+def test_mode_all_starts_one_logger_for_both_runs(project, monkeypatch):
+    import alo.runner
+
+    started: list[list[Path]] = []
+    original = alo.runner.start_logger
+    monkeypatch.setattr(alo.runner, "start_logger", lambda jobs: (started.append(list(jobs)), original(jobs)))
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True)
+    assert main.main(["--mode", "all", "--config", str(write_plan(root, plan))]) == 0
+    assert len(started) == 1 and [job.name.rsplit("-", 1)[1] for job in started[0]] == ["train", "inference"]
+    assert len(_runs(root, "train")) == 1 and len(_runs(root, "inference")) == 1
+
+
+def test_a_store_elsewhere_keeps_its_jobs_beside_the_plan_and_its_errors_come_back(project, capsys):
+    """Any tracking URI: jobs and the error log live in mlruns/ beside the plan; a failure is the next run's WARNING."""
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True, tracking_uri="bogus://nowhere")
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    settings = settings_of(load_plan(path))
+    assert settings.jobs == str(root / "mlruns") and wait_pending(settings, 120)
+    assert "bogus" in (root / "mlruns" / "tracking-errors.log").read_text()
+    capsys.readouterr()
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "could not be tracked" in line]
+    assert len(warnings) == 1 and "bogus" in warnings[0]
+
+
+def test_a_resident_process_logs_in_its_tracking_thread(project, monkeypatch):
+    """The edge loop's runs are logged off the request path, by the one ``alo-tracking`` thread."""
+    import threading
+
+    import alo.tracking
+    from alo.runner import prepare, run_pipeline, train_id_of
+
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True)
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    _settle(root)
+    threads: list[str] = []
+    original = alo.tracking.log_run
+
+    def recorded(*args):
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(alo.tracking, "log_run", recorded)
+    loaded = load_plan(path)
+    models = root / "train_artifacts" / "models"
+    for _ in range(2):
+        run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets", resident_model=models)
+    _settle(root)
+    assert threads == ["alo-tracking", "alo-tracking"]
+    runs = _runs(root, "inference")
+    assert len(runs) == 2 and {run.data.tags["train_id"] for run in runs} == {train_id_of(models)}

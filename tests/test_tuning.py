@@ -261,3 +261,19 @@ def test_a_trial_plan_keeps_every_train_arg_whatever_the_args_layout(tune_projec
     assert args["batch_size"] == 8 and args["model_name"] == "patchcore", "the user's own train args are kept"
     assert args["img_size"] == [96, 96] and args["model_parameters"]["patchcore_coreset_sampling_ratio"] == 0.3
     assert args["export"] == [] and args["save_validation_heatmap"] is False
+
+
+def test_every_kind_of_choice_comes_back_from_optuna_as_it_was_given():
+    """Lists and maps are stored as JSON text; each trial's values are the choices themselves, maps included."""
+    from assets.vad.tuning.space import Dimension
+    from assets.vad.tuning.study import _results, _suggest
+
+    dimension = Dimension("model_parameters.x", choices=([64, 64], {"a": 1}, "[not json", 3))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    picked = []
+    for _ in range(12):
+        trial = study.ask()
+        picked.append(_suggest(trial, dimension))
+        study.tell(trial, 0.5)
+    assert all(value in dimension.choices for value in picked) and {"a": 1} in picked
+    assert [r.values["model_parameters.x"] for r in _results(study, [dimension])] == picked

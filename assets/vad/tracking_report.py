@@ -6,6 +6,9 @@ validation metrics as steps; the threshold sweep (plot and table), the validatio
 :data:`HEATMAPS` heatmaps and the plan as artifacts; the model as an MLflow pyfunc model
 (:mod:`assets.vad.mlflow_model`). Inference runs: image counts, the predicted-label distribution, the mean
 score, the metrics of labelled rows, the summary and the plan.
+
+The report is built by the run's own process as the run ends (:mod:`alo.tracking`); only :func:`log_model`
+runs in the logger.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _first_row(path: Path) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident set so far, in MB."""
+    """The process's peak resident set so far, in MB (the report is built in the run's own process)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -101,9 +104,7 @@ def train_report(folder: Path) -> Report:
     model = config.get("model", {}) if isinstance(config, dict) else {}
     report.tags = {"model_name": str(model.get("model_name", ""))}
     if (folder / "models" / "train" / "train_config.json").is_file():
-        from assets.vad.mlflow_model import log_model
-
-        report.model = lambda mlflow: log_model(mlflow, folder / "models")
+        report.model = folder / "models"
     return report
 
 
@@ -150,3 +151,15 @@ def report(pipeline: str, folder: Path, record: dict[str, Any]) -> Report:
     """
     del record
     return train_report(folder) if pipeline == "train" else inference_report(folder)
+
+
+def log_model(mlflow: Any, models: Path) -> None:
+    """Log a train run's ``models`` folder as the active MLflow run's model (the hook the logger calls).
+
+    Args:
+        mlflow: The MLflow module (a run active).
+        models: The snapshot of the run's ``models`` folder.
+    """
+    from assets.vad import mlflow_model
+
+    mlflow_model.log_model(mlflow, models)

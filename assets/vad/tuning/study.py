@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import statistics
 import time
 from copy import deepcopy
@@ -37,7 +36,6 @@ from assets.vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, pa
 logger = logging.getLogger("assets.tune")
 
 STUDY_FOLDER = "tuning"
-SPEED = re.compile(r"validation: \d+/\d+ \(([\d.]+)/s")
 
 
 @dataclass(frozen=True)
@@ -72,11 +70,22 @@ def _study_name(plan: Plan, tuning: Tuning, train_args: dict[str, Any]) -> str:
     return f"{plan.name}-{digest}"
 
 
+def _stored(choice: Any) -> Any:
+    """A categorical choice as Optuna stores it: lists and maps as JSON text (Optuna keeps only scalars)."""
+    return json.dumps(choice) if isinstance(choice, list | dict) else choice
+
+
+def _choice(dimension: Dimension, stored: Any) -> Any:
+    """The value behind a stored parameter (the choice it stands for, for a categorical dimension)."""
+    if dimension.choices is None:
+        return stored
+    return dimension.choices[[_stored(c) for c in dimension.choices].index(stored)]
+
+
 def _suggest(trial: Any, dimension: Dimension) -> Any:
     if dimension.choices is not None:
-        shown = [json.dumps(c) if isinstance(c, list | dict) else c for c in dimension.choices]
-        picked = trial.suggest_categorical(dimension.key, shown)
-        return dimension.choices[shown.index(picked)]
+        picked = trial.suggest_categorical(dimension.key, [_stored(c) for c in dimension.choices])
+        return _choice(dimension, picked)
     if dimension.integer:
         step = int(dimension.step or 1)
         return trial.suggest_int(dimension.key, int(dimension.low), int(dimension.high), step=step, log=dimension.log)
@@ -91,7 +100,7 @@ def _default_values(tuning: Tuning, train_args: dict[str, Any]) -> dict[str, Any
         if dimension.choices is not None:
             if current not in dimension.choices:
                 return None
-            values[dimension.key] = json.dumps(current) if isinstance(current, list | dict) else current
+            values[dimension.key] = _stored(current)
         elif current is None or not dimension.low <= float(current) <= dimension.high:
             return None
         else:
@@ -133,14 +142,9 @@ def _fit(plan_path: Path, objective: str) -> tuple[float, float]:
     from alo.runner import run
 
     (final,) = run(plan_path, "train")
-    import csv
-
-    with (final / "output" / "validation_score.csv").open(encoding="utf-8") as handle:
-        row = next(csv.DictReader(handle))
-    value = float(row[objective])
-    log = (final / "log" / "pipeline.log").read_text(encoding="utf-8")
-    speeds = SPEED.findall(log)
-    return value, float(speeds[-1]) if speeds else float("nan")
+    config = json.loads((final / "models" / "train" / "train_config.json").read_text(encoding="utf-8"))
+    training = config["training"]
+    return float(training["validation"][objective]), float(training.get("validation_images_per_s", float("nan")))
 
 
 class _EpochReporter:
@@ -256,7 +260,7 @@ def run_tune(plan_path: str | Path) -> Path:
     started = time.perf_counter()
     if remaining != 0:
         study.optimize(objective, n_trials=remaining, timeout=tuning.timeout_s, gc_after_trial=True, catch=(DataError,))
-    results = _results(study)
+    results = _results(study, tuning.dimensions)
     step = resolution(tuning.objective, data.n_valid_ok, data.n_ng)
     best = choose(results, step)
     if best is None:
@@ -290,12 +294,11 @@ def _change(key: str, value: Any) -> Change:
     return Change(("train", "train", *key.split(".")), value)
 
 
-def _results(study: Any) -> list[TrialResult]:
+def _results(study: Any, dimensions: list[Dimension]) -> list[TrialResult]:
+    by_key = {dimension.key: dimension for dimension in dimensions}
     found = []
     for trial in study.trials:
-        values = {}
-        for key, value in trial.params.items():
-            values[key] = json.loads(value) if isinstance(value, str) and value.startswith("[") else value
+        values = {key: _choice(by_key[key], value) for key, value in trial.params.items()}
         per = trial.user_attrs.get("per_resample", [])
         found.append(
             TrialResult(
@@ -401,15 +404,10 @@ class _StudyTracking:
         if not self.settings.enabled:
             return
         try:
-            from alo.tracking import quiet_mlflow
+            from alo.tracking import open_store
 
-            quiet_mlflow()
-            import mlflow
-
-            mlflow.set_tracking_uri(self.settings.uri)
-            if mlflow.get_experiment_by_name(self.settings.experiment) is None:
-                mlflow.create_experiment(self.settings.experiment, self.settings.artifacts)
-            mlflow.set_experiment(self.settings.experiment)
+            mlflow, _, experiment_id = open_store(self.settings)
+            mlflow.set_experiment(experiment_id=experiment_id)
             run = mlflow.start_run(run_name=f"tune {name}", tags={"pipeline": "tune", "study": name})
             self.parent = run.info.run_id
             self.mlflow = mlflow

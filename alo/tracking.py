@@ -13,14 +13,14 @@ artifacts changes nothing that is logged. MLflow itself is loaded elsewhere, sin
 a default run on this machine's two cores over 5% (1.4 s of a 25 s run): a one-shot process
 (``main.py --mode train|inference|all``) starts one ``python -m alo.tracking JOB...`` in its own session for
 all its runs' jobs; a resident process (the edge loop) keeps MLflow loaded and logs in one background
-thread, so that a request never waits for it. A logger logs each job once (a file lock), then removes it, and
-also logs the jobs an earlier logger left. Its errors go to ``tracking-errors.log`` in the jobs folder, and
-the next run repeats them as a WARNING.
+thread, so that a request never waits for it (at exit it logs what is queued for up to 30 s; the rest stays on
+disk). A logger logs each job once (a file lock), then removes it, and also logs the complete jobs earlier
+loggers left; a job that failed stays for the next logger, up to three attempts. Errors go to
+``tracking-errors.log`` in the jobs folder, and the next run repeats them as a WARNING.
 """
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import json
 import logging
@@ -29,7 +29,6 @@ import queue
 import shutil
 import threading
 import warnings
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,9 @@ MAX_PARAM_CHARS = 6000
 PENDING = ".pending"
 ERRORS = "tracking-errors.log"
 JOB_FILE = "job.json"
+MAX_ATTEMPTS = 3  # a job that failed this often is dropped (its errors are in the error log)
+ATTEMPTS_FILE = "attempts"
+STALE_S = 3600.0  # a job folder without job.json this old was left by a process that died writing it
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,10 @@ class Tracker:
         self.package = package
         self.resident = resident
         if settings.enabled and resident:
-            _resident_logger(settings)
+            try:
+                _resident_logger(settings)
+            except Exception as exc:  # no thread: finish() tries again
+                logger.warning(f"tracking thread not started ({exc.__class__.__name__}: {str(exc)[:160]})")
 
     def finish(
         self, record: dict[str, Any], folder: Path, params: dict[str, Any], jobs: list[Path] | None = None
@@ -263,6 +268,16 @@ def write_job(settings: TrackingSettings, package: str, record: dict, folder: Pa
     job = Path(settings.jobs) / PENDING / f"{record.get('id')}-{record.get('pipeline')}"
     shutil.rmtree(job, ignore_errors=True)  # a half-written snapshot of this same run
     job.mkdir(parents=True)
+    try:
+        _snapshot(job, settings, package, record, params, report)
+    except BaseException:
+        shutil.rmtree(job, ignore_errors=True)  # no half-written job is left behind
+        raise
+    return job
+
+
+def _snapshot(job: Path, settings: TrackingSettings, package: str, record: dict, params: dict, report: Report) -> None:
+    """Link the report's files into the job folder and write its ``job.json`` (last, by a rename)."""
     artifacts = {}
     for index, (name, path) in enumerate(sorted(report.artifacts.items())):
         if path.is_file():
@@ -287,7 +302,6 @@ def write_job(settings: TrackingSettings, package: str, record: dict, folder: Pa
     written = job / f"{JOB_FILE}.part"
     written.write_text(json.dumps(payload, default=str), encoding="utf-8")
     written.rename(job / JOB_FILE)
-    return job
 
 
 def start_logger(jobs: list[Path]) -> None:
@@ -296,11 +310,21 @@ def start_logger(jobs: list[Path]) -> None:
     Args:
         jobs: Job folders written by :func:`write_job`.
     """
+    if not jobs:
+        return
+    try:
+        _start(jobs)
+    except Exception as exc:  # no process to log with: the jobs wait on disk for the next logger
+        logger.warning(
+            f"tracking delayed ({exc.__class__.__name__}: {str(exc)[:160]}); the run itself is unaffected and "
+            "the next run's logger logs it"
+        )
+
+
+def _start(jobs: list[Path]) -> None:
     import subprocess
     import sys
 
-    if not jobs:
-        return
     environment = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     root = str(Path(__file__).resolve().parents[1])
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
@@ -316,41 +340,56 @@ def start_logger(jobs: list[Path]) -> None:
 
 
 class _ResidentLogger:
-    """A resident process's logging thread: MLflow opened once, jobs logged one at a time, off the request path."""
+    """A resident process's logging thread: MLflow opened once, jobs logged one at a time, off the request path.
+
+    It first queues the complete jobs earlier processes left in the jobs folder. The thread is not a daemon: when
+    the process ends (the main thread is done) it logs what is still queued for at most :data:`EXIT_WAIT_S`,
+    finishing the job it is on, and leaves the rest on disk for the next logger.
+    """
 
     def __init__(self, settings: TrackingSettings) -> None:
         self.settings = settings
         self.jobs: queue.SimpleQueue[Path] = queue.SimpleQueue()
-        self.store: Future = Future()
-        self.idle = threading.Event()
-        self.idle.set()
-        threading.Thread(target=self._work, name="alo-tracking", daemon=True).start()
-        atexit.register(self._drain)
+        pending = Path(settings.jobs) / PENDING
+        _sweep(pending)
+        for left in sorted(p.parent for p in pending.glob(f"*/{JOB_FILE}")):
+            self.jobs.put(left)
+        threading.Thread(target=self._work, name="alo-tracking", daemon=False).start()
 
     def put(self, job: Path) -> None:
-        self.idle.clear()
         self.jobs.put(job)
 
-    def _drain(self) -> None:
-        """At exit, wait a little for the queue (what is left stays on disk for the next logger)."""
-        self.idle.wait(EXIT_WAIT_S)
+    def _next(self, deadline: float | None) -> Path | None:
+        """The next job; None once the process has ended and the queue is empty or the exit wait is over."""
+        import time
+
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            try:
+                return self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                if not threading.main_thread().is_alive():
+                    return None
 
     def _work(self) -> None:
-        try:
-            self.store.set_result(open_store(self.settings))
-        except BaseException as exc:  # each job then reports it as a WARNING
-            self.store.set_exception(exc)
-        while True:
-            job = self.jobs.get()
+        import time
+
+        quiet_mlflow()
+        for module in ("mlflow", "alembic", "sqlalchemy"):  # their warnings, not the serving thread's
+            warnings.filterwarnings("ignore", module=rf"{module}(\..*)?$")
+        store: Any = None
+        deadline = None
+        while (job := self._next(deadline)) is not None:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    log_jobs([job], lambda: self.store.result(FINISH_TIMEOUT_S))
-            except Exception as exc:
+                if store is None:
+                    store = open_store(self.settings)
+                log_jobs([job], lambda opened=store: opened)
+            except BaseException as exc:  # one WARNING a job; the thread goes on
+                _error_line(job.parent, job, exc)
                 logger.warning(f"tracking of {job.name} failed ({exc.__class__.__name__}: {str(exc)[:200]})")
-            finally:
-                if self.jobs.empty():
-                    self.idle.set()
+            if deadline is None and not threading.main_thread().is_alive():
+                deadline = time.monotonic() + EXIT_WAIT_S
 
 
 _resident_loggers: dict[TrackingSettings, _ResidentLogger] = {}
@@ -375,20 +414,21 @@ def _report_earlier_errors(settings: TrackingSettings) -> None:
 
 
 def wait_pending(settings: TrackingSettings, timeout: float = 120.0) -> bool:
-    """Wait until the loggers have finished (for tests and benchmarks).
+    """Wait until the loggers have tried every job (for tests and benchmarks).
 
     Args:
         settings: The tracking settings.
         timeout: Seconds to wait at most.
 
     Returns:
-        True when no job is pending.
+        True when no job waits for its first attempt (a failed one waits on disk for a later logger).
     """
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any((Path(settings.jobs) / PENDING).glob(f"*/{JOB_FILE}")):
+        jobs = (Path(settings.jobs) / PENDING).glob(f"*/{JOB_FILE}")
+        if not any(not (job.parent / ATTEMPTS_FILE).exists() for job in jobs):
             return True
         time.sleep(0.1)
     return False
@@ -462,8 +502,15 @@ def log_jobs(jobs: list[Path], store: Any) -> None:
             try:
                 opened = opened or store()
                 log_run(*opened, job)
-            finally:
-                shutil.rmtree(job, ignore_errors=True)
+            except BaseException:
+                attempts = job / ATTEMPTS_FILE
+                count = 1 + (int(attempts.read_text()) if attempts.is_file() else 0)
+                if count >= MAX_ATTEMPTS:  # kept for a later logger until then (a locked database passes)
+                    shutil.rmtree(job, ignore_errors=True)
+                else:
+                    attempts.write_text(str(count))
+                raise
+            shutil.rmtree(job, ignore_errors=True)
 
 
 def _report(package: str, record: dict, folder: Path) -> Report:
@@ -497,6 +544,7 @@ def run_jobs(jobs: list[Path]) -> int:
     if not jobs:
         return 0
     pending = jobs[0].parent
+    _sweep(pending)
     left = sorted(p.parent for p in pending.glob(f"*/{JOB_FILE}") if p.parent not in jobs)
     failed = 0
     stores: dict[TrackingSettings, Any] = {}
@@ -526,7 +574,21 @@ def run_jobs(jobs: list[Path]) -> int:
     return failed
 
 
-def _error_line(pending: Path, job: Path, exc: Exception) -> None:
+def _sweep(pending: Path) -> None:
+    """Remove what no logger will log: job folders a dying process left without ``job.json``, old job files."""
+    import time
+
+    for path in pending.iterdir() if pending.is_dir() else []:
+        try:
+            if path.is_dir() and not (path / JOB_FILE).exists() and time.time() - path.stat().st_mtime > STALE_S:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file() and path.suffix == ".json":  # this module's earlier job format
+                path.unlink()
+        except OSError:
+            continue
+
+
+def _error_line(pending: Path, job: Path, exc: BaseException) -> None:
     from datetime import UTC, datetime
 
     line = f"{datetime.now(UTC).isoformat()} run {job.name}: {exc.__class__.__name__}: {exc}"

@@ -288,10 +288,61 @@ def test_a_resident_process_logs_in_its_tracking_thread(project, monkeypatch):
 
     monkeypatch.setattr(alo.tracking, "log_run", recorded)
     loaded = load_plan(path)
+    left: list[Path] = []  # a one-shot run whose logger never started: the resident thread logs it too
+    run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets", tracking_jobs=left)
     models = root / "train_artifacts" / "models"
     for _ in range(2):
         run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets", resident_model=models)
     _settle(root)
-    assert threads == ["alo-tracking", "alo-tracking"]
+    assert threads == ["alo-tracking"] * 3
     runs = _runs(root, "inference")
-    assert len(runs) == 2 and {run.data.tags["train_id"] for run in runs} == {train_id_of(models)}
+    assert len(runs) == 3 and {run.data.tags["train_id"] for run in runs} == {train_id_of(models)}
+    assert left[0].name.split("-inference")[0] in {run.data.tags["alo.run_id"] for run in runs}
+
+
+def test_a_job_that_fails_waits_for_a_later_logger_and_is_dropped_after_three_attempts(tmp_path):
+    from alo.tracking import JOB_FILE, MAX_ATTEMPTS, log_jobs
+
+    job = tmp_path / ".pending" / "run-train"
+    job.mkdir(parents=True)
+    (job / JOB_FILE).write_text("{}")
+
+    def locked():
+        raise RuntimeError("database is locked")
+
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        with pytest.raises(RuntimeError):
+            log_jobs([job], locked)
+        assert job.exists() == (attempt < MAX_ATTEMPTS)
+
+
+def test_a_logger_that_cannot_start_is_one_warning_and_the_job_waits(project, capsys, monkeypatch):
+    import alo.tracking
+
+    def no_process(jobs):
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(alo.tracking, "_start", no_process)
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True)
+    assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "alo.tracking" in line]
+    assert len(warnings) == 1 and "tracking delayed" in warnings[0]
+    assert len(list((root / "mlruns" / ".pending").glob("*/job.json"))) == 1, "the job waits for the next logger"
+
+
+def test_what_no_logger_would_log_is_swept(tmp_path):
+    import os
+
+    from alo.tracking import JOB_FILE, STALE_S, _sweep
+
+    pending = tmp_path / ".pending"
+    (pending / "dead").mkdir(parents=True)
+    (pending / "writing").mkdir()
+    (pending / "complete").mkdir()
+    (pending / "complete" / JOB_FILE).write_text("{}")
+    (pending / "old-format.json").write_text("{}")
+    old = (pending / "dead").stat().st_mtime - STALE_S - 60
+    os.utime(pending / "dead", (old, old))
+    _sweep(pending)
+    assert sorted(p.name for p in pending.iterdir()) == ["complete", "writing"]

@@ -249,6 +249,7 @@ def test_tuning_auto_searches_the_registered_models_end_to_end(tune_project):
 def test_a_trial_plan_keeps_every_train_arg_whatever_the_args_layout(tune_project):
     """Args split over one-key maps (ALO's layout) reach the trial's plan whole, with the trial's changes on top."""
     from alo.plan import load_plan
+    from assets.vad.tuning.resample import SPLIT_COLUMN
     from assets.vad.tuning.study import _trial_plan
 
     root, plan = tune_project["root"], tune_project["plan"]
@@ -261,6 +262,9 @@ def test_a_trial_plan_keeps_every_train_arg_whatever_the_args_layout(tune_projec
     assert args["batch_size"] == 8 and args["model_name"] == "patchcore", "the user's own train args are kept"
     assert args["img_size"] == [96, 96] and args["model_parameters"]["patchcore_coreset_sampling_ratio"] == 0.3
     assert args["export"] == [] and args["save_validation_heatmap"] is False
+    steps = {s.name: s.args for s in load_plan(path).pipelines["train"]}
+    assert steps["input"]["encoding"] == "utf-8", "the resample CSVs are UTF-8 whatever the user's encoding"
+    assert steps["readiness"]["train_validate_column"] == SPLIT_COLUMN
 
 
 def test_every_kind_of_choice_comes_back_from_optuna_as_it_was_given():

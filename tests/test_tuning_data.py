@@ -12,7 +12,7 @@ from conftest import load_default_plan, make_dataset, set_external, step_args, w
 
 from alo.errors import DataError
 from alo.plan import load_plan
-from assets.vad.tuning.resample import labelled_data, write_resamples
+from assets.vad.tuning.resample import SPLIT_COLUMN, labelled_data, write_resamples
 
 
 def _plan(root, readiness: dict | None = None, encoding: str | None = None):
@@ -40,7 +40,7 @@ def test_the_split_is_the_readiness_steps_whatever_the_experiment_seed(tmp_path)
         step_args(raw, "train", "train")["experiment_seed"] = seed
         plan = load_plan(write_plan(tmp_path, raw))
         data = labelled_data(plan)
-        valid_ok = data.table[(data.table["split"] == "valid") & ~data.is_ng]["image_path"]
+        valid_ok = data.table[(data.table[SPLIT_COLUMN] == "valid") & ~data.is_ng]["image_path"]
         chosen.append(sorted(valid_ok))
         assert data.n_valid_ok == 5 and data.n_ng == 5 and data.n_ok == 20
     assert chosen[0] == chosen[1], "the experiment seed does not move the readiness split"
@@ -83,7 +83,8 @@ def test_bad_rows_are_skipped_as_readiness_skips_them_and_masks_travel(tmp_path)
     linked = [cell for cell in written["mask_path"] if cell]
     assert len(linked) == 5 and all((resample / cell).is_file() for cell in linked)
     assert all((resample / cell).is_file() for cell in written["image_path"])
-    assert list(written["split"]) == list(data.table["split"])
+    assert list(written[SPLIT_COLUMN]) == list(data.table[SPLIT_COLUMN])
+    assert list(written["split"]) == list(data.table["split"]), "the user's own split column is kept as it was"
 
 
 def test_the_input_steps_encoding_is_used_and_the_resamples_are_utf8(tmp_path):

@@ -4,7 +4,7 @@ The labelled images are what the plan's own ``input`` and ``readiness`` steps ma
 same encoding, skipped rows, OK class, split and masks; their errors are the tuner's). Only OK images are
 fitted and every NG image is validation (as the readiness step does), so a re-split keeps every NG image in
 validation and draws, with its own seed, as many OK validation images as the plan's split holds; the rest of
-the OK images train. Each resample is a folder with a UTF-8 CSV (a ``split`` column) and the images
+the OK images train. Each resample is a folder with a UTF-8 CSV (a ``tuning_split`` column) and the images
 hard-linked (copied across file systems) under ``images/``: the readiness step refuses paths outside the
 data folder, and a trial's plan points ``load_train_data_path`` at the resample's folder.
 """
@@ -26,7 +26,7 @@ from alo.errors import PlanError
 from alo.plan import Plan
 from assets.vad.samples import FILE, IS_NG, MASK, SPLIT, TRAIN, VALID
 
-SPLIT_COLUMN = "split"
+SPLIT_COLUMN = "tuning_split"  # a name of its own: the user's columns (a "split" one, say) stay as they are
 SPLIT_STEPS = ("input", "readiness")
 
 
@@ -35,7 +35,7 @@ class LabelledData:
     """The train CSV's usable labelled images, split as the plan splits them.
 
     Attributes:
-        table: The rows as the CSV has them (cleaned by readiness), ``split`` as the plan's.
+        table: The rows as the CSV has them (cleaned by readiness), :data:`SPLIT_COLUMN` as the plan splits them.
         folder: The train data folder.
         files: Each row's image file (absolute).
         masks: Each row's mask file (absolute, "" for none), or None when the CSV has no mask column.

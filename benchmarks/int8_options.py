@@ -1,0 +1,178 @@
+"""Which NNCF quantisation settings keep the product FastFlow's int8 graph closest to its fp32 graph.
+
+Reads the FastFlow models that ``python -m benchmarks.speed --only export`` trained and exported (the accuracy
+benchmark's generated products, ``results/export-speed/<product>/fastflow``), quantises each model's fp32
+OpenVINO graph once per setting (calibrated on its OK training images, as the train step does) and scores the
+validation images (20 OK + 10 NG: what the int8 gate sees) and the test images (50 OK + 50 NG: what it never
+sees) through both graphs. Reported per setting: image AUROC of both, its drop, and how faithfully the int8
+scores follow the fp32 ones on the test images (Spearman rank correlation, largest difference relative to the
+fp32 score range): a fidelity measure that needs no labels and is far less noisy than an AUROC on 10 NG images.
+
+    .venv/bin/python -m benchmarks.int8_options [--products gravel grass] [--settings performance ...]
+
+Rows go to ``results/int8-options-rows.jsonl``; the table to ``BENCHMARKS.md`` ("int8: quantisation settings").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from benchmarks.report import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "results" / "export-speed"
+# setting -> (NNCF preset, keep the flows in fp32, full bias correction)
+SETTINGS = {
+    "performance": ("PERFORMANCE", False, False),  # the train step's first attempt
+    "performance, flows fp32": ("PERFORMANCE", True, False),  # its second
+    "mixed": ("MIXED", False, False),
+    "mixed, flows fp32": ("MIXED", True, False),
+    "performance, full bias correction": ("PERFORMANCE", False, True),
+}
+
+
+def _images(product: str) -> dict[str, Any]:
+    plan = yaml.safe_load((MODELS / product / "fastflow" / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    paths = {key: value for entry in plan["external_path"] for key, value in entry.items()}
+    train = Path(paths["load_train_data_path"])
+    table = pd.read_csv(next(train.glob("*.csv")), dtype=str)
+    test = train.parent / "test"
+    tested = pd.read_csv(next(test.glob("*.csv")), dtype=str)
+    valid = table[table["split"] == "valid"]
+    ok_train = table[(table["split"] == "train") & (table["label"] == "good")]
+    return {
+        "calibration": [str(train / p) for p in ok_train["image_path"]],
+        "valid": [str(train / p) for p in valid["image_path"]],
+        "valid_ng": (valid["label"] != "good").to_numpy(),
+        "test": [str(test / p) for p in tested["image_path"]],
+        "test_ng": (tested["label"] != "good").to_numpy(),
+    }
+
+
+def _scores(scorer: Any, files: list[str]) -> np.ndarray:
+    from assets.vad.images import read_image
+
+    return np.concatenate(
+        [scorer.score_images([read_image(f) for f in files[i : i + 4]], False)[0] for i in range(0, len(files), 4)]
+    )
+
+
+def _quantize(model: Any, files: list[str], size: tuple[int, int], setting: str) -> Any:
+    from assets.vad.images import model_pixels, read_image
+    from assets.vad.models.export import CALIBRATION_IMAGES, OUTSIDE_BACKBONE, _quiet
+
+    preset, flows_fp32, full_bias = SETTINGS[setting]
+    with _quiet():
+        import nncf
+
+        options: dict[str, Any] = {"preset": getattr(nncf.QuantizationPreset, preset)}
+        if flows_fp32:
+            options["ignored_scope"] = nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], validate=False)
+        if full_bias:
+            options["fast_bias_correction"] = False
+        chosen = files[:CALIBRATION_IMAGES]
+        dataset = nncf.Dataset(chosen, lambda path: model_pixels(read_image(path), size)[None])
+        return nncf.quantize(model, dataset, subset_size=len(chosen), **options)
+
+
+def measure(product: str, settings: list[str], work: Path) -> list[dict[str, Any]]:
+    """The rows of one product: fp32, then each setting.
+
+    Args:
+        product: The product.
+        settings: Names from :data:`SETTINGS`.
+        work: Where the int8 graphs are written.
+
+    Returns:
+        The rows.
+    """
+    from assets.vad.exported import OPENVINO, OPENVINO_INT8, ExportedScorer, import_openvino, runner
+    from assets.vad.metrics import auroc
+
+    models = MODELS / product / "fastflow" / "train_artifacts" / "models"
+    graph = models / "export" / OPENVINO.file
+    if not graph.is_file():
+        msg = f"no exported FastFlow graph at {graph}: run 'python -m benchmarks.speed --only export' first"
+        raise SystemExit(msg)
+    config = json.loads((models / "train" / "train_config.json").read_text(encoding="utf-8"))
+    size = tuple(config["model"]["input_size"])
+    images = _images(product)
+    fp32 = ExportedScorer(runner(OPENVINO, graph), size)
+    valid, test = _scores(fp32, images["valid"]), _scores(fp32, images["test"])
+    base = {"valid": auroc(images["valid_ng"], valid), "test": auroc(images["test_ng"], test)}
+    rows = [{"product": product, "setting": "fp32", "valid_auroc": base["valid"], "test_auroc": base["test"]}]
+    openvino = import_openvino()
+    model = openvino.Core().read_model(str(graph))
+    work.mkdir(parents=True, exist_ok=True)
+    for setting in settings:
+        started = time.perf_counter()
+        path = work / f"{product}-{setting.replace(' ', '_').replace(',', '')}.xml"
+        openvino.save_model(_quantize(model, images["calibration"], size, setting), str(path), compress_to_fp16=False)
+        seconds = time.perf_counter() - started
+        int8 = ExportedScorer(runner(OPENVINO_INT8, path), size)
+        found_valid, found_test = _scores(int8, images["valid"]), _scores(int8, images["test"])
+        span = float(test.max() - test.min()) or 1.0
+        rows.append(
+            {
+                "product": product,
+                "setting": setting,
+                "valid_auroc": auroc(images["valid_ng"], found_valid),
+                "test_auroc": auroc(images["test_ng"], found_test),
+                "valid_drop": base["valid"] - auroc(images["valid_ng"], found_valid),
+                "test_drop": base["test"] - auroc(images["test_ng"], found_test),
+                "rank_correlation_test": float(pd.Series(found_test).corr(pd.Series(test), method="spearman")),
+                "max_relative_difference_test": float(np.max(np.abs(found_test - test)) / span),
+                "quantise_s": round(seconds, 1),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    """Measure the settings on each product and write the section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", nargs="+", default=["gravel", "grass"])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+    rows = [row for product in args.products for row in measure(product, args.settings, ROOT / "results" / "int8")]
+    with (ROOT / "results" / "int8-options-rows.jsonl").open("a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps({**row, "finished": datetime.now(UTC).isoformat()}) + "\n")
+    lines = [
+        f"Command: `python -m benchmarks.int8_options --products {' '.join(args.products)}`",
+        "",
+        "The product default FastFlow (tf_efficientnet_lite0) of the accuracy benchmark's generated products, as "
+        "`benchmarks.speed --only export` trained and exported it; each setting quantises its fp32 OpenVINO graph "
+        "with NNCF on its OK training images. Validation: the 20 OK + 10 NG images the int8 gate judges (one "
+        "swapped OK/NG pair moves AUROC by 0.005); test: 50 OK + 50 NG images no step saw. Drops are fp32 minus "
+        "int8 (negative: int8 scored higher). Fidelity on the test images: Spearman rank correlation of the int8 "
+        "scores with the fp32 ones, and their largest difference relative to the fp32 score range.",
+        "",
+        "| product | setting | validation AUROC (drop) | test AUROC (drop) | rank correlation | largest difference "
+        "| quantise s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["setting"] == "fp32":
+            lines.append(f"| {row['product']} | fp32 | {row['valid_auroc']:.4f} | {row['test_auroc']:.4f} | 1 | 0 | |")
+            continue
+        lines.append(
+            f"| {row['product']} | {row['setting']} | {row['valid_auroc']:.4f} ({row['valid_drop']:+.4f}) | "
+            f"{row['test_auroc']:.4f} ({row['test_drop']:+.4f}) | {row['rank_correlation_test']:.4f} | "
+            f"{row['max_relative_difference_test']:.3f} | {row['quantise_s']:.0f} |"
+        )
+    write_section(ROOT / "BENCHMARKS.md", "int8: quantisation settings", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -284,8 +284,9 @@ def _snapshot(job: Path, settings: TrackingSettings, package: str, record: dict,
             relative = f"files/{index}/{Path(name).name}"
             _link_tree(path, job / relative)
             artifacts[name] = relative
-    if report.model is not None and report.model.is_dir():
-        _link_tree(report.model, job / "model" / report.model.name)
+    model = f"model/{report.model.name}" if report.model is not None and report.model.is_dir() else None
+    if model is not None:
+        _link_tree(report.model, job / model)  # type: ignore[arg-type]
     payload = {
         "settings": asdict(settings),
         "package": package,
@@ -296,7 +297,7 @@ def _snapshot(job: Path, settings: TrackingSettings, package: str, record: dict,
             "steps": report.steps,
             "tags": report.tags,
             "artifacts": artifacts,
-            "model": f"model/{report.model.name}" if report.model is not None and report.model.is_dir() else None,
+            "model": model,
         },
     }
     written = job / f"{JOB_FILE}.part"
@@ -348,7 +349,6 @@ class _ResidentLogger:
     """
 
     def __init__(self, settings: TrackingSettings) -> None:
-        self.settings = settings
         self.jobs: queue.SimpleQueue[Path] = queue.SimpleQueue()
         pending = Path(settings.jobs) / PENDING
         _sweep(pending)
@@ -378,13 +378,10 @@ class _ResidentLogger:
         quiet_mlflow()
         for module in ("mlflow", "alembic", "sqlalchemy"):  # their warnings, not the serving thread's
             warnings.filterwarnings("ignore", module=rf"{module}(\..*)?$")
-        store: Any = None
         deadline = None
         while (job := self._next(deadline)) is not None:
             try:
-                if store is None:
-                    store = open_store(self.settings)
-                log_jobs([job], lambda opened=store: opened)
+                log_job(job)
             except BaseException as exc:  # one WARNING a job; the thread goes on
                 _error_line(job.parent, job, exc)
                 logger.warning(f"tracking of {job.name} failed ({exc.__class__.__name__}: {str(exc)[:200]})")
@@ -434,7 +431,7 @@ def wait_pending(settings: TrackingSettings, timeout: float = 120.0) -> bool:
     return False
 
 
-def log_run(mlflow: Any, client: Any, experiment_id: str, job: Path) -> str:
+def log_run(mlflow: Any, client: Any, experiment_id: str, job: Path, payload: dict[str, Any]) -> str:
     """Log one job's run into an open store.
 
     Args:
@@ -442,13 +439,13 @@ def log_run(mlflow: Any, client: Any, experiment_id: str, job: Path) -> str:
         client: An ``MlflowClient`` on the store.
         experiment_id: The experiment.
         job: The job folder.
+        payload: Its ``job.json``.
 
     Returns:
         The MLflow run id.
     """
     from mlflow.entities import Metric, Param
 
-    payload = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))
     record, report = payload["record"], payload["report"]
     pipeline = str(record.get("pipeline"))
     tags = {
@@ -484,33 +481,47 @@ def log_run(mlflow: Any, client: Any, experiment_id: str, job: Path) -> str:
     return run_id
 
 
-def log_jobs(jobs: list[Path], store: Any) -> None:
-    """Log jobs one at a time (a file lock: never twice, never beside another logger), each then removed.
+def log_job(job: Path) -> bool:
+    """Log one job into the store its ``job.json`` names, then remove it.
+
+    A file lock keeps it from being logged twice or beside another logger. A job that fails stays for a later
+    logger, :data:`MAX_ATTEMPTS` attempts in all.
 
     Args:
-        jobs: Job folders.
-        store: Called once, when a job is first logged: returns :func:`open_store`'s answer.
+        job: The job folder.
+
+    Returns:
+        False when another logger had taken it already.
     """
     import fcntl
 
-    opened = None
-    for job in jobs:
-        with (job.parent / ".lock").open("a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
-            if not (job / JOB_FILE).is_file():  # another logger took it
-                continue
-            try:
-                opened = opened or store()
-                log_run(*opened, job)
-            except BaseException:
-                attempts = job / ATTEMPTS_FILE
-                count = 1 + (int(attempts.read_text()) if attempts.is_file() else 0)
-                if count >= MAX_ATTEMPTS:  # kept for a later logger until then (a locked database passes)
-                    shutil.rmtree(job, ignore_errors=True)
-                else:
-                    attempts.write_text(str(count))
-                raise
-            shutil.rmtree(job, ignore_errors=True)
+    with (job.parent / ".lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        if not (job / JOB_FILE).is_file():
+            return False
+        try:
+            payload = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))
+            log_run(*_store(TrackingSettings(**payload["settings"])), job, payload)
+        except BaseException:
+            attempts = job / ATTEMPTS_FILE
+            count = 1 + (int(attempts.read_text()) if attempts.is_file() else 0)
+            if count >= MAX_ATTEMPTS:  # kept for a later logger until then (a locked database passes)
+                shutil.rmtree(job, ignore_errors=True)
+            else:
+                attempts.write_text(str(count))
+            raise
+        shutil.rmtree(job, ignore_errors=True)
+        return True
+
+
+_stores: dict[TrackingSettings, tuple[Any, Any, str]] = {}
+
+
+def _store(settings: TrackingSettings) -> tuple[Any, Any, str]:
+    """:func:`open_store`, once per store and process (a failure is tried again by the next job)."""
+    if settings not in _stores:
+        _stores[settings] = open_store(settings)
+    return _stores[settings]
 
 
 def _report(package: str, record: dict, folder: Path) -> Report:
@@ -547,27 +558,11 @@ def run_jobs(jobs: list[Path]) -> int:
     _sweep(pending)
     left = sorted(p.parent for p in pending.glob(f"*/{JOB_FILE}") if p.parent not in jobs)
     failed = 0
-    stores: dict[TrackingSettings, Any] = {}
-
-    def store_of(settings: TrackingSettings) -> Any:
-        if settings not in stores:
-            stores[settings] = open_store(settings)
-        return stores[settings]
-
     for job in [*jobs, *left]:
-        try:
-            settings = TrackingSettings(**json.loads((job / JOB_FILE).read_text(encoding="utf-8"))["settings"])
-        except OSError:
-            continue  # already logged by another logger
-        except (ValueError, TypeError, KeyError) as exc:
-            _error_line(pending, job, exc)
-            shutil.rmtree(job, ignore_errors=True)
-            failed = 1
-            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                log_jobs([job], lambda s=settings: store_of(s))
+                log_job(job)
         except Exception as exc:
             _error_line(pending, job, exc)
             failed = 1

@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import Field
 
 from alo import Asset, Config, Data, StepArgs, StepContext
+from assets.vad import metrics
 from assets.vad import samples as cols
 from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
 from assets.vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
@@ -110,18 +111,15 @@ class InferenceStep(Asset):
         ctx: StepContext, samples: pd.DataFrame, predictions: pd.DataFrame, is_anomalous: np.ndarray, pixels: PixelRows
     ) -> dict[str, float]:
         """Image metrics on the labelled rows (AUROC on raw scores) and pixel metrics, to ``inference_score.csv``."""
-        try:
-            from assets.vad.reports import classification_scores  # matplotlib: imported by labelled runs only
-        except ImportError as exc:  # the slim edge install (requirements-edge.txt) has no scikit-learn
-            ctx.logger.warning(f"labels found but no metrics: {exc.name} is not installed (pip install scikit-learn)")
-            return {}
         labelled = samples[cols.IS_NG].notna().to_numpy()
         if not labelled.all():
             ctx.logger.info(f"labels on {int(labelled.sum())} of {len(labelled)} rows: metrics use those rows only")
         if not labelled.any():
             return {}
         is_ng = samples[cols.IS_NG].to_numpy()[labelled].astype(bool)
-        scores = classification_scores(is_ng, is_anomalous[labelled], predictions["raw_score"].to_numpy()[labelled])
+        scores = metrics.classification_scores(
+            is_ng, is_anomalous[labelled], predictions["raw_score"].to_numpy()[labelled]
+        )
         scores.update(pixels.compute())
         pd.DataFrame([scores]).to_csv(ctx.artifact_path("output", "inference_score.csv"), index=False)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))

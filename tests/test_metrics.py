@@ -7,7 +7,6 @@ import pytest
 from sklearn import metrics as reference
 
 from assets.vad import metrics
-from assets.vad.reports import classification_scores
 
 
 def _cases():
@@ -23,7 +22,7 @@ def _cases():
 
 @pytest.mark.parametrize(("truth", "predicted", "scores"), list(_cases()))
 def test_the_metrics_equal_scikit_learns(truth, predicted, scores):
-    found = classification_scores(truth, predicted, scores)
+    found = metrics.classification_scores(truth, predicted, scores)
     assert found["accuracy"] == pytest.approx(reference.accuracy_score(truth, predicted), abs=1e-12)
     for name, function in (("precision", reference.precision_score), ("recall", reference.recall_score)):
         assert found[name] == pytest.approx(function(truth, predicted, zero_division=0), abs=1e-12)

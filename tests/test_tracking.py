@@ -38,6 +38,16 @@ def _runs(root, pipeline: str) -> list:
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.pipeline = '{pipeline}'")
 
 
+def _tracked_train(project) -> tuple[Path, Path]:
+    """A tracked train run in the project, logged: the project folder and its plan."""
+    root, plan = project["root"], project["plan"]
+    _control(plan, tracking=True)
+    path = write_plan(root, plan)
+    assert main.main(["--mode", "train", "--config", str(path)]) == 0
+    _settle(root)
+    return root, path
+
+
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """One tracked FastFlow train and inference run, shared by the tests that read it."""
@@ -201,11 +211,7 @@ def test_an_unknown_tracking_key_is_a_plan_error(project, capsys):
 
 
 def test_the_background_loggers_errors_come_back_as_one_warning_on_the_next_run(project, capsys):
-    root, plan = project["root"], project["plan"]
-    _control(plan, tracking=True)
-    path = write_plan(root, plan)
-    assert main.main(["--mode", "train", "--config", str(path)]) == 0
-    _settle(root)
+    root, path = _tracked_train(project)
     (root / "mlruns" / "tracking-errors.log").write_text("2026-12-01 run x: OperationalError: database is locked\n")
     capsys.readouterr()
     assert main.main(["--mode", "train", "--config", str(path)]) == 0
@@ -274,11 +280,7 @@ def test_a_resident_process_logs_in_its_tracking_thread(project, monkeypatch):
     import alo.tracking
     from alo.runner import prepare, run_pipeline, train_id_of
 
-    root, plan = project["root"], project["plan"]
-    _control(plan, tracking=True)
-    path = write_plan(root, plan)
-    assert main.main(["--mode", "train", "--config", str(path)]) == 0
-    _settle(root)
+    root, path = _tracked_train(project)
     threads: list[str] = []
     original = alo.tracking.log_run
 
@@ -300,20 +302,24 @@ def test_a_resident_process_logs_in_its_tracking_thread(project, monkeypatch):
     assert left[0].name.split("-inference")[0] in {run.data.tags["alo.run_id"] for run in runs}
 
 
-def test_a_job_that_fails_waits_for_a_later_logger_and_is_dropped_after_three_attempts(tmp_path):
-    from alo.tracking import JOB_FILE, MAX_ATTEMPTS, log_jobs
+def test_a_job_that_fails_waits_for_a_later_logger_and_is_dropped_after_three_attempts(tmp_path, monkeypatch):
+    import alo.tracking
+    from alo.tracking import JOB_FILE, MAX_ATTEMPTS, TrackingSettings, log_job
 
+    settings = TrackingSettings(True, "sqlite:///unused.db", None, "vad", str(tmp_path))
     job = tmp_path / ".pending" / "run-train"
     job.mkdir(parents=True)
-    (job / JOB_FILE).write_text("{}")
+    (job / JOB_FILE).write_text(json.dumps({"settings": settings.__dict__}))
 
-    def locked():
+    def locked(settings):
         raise RuntimeError("database is locked")
 
+    monkeypatch.setattr(alo.tracking, "_store", locked)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         with pytest.raises(RuntimeError):
-            log_jobs([job], locked)
+            log_job(job)
         assert job.exists() == (attempt < MAX_ATTEMPTS)
+    assert log_job(job) is False, "a job gone is another logger's"
 
 
 def test_a_logger_that_cannot_start_is_one_warning_and_the_job_waits(project, capsys, monkeypatch):

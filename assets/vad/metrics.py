@@ -104,3 +104,28 @@ def classification_report(is_ng: np.ndarray, pred_ng: np.ndarray, ok_name: str, 
             "support": float(total),
         }
     return report
+
+
+def classification_scores(is_ng: np.ndarray, pred_ng: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Image-level accuracy, precision, recall, F1 (NG is the positive class) and AUROC.
+
+    Args:
+        is_ng: True labels (NG = True).
+        pred_ng: Predictions (NG = True).
+        scores: Scores for the AUROC.
+
+    Returns:
+        The metrics with the class counts.
+    """
+    tn, fp, fn, tp = confusion(is_ng, pred_ng)
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    total = tn + fp + fn + tp
+    return {
+        "accuracy": (tn + tp) / total if total else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "auroc": auroc(is_ng, scores),
+        "n_ok": tn + fp,
+        "n_ng": tp + fn,
+    }

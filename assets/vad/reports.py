@@ -15,44 +15,6 @@ import pandas as pd
 from assets.vad import metrics
 
 
-def image_auroc(is_ng: np.ndarray, scores: np.ndarray) -> float:
-    """Image-level AUROC, or NaN when only one class is present.
-
-    Args:
-        is_ng: True for NG images.
-        scores: Raw or normalised scores.
-
-    Returns:
-        The AUROC.
-    """
-    return metrics.auroc(is_ng, scores)
-
-
-def classification_scores(is_ng: np.ndarray, pred_ng: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Image-level accuracy, precision, recall, F1 (NG is the positive class) and AUROC.
-
-    Args:
-        is_ng: True labels (NG = True).
-        pred_ng: Predictions (NG = True).
-        scores: Scores for the AUROC.
-
-    Returns:
-        The metrics with the class counts.
-    """
-    tn, fp, fn, tp = metrics.confusion(is_ng, pred_ng)
-    precision, recall, f1 = metrics.precision_recall_f1(tp, fp, fn)
-    total = tn + fp + fn + tp
-    return {
-        "accuracy": (tn + tp) / total if total else 0.0,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "auroc": image_auroc(is_ng, scores),
-        "n_ok": tn + fp,
-        "n_ng": tp + fn,
-    }
-
-
 def write_validation_reports(
     folder: Path,
     is_ng: np.ndarray,
@@ -78,7 +40,7 @@ def write_validation_reports(
     Returns:
         The scores written.
     """
-    found = {**classification_scores(is_ng, pred_ng, scores), "threshold": float(threshold), **(extra or {})}
+    found = {**metrics.classification_scores(is_ng, pred_ng, scores), "threshold": float(threshold), **(extra or {})}
     pd.DataFrame([found]).to_csv(folder / "validation_score.csv", index=False)
     tn, fp, fn, tp = metrics.confusion(is_ng, pred_ng)
     matrix = np.array([[tn, fp], [fn, tp]])

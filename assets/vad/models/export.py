@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from assets.vad import metrics
 from assets.vad.batches import to_tensor
 from assets.vad.calibration import Calibration
 from assets.vad.exported import (
@@ -229,8 +230,6 @@ def int8_gate(
     Returns:
         The figures (``accepted``, ``reason`` when refused) and the int8 calibration (None when refused).
     """
-    from assets.vad.reports import classification_scores
-
     if is_ng is None or not np.any(is_ng) or np.all(is_ng):
         reason = "validation holds no NG image (or no OK image), so its AUROC and F1 drops cannot be measured"
         return {"accepted": False, "reason": reason, "images": len(int8_raw)}, None
@@ -239,8 +238,8 @@ def int8_gate(
     own, _ = Calibration.fit(
         int8_raw, is_ng, calibration.method, calibration.percentile, calibration.ok_name, calibration.ng_name
     )
-    before = classification_scores(is_ng, calibration.apply(fp32_raw).is_anomalous, fp32_raw)
-    after = classification_scores(is_ng, own.apply(int8_raw).is_anomalous, int8_raw)
+    before = metrics.classification_scores(is_ng, calibration.apply(fp32_raw).is_anomalous, fp32_raw)
+    after = metrics.classification_scores(is_ng, own.apply(int8_raw).is_anomalous, int8_raw)
     auroc_drop, f1_drop = before["auroc"] - after["auroc"], before["f1"] - after["f1"]
     figures: dict[str, Any] = {
         "images": len(int8_raw),

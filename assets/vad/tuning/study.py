@@ -294,7 +294,7 @@ def _change(key: str, value: Any) -> Change:
     return Change(("train", "train", *key.split(".")), value)
 
 
-def _results(study: Any, dimensions: list[Dimension]) -> list[TrialResult]:
+def _results(study: Any, dimensions: tuple[Dimension, ...]) -> list[TrialResult]:
     by_key = {dimension.key: dimension for dimension in dimensions}
     found = []
     for trial in study.trials:

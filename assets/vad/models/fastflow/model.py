@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from assets.vad import metrics
 from assets.vad.anomalib_api import FastflowAnomalyMap as AnomalyMapGenerator
 from assets.vad.anomalib_api import (
     FastflowLoss,
@@ -34,7 +35,6 @@ from assets.vad.models.fastflow import FastflowParams
 from assets.vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
-from assets.vad.reports import image_auroc
 from assets.vad.thresholds import sweep
 
 Features = list[torch.Tensor]  # one backbone feature map per layer, for a batch
@@ -216,7 +216,7 @@ class OfflineFastflow(VadModel, FastflowModel):
         raw = np.concatenate(scores) if scores else np.zeros(0)
         best_f1 = float(sweep(raw, is_ng)["f1"].max()) if is_ng.any() else float("nan")
         loss = float(np.average(losses, weights=sizes)) if (~is_ng).any() else float("nan")
-        return {"image_AUROC": image_auroc(is_ng, raw), "image_F1Score": best_f1, "loss": loss}
+        return {"image_AUROC": metrics.auroc(is_ng, raw), "image_F1Score": best_f1, "loss": loss}
 
     def use_channels_last(self) -> OfflineFastflow:
         """Run backbone and flows in channels-last layout, for scoring (1.25x faster on this CPU, same scores).
@@ -349,24 +349,24 @@ def fit_fastflow(
             total += float(loss) * len(features[0])
             count += len(features[0])
         model.eval()
-        metrics = evaluate(model)
-        value = sign * metrics[monitor]
+        measured_now = evaluate(model)
+        value = sign * measured_now[monitor]
         epoch_seconds.append(time.perf_counter() - started)
-        history.append({"epoch": float(epoch), "train_loss": total / max(count, 1), **metrics})
+        history.append({"epoch": float(epoch), "train_loss": total / max(count, 1), **measured_now})
         for callback in EPOCH_CALLBACKS:  # the tuner's pruning: may raise to stop a hopeless trial
-            callback(epoch, metrics)
+            callback(epoch, measured_now)
         measured = not math.isnan(value)  # NaN: the metric cannot be computed (e.g. no NG image in validation)
         if measured:
             best_value = max(best_value, value)
         as_good = measured and value >= best_value - TOLERANCE[monitor]
         logger.info(
             f"epoch {epoch}/{max_epochs}: train loss {total / max(count, 1):.4g}, "
-            + ", ".join(f"valid {k} {v:.4g}" for k, v in metrics.items())
+            + ", ".join(f"valid {k} {v:.4g}" for k, v in measured_now.items())
             + f" ({epoch_seconds[-1]:.1f} s)"
             + (" (kept)" if as_good else "")
         )
         if as_good or kept is None:
-            kept = {**metrics, "epoch": float(epoch)}
+            kept = {**measured_now, "epoch": float(epoch)}
             kept_state = copy.deepcopy(model.state_dict())
         if as_good:
             stale = 0

@@ -6,7 +6,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+
+from assets.vad.lean_imports import lean_import
+
+v2 = lean_import("torchvision.transforms.v2")
 
 
 class RandomAugment:

@@ -14,10 +14,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
+from assets.vad.lean_imports import lean_import
+
+timm = lean_import("timm")
 logger = logging.getLogger("assets.backbones")
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib as mpl
-
-mpl.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from assets.vad import metrics
+from assets.vad.sweep_plot import draw_sweep
 
 
 def write_validation_reports(
@@ -65,17 +62,5 @@ def plot_sweep(table: pd.DataFrame, chosen: float, path: Path, title: str) -> Pa
     Returns:
         The path written.
     """
-    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for column in ("accuracy", "precision", "recall", "f1"):
-        axis.plot(table["threshold"], table[column], label=column, linewidth=1.5)
-    axis.axvline(chosen, color="black", linestyle="--", linewidth=1, label=f"threshold {chosen:.4g}")
-    axis.set_xlabel("raw anomaly score threshold (NG when score >= threshold)")
-    axis.set_ylabel("validation metric")
-    axis.set_ylim(-0.02, 1.02)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(loc="lower left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    columns = {name: table[name].to_numpy() for name in ("accuracy", "precision", "recall", "f1") if name in table}
+    return draw_sweep(table["threshold"].to_numpy(), columns, chosen, path, title)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from alo.errors import PlanError
+from assets.vad.lean_imports import use_deterministic_algorithms
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +31,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    use_deterministic_algorithms(warn_only=True)
 
 
 def cores() -> int:

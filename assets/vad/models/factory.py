@@ -85,9 +85,8 @@ def make_spec(model_name: str, params: ModelParams, img_size: int | list[int], r
     Raises:
         BackboneError: Unknown backbone or layer (the message names the valid ones).
     """
-    import timm
-
     from assets.vad import backbones
+    from assets.vad.backbones import timm
     from assets.vad.images import model_input_size
 
     backbone = backbones.resolve_backbone(params.backbone)

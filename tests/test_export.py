@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, set_external, step_args, write_plan
@@ -187,13 +188,76 @@ def test_int8_that_fails_its_accuracy_gate_is_refused_with_the_measured_drop(pro
     entry = manifest["exports"]["openvino_int8"]
     parity = json.loads((export / "parity.json").read_text())["openvino_int8"]
     assert entry["accepted"] is False
-    assert [attempt["scope"] for attempt in parity["attempts"]] == ["graph", "backbone"], "both scopes were tried"
+    assert [attempt["scope"] for attempt in parity["attempts"]] == ["graph", "backbone", "dense"], "every scope tried"
     assert entry["reason"].startswith("quantising the graph: validation image AUROC drops by ")
-    assert f"quantising the backbone: validation image AUROC drops by {parity['auroc_drop']:.4f}" in entry["reason"]
+    assert "quantising the backbone: validation image AUROC drops by " in entry["reason"]
+    assert f"quantising the dense: validation image AUROC drops by {parity['auroc_drop']:.4f}" in entry["reason"]
+    for attempt in parity["attempts"]:  # label-free fidelity of each attempt, reported
+        assert -1.0 <= attempt["rank_correlation"] <= 1.0 and attempt["largest_relative_difference"] >= 0.0
     assert f"{parity['fp32_auroc']:.4f} to {parity['int8_auroc']:.4f}" in entry["reason"]
     assert not (export / "model_int8.xml").exists() and not (export / "calibration_int8.json").exists()
     assert manifest["exports"]["openvino"]["accepted"], "the fp32 graph stays"
     assert usable_kind(trained["models"] / "train", "openvino").name == "openvino"
+
+
+def _conv_inputs_quantised(model) -> dict[str, bool]:
+    """Each convolution of an OpenVINO graph -> whether its activation input comes through a FakeQuantize."""
+    found = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution"):
+            source = op.input_value(0).get_node()
+            found[f"{op.get_type_name()} {op.get_friendly_name()}"] = source.get_type_name() == "FakeQuantize"
+    return found
+
+
+def test_each_int8_scope_keeps_its_part_of_the_graph_in_fp32(tmp_path):
+    """graph: every convolution int8; backbone: the scoring after it fp32; dense: the depthwise ones fp32 too."""
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from assets.vad.exported import import_openvino
+
+    class Scorer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                nn.Conv2d(8, 8, 1), nn.ReLU(),
+            )  # fmt: skip
+            self.head = nn.Conv2d(8, 1, 1)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(pixels.permute(0, 3, 1, 2).float() / 255.0)).amax(dim=(1, 2, 3))
+
+    class Graph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scorer = Scorer()
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.scorer(pixels)
+
+    torch.manual_seed(0)
+    onnx_file = tmp_path / "tiny.onnx"
+    example = torch.zeros(1, 16, 16, 3, dtype=torch.uint8)
+    torch.onnx.export(Graph().eval(), (example,), str(onnx_file), dynamo=False, input_names=["pixels"])
+    rng = np.random.default_rng(0)
+    files = []
+    for k in range(8):
+        files.append(str(tmp_path / f"ok_{k}.png"))
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(files[-1])
+    model = import_openvino().Core().read_model(str(onnx_file))
+    seen = {scope: _conv_inputs_quantised(export_module.quantize_int8(model, files, (16, 16), scope))
+            for scope in export_module.INT8_SCOPES}  # fmt: skip
+    names = sorted(seen["graph"])
+    head = next(name for name in names if "/scorer/head/" in name)
+    depthwise = next(name for name in names if name.startswith("GroupConvolution"))
+    assert all(seen["graph"].values()), seen["graph"]
+    assert not seen["backbone"][head] and seen["backbone"][depthwise]
+    assert not seen["dense"][head] and not seen["dense"][depthwise]
+    assert sum(seen["dense"].values()) == 2, "the two dense backbone convolutions stay int8"
+    assert export_module._scope_differs(model, "dense") and export_module._scope_differs(model, "backbone")
 
 
 def test_int8_that_passes_its_gate_scores_with_its_own_calibration(project, monkeypatch):

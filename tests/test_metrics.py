@@ -55,3 +55,18 @@ def test_a_training_process_no_longer_imports_scikit_learn():
     code = "import sys, assets.vad.reports, assets.vad.train_reports; print('sklearn' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_rank_correlation_is_spearmans_with_ties_averaged():
+    from scipy.stats import rankdata, spearmanr
+
+    from assets.vad.metrics import average_ranks, rank_correlation
+
+    rng = np.random.default_rng(5)
+    first = rng.integers(0, 6, 40).astype(float)  # many ties
+    second = first + rng.normal(0, 2, 40)
+    assert np.array_equal(average_ranks(first), rankdata(first))
+    assert rank_correlation(first, second) == pytest.approx(spearmanr(first, second).statistic, abs=1e-12)
+    assert rank_correlation(second, second) == pytest.approx(1.0)
+    assert rank_correlation(second, -second) == pytest.approx(-1.0)
+    assert np.isnan(rank_correlation(np.ones(5), second[:5]))

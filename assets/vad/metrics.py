@@ -71,6 +71,37 @@ def auroc(is_ng: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, tied values sharing the mean of their ranks (as ``scipy.stats.rankdata`` gives them).
+
+    Args:
+        values: A 1-D array.
+
+    Returns:
+        The ranks, float.
+    """
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)  # the rank of each distinct value's last copy
+    return ((upper - (counts - 1) / 2.0)[inverse]).astype(np.float64)
+
+
+def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman's rank correlation of two score arrays (NaN when either is constant or has fewer than 2 values).
+
+    Args:
+        first: Scores.
+        second: Scores of the same items.
+
+    Returns:
+        The correlation of their average ranks.
+    """
+    a, b = average_ranks(first), average_ranks(second)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def classification_report(is_ng: np.ndarray, pred_ng: np.ndarray, ok_name: str, ng_name: str) -> dict:
     """Per-class precision, recall, F1 and support, accuracy, and their macro and weighted averages.
 

@@ -19,7 +19,9 @@ exported graph; ``models/export/parity.json`` gets, per export:
 the OpenVINO graph, calibrated on OK training images only. Its scores are not the fp32 ones, so its threshold
 and normalisation are re-derived on its own validation scores (``calibration_int8.json``, by the method the
 fp32 calibration used) and it is kept only when validation image AUROC drops by at most
-:data:`MAX_AUROC_DROP` and F1 at the trained threshold by at most :data:`MAX_F1_DROP`.
+:data:`MAX_AUROC_DROP` and F1 at the trained threshold by at most :data:`MAX_F1_DROP`. The scopes of
+:data:`INT8_SCOPES` are tried in turn, each keeping more of the graph in fp32; ``parity.json`` lists every attempt
+with its drops and, label-free, how closely its scores follow the fp32 ones.
 
 A refused export leaves no graph (``manifest.json`` says why, the log warns) and the training run still
 succeeds without it.
@@ -87,10 +89,13 @@ INT8_VALIDATION_IMAGES = 1000  # validation images the int8 gate scores at most
 CALIBRATION_IMAGES = 300  # OK training images the quantiser sees at most
 BATCH = 4
 LATENCY_REPEATS = 5  # one-image timings (after one warm-up call); their median is reported
-# int8 quantisation scopes, tried in this order until one passes the accuracy gate: the whole graph (the fastest),
-# then the backbone only, the model's own scoring after it kept in fp32 (FastFlow's flows: on a generated grass
-# product, validation AUROC 0.945 against the whole graph's 0.880 and fp32's 0.965; BENCHMARKS.md).
-INT8_SCOPES = ("graph", "backbone")
+# int8 quantisation scopes, tried in this order until one passes the accuracy gate, each keeping more in fp32 and
+# following the fp32 graph more closely: the whole graph (the fastest), the backbone only (the model's own scoring
+# after it, such as FastFlow's flows, in fp32), then the backbone's dense convolutions only (its depthwise ones in
+# fp32 too: on the generated products the product FastFlow's largest int8-to-fp32 score difference falls from
+# 0.31-0.37 of the fp32 score range to 0.04, at 1.2-1.3x fp32's speed instead of 1.7x; BENCHMARKS.md).
+INT8_SCOPES = ("graph", "backbone", "dense")
+DEPTHWISE = "GroupConvolution"  # OpenVINO's operation for depthwise (grouped) convolutions
 # The model's own scoring after the backbone, by the names the ONNX trace gives its operations (``/scorer/...`` but
 # not ``/scorer/backbone/...``; a graph that ends at the embedding has none): NNCF's ignored-scope pattern.
 OUTSIDE_BACKBONE = r"^/scorer/(?!backbone/).*"
@@ -216,6 +221,16 @@ def parity(
     return figures
 
 
+def _fidelity(fp32_raw: np.ndarray, int8_raw: np.ndarray) -> dict[str, float]:
+    """How closely int8 scores follow fp32 ones, without labels: rank correlation, largest difference / fp32 range."""
+    span = float(np.ptp(fp32_raw)) if len(fp32_raw) else 0.0
+    largest = float(np.max(np.abs(int8_raw - fp32_raw))) if len(fp32_raw) else 0.0
+    return {
+        "rank_correlation": metrics.rank_correlation(fp32_raw, int8_raw),
+        "largest_relative_difference": largest / span if span > 0 else float("nan"),
+    }
+
+
 def int8_gate(
     fp32_raw: np.ndarray, int8_raw: np.ndarray, is_ng: np.ndarray | None, calibration: Calibration
 ) -> tuple[dict[str, Any], Calibration | None]:
@@ -228,13 +243,16 @@ def int8_gate(
         calibration: The fp32 model's calibration (its method, percentile and class names are reused).
 
     Returns:
-        The figures (``accepted``, ``reason`` when refused) and the int8 calibration (None when refused).
+        The figures (``accepted``, ``reason`` when refused; also, reported only, ``rank_correlation`` of the
+        int8 scores with the fp32 ones and their ``largest_relative_difference`` to the fp32 score range) and
+        the int8 calibration (None when refused).
     """
-    if is_ng is None or not np.any(is_ng) or np.all(is_ng):
-        reason = "validation holds no NG image (or no OK image), so its AUROC and F1 drops cannot be measured"
-        return {"accepted": False, "reason": reason, "images": len(int8_raw)}, None
     if not np.all(np.isfinite(int8_raw)):
         return {"accepted": False, "reason": "the int8 graph gives non-finite scores", "images": len(int8_raw)}, None
+    fidelity = _fidelity(fp32_raw, int8_raw)
+    if is_ng is None or not np.any(is_ng) or np.all(is_ng):
+        reason = "validation holds no NG image (or no OK image), so its AUROC and F1 drops cannot be measured"
+        return {"accepted": False, "reason": reason, "images": len(int8_raw), **fidelity}, None
     own, _ = Calibration.fit(
         int8_raw, is_ng, calibration.method, calibration.percentile, calibration.ok_name, calibration.ng_name
     )
@@ -254,6 +272,7 @@ def int8_gate(
         "limit_f1_drop": MAX_F1_DROP,
         "int8_threshold": own.threshold,
         "fp32_threshold": calibration.threshold,
+        **fidelity,
     }
     reasons = []
     if not auroc_drop <= MAX_AUROC_DROP + DROP_TOLERANCE:
@@ -331,6 +350,18 @@ def _outside_backbone(model: Any) -> list[str]:
     ]
 
 
+def _scope_differs(model: Any, scope: str) -> bool:
+    """Whether a scope keeps anything in fp32 that the scope before it quantised (else it is the same graph)."""
+    if scope == "backbone":
+        return bool(_outside_backbone(model))
+    if scope == "dense":
+        return any(
+            op.get_type_name() == DEPTHWISE and not re.match(OUTSIDE_BACKBONE, op.get_friendly_name())
+            for op in model.get_ordered_ops()
+        )
+    return True
+
+
 def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int, int], scope: str = "graph") -> Any:
     """NNCF's post-training int8 quantisation of an OpenVINO graph, calibrated on OK training images.
 
@@ -338,8 +369,8 @@ def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int
         model: The fp32 ``openvino.Model``.
         calibration_images: OK training image files (the first :data:`CALIBRATION_IMAGES`).
         size: Input (height, width).
-        scope: ``graph`` (every operation NNCF quantises) or ``backbone`` (the model's own scoring after the
-            backbone stays fp32).
+        scope: ``graph`` (every operation NNCF quantises), ``backbone`` (the model's own scoring after the
+            backbone stays fp32) or ``dense`` (the backbone's depthwise convolutions stay fp32 too).
 
     Returns:
         The quantised ``openvino.Model``.
@@ -355,8 +386,9 @@ def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int
         import nncf
 
         options: dict[str, Any] = {}
-        if scope == "backbone":
-            options["ignored_scope"] = nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], validate=False)
+        if scope in ("backbone", "dense"):
+            types = [DEPTHWISE] if scope == "dense" else []
+            options["ignored_scope"] = nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], types=types, validate=False)
         dataset = nncf.Dataset(files, lambda path: model_pixels(read_image(path), size)[None])
         return nncf.quantize(
             model, dataset, subset_size=len(files), preset=nncf.QuantizationPreset.PERFORMANCE, **options
@@ -551,15 +583,16 @@ def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
     attempts: list[dict[str, Any]] = []
     figures: dict[str, Any] = {}
     for scope in INT8_SCOPES:
-        if scope == "backbone" and not _outside_backbone(fp32_graph):
-            continue  # nothing after the backbone to keep in fp32: the same graph again
+        if not _scope_differs(fp32_graph, scope):
+            continue  # nothing more to keep in fp32: the same graph again
         _save_openvino(quantize_int8(fp32_graph, gate.train_images, gate.size, scope), path)
         exported = ExportedScorer(runner(OPENVINO_INT8, path), gate.size, gate.tail)
         raw, _, per_s = _score_batches(exported.score_images, every)
         figures, own = int8_gate(fp32_raw, raw, labels, gate.calibration)
         speed = {"export_images_per_s": per_s, "export_one_image_ms": _one_image_ms(exported.score_images, every[0])}
         figures.update(scope=scope, **gate.torch_speed, **speed)
-        attempts.append({key: figures.get(key) for key in ("scope", "accepted", "auroc_drop", "f1_drop", "reason")})
+        keys = ("scope", "accepted", "auroc_drop", "f1_drop", "rank_correlation", "largest_relative_difference")
+        attempts.append({key: figures.get(key) for key in (*keys, "reason")})
         if own is not None:
             own.save(gate.target, INT8_CALIBRATION_FILE)
             break

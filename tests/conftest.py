@@ -127,6 +127,16 @@ def trained_project(
     return plan, path
 
 
+def python_lines(code: str) -> list[str]:
+    """The lines a fresh interpreter prints for ``code`` (run from the repository root); it must exit 0."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
 def wait_ready(process, url: str, timeout: float = 120.0) -> None:
     """Wait until a server process answers ``url`` with 200 (fail with its output if it exits or never does)."""
     import time

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import python_lines
 
 from assets.vad.anomalib_api import DEFERRED, SOURCES
 
@@ -21,13 +19,6 @@ def test_each_name_the_adapter_uses_is_defined_where_it_looks(module, name):
     assert hasattr(importlib.import_module(module), name), f"anomalib moved {name} out of {module}"
 
 
-def _python(code: str) -> list[str]:
-    """The lines a fresh interpreter prints for ``code`` (run from the repository root)."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.splitlines()
-
-
 def test_the_adapter_skips_lightning_and_anomalib_still_imports_whole_afterwards():
     code = (
         "import sys\n"
@@ -38,7 +29,7 @@ def test_the_adapter_skips_lightning_and_anomalib_still_imports_whole_afterwards
         "from anomalib.post_processing import PostProcessor\n"
         "print(Patchcore.__name__, 'lightning' in sys.modules)\n"
     )
-    assert _python(code) == ["False", "Patchcore True"]
+    assert python_lines(code) == ["False", "Patchcore True"]
 
 
 def test_a_patchcore_model_imports_no_flow_or_scikit_learn_and_anomalibs_own_coreset_still_builds():
@@ -51,4 +42,4 @@ def test_a_patchcore_model_imports_no_flow_or_scikit_learn_and_anomalibs_own_cor
         "picks = KCenterGreedy(embedding=torch.randn(50, 4), sampling_ratio=0.2).sample_coreset()\n"
         "print(tuple(picks.shape), 'sklearn' in sys.modules)\n"
     )
-    assert _python(code) == ["False False False", "(10, 4) True"]
+    assert python_lines(code) == ["False False False", "(10, 4) True"]

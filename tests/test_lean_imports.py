@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import python_lines
 
 from assets.vad.lean_imports import _deferred_disable
-
-
-def _python(code: str) -> list[str]:
-    """The lines a fresh interpreter prints for ``code`` (run from the repository root)."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.splitlines()
 
 
 def test_a_training_process_builds_and_runs_a_backbone_without_loading_the_compiler():
@@ -34,7 +24,7 @@ def test_a_training_process_builds_and_runs_a_backbone_without_loading_the_compi
         "print('torch._dynamo' in sys.modules, 'torch._inductor' in sys.modules)\n"
     )
     # the values 4y + x are linear, so the box's mean is the value at its centre: (1, 1) once aligned by half a pixel
-    assert _python(code) == ["True True", "(1, 64, 8, 8)", "5.0", "False False"]
+    assert python_lines(code) == ["True True", "(1, 64, 8, 8)", "5.0", "False False"]
 
 
 def test_the_compiler_loads_whole_afterwards_and_the_stand_ins_are_gone():
@@ -50,7 +40,7 @@ def test_the_compiler_loads_whole_afterwards_and_the_stand_ins_are_gone():
         "from timm.layers import disable_compiler\n"
         "print(disable_compiler(lambda: 5)())\n"
     )
-    assert _python(code) == ["torch.compiler", "True True", "[3.0, 3.0]", "5"]
+    assert python_lines(code) == ["torch.compiler", "True True", "[3.0, 3.0]", "5"]
 
 
 def test_an_import_that_needs_more_of_the_compiler_falls_back_to_the_ordinary_import(tmp_path):
@@ -64,7 +54,7 @@ def test_an_import_that_needs_more_of_the_compiler_falls_back_to_the_ordinary_im
         "import torch.compiler\n"
         "print(module.VALUE > 0, 'torch._dynamo' in sys.modules, torch.compiler.disable.__module__)\n"
     )
-    assert _python(code) == ["True True torch.compiler"]
+    assert python_lines(code) == ["True True torch.compiler"]
 
 
 def test_a_deferred_disable_applies_the_real_decorator_once_at_the_first_call():

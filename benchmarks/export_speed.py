@@ -118,7 +118,7 @@ def worker_runtimes(models: Path, test: Path) -> dict:
 
 
 def _refused_int8(models: Path, files: list[str], is_ng: list[bool]) -> dict:
-    """The int8 graph its gate refused, quantised again as the export did, on the test images (AUROC, images/s)."""
+    """The int8 graph its gate refused, quantised again (the whole graph, its first scope), on the test images."""
     import openvino
     import pandas as pd
 

@@ -3,7 +3,7 @@
 Neither library needs the compiler to build or run a model, yet importing either loads it: torchvision's
 ``ops.roi_align`` imports one helper from ``torch._dynamo.utils``, and timm decorates a few functions of one
 model family (NaFlexViT) with ``torch.compiler.disable``, which imports ``torch._dynamo`` on the spot. That
-costs about 1.2 s of every training process here (``torch._dynamo`` brings sympy, triton's stubs and
+costs about 1.3 s of every training process here (``torch._dynamo`` brings sympy, triton's stubs and
 torch.distributed with it), more than the whole PatchCore fit of a small data set.
 
 :func:`lean_import` imports a module with two stand-ins in place, and only for the length of that import:
@@ -12,15 +12,19 @@ torch.distributed with it), more than the whole PatchCore fit of a small data se
   first call;
 - ``torch.compiler.disable`` returns a wrapper that applies the real decorator at the function's first call.
 
-After the import both stand-ins are gone: a later ``import torch._dynamo`` (an export, ``torch.compile``) loads
-the real compiler as usual, and the wrapped functions behave as decorated. If the compiler is already loaded,
-or the import fails with the stand-ins in place (a library upgrade that needs more of the compiler), the module
-is imported the ordinary way.
+After the import both stand-ins are gone from torch: a later ``import torch._dynamo`` (an export,
+``torch.compile``) loads the real compiler as usual. What the imported libraries took from them stays theirs:
+timm's ``disable_compiler`` (and the NaFlexViT functions it decorated) is the deferred decorator, and
+torchvision's ``roi_align`` calls the helper through the function above; both reach the real ones at their
+first call, so they behave as before outside ``torch.compile`` (this product never compiles). If the compiler
+is already loaded, or the import fails with the stand-ins in place (a library upgrade that needs more of the
+compiler), the module is imported the ordinary way. One lock serialises these imports: the stand-ins are
+process-wide while they are up.
 
 :func:`use_deterministic_algorithms` is torch's switch of the same name without its one compiler line: torch's
 function first imports ``torch._inductor.config`` (which loads ``torch._dynamo``) to set the compiler's own
-determinism flag; this product never compiles, so only the kernel switch is set, unless the compiler is
-loaded already (then torch's function runs as it is).
+determinism flag; this product never compiles, so only the kernel switch is set, unless the compiler (or its
+config) is loaded already (then torch's function runs as it is).
 
 ``tests/test_lean_imports.py`` fails loudly when an upgrade makes any of this useless or wrong.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,12 +42,17 @@ from typing import Any
 
 COMPILER = "torch._dynamo"
 PLACEHOLDER = "torch._dynamo.utils"
+_LOCK = threading.RLock()  # the stand-ins are process-wide: one lean import at a time
 
 
 def _is_compile_supported(*args: Any, **kwargs: Any) -> Any:
     """Answer torchvision's one name from ``torch._dynamo.utils``: the real function, imported at the first call."""
-    from torch._dynamo.utils import is_compile_supported
+    with _LOCK:  # not while a lean import has the placeholder up
+        from torch._dynamo.utils import is_compile_supported
 
+    if is_compile_supported is _is_compile_supported:
+        msg = "torch._dynamo.utils is still the lean-import placeholder"
+        raise RuntimeError(msg)
     return is_compile_supported(*args, **kwargs)
 
 
@@ -74,12 +84,14 @@ def _stand_ins() -> Iterator[None]:
     placeholder = types.ModuleType(PLACEHOLDER)
     placeholder.is_compile_supported = _is_compile_supported  # type: ignore[attr-defined]
     real_disable = torch.compiler.disable
+    deferred = _deferred_disable(real_disable)
     sys.modules[PLACEHOLDER] = placeholder
-    torch.compiler.disable = _deferred_disable(real_disable)
+    torch.compiler.disable = deferred
     try:
         yield
     finally:
-        torch.compiler.disable = real_disable
+        if torch.compiler.disable is deferred:
+            torch.compiler.disable = real_disable
         if sys.modules.get(PLACEHOLDER) is placeholder:
             del sys.modules[PLACEHOLDER]
 
@@ -101,15 +113,16 @@ def lean_import(name: str) -> types.ModuleType:
     Returns:
         The module, imported as ``importlib.import_module`` would.
     """
-    if name in sys.modules or COMPILER in sys.modules:
-        return importlib.import_module(name)
-    before = set(sys.modules)
-    try:
-        with _stand_ins():
+    with _LOCK:
+        if name in sys.modules or COMPILER in sys.modules:
             return importlib.import_module(name)
-    except ImportError:
-        _forget(name, before)
-        return importlib.import_module(name)
+        before = set(sys.modules)
+        try:
+            with _stand_ins():
+                return importlib.import_module(name)
+        except ImportError:
+            _forget(name, before)
+            return importlib.import_module(name)
 
 
 def use_deterministic_algorithms(warn_only: bool = True) -> None:
@@ -121,7 +134,7 @@ def use_deterministic_algorithms(warn_only: bool = True) -> None:
     import torch
 
     kernels = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if kernels is None or "torch._inductor.config" in sys.modules:
+    if kernels is None or COMPILER in sys.modules or "torch._inductor.config" in sys.modules:
         torch.use_deterministic_algorithms(True, warn_only=warn_only)
     else:
         kernels(True, warn_only=warn_only)

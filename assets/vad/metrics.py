@@ -75,7 +75,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     """Ranks from 1, tied values sharing the mean of their ranks (as ``scipy.stats.rankdata`` gives them).
 
     Args:
-        values: A 1-D array.
+        values: A 1-D array of finite values (NaNs would rank as one tied value above all others).
 
     Returns:
         The ranks, float.

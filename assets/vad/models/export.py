@@ -93,9 +93,11 @@ LATENCY_REPEATS = 5  # one-image timings (after one warm-up call); their median 
 # following the fp32 graph more closely: the whole graph (the fastest), the backbone only (the model's own scoring
 # after it, such as FastFlow's flows, in fp32), then the backbone's dense convolutions only (its depthwise ones in
 # fp32 too: on the generated products the product FastFlow's largest int8-to-fp32 score difference falls from
-# 0.31-0.37 of the fp32 score range to 0.04, at 1.2-1.3x fp32's speed instead of 1.7x; BENCHMARKS.md).
+# 0.29-0.38 of the fp32 score range to 0.04, at 1.1-1.2x fp32's speed instead of the whole graph's 1.8-2.2x;
+# BENCHMARKS.md "int8: quantisation settings").
 INT8_SCOPES = ("graph", "backbone", "dense")
-DEPTHWISE = "GroupConvolution"  # OpenVINO's operation for depthwise (grouped) convolutions
+SCOPE_NAMES = {"graph": "the graph", "backbone": "the backbone", "dense": "the dense convolutions"}  # in messages
+DEPTHWISE = "GroupConvolution"  # OpenVINO's operation for grouped (here: depthwise) convolutions
 # The model's own scoring after the backbone, by the names the ONNX trace gives its operations (``/scorer/...`` but
 # not ``/scorer/backbone/...``; a graph that ends at the embedding has none): NNCF's ignored-scope pattern.
 OUTSIDE_BACKBONE = r"^/scorer/(?!backbone/).*"
@@ -222,9 +224,14 @@ def parity(
 
 
 def _fidelity(fp32_raw: np.ndarray, int8_raw: np.ndarray) -> dict[str, float]:
-    """How closely int8 scores follow fp32 ones, without labels: rank correlation, largest difference / fp32 range."""
-    span = float(np.ptp(fp32_raw)) if len(fp32_raw) else 0.0
-    largest = float(np.max(np.abs(int8_raw - fp32_raw))) if len(fp32_raw) else 0.0
+    """How closely int8 scores follow fp32 ones, without labels: rank correlation, largest difference / fp32 range.
+
+    Both are NaN when they cannot be measured (no images, different counts, non-finite fp32 scores).
+    """
+    if len(fp32_raw) == 0 or len(fp32_raw) != len(int8_raw) or not np.all(np.isfinite(fp32_raw)):
+        return {"rank_correlation": float("nan"), "largest_relative_difference": float("nan")}
+    span = float(np.ptp(fp32_raw))
+    largest = float(np.max(np.abs(int8_raw - fp32_raw)))
     return {
         "rank_correlation": metrics.rank_correlation(fp32_raw, int8_raw),
         "largest_relative_difference": largest / span if span > 0 else float("nan"),
@@ -600,7 +607,7 @@ def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
             break
     figures["attempts"] = attempts
     if not figures["accepted"] and len(attempts) > 1:
-        figures["reason"] = "; ".join(f"quantising the {a['scope']}: {a['reason']}" for a in attempts)
+        figures["reason"] = "; ".join(f"quantising {SCOPE_NAMES[a['scope']]}: {a['reason']}" for a in attempts)
     return figures
 
 

@@ -223,10 +223,16 @@ def parity(
     return figures
 
 
-def _fidelity(fp32_raw: np.ndarray, int8_raw: np.ndarray) -> dict[str, float]:
+def fidelity(fp32_raw: np.ndarray, int8_raw: np.ndarray) -> dict[str, float]:
     """How closely int8 scores follow fp32 ones, without labels: rank correlation, largest difference / fp32 range.
 
-    Both are NaN when they cannot be measured (no images, different counts, non-finite fp32 scores).
+    Args:
+        fp32_raw: The fp32 graph's raw scores.
+        int8_raw: The int8 graph's, of the same images.
+
+    Returns:
+        ``rank_correlation`` and ``largest_relative_difference``; both NaN when they cannot be measured (no
+        images, different counts, non-finite fp32 scores).
     """
     if len(fp32_raw) == 0 or len(fp32_raw) != len(int8_raw) or not np.all(np.isfinite(fp32_raw)):
         return {"rank_correlation": float("nan"), "largest_relative_difference": float("nan")}
@@ -256,10 +262,10 @@ def int8_gate(
     """
     if not np.all(np.isfinite(int8_raw)):
         return {"accepted": False, "reason": "the int8 graph gives non-finite scores", "images": len(int8_raw)}, None
-    fidelity = _fidelity(fp32_raw, int8_raw)
+    follows = fidelity(fp32_raw, int8_raw)
     if is_ng is None or not np.any(is_ng) or np.all(is_ng):
         reason = "validation holds no NG image (or no OK image), so its AUROC and F1 drops cannot be measured"
-        return {"accepted": False, "reason": reason, "images": len(int8_raw), **fidelity}, None
+        return {"accepted": False, "reason": reason, "images": len(int8_raw), **follows}, None
     own, _ = Calibration.fit(
         int8_raw, is_ng, calibration.method, calibration.percentile, calibration.ok_name, calibration.ng_name
     )
@@ -279,7 +285,7 @@ def int8_gate(
         "limit_f1_drop": MAX_F1_DROP,
         "int8_threshold": own.threshold,
         "fp32_threshold": calibration.threshold,
-        **fidelity,
+        **follows,
     }
     reasons = []
     if not auroc_drop <= MAX_AUROC_DROP + DROP_TOLERANCE:
@@ -369,6 +375,23 @@ def _scope_differs(model: Any, scope: str) -> bool:
     return True
 
 
+def int8_ignored_scope(nncf: Any, scope: str) -> Any:
+    """NNCF's ignored scope for one of :data:`INT8_SCOPES` (None for ``graph``: nothing is kept in fp32).
+
+    Args:
+        nncf: The imported ``nncf`` module.
+        scope: ``graph``, ``backbone`` (the model's own scoring after the backbone stays fp32) or ``dense`` (the
+            backbone's depthwise convolutions stay fp32 too).
+
+    Returns:
+        An ``nncf.IgnoredScope`` or None.
+    """
+    if scope == "graph":
+        return None
+    types = [DEPTHWISE] if scope == "dense" else []
+    return nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], types=types, validate=False)
+
+
 def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int, int], scope: str = "graph") -> Any:
     """NNCF's post-training int8 quantisation of an OpenVINO graph, calibrated on OK training images.
 
@@ -392,10 +415,8 @@ def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int
     with _quiet():
         import nncf
 
-        options: dict[str, Any] = {}
-        if scope in ("backbone", "dense"):
-            types = [DEPTHWISE] if scope == "dense" else []
-            options["ignored_scope"] = nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], types=types, validate=False)
+        ignored = int8_ignored_scope(nncf, scope)
+        options: dict[str, Any] = {} if ignored is None else {"ignored_scope": ignored}
         dataset = nncf.Dataset(files, lambda path: model_pixels(read_image(path), size)[None])
         return nncf.quantize(
             model, dataset, subset_size=len(files), preset=nncf.QuantizationPreset.PERFORMANCE, **options

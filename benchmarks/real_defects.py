@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from benchmarks.accuracy import seconds
 from benchmarks.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ PLANS: dict[str, Plan] = {
     "fastflow": Plan("fastflow", {"model_name": "fastflow"}),
     "padim": Plan("padim", {"model_name": "padim"}),
     # levers on the default model (PatchCore), one change each
+    "patchcore-mobilenetv2": Plan("patchcore-mobilenetv2", model_parameters={"patchcore_backbone": "mobilenetv2_100"}),
     "patchcore-lite0": Plan("patchcore-lite0", model_parameters={"patchcore_backbone": "tf_efficientnet_lite0"}),
     "patchcore-lite1": Plan("patchcore-lite1", model_parameters={"patchcore_backbone": "tf_efficientnet_lite1"}),
     "patchcore-lite2": Plan("patchcore-lite2", model_parameters={"patchcore_backbone": "tf_efficientnet_lite2"}),
@@ -205,14 +207,6 @@ def make_plan(split_dir: Path, plan: Plan, fast: bool = False) -> dict:
     return text
 
 
-def _seconds(record_path: Path) -> float:
-    from datetime import datetime
-
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    start, end = (datetime.fromisoformat(record[key]) for key in ("start_time", "end_time"))
-    return (end - start).total_seconds()
-
-
 def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False, fast: bool = False) -> dict:
     """Train, then infer, through main.py in a work folder; the scored images' metrics and the times.
 
@@ -253,8 +247,8 @@ def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False, fast:
         "precision": float(scores["precision"]),
         "recall": float(scores["recall"]),
         "images": int(scores["n_ok"] + scores["n_ng"]),
-        "train_s": _seconds(work / "train_artifacts/log/experimental_history.json"),
-        "inference_s": _seconds(work / "inference_artifacts/log/experimental_history.json"),
+        "train_s": seconds(work / "train_artifacts/log/experimental_history.json"),
+        "inference_s": seconds(work / "inference_artifacts/log/experimental_history.json"),
     }
     result_path.write_text(json.dumps(row))
     return row

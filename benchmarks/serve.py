@@ -1,6 +1,6 @@
 """Serving benchmark: warm single-image latency through the Redis loop and the HTTP API, throughput, memory.
 
-Model: the bundled plan (PatchCore, ``mobilenetv2_100``, its default size and heatmaps setting) trained on
+Model: the bundled plan (PatchCore, its backbone, default size and heatmaps setting) trained on
 the engine benchmark's 200-image gravel set (generated colour 256 px JPEGs); requests score its 300 other
 images one at a time, in turn. Measured, each in its own process:
 
@@ -50,6 +50,17 @@ WORK = ROOT / "results" / "serve"
 sys.path.insert(0, str(ROOT / "tests"))
 
 from redis_server import RedisServer, free_port  # noqa: E402
+
+
+def _bundled_backbone() -> str:
+    """The PatchCore backbone the bundled plan names (the report says which model it measured)."""
+    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    for entry in plan["user_parameters"]:
+        for steps in entry.values():
+            for step in steps:
+                if step["step"] == "train":
+                    return str(step["args"][0]["model_parameters"]["patchcore_backbone"])
+    return "?"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -333,7 +344,7 @@ def table(rows: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Command: `python -m benchmarks.serve --requests {args.requests} --memory-requests {args.memory_requests}`",
         "",
-        "Bundled plan (PatchCore `mobilenetv2_100`, default size 320 px, heatmaps "
+        f"Bundled plan (PatchCore `{_bundled_backbone()}`, default size 320 px, heatmaps "
         f"{'on' if ip['heatmaps'] else 'off'} in the inference step), trained on 200 generated gravel images "
         "(colour 256 px JPEGs); each request scores one of 300 other images; one client, warm, "
         f"{args.requests} requests after 20 unmeasured ones. The in-process call and the loop run in turn, one "

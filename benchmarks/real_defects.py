@@ -38,9 +38,9 @@ import pandas as pd
 import yaml
 
 from benchmarks.accuracy import seconds
+from benchmarks.plans import ROOT, bundled_plan, step_args
 from benchmarks.report import write_section
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = "benchmarks/requirements-real-defects.txt"
 CELL_TYPE = "mono"  # the other type ('poly') is reserved for acceptance checks: never read here
 OK_LABEL, NG_LABEL = "good", "defect"
@@ -190,20 +190,15 @@ def make_plan(split_dir: Path, plan: Plan, fast: bool = False) -> dict:
     Returns:
         The plan as a dict.
     """
-    text = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    text = bundled_plan()
     text["external_path"] = [
         {"load_train_data_path": str(split_dir / "train")},
         {"load_inference_data_path": str(split_dir / "test")},
     ]
-    for pipeline in text["user_parameters"]:
-        for steps in pipeline.values():
-            for step in steps:
-                if step["step"] == "train":
-                    args = step["args"][0]
-                    args.update({**(FAST_TRAIN if fast else {}), **plan.train_args})
-                    args["model_parameters"] = {**(args.get("model_parameters") or {}), **plan.model_parameters}
-                if step["step"] == "inference":
-                    step["args"][0].update({**(FAST_INFERENCE if fast else {}), **plan.inference_args})
+    train = step_args(text, "train", "train")
+    train.update({**(FAST_TRAIN if fast else {}), **plan.train_args})
+    train["model_parameters"] = {**(train.get("model_parameters") or {}), **plan.model_parameters}
+    step_args(text, "inference", "inference").update({**(FAST_INFERENCE if fast else {}), **plan.inference_args})
     return text
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.engine_speed import build_data, timed
+from benchmarks.plans import bundled_plan, step_args
 from benchmarks.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +55,7 @@ from redis_server import RedisServer, free_port  # noqa: E402
 
 def _bundled_backbone() -> str:
     """The PatchCore backbone the bundled plan names (the report says which model it measured)."""
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
-    for entry in plan["user_parameters"]:
-        for steps in entry.values():
-            for step in steps:
-                if step["step"] == "train":
-                    return str(step["args"][0]["model_parameters"]["patchcore_backbone"])
-    return "?"
+    return str(step_args(bundled_plan(), "train", "train")["model_parameters"]["patchcore_backbone"])
 
 
 def percentile(values: list[float], share: float) -> float:

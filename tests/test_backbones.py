@@ -34,6 +34,7 @@ def classify_cat(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("backbone", OFFLINE)
 def test_package_weights_recognise_a_cat(backbone):
+    torch.manual_seed(0)  # the random initialisation is fixed: an unseeded one lands on a cat class now and then
     model = timm.create_model(backbone, pretrained=False).eval()
     assert classify_cat(model) not in CATS, "random weights should not know cats"
     source = load_pretrained_weights(model, backbone)

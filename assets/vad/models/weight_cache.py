@@ -14,7 +14,9 @@ def weights_key(module: nn.Module) -> tuple:
     """Identity, storage and version of every parameter and buffer.
 
     It changes when weights are loaded (``load_state_dict`` copies in place, which bumps the
-    version), stepped by an optimiser, or moved to another layout (new storage).
+    version), stepped by an optimiser, or moved to another layout (new storage). Inference tensors (made under
+    ``torch.inference_mode``, as a batch-norm-folded copy built while scoring is) have no version counter and
+    cannot be changed in place outside inference mode: their identity and storage are their key.
 
     Args:
         module: The module.
@@ -22,7 +24,9 @@ def weights_key(module: nn.Module) -> tuple:
     Returns:
         A hashable key.
     """
-    return tuple((id(t), t.data_ptr(), t._version) for t in [*module.parameters(), *module.buffers()])
+    return tuple(
+        (id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in [*module.parameters(), *module.buffers()]
+    )
 
 
 class WeightKeyedCache(Generic[T]):

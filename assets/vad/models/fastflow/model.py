@@ -33,6 +33,7 @@ from assets.vad.batches import loader
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
 from assets.vad.models.fastflow import FastflowParams
 from assets.vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
+from assets.vad.models.feature_cache import backbone_features
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
 from assets.vad.thresholds import sweep
@@ -65,7 +66,8 @@ class OfflineFastflow(VadModel, FastflowModel):
     ) -> None:
         nn.Module.__init__(self)
         self.input_size = tuple(input_size)
-        extractor = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=False)
+        self.layers = list(layers)  # the layers the backbone returns
+        extractor = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False)
         self.feature_extractor = extractor.feature_extractor
         self.weights_source = "random initialisation (pretrained: false)"
         if pretrained:
@@ -233,6 +235,8 @@ class OfflineFastflow(VadModel, FastflowModel):
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen backbone features of a batch, from its batch-norm-folded copy (:func:`fold_batch_norms`).
 
+        Inside :func:`feature_cache.enabled` they come from the memo where it holds them.
+
         Args:
             images: Normalised images (B, 3, H, W).
 
@@ -241,9 +245,7 @@ class OfflineFastflow(VadModel, FastflowModel):
         """
         self.feature_extractor.eval()
         images = images.to(self.device).contiguous(memory_format=self.layout)
-        backbone = self.scoring_backbone()
-        with torch.no_grad():
-            return list(backbone(images))
+        return backbone_features(self.scoring_backbone(), self.layers, images)
 
     def flow(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Run the per-stage norms and flows on backbone features (anomalib's forward, after extraction).

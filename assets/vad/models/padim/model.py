@@ -22,6 +22,7 @@ from assets.vad.anomalib_api import PadimAnomalyMap as AnomalyMapGenerator
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
+from assets.vad.models.feature_cache import backbone_features
 from assets.vad.models.padim import PadimParams
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
@@ -91,7 +92,8 @@ class OfflinePadim(VadModel, PadimModel):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The selected channels of the concatenated layer features, (B, n_features, h, w).
 
-        The backbone runs as its batch-norm-folded copy (:func:`fold_batch_norms`): same features, less work.
+        The backbone runs as its batch-norm-folded copy (:func:`fold_batch_norms`): same features, less work; inside
+        :func:`feature_cache.enabled` its features come from the memo where it holds them.
 
         Args:
             images: Normalised images (B, 3, H, W).
@@ -101,8 +103,8 @@ class OfflinePadim(VadModel, PadimModel):
         """
         images = images.to(self.device)
         backbone = self.scoring_backbone()
+        features = dict(zip(self.layers, backbone_features(backbone, self.layers, images), strict=True))
         with torch.no_grad():
-            features = dict(zip(self.layers, backbone(images), strict=True))
             return self.generate_embedding(features)
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:

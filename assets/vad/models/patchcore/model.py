@@ -14,6 +14,7 @@ from assets.vad.backbones import load_pretrained_weights
 from assets.vad.coreset import k_center_greedy
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
+from assets.vad.models.feature_cache import backbone_features, memoised
 from assets.vad.models.maps import UpsampleBlur
 from assets.vad.models.patchcore import PatchcoreParams
 from assets.vad.models.patchcore.peaks import peak_scores
@@ -215,12 +216,16 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
 
         The inverted file bounds the patch distances of image scores (:func:`peak_scores`) and answers the
         maps of banks of ``EXACT_MAP_ROWS`` rows or more; ``search: exact`` and small banks have none.
+        Inside :func:`feature_cache.enabled` a bank clustered before with the same seed gets the same centroids.
 
         Args:
             seed: Seed of the k-means clustering.
         """
-        exact = self.search == "exact"
-        self.search_centroids = torch.empty(0) if exact else cluster_bank(self.memory_bank, seed)
+        if self.search == "exact":
+            self.search_centroids = torch.empty(0)
+            return
+        bank = self.memory_bank
+        self.search_centroids = memoised("cluster_bank", [bank], (seed,), lambda: cluster_bank(bank, seed))
 
     def _bank_search(self) -> BankSearch:
         """The bank's searches, built again only when the bank or its centroids change."""
@@ -245,13 +250,13 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
     def _embedding_map(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled, concatenated layer features of a batch, (B, D, h, w), computed in channels-last.
 
-        The backbone runs as its batch-norm-folded copy (:func:`fold_batch_norms`): same features, less work.
+        The backbone runs as its batch-norm-folded copy (:func:`fold_batch_norms`): same features, less work; inside
+        :func:`feature_cache.enabled` its features come from the memo where it holds them.
         """
         images = images.contiguous(memory_format=torch.channels_last)
         extractor = self.feature_extractor
         backbone = self.scoring_backbone()
-        with torch.no_grad():
-            features = dict(zip(extractor.layers, backbone(images), strict=True))
+        features = dict(zip(extractor.layers, backbone_features(backbone, extractor.layers, images), strict=True))
         features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
         return self.generate_embedding(features)
 
@@ -319,9 +324,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
                 f"coreset: keeping {size} of {seen} patch embeddings ({union.shape[1]} dims, "
                 f"{chunks} chunk(s), {len(parts) + 1} merge pass(es))"
             )
-            parts.append(
-                union[k_center_greedy(union, size_left, seed=seed, logger=logger)] if len(union) > size_left else union
-            )
+            parts.append(union[_select(union, size_left, seed, logger)] if len(union) > size_left else union)
         self.memory_bank = torch.cat(parts).contiguous()
         self.build_search_index(seed)
 
@@ -329,4 +332,15 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
 def _reduce(embedding: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
     """Keep the greedy k-center picks of one chunk."""
     size = max(1, min(len(embedding), int(len(embedding) * ratio)))
-    return embedding[k_center_greedy(embedding, size, seed=seed)]
+    return embedding[_select(embedding, size, seed)]
+
+
+def _select(embedding: torch.Tensor, size: int, seed: int, logger: logging.Logger | None = None) -> torch.Tensor:
+    """The greedy k-center picks of ``embedding``.
+
+    Inside :func:`feature_cache.enabled`, those of the same rows, size and seed picked before: trials that differ
+    only in scoring settings share their coreset.
+    """
+    return memoised(
+        "k_center_greedy", [embedding], (size, seed), lambda: k_center_greedy(embedding, size, seed=seed, logger=logger)
+    )

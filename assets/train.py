@@ -20,7 +20,7 @@ from assets.vad.augment import RandomAugment, build_augmentation
 from assets.vad.backbones import BackboneError
 from assets.vad.calibration import Calibration
 from assets.vad.images import read_image
-from assets.vad.models import MODELS, entry, model_parameters_class
+from assets.vad.models import MODELS, entry, feature_cache, model_parameters_class
 from assets.vad.models.base import FitData, FitOptions, VadModel
 from assets.vad.models.export import DEFAULT_FORMATS, export_saved
 from assets.vad.models.factory import build_model, make_spec, save
@@ -123,7 +123,8 @@ class TrainStep(Asset):
         started = time.perf_counter()
         fit_metrics = model.fit(train, valid, options, ctx.logger)
         fit_seconds = time.perf_counter() - started
-        raw, pixels = score_validation(model, valid.files, PixelRows(valid_rows), args.batch_size, ctx.logger)
+        with feature_cache.suspended():  # the validation images/s the tuner ranks ties by: never from a memo
+            raw, pixels = score_validation(model, valid.files, PixelRows(valid_rows), args.batch_size, ctx.logger)
         scoring_seconds = time.perf_counter() - started - fit_seconds
         calibration, table = Calibration.fit(
             raw, valid.is_ng, method, args.percentile, readiness["ok_class"], readiness["ng_name"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,11 @@ def test_a_two_trial_tune_writes_the_best_plan_beside_the_plan_and_tracks_each_t
     assert main.main(["--mode", "tune", "--config", str(path)]) == 0
     assert path.read_text() == before, "the user's plan is never edited"
     (best,) = root.glob("experimental_plan.tuned-*.yaml")
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    (shared,) = re.findall(r"feature cache: (\d+) hit\(s\), (\d+) miss", captured.err)
+    hits, misses = map(int, shared)
+    assert hits >= misses > 0, "the second trial reads the features the first one extracted"
     assert out[0].split()[:3] == ["trial", "state", "auroc"] and sum(" *" in line for line in out[1:3]) == 1
     assert any(line.startswith("+") and "patchcore_coreset_sampling_ratio" in line for line in out) or any(
         "changes nothing" in line for line in out

@@ -8,6 +8,7 @@
       timeout_minutes: 30
       seed: 0                     # the sampler's seed
       resamples: 3                # stratified splits of the labelled images each trial is fitted on
+      feature_cache_mb: 4096      # memo of backbone features shared by the trials (0: off)
       space:                      # or: space: auto
         model_name: [patchcore]
         img_size: [256, 320]
@@ -56,6 +57,7 @@ class TuningSection(BaseModel):
     timeout_minutes: float | None = Field(None, gt=0)
     seed: int = 0
     resamples: int = Field(3, ge=1, le=10)
+    feature_cache_mb: int = Field(4096, ge=0)
     space: dict[str, list[Any] | Range] | Literal["auto"] = "auto"
 
 
@@ -105,6 +107,7 @@ class Tuning:
     seed: int
     resamples: int
     dimensions: tuple[Dimension, ...]
+    feature_cache_bytes: int = 4096 * 2**20  # the trials' shared memo of backbone features (0: none)
 
 
 def _train_args(values: dict[str, Any], where: str) -> None:
@@ -270,7 +273,15 @@ def parse_tuning(raw: Any, train_args: dict[str, Any]) -> Tuning:
         sorted(dimensions, key=lambda d: d.key != "model_name")
     )  # the model first: the rest depend on it
     timeout = section.timeout_minutes * 60 if section.timeout_minutes else None
-    return Tuning(section.objective, section.n_trials, timeout, section.seed, section.resamples, dimensions)
+    return Tuning(
+        section.objective,
+        section.n_trials,
+        timeout,
+        section.seed,
+        section.resamples,
+        dimensions,
+        section.feature_cache_mb * 2**20,
+    )
 
 
 def train_values(dimensions: tuple[Dimension, ...], chosen: dict[str, Any]) -> dict[str, Any]:

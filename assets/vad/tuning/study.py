@@ -2,7 +2,9 @@
 
 Each trial trains the plan with the trial's train args on every resample (:mod:`.resample`: the plan's own
 split first, then stratified re-splits of the labelled images) in its own folder under ``tuning/`` (exports
-and heatmaps off, tracking off: the study tracks the trial), and scores the mean validation metric. FastFlow
+and heatmaps off, tracking off: the study tracks the trial), and scores the mean validation metric. The trials
+share a memo of backbone features and coreset picks (:mod:`assets.vad.models.feature_cache`): each image's
+features are extracted once per backbone and input size, whatever the trial or the resample. FastFlow
 reports its per-epoch validation metric on the first resample, so that hopeless trials are pruned. The study
 is stored in ``tuning/study.db`` (SQLite): an interrupted tune resumes where it stopped.
 
@@ -20,6 +22,8 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ import yaml
 
 from alo.errors import DataError
 from alo.plan import Plan, load_plan
+from assets.vad.models import feature_cache
 from assets.vad.plan_edit import Change, apply_changes, write_copy
 from assets.vad.tuning.resample import SPLIT_COLUMN, labelled_data, write_resamples
 from assets.vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, parse_tuning, train_values
@@ -259,7 +264,10 @@ def run_tune(plan_path: str | Path) -> Path:
 
     started = time.perf_counter()
     if remaining != 0:
-        study.optimize(objective, n_trials=remaining, timeout=tuning.timeout_s, gc_after_trial=True, catch=(DataError,))
+        with _shared_features(tuning.feature_cache_bytes):
+            study.optimize(
+                objective, n_trials=remaining, timeout=tuning.timeout_s, gc_after_trial=True, catch=(DataError,)
+            )
     results = _results(study, tuning.dimensions)
     step = resolution(tuning.objective, data.n_valid_ok, data.n_ng)
     best = choose(results, step)
@@ -279,6 +287,27 @@ def run_tune(plan_path: str | Path) -> Path:
     )
     tracker.finish(best, copy.path, time.perf_counter() - started)
     return copy.path
+
+
+@contextmanager
+def _shared_features(max_bytes: int) -> Iterator[None]:
+    """The trials' shared memo of backbone features and coreset picks (:mod:`feature_cache`), logged at the end.
+
+    Trials that share a backbone and an input size extract each image's features once; trials that differ only
+    in scoring settings also share their coreset. The memo serves only values computed from the same weights and
+    the same input bytes, so every trial scores exactly as it would alone.
+    """
+    if max_bytes <= 0:
+        yield
+        return
+    with feature_cache.enabled(max_bytes) as cache:
+        try:
+            yield
+        finally:
+            logger.info(
+                f"feature cache: {cache.stats.line()} (limit {max_bytes / 2**20:.0f} MiB); "
+                f"coreset picks and search centroids: {cache.results.stats.line()}"
+            )
 
 
 def _fail_interrupted(study: Any) -> None:

@@ -26,6 +26,7 @@ from assets.vad.models.export import DEFAULT_FORMATS, export_saved
 from assets.vad.models.factory import build_model, make_spec, save
 from assets.vad.pixel_metrics import PixelRows
 from assets.vad.runtime import resolve_device, seed_everything, use_all_cores
+from assets.vad.supervised_fit import fit_supervised
 from assets.vad.train_reports import save_heatmaps, score_validation, write_reports
 
 Augmentation = Literal["rotation", "brightness", "contrast", "saturation", "hue", "blur"]
@@ -56,6 +57,7 @@ class TrainArgs(StepArgs):
     model_parameters: ModelParameters = Field(default_factory=ModelParameters)  # type: ignore[valid-type]
     export: list[Literal["openvino", "onnx"]] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
     precision: Literal["fp32", "int8"] = "fp32"
+    supervised: bool = False
 
     @model_validator(mode="after")
     def _check_precision(self) -> TrainArgs:
@@ -126,6 +128,10 @@ class TrainStep(Asset):
         with feature_cache.suspended():  # the validation images/s the tuner ranks ties by: never from a memo
             raw, pixels = score_validation(model, valid.files, PixelRows(valid_rows), args.batch_size, ctx.logger)
         scoring_seconds = time.perf_counter() - started - fit_seconds
+        supervised = None
+        if args.supervised:  # the head learns from the NG images too; validation is then scored out of fold
+            supervised = fit_supervised(model, train, valid, raw, args.batch_size, args.experiment_seed, ctx.logger)
+            raw = supervised.scores
         calibration, table = Calibration.fit(
             raw, valid.is_ng, method, args.percentile, readiness["ok_class"], readiness["ng_name"]
         )
@@ -141,6 +147,7 @@ class TrainStep(Asset):
             "fit_seconds": round(fit_seconds, 2),
             "validation_images_per_s": round(len(valid.files) / max(scoring_seconds, 1e-9), 2),  # the tuner's tie
             "fit_metrics": fit_metrics,
+            "supervised": supervised.record if supervised is not None else {"used": False, "reason": "off"},
             "validation": metrics,
         }
         save(model, calibration, training, ctx.model_dir / "train")

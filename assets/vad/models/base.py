@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from assets.vad.models.folding import fold_batch_norms
 from assets.vad.models.maps import as_arrays
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
+
+if TYPE_CHECKING:
+    from assets.vad.supervision import LinearHead
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,38 @@ class VadModel(torch.nn.Module):
         return self.folded_backbone.get(
             backbone, lambda: fold_batch_norms(backbone, example_image(self.spec.input_size, self.device))
         )
+
+    def supports_head(self) -> bool:
+        """Whether the model scores with the supervised mode's head (:mod:`assets.vad.supervision`).
+
+        A model that does implements :meth:`image_descriptors` and :meth:`set_head`, and adds the head's
+        offset to its raw image score in every scoring path (model, scorer, exported tail).
+
+        Returns:
+            False here.
+        """
+        return False
+
+    def image_descriptors(self, images: torch.Tensor) -> torch.Tensor:
+        """One descriptor per image, what the supervised head learns from.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            (B, F) descriptors.
+        """
+        msg = f"{type(self).__name__} has no supervised head"
+        raise NotImplementedError(msg)
+
+    def set_head(self, head: LinearHead | None) -> None:
+        """Score with this head from now on (saved with the model), or without one.
+
+        Args:
+            head: The head, or None.
+        """
+        msg = f"{type(self).__name__} has no supervised head"
+        raise NotImplementedError(msg)
 
     def prepare(self) -> None:
         """Build everything scoring needs (folded backbone, search index, flow scoring form) now, once.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,10 +18,12 @@ from assets.vad.models.blur import SeparableGaussianBlur2d
 from assets.vad.models.feature_cache import backbone_features, memoised
 from assets.vad.models.maps import UpsampleBlur
 from assets.vad.models.patchcore import PatchcoreParams
+from assets.vad.models.patchcore.head import embedding_descriptors, head_offsets
 from assets.vad.models.patchcore.peaks import peak_scores
 from assets.vad.models.patchcore.search import BankSearch, cluster_bank, exact_nearest
 from assets.vad.models.spec import ModelSpec
 from assets.vad.models.weight_cache import WeightKeyedCache
+from assets.vad.supervision import LinearHead
 
 CHUNK_PATCHES = 16384  # patches per coreset chunk; chunks close at this count whatever the batch size
 MERGE_FACTOR = 2.0  # each chunk keeps this many times the sampling ratio before the merge pass
@@ -61,6 +64,11 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         # k-means centroids of the memory bank for the inverted-file search; empty: exact search.
         self.search_centroids: torch.Tensor
         self.register_buffer("search_centroids", torch.empty(0))
+        # the supervised mode's linear head on image descriptors (empty: none, the plain PatchCore score)
+        self.head_weights: torch.Tensor
+        self.head_bias: torch.Tensor
+        self.register_buffer("head_weights", torch.empty(0))
+        self.register_buffer("head_bias", torch.empty(0))
         self._search: BankSearch | None = None
         self._search_key: tuple | None = None
         self._blurs: dict[tuple, UpsampleBlur] = {}
@@ -121,6 +129,45 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         del valid
         return {}
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Models saved before the supervised mode have no head: they load with an empty one."""
+        for name in ("head_weights", "head_bias"):
+            state_dict.setdefault(f"{prefix}{name}", torch.empty(0))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def supports_head(self) -> bool:
+        """See :meth:`VadModel.supports_head`: the map-peak image score takes a head, anomalib's re-weighting not.
+
+        Returns:
+            True for ``image_score: map_max``.
+        """
+        return self.image_score == "map_max"
+
+    def image_descriptors(self, images: torch.Tensor) -> torch.Tensor:
+        """See :meth:`VadModel.image_descriptors`: each embedding channel's mean and spread over the image.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            (B, 2 * D) descriptors.
+        """
+        with torch.inference_mode():
+            embedding = self._embedding_map(images.to(self.device).type(self.memory_bank.dtype))
+            return embedding_descriptors(embedding.permute(0, 2, 3, 1))
+
+    def set_head(self, head: LinearHead | None) -> None:
+        """See :meth:`VadModel.set_head`.
+
+        Args:
+            head: The head, or None to score without one.
+        """
+        if head is None:
+            self.head_weights, self.head_bias = torch.empty(0), torch.empty(0)
+            return
+        self.head_weights = torch.as_tensor(head.weights, dtype=torch.float32, device=self.device)
+        self.head_bias = torch.tensor([head.bias], dtype=torch.float32, device=self.device)
+
     def frozen_backbone(self) -> torch.nn.Module:
         """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
 
@@ -174,7 +221,11 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
                 kernel = self.anomaly_map_generator.blur.kernel.to(embedding.device)
                 self._blurs[key] = UpsampleBlur((height, width), key[2], kernel)
             queries = self.reshape_embedding(embedding)
-            return peak_scores(queries, (batch, height, width), self._bank_search(), self._blurs[key], maps)
+            grid = (batch, height, width)
+            scores, anomaly_maps = peak_scores(queries, grid, self._bank_search(), self._blurs[key], maps)
+            if len(self.head_weights):
+                scores = scores + head_offsets(embedding.permute(0, 2, 3, 1), self.head_weights, self.head_bias)
+            return scores, anomaly_maps
 
     def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest memory-bank rows of each query, as anomalib's method returns them.

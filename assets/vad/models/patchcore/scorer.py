@@ -9,6 +9,7 @@ from torch import nn
 
 from assets.vad.models.maps import UpsampleBlur, concat_layers
 from assets.vad.models.ort_backbone import OrtBackbone, ort_backbone
+from assets.vad.models.patchcore.head import head_offsets
 from assets.vad.models.patchcore.peaks import peak_scores
 from assets.vad.models.patchcore.search import BankSearch
 from assets.vad.models.scorer import GraphScorer, in_graph_runtime
@@ -19,13 +20,24 @@ class PatchcoreScorer(GraphScorer):
     """Nearest bank row of every patch, the map upsampled and blurred, its peak as the image score."""
 
     def __init__(
-        self, spec: ModelSpec, backbone: nn.Module, bank: torch.Tensor, centroids: torch.Tensor, kernel: torch.Tensor
+        self,
+        spec: ModelSpec,
+        backbone: nn.Module,
+        bank: torch.Tensor,
+        centroids: torch.Tensor,
+        kernel: torch.Tensor,
+        head: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(spec, backbone)
         self.bank: torch.Tensor
         self.kernel: torch.Tensor
+        self.head_weights: torch.Tensor
+        self.head_bias: torch.Tensor
         self.register_buffer("bank", bank)
         self.register_buffer("kernel", kernel)
+        weights, bias = head if head is not None else (torch.empty(0), torch.empty(0))
+        self.register_buffer("head_weights", weights)  # the supervised mode's head (empty: none)
+        self.register_buffer("head_bias", bias)
         self.search = BankSearch(bank, centroids, exact_only=spec.params.search == "exact")  # type: ignore[attr-defined]
         self.blurs: dict[tuple, UpsampleBlur] = {}
         self.embedding_runtime: OrtBackbone | None = None  # backbone + embedding in ONNX Runtime (:meth:`prepare`)
@@ -54,8 +66,14 @@ class PatchcoreScorer(GraphScorer):
         Returns:
             The scorer.
         """
+        head = (state["head_weights"], state["head_bias"]) if "head_weights" in state else None
         return cls(
-            spec, backbone, state["memory_bank"], state["search_centroids"], state["anomaly_map_generator.blur.kernel"]
+            spec,
+            backbone,
+            state["memory_bank"],
+            state["search_centroids"],
+            state["anomaly_map_generator.blur.kernel"],
+            head,
         )
 
     def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -114,6 +132,8 @@ class PatchcoreScorer(GraphScorer):
             "centroids": centroids.float().cpu().numpy(),
             "rows": blur.rows.float().cpu().numpy(),
             "columns_t": blur.columns_t.float().cpu().numpy(),
+            "head_weights": self.head_weights.float().cpu().numpy(),
+            "head_bias": self.head_bias.float().cpu().numpy(),
         }
 
     def forward(self, images: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,7 +151,10 @@ class PatchcoreScorer(GraphScorer):
         batch, height, width, dims = embedding.shape
         queries = embedding.reshape(-1, dims)
         blur = self._blur(height, width, queries.device)
-        return peak_scores(queries, (batch, height, width), self.search, blur, maps)
+        scores, anomaly_maps = peak_scores(queries, (batch, height, width), self.search, blur, maps)
+        if len(self.head_weights):
+            scores = scores + head_offsets(embedding, self.head_weights, self.head_bias)
+        return scores, anomaly_maps
 
     def _blur(self, height: int, width: int, device: torch.device) -> UpsampleBlur:
         """The upsample-and-blur operator of a patch grid, built once (an export traces it as constants)."""

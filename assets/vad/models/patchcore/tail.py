@@ -129,13 +129,17 @@ class PatchcoreTail:
         """Build from the exported arrays.
 
         Args:
-            arrays: ``bank``, ``centroids``, ``rows`` (H x h) and ``columns_t`` (w x W).
+            arrays: ``bank``, ``centroids``, ``rows`` (H x h) and ``columns_t`` (w x W); ``head_weights`` and
+                ``head_bias`` where the model has a supervised head.
         """
         self.search = NumpyBankSearch(arrays["bank"], arrays["centroids"])
         self.rows = arrays["rows"].astype(np.float32)
         self.columns_t = arrays["columns_t"].astype(np.float32)
         self.rows_reach = (self.rows > 0).astype(np.float32)
         self.columns_reach_t = (self.columns_t > 0).astype(np.float32)
+        # the supervised mode's head (absent or empty: none): descriptors as :mod:`.head` computes them
+        self.head_weights = arrays.get("head_weights", np.zeros(0, dtype=np.float32)).astype(np.float64)
+        self.head_bias = float(arrays["head_bias"][0]) if len(self.head_weights) else 0.0
 
     @classmethod
     def load(cls, folder: Path) -> PatchcoreTail:
@@ -202,7 +206,16 @@ class PatchcoreTail:
         bounded = self._blur(patches)
         if not exact:
             bounded = self._exact_peaks(queries.reshape(batch, height, width, dims), patches)
-        return bounded.max(axis=(1, 2)).astype(np.float32), bounded.astype(np.float32) if maps else None
+        scores = bounded.max(axis=(1, 2)).astype(np.float32)
+        if len(self.head_weights):
+            scores = (scores + self._head_offsets(queries.reshape(batch, height * width, dims))).astype(np.float32)
+        return scores, bounded.astype(np.float32) if maps else None
+
+    def _head_offsets(self, patches: np.ndarray) -> np.ndarray:
+        """The head's score offsets of a batch's patch embeddings (B, h * w, D)."""
+        patches = patches.astype(np.float64)
+        descriptors = np.concatenate([patches.mean(axis=1), patches.std(axis=1)], axis=1)
+        return descriptors @ self.head_weights + self.head_bias
 
 
 def save_tail(folder: Path, arrays: dict[str, np.ndarray]) -> Path:

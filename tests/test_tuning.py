@@ -237,7 +237,7 @@ def test_tuning_auto_searches_the_registered_models_end_to_end(tune_project):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert trials[0].user_attrs.get("default") is True and trials[0].params["model_name"] == "patchcore"
     keys = set().union(*(t.params for t in trials))
-    assert {"model_name", "img_size"} <= keys
+    assert {"model_name", "img_size", "supervised"} <= keys, "the supervised mode is a lever of the auto space"
     from assets.vad.models import MODELS
 
     tried = {t.params["model_name"] for t in trials}

@@ -163,7 +163,7 @@ def _dimension(key: str, value: list[Any] | Range, base: dict[str, Any]) -> Dime
 
 
 def auto_dimensions() -> tuple[Dimension, ...]:
-    """The built-in space: every registered model, the offline backbones, image sizes and image scores.
+    """The built-in space: every registered model, the offline backbones, image sizes, image scores, supervision.
 
     Each model with a ``backbone`` parameter gets its own backbone dimension (the offline ones, whose ImageNet
     weights come from installed packages), and each with an ``image_score`` parameter its choices. A model
@@ -177,7 +177,12 @@ def auto_dimensions() -> tuple[Dimension, ...]:
 
     offline = tuple(name for name, spec in BACKBONES.items() if spec.package is not None)
     keys = model_parameters_class().KEYS
-    dimensions = [Dimension("model_name", tuple(MODELS)), Dimension("img_size", AUTO_SIZES)]
+    # supervised: the NG images also train a head (models without one, or too few NG images, train unsupervised)
+    dimensions = [
+        Dimension("model_name", tuple(MODELS)),
+        Dimension("img_size", AUTO_SIZES),
+        Dimension("supervised", (False, True)),
+    ]
     for model in MODELS:
         params = MODELS[model].params
         if "backbone" in keys[model]:

@@ -130,3 +130,28 @@ def test_too_few_ng_images_fall_back_to_unsupervised_with_one_line(tmp_path: Pat
 
     state = load_file(str(tmp_path / "train_artifacts" / "models" / "train" / "model.safetensors"))
     assert state["head_weights"].numel() == 0
+
+
+def test_patchcore_keeps_the_descriptors_of_its_training_images(tmp_path: Path) -> None:
+    """The head learns from the descriptors the bank was built from: the same as scoring those images gives."""
+    import logging
+
+    import torch
+
+    from assets.vad.models import ModelSpec, entry
+    from assets.vad.models.base import FitData, FitOptions
+    from assets.vad.models.factory import build_model
+    from assets.vad.supervised_fit import descriptors
+
+    folder = make_dataset(tmp_path, n_train=8, n_valid_ok=0, n_valid_ng=0, size=32)
+    files = sorted(str(p) for p in (folder / "good").glob("*.png"))
+    params = entry("patchcore").params(backbone="resnet18", layers=["layer2", "layer3"], coreset_sampling_ratio=0.5)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("patchcore", (32, 32), (0.5,) * 3, (0.5,) * 3, params), pretrained=False)
+    logger = logging.getLogger("assets.test")
+    assert model.training_descriptors() is None
+    options = FitOptions(batch_size=4, max_epochs=1, seed=0, monitor="loss")
+    model.fit(FitData(files), FitData(files[:2]), options, logger)
+    kept = model.training_descriptors()
+    assert kept is not None and kept.shape == (len(files), 2 * model.memory_bank.shape[1])
+    assert np.allclose(kept, descriptors(model, files, 3, logger, "training"), rtol=1e-4, atol=1e-5)

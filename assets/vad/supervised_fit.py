@@ -93,8 +93,9 @@ def fit_supervised(
             f"NG and {FOLDS} OK, so this model trains unsupervised (add labelled NG images to the train CSV)"
         )
         return SupervisedResult(raw, {"used": False, "reason": f"{n_ng} NG validation images, needs {MIN_NG}"})
+    kept = model.training_descriptors()  # PatchCore keeps them while building its bank (augmented passes too)
     fit = cross_fit(
-        descriptors(model, train.files, batch_size, logger, "training"),
+        kept if kept is not None else descriptors(model, train.files, batch_size, logger, "training"),
         descriptors(model, valid.files, batch_size, logger, "validation"),
         is_ng,
         raw,

@@ -162,6 +162,14 @@ class VadModel(torch.nn.Module):
         msg = f"{type(self).__name__} has no supervised head"
         raise NotImplementedError(msg)
 
+    def training_descriptors(self) -> np.ndarray | None:
+        """The descriptors of the images the last fit learnt from, where the fit kept them (saves a pass).
+
+        Returns:
+            (N, F) descriptors, or None: the caller computes them with :meth:`image_descriptors`.
+        """
+        return None
+
     def set_head(self, head: LinearHead | None) -> None:
         """Score with this head from now on (saved with the model), or without one.
 

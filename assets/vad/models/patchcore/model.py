@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from alo.logs import Progress
@@ -72,6 +73,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         self._search: BankSearch | None = None
         self._search_key: tuple | None = None
         self._blurs: dict[tuple, UpsampleBlur] = {}
+        self.fit_descriptors: np.ndarray | None = None  # of the images the bank was built from (not saved)
         self.weights_source = "random initialisation (pretrained: false)"
         if pretrained:
             self.weights_source = load_pretrained_weights(
@@ -155,6 +157,14 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         with torch.inference_mode():
             embedding = self._embedding_map(images.to(self.device).type(self.memory_bank.dtype))
             return embedding_descriptors(embedding.permute(0, 2, 3, 1))
+
+    def training_descriptors(self) -> np.ndarray | None:
+        """See :meth:`VadModel.training_descriptors`: kept while the bank was built.
+
+        Returns:
+            (N, 2 * D) descriptors, or None before a fit.
+        """
+        return self.fit_descriptors
 
     def set_head(self, head: LinearHead | None) -> None:
         """See :meth:`VadModel.set_head`.
@@ -342,8 +352,10 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         buffered = seen = chunks = 0
         pending: list[torch.Tensor] = []  # chunk picks not yet merged
         parts: list[torch.Tensor] = []  # finished pieces of the bank
+        described: list[torch.Tensor] = []
         for images in batches:
             embedding = self.embed(images)
+            described.append(embedding_descriptors(embedding.reshape(len(images), 1, -1, embedding.shape[-1])))
             buffer.append(embedding)
             buffered += len(embedding)
             seen += len(embedding)
@@ -377,6 +389,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             )
             parts.append(union[_select(union, size_left, seed, logger)] if len(union) > size_left else union)
         self.memory_bank = torch.cat(parts).contiguous()
+        self.fit_descriptors = torch.cat(described).double().cpu().numpy()
         self.build_search_index(seed)
 
 

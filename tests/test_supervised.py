@@ -35,24 +35,19 @@ def test_cross_fitting_never_scores_an_image_with_a_head_fitted_on_it() -> None:
         weights = np.zeros(descriptors.shape[1])
         return LinearHead(weights, float(len(fitted_on) - 1))
 
-    result = cross_fit(
-        np.c_[train, -np.ones(len(train))],
-        np.c_[valid, ids],
-        is_ng,
-        np.zeros(len(valid)),
-        seed=3,
-        fitter=recording_fitter,
-    )
+    raw = np.random.default_rng(2).normal(10.0, 1.0, len(valid))
+    named_train, named_valid = np.c_[train, -np.ones(len(train))], np.c_[valid, ids]
+    result = cross_fit(named_train, named_valid, is_ng, raw, seed=3, fitter=recording_fitter)
     assert len(fitted_on) == FOLDS + 1  # one head per fold, then the kept head on everything
     assert fitted_on[-1] == set(range(len(valid)))
+    # each fold head's offset is its own number, so a score names the head that gave it: the head of the image's fold
+    offsets = result.scores - raw
+    scale = result.head.bias / FOLDS  # the kept head (number FOLDS), scaled as the fold heads were
+    assert scale > 0
+    assert np.allclose(offsets / scale, result.folds)
     for image in range(len(valid)):
-        fold = int(result.folds[image])
-        assert image not in fitted_on[fold]  # scored by the head of its own fold, which never saw it
-    # scores trace back to the fold heads only: the kept head (number FOLDS) scored no validation image
-    ok = ~is_ng
-    assert len(np.unique(result.scores)) <= FOLDS + 1
-    assert not np.isnan(result.scores).any()
-    assert set(result.folds[is_ng]) == set(range(FOLDS)) and set(result.folds[ok]) == set(range(FOLDS))
+        assert image not in fitted_on[int(result.folds[image])], "scored by a head fitted on it"
+    assert set(result.folds[is_ng]) == set(range(FOLDS)) and set(result.folds[~is_ng]) == set(range(FOLDS))
 
 
 def test_folds_are_stratified_and_seeded() -> None:

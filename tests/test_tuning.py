@@ -234,7 +234,9 @@ def test_tuning_auto_searches_the_registered_models_end_to_end(tune_project):
     path = write_plan(root, plan)
     assert main.main(["--mode", "tune", "--config", str(path)]) == 0
     trials = _study(root).trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    states = [t.state.name for t in trials]
+    assert len(states) == 4 and states[0] == "COMPLETE", states
+    assert set(states) <= {"COMPLETE", "PRUNED"}, "a FastFlow trial behind the others may be pruned, none fails"
     assert trials[0].user_attrs.get("default") is True and trials[0].params["model_name"] == "patchcore"
     keys = set().union(*(t.params for t in trials))
     assert {"model_name", "img_size", "supervised"} <= keys, "the supervised mode is a lever of the auto space"

@@ -92,21 +92,22 @@ def logistic_head(descriptors: np.ndarray, is_ng: np.ndarray) -> LinearHead:
 
 
 def stratified_folds(is_ng: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Fold of each image: OK and NG images dealt out separately, in a seeded order.
+    """Fold of each image, from scikit-learn's shuffled, seeded ``StratifiedKFold``.
 
     Args:
         is_ng: (N,) labels.
         count: Number of folds.
-        seed: Seed of the order.
+        seed: Seed of the shuffle.
 
     Returns:
         (N,) fold numbers in ``range(count)``.
     """
-    generator = np.random.default_rng(seed)
+    from sklearn.model_selection import StratifiedKFold
+
     folds = np.empty(len(is_ng), dtype=np.int64)
-    for label in (False, True):
-        members = np.flatnonzero(is_ng == label)
-        folds[generator.permutation(members)] = np.arange(len(members)) % count
+    splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=seed)
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(is_ng)), is_ng)):
+        folds[held] = fold
     return folds
 
 

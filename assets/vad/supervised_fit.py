@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from alo.logs import Progress
+from assets.vad.batches import loader
 from assets.vad.models.base import FitData, VadModel
 from assets.vad.supervision import FOLDS, MIN_NG, cross_fit
 
@@ -44,8 +45,6 @@ def descriptors(model: VadModel, files: list[str], batch_size: int, logger: logg
     Returns:
         (N, F) float64 descriptors.
     """
-    from assets.vad.batches import loader
-
     progress = Progress(logger, f"{what} descriptors", len(files))
     found: list[np.ndarray] = []
     model.eval()

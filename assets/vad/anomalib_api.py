@@ -27,6 +27,7 @@ DEFERRED: dict[str, dict[str, str]] = {
     "anomalib.models.image.patchcore": {},
     "anomalib.models.image.fastflow": {},
     "anomalib.models.image.padim": {},
+    "anomalib.models.image.supersimplenet": {},
     "anomalib.models.components": {
         "DynamicBufferMixin": "anomalib.models.components.base.dynamic_buffer",
         "GaussianBlur2d": "anomalib.models.components.filters.blur",
@@ -106,6 +107,12 @@ SOURCES: dict[str, tuple[str, str]] = {
     "PadimAnomalyMap": ("anomalib.models.image.padim.anomaly_map", "AnomalyMapGenerator"),
     "PadimModel": ("anomalib.models.image.padim.torch_model", "PadimModel"),
     "PatchcoreModel": ("anomalib.models.image.patchcore.torch_model", "PatchcoreModel"),
+    "SupersimplenetAnomalyMap": ("anomalib.models.image.supersimplenet.torch_model", "AnomalyMapGenerator"),
+    "SupersimplenetAnomalyGenerator": ("anomalib.models.image.supersimplenet.anomaly_generator", "AnomalyGenerator"),
+    "SupersimplenetFeatureAdapter": ("anomalib.models.image.supersimplenet.torch_model", "FeatureAdapter"),
+    "SupersimplenetLoss": ("anomalib.models.image.supersimplenet.loss", "SSNLoss"),
+    "SupersimplenetModel": ("anomalib.models.image.supersimplenet.torch_model", "SupersimplenetModel"),
+    "SupersimplenetSegDec": ("anomalib.models.image.supersimplenet.torch_model", "SegmentationDetectionModule"),
     "TimmFeatureExtractor": ("anomalib.models.components", "TimmFeatureExtractor"),
     "create_fast_flow_block": ("anomalib.models.image.fastflow.torch_model", "create_fast_flow_block"),
 }

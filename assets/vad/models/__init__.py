@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AliasChoices, Field, create_model
 
 from alo import StepArgs
-from assets.vad.models import fastflow, padim, patchcore
+from assets.vad.models import fastflow, padim, patchcore, supersimplenet
 from assets.vad.models.spec import ModelParams, ModelSpec
 
 __all__ = ["MODELS", "ModelEntry", "ModelParameters", "ModelParams", "ModelSpec", "entry", "model_parameters_class"]
@@ -63,6 +63,9 @@ MODELS: dict[str, ModelEntry] = {
     "patchcore": ModelEntry("patchcore", patchcore.PatchcoreParams, patchcore.IMPLEMENTATION, patchcore.SCORER),
     "fastflow": ModelEntry("fastflow", fastflow.FastflowParams, fastflow.IMPLEMENTATION, fastflow.SCORER),
     "padim": ModelEntry("padim", padim.PadimParams, padim.IMPLEMENTATION, padim.SCORER),
+    "supersimplenet": ModelEntry(
+        "supersimplenet", supersimplenet.SupersimplenetParams, supersimplenet.IMPLEMENTATION, supersimplenet.SCORER
+    ),
 }
 
 

@@ -185,7 +185,7 @@ def run_tune(plan_path: str | Path) -> Path:
     """
     import optuna
 
-    from assets.vad.models.fastflow import model as fastflow_model
+    from assets.vad.models import epochs
 
     plan = load_plan(plan_path)
     train_args = _train_step_args(plan, "train")
@@ -240,15 +240,15 @@ def run_tune(plan_path: str | Path) -> Path:
         try:
             for index, resample in enumerate(resamples):
                 if index == 0:
-                    fastflow_model.EPOCH_CALLBACKS.append(reporter)
+                    epochs.EPOCH_CALLBACKS.append(reporter)
                 try:
                     trial_plan = _trial_plan(
                         plan, folder / f"trial-{trial.number:03d}" / f"r{index}", resample, changes
                     )
                     value, speed = _fit(trial_plan, tuning.objective)
                 finally:
-                    if reporter in fastflow_model.EPOCH_CALLBACKS:
-                        fastflow_model.EPOCH_CALLBACKS.remove(reporter)
+                    if reporter in epochs.EPOCH_CALLBACKS:
+                        epochs.EPOCH_CALLBACKS.remove(reporter)
                 values.append(value)
                 speeds.append(speed)
         except optuna.TrialPruned:

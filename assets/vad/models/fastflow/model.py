@@ -7,7 +7,6 @@ The backbone is frozen, so its features can be computed once and reused across e
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from assets.vad.anomalib_api import (
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.batches import loader
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
+from assets.vad.models.epochs import EpochKeeper
 from assets.vad.models.fastflow import FastflowParams
 from assets.vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
 from assets.vad.models.feature_cache import backbone_features
@@ -39,15 +39,7 @@ from assets.vad.models.weight_cache import WeightKeyedCache
 from assets.vad.thresholds import sweep
 
 Features = list[torch.Tensor]  # one backbone feature map per layer, for a batch
-# Called after each epoch with (epoch, validation metrics); the tuner registers its pruning reporter here.
-EPOCH_CALLBACKS: list[Callable[[int, dict[str, float]], None]] = []
-
-HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
-# How far below the best an image metric may fall and still count as "as good". Validation sets are small
-# (30 images move AUROC in steps of ~0.005), so smaller changes are noise; the flows keep improving on held-out
-# data long after a small validation set stops showing it (BENCHMARKS.md), so plateaus must not stop training.
 FEATURE_CACHE_LIMIT = 2 * 1024**3  # bytes of backbone features kept across epochs; more: extracted every epoch
-TOLERANCE = {"image_AUROC": 0.02, "image_F1Score": 0.02, "loss": 0.0}
 
 
 class OfflineFastflow(VadModel, FastflowModel):
@@ -311,7 +303,7 @@ def fit_fastflow(
 ) -> dict[str, Any]:
     """Train the flows with Adam (anomalib's settings), keep the latest epoch as good as the best by ``monitor``.
 
-    An epoch is as good as the best when ``monitor`` is within :data:`TOLERANCE` of the best value so far;
+    An epoch is as good as the best when ``monitor`` is within the epochs module's ``TOLERANCE`` of the best so far;
     training stops after ``patience`` consecutive epochs that are not, and the latest as-good epoch is kept
     (the most trained model that validation cannot tell apart from the best).
 
@@ -330,12 +322,7 @@ def fit_fastflow(
     """
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.001, weight_decay=0.00001)
     criterion = FastflowLoss()
-    higher = HIGHER_IS_BETTER[monitor]
-    sign = 1.0 if higher else -1.0
-    best_value = float("-inf")
-    kept: dict[str, float] | None = None
-    kept_state: dict[str, torch.Tensor] | None = None
-    stale = 0
+    keeper = EpochKeeper(monitor, patience, logger)
     epoch_seconds: list[float] = []
     history: list[dict[str, float]] = []  # per epoch: train loss and validation metrics (experiment tracking's steps)
     for epoch in range(1, max_epochs + 1):
@@ -352,34 +339,19 @@ def fit_fastflow(
             count += len(features[0])
         model.eval()
         measured_now = evaluate(model)
-        value = sign * measured_now[monitor]
         epoch_seconds.append(time.perf_counter() - started)
         history.append({"epoch": float(epoch), "train_loss": total / max(count, 1), **measured_now})
-        for callback in EPOCH_CALLBACKS:  # the tuner's pruning: may raise to stop a hopeless trial
-            callback(epoch, measured_now)
-        measured = not math.isnan(value)  # NaN: the metric cannot be computed (e.g. no NG image in validation)
-        if measured:
-            best_value = max(best_value, value)
-        as_good = measured and value >= best_value - TOLERANCE[monitor]
+        stop = keeper.update(epoch, measured_now, model)
         logger.info(
             f"epoch {epoch}/{max_epochs}: train loss {total / max(count, 1):.4g}, "
             + ", ".join(f"valid {k} {v:.4g}" for k, v in measured_now.items())
             + f" ({epoch_seconds[-1]:.1f} s)"
-            + (" (kept)" if as_good else "")
+            + (" (kept)" if keeper.is_kept(epoch) else "")
         )
-        if as_good or kept is None:
-            kept = {**measured_now, "epoch": float(epoch)}
-            kept_state = copy.deepcopy(model.state_dict())
-        if as_good:
-            stale = 0
-        else:
-            stale += 1
-            if stale >= patience:
-                logger.info(f"early stopping: {monitor} stayed below its best for {patience} epochs")
-                break
+        if stop:
+            break
     model.eval()
-    if kept is None or kept_state is None:  # max_epochs < 1: nothing trained
+    kept = keeper.restore(model)
+    if not kept:  # max_epochs < 1: nothing trained
         return {}
-    model.load_state_dict(kept_state)
-    logger.info(f"kept epoch {int(kept['epoch'])}: valid {monitor} {kept[monitor]:.4g}")
     return {**kept, "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds), "history": history}

@@ -61,6 +61,12 @@ PLANS: dict[str, Plan] = {
     "defaults": Plan("defaults"),
     "fastflow": Plan("fastflow", {"model_name": "fastflow"}),
     "padim": Plan("padim", {"model_name": "padim"}),
+    "supersimplenet": Plan("supersimplenet", {"model_name": "supersimplenet"}),
+    "supersimplenet-classifier": Plan(
+        "supersimplenet-classifier",
+        {"model_name": "supersimplenet"},
+        model_parameters={"supersimplenet_image_score": "classifier"},
+    ),
     # levers on the default model (PatchCore), one change each
     "patchcore-mobilenetv2": Plan("patchcore-mobilenetv2", model_parameters={"patchcore_backbone": "mobilenetv2_100"}),
     "patchcore-lite0": Plan("patchcore-lite0", model_parameters={"patchcore_backbone": "tf_efficientnet_lite0"}),

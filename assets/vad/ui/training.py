@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assets.vad.models import MODELS as REGISTERED
 from assets.vad.plan_edit import Change, PlanCopy, write_copy
 
 MAIN = Path(__file__).resolve().parents[3] / "main.py"
 MAX_LINES = 5000
 CANCEL_GRACE_S = 60.0
-MODELS = ("patchcore", "fastflow")
+MODELS = tuple(REGISTERED)  # the Train form offers every registered model
 
 
 class JobError(Exception):

@@ -10,7 +10,10 @@ noise of a fixed 0.015 to raw features. Here, for any offline timm backbone on a
   whose spread is about 3, left the heads at chance on real cracks);
 - the backbone is frozen, so the training images' features are extracted once and the heads train on them;
 - the epoch is chosen on the validation images as FastFlow's is (:mod:`assets.vad.models.epochs`);
-- scores stay logits (no sigmoid, whose saturation ties the highest scores).
+- scores stay logits (no sigmoid, whose saturation ties the highest scores);
+- with ``image_score: map_max`` (the default) the image head scores nothing, so it is neither trained nor run:
+  its 5 x 5 convolution is about three quarters of the heads' work, and with anomalib's stopped gradient it
+  never shaped the pixel head anyway.
 
 The state dict keeps anomalib's names for the heads (``adaptor.*``, ``segdec.*``,
 ``anomaly_map_generator.smoothing.kernel``).
@@ -195,16 +198,19 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         """
         return (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
 
-    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Segmentation logits (B, 1, h, w) and image logits (B,) of standardised features.
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Segmentation logits (B, 1, h, w) and, when the image score is the classifier's, image logits (B,).
 
         Args:
             features: Standardised features.
 
         Returns:
-            The two outputs of anomalib's segmentation-detection module.
+            The outputs of anomalib's segmentation-detection module (the image head only when it scores).
         """
-        return self.segdec(seg_features=self.adaptor(features), cls_features=features)
+        adapted = self.adaptor(features)
+        if self.image_score != "classifier":
+            return self.segdec.seg_head(adapted), None
+        return self.segdec(seg_features=adapted, cls_features=features)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score a batch: the blurred, upsampled segmentation logits and the chosen image score.
@@ -218,7 +224,7 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         with torch.no_grad():
             segmentation, classification = self.heads(self.standardise(self.raw_features(images)))
             anomaly_map = self.anomaly_map_generator(segmentation, final_size=tuple(self.spec.input_size))
-        score = torch.amax(anomaly_map, dim=(-2, -1)).reshape(-1) if self.image_score == "map_max" else classification
+        score = torch.amax(anomaly_map, dim=(-2, -1)).reshape(-1) if classification is None else classification
         return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
 
     def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, Any]:
@@ -363,6 +369,9 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         noised, noised_adapted, masks, labels = self.anomaly_generator(
             input_features=features, adapted_features=self.adaptor(features), masks=masks, labels=labels
         )
+        if self.image_score != "classifier":  # the image head scores nothing: only the pixel head's terms
+            segmentation = self.segdec.seg_head(noised_adapted)
+            return criterion.focal_loss(segmentation, masks) + criterion.trunc_l1_loss(segmentation, masks)
         segmentation, classification = self.segdec(seg_features=noised_adapted, cls_features=noised)
         return criterion(segmentation, classification, masks, labels)
 
@@ -385,7 +394,7 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
             start = 0
             for batch in features:
                 segmentation, classification = self.heads(batch)
-                if self.image_score == "map_max":
+                if classification is None:
                     anomaly_map = self.anomaly_map_generator(segmentation, final_size=tuple(self.spec.input_size))
                     scores.append(torch.amax(anomaly_map, dim=(-2, -1)).reshape(-1).numpy())
                 else:

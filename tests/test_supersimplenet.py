@@ -88,3 +88,28 @@ def test_scorer_gives_the_models_scores_and_maps(tmp_path):
         assert np.allclose(graph_maps[:, 0].numpy(), maps, atol=1e-4)
         if image_score == "map_max":
             assert np.allclose(scores, maps.reshape(3, -1).max(axis=1))
+
+
+def test_the_epoch_keeper_keeps_the_latest_epoch_as_good_as_the_best_and_stops_on_patience():
+    from assets.vad.models.epochs import EPOCH_CALLBACKS, EpochKeeper
+
+    seen = []
+
+    def callback(epoch: int, metrics: dict) -> None:
+        seen.append(epoch)
+
+    EPOCH_CALLBACKS.append(callback)
+    try:
+        module = torch.nn.Linear(1, 1, bias=False)
+        keeper = EpochKeeper("image_AUROC", patience=2, logger=LOGGER)
+        stops = []
+        for epoch, auroc in enumerate([0.80, 0.90, 0.89, 0.85, 0.84], start=1):
+            module.weight.data.fill_(epoch)
+            stops.append(keeper.update(epoch, {"image_AUROC": auroc}, module))
+        assert stops == [False, False, False, False, True]  # 0.85 and 0.84 are more than 0.02 below 0.90
+        assert keeper.is_kept(3) and not keeper.is_kept(2)  # 0.89 is within 0.02 of 0.90, and later
+        kept = keeper.restore(module)
+        assert kept["epoch"] == 3 and float(module.weight) == 3.0
+        assert seen == [1, 2, 3, 4, 5], "the tuner's callbacks see every epoch"
+    finally:
+        EPOCH_CALLBACKS.remove(callback)

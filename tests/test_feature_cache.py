@@ -20,8 +20,18 @@ from assets.vad.models.patchcore import search
 
 LOGGER = logging.getLogger("assets.test")
 SIZE = 32  # 4 x 4 patches at resnet18's layer2
-LAYERS = {"patchcore": ["layer2", "layer3"], "padim": ["layer1", "layer2"], "fastflow": ["layer1", "layer2"]}
-PARAMS = {"patchcore": {"coreset_sampling_ratio": 0.5}, "padim": {"n_features": 20}, "fastflow": {"flow_steps": 2}}
+LAYERS = {
+    "patchcore": ["layer2", "layer3"],
+    "padim": ["layer1", "layer2"],
+    "fastflow": ["layer1", "layer2"],
+    "supersimplenet": ["layer2", "layer3"],
+}
+PARAMS = {
+    "patchcore": {"coreset_sampling_ratio": 0.5},
+    "padim": {"n_features": 20},
+    "fastflow": {"flow_steps": 2},
+    "supersimplenet": {},
+}
 
 
 class CountingBackbone(torch.nn.Module):
@@ -93,7 +103,7 @@ def test_the_memo_is_off_by_default_and_off_again_after_its_block():
     assert net.images == 4, "outside the block every call runs the backbone"
 
 
-@pytest.mark.parametrize("model_name", ["patchcore", "padim", "fastflow"])
+@pytest.mark.parametrize("model_name", ["patchcore", "padim", "fastflow", "supersimplenet"])
 def test_cached_fits_and_scores_are_bit_identical_and_a_second_fit_runs_no_backbone(images, model_name, monkeypatch):
     train, valid = images
     monkeypatch.setattr(patchcore_model, "CHUNK_PATCHES", 64)  # chunks of the streamed coreset, with tiny images
@@ -106,7 +116,8 @@ def test_cached_fits_and_scores_are_bit_identical_and_a_second_fit_runs_no_backb
         warm, warm_counter = fitted(model_name, train, valid)
         assert cold_counter.images > 0 and warm_counter.images == 0, "the second fit reads every feature from the memo"
         scores, maps = warm.score(probe)
-        validated = len(valid.files) if model_name == "fastflow" else 0  # FastFlow picks its epoch on validation
+        epochs_chosen = model_name in ("fastflow", "supersimplenet")  # they pick their epoch on validation
+        validated = len(valid.files) if epochs_chosen else 0
         assert cache.stats.entries == len(train.files) + validated + len(probe)
     for model in (cold, warm):
         state, reference = model.state_dict(), alone.state_dict()

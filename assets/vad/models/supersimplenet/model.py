@@ -283,7 +283,8 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         mean = sums / count
         spread = (squares / count - mean**2).clamp_min(0).sqrt()
         self.feature_mean = mean.float().to(self.device)
-        self.feature_std = spread.clamp_min(1e-6 * float(spread.max())).float().to(self.device)
+        floor = max(1e-6 * float(spread.max()), 1e-8)  # a channel constant over the training images divides by this
+        self.feature_std = spread.clamp_min(floor).float().to(self.device)
         if cached_bytes > FEATURE_CACHE_LIMIT:
             logger.info(
                 f"training features would take {cached_bytes / 2**30:.1f} GiB (cache limit "

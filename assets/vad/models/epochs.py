@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -96,3 +98,54 @@ class EpochKeeper:
         model.load_state_dict(self.kept_state)
         self.logger.info(f"kept epoch {int(self.kept['epoch'])}: valid {self.monitor} {self.kept[self.monitor]:.4g}")
         return self.kept
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    train_epoch: Callable[[], tuple[float, int]],
+    evaluate: Callable[[], dict[str, float]],
+    max_epochs: int,
+    monitor: str,
+    patience: int,
+    logger: logging.Logger,
+) -> dict[str, Any]:
+    """Run epochs, validate after each, keep the latest epoch as good as the best (:class:`EpochKeeper`).
+
+    Args:
+        model: The model (its state is kept and restored).
+        train_epoch: Trains one epoch in training mode; returns (summed loss, samples).
+        evaluate: Validation metrics of the current model (``monitor`` among them).
+        max_epochs: Upper bound on epochs.
+        monitor: Metric deciding the kept epoch and early stopping.
+        patience: Epochs below the best before stopping.
+        logger: Progress logger.
+
+    Returns:
+        The kept epoch's validation metrics, ``epoch``, ``epoch_seconds`` (mean wall time of the epochs run) and
+        ``history`` (per epoch: train loss and validation metrics); empty when no epoch ran.
+    """
+    keeper = EpochKeeper(monitor, patience, logger)
+    epoch_seconds: list[float] = []
+    history: list[dict[str, float]] = []  # experiment tracking's steps
+    for epoch in range(1, max_epochs + 1):
+        started = time.perf_counter()
+        total, count = train_epoch()
+        model.eval()
+        measured = evaluate()
+        epoch_seconds.append(time.perf_counter() - started)
+        train_loss = total / max(count, 1)
+        history.append({"epoch": float(epoch), "train_loss": train_loss, **measured})
+        stop = keeper.update(epoch, measured, model)
+        logger.info(
+            f"epoch {epoch}/{max_epochs}: train loss {train_loss:.4g}, "
+            + ", ".join(f"valid {k} {v:.4g}" for k, v in measured.items())
+            + f" ({epoch_seconds[-1]:.1f} s)"
+            + (" (kept)" if keeper.is_kept(epoch) else "")
+        )
+        if stop:
+            break
+    model.eval()
+    kept = keeper.restore(model)
+    if not kept:  # max_epochs < 1: nothing trained
+        return {}
+    return {**kept, "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds), "history": history}

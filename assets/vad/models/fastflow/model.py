@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from assets.vad.anomalib_api import (
 from assets.vad.backbones import load_pretrained_weights
 from assets.vad.batches import loader
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image
-from assets.vad.models.epochs import EpochKeeper
+from assets.vad.models.epochs import train_epochs
 from assets.vad.models.fastflow import FastflowParams
 from assets.vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
 from assets.vad.models.feature_cache import backbone_features
@@ -322,11 +321,8 @@ def fit_fastflow(
     """
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.001, weight_decay=0.00001)
     criterion = FastflowLoss()
-    keeper = EpochKeeper(monitor, patience, logger)
-    epoch_seconds: list[float] = []
-    history: list[dict[str, float]] = []  # per epoch: train loss and validation metrics (experiment tracking's steps)
-    for epoch in range(1, max_epochs + 1):
-        started = time.perf_counter()
+
+    def train_epoch() -> tuple[float, int]:
         model.train()
         total, count = 0.0, 0
         for features in train_batches():
@@ -337,21 +333,6 @@ def fit_fastflow(
             optimizer.step()
             total += float(loss) * len(features[0])
             count += len(features[0])
-        model.eval()
-        measured_now = evaluate(model)
-        epoch_seconds.append(time.perf_counter() - started)
-        history.append({"epoch": float(epoch), "train_loss": total / max(count, 1), **measured_now})
-        stop = keeper.update(epoch, measured_now, model)
-        logger.info(
-            f"epoch {epoch}/{max_epochs}: train loss {total / max(count, 1):.4g}, "
-            + ", ".join(f"valid {k} {v:.4g}" for k, v in measured_now.items())
-            + f" ({epoch_seconds[-1]:.1f} s)"
-            + (" (kept)" if keeper.is_kept(epoch) else "")
-        )
-        if stop:
-            break
-    model.eval()
-    kept = keeper.restore(model)
-    if not kept:  # max_epochs < 1: nothing trained
-        return {}
-    return {**kept, "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds), "history": history}
+        return total, count
+
+    return train_epochs(model, train_epoch, lambda: evaluate(model), max_epochs, monitor, patience, logger)

@@ -22,7 +22,6 @@ The state dict keeps anomalib's names for the heads (``adaptor.*``, ``segdec.*``
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from assets.vad.backbones import load_pretrained_weights
 from assets.vad.batches import loader
 from assets.vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from assets.vad.models.blur import SeparableGaussianBlur2d
-from assets.vad.models.epochs import EpochKeeper
+from assets.vad.models.epochs import train_epochs
 from assets.vad.models.feature_cache import backbone_features
 from assets.vad.models.maps import concat_layers
 from assets.vad.models.spec import ModelSpec
@@ -291,7 +290,7 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
                 f"{FEATURE_CACHE_LIMIT / 2**30:.1f} GiB): extracting them every epoch"
             )
             return []
-        return cached
+        return [torch.cat(cached)] if cached else []  # one tensor: each epoch only draws a new order
 
     def _epoch_features(
         self, train: FitData, options: FitOptions, cached: list[torch.Tensor]
@@ -302,7 +301,7 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
             cached_now = (self.raw_features(images) for images in batches)
             yield from (self.standardise(features) for features in cached_now)
             return
-        every = torch.cat(cached)
+        (every,) = cached
         order = torch.randperm(len(every))
         for start in range(0, len(every), HEAD_BATCH):
             yield self.standardise(every[order[start : start + HEAD_BATCH]].float())
@@ -326,11 +325,8 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         milestones = [int(options.max_epochs * 0.8), int(options.max_epochs * 0.9)]
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.4)
         criterion = SupersimplenetLoss()
-        keeper = EpochKeeper(options.monitor, patience, logger)
-        epoch_seconds: list[float] = []
-        history: list[dict[str, float]] = []
-        for epoch in range(1, options.max_epochs + 1):
-            started = time.perf_counter()
+
+        def train_epoch() -> tuple[float, int]:
             self.adaptor.train()
             self.segdec.train()
             total, count = 0.0, 0
@@ -343,24 +339,9 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
                 total += float(loss) * len(features)
                 count += len(features)
             scheduler.step()
-            self.eval()
-            measured = evaluate()
-            epoch_seconds.append(time.perf_counter() - started)
-            history.append({"epoch": float(epoch), "train_loss": total / max(count, 1), **measured})
-            stop = keeper.update(epoch, measured, self)
-            logger.info(
-                f"epoch {epoch}/{options.max_epochs}: train loss {total / max(count, 1):.4g}, "
-                + ", ".join(f"valid {k} {v:.4g}" for k, v in measured.items())
-                + f" ({epoch_seconds[-1]:.1f} s)"
-                + (" (kept)" if keeper.is_kept(epoch) else "")
-            )
-            if stop:
-                break
-        self.eval()
-        kept = keeper.restore(self)
-        if not kept:
-            return {}
-        return {**kept, "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds), "history": history}
+            return total, count
+
+        return train_epochs(self, train_epoch, evaluate, options.max_epochs, options.monitor, patience, logger)
 
     def _loss(self, features: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
         """The loss (anomalib's) on a batch of normal features, half of its copies noised in Perlin-shaped regions."""

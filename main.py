@@ -15,6 +15,9 @@ from alo.errors import AloError, one_line
 from alo.logs import setup_console
 from alo.runner import run
 
+SOLUTION = "assets"  # the package of the pipeline steps
+REPORTER = "apps.mlflow.tracking_report"  # the tracking plugin: what a run reports, and its MLflow model
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line.
@@ -72,21 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.loop:
             from alo.loop import run_loop
 
-            run_loop(args.config, args.system)
+            run_loop(args.config, args.system, SOLUTION, REPORTER)
         elif args.mode == "serve":
-            from assets.vad.http_api import serve
+            from apps.http.api import serve
 
             serve(args.config, args.host, args.port, args.data_root, args.max_upload_mb)
         elif args.mode == "export":
-            from assets.vad.export_command import run_export
+            from apps.export_command import run_export
 
             run_export(args.config)
         elif args.mode == "tune":
-            from assets.vad.tuning.study import run_tune
+            from vad.tuning.study import run_tune
 
             run_tune(args.config)
         else:
-            run(args.config, args.mode)
+            run(args.config, args.mode, SOLUTION, REPORTER)
     except AloError as exc:
         if args.debug:
             log.exception("run failed")

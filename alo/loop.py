@@ -105,19 +105,23 @@ def error_code(exc: BaseException) -> str:
 class EdgeLoop:
     """One resident inference pipeline serving requests from Redis."""
 
-    def __init__(self, plan_path: str | Path, system: str | None = None, package: str = "assets") -> None:
+    def __init__(
+        self, plan_path: str | Path, system: str | None = None, package: str = "assets", reporter: str | None = None
+    ) -> None:
         """Read the plan and the solution metadata; nothing runs yet.
 
         Args:
             plan_path: The plan file.
             system: Solution metadata (a YAML/JSON file or a JSON text), or None.
             package: The solution package.
+            reporter: The tracking plugin (see :func:`alo.runner.run_pipeline`).
         """
         import redis  # the loop's dependency only
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.package = package
+        self.reporter = reporter
         self.metadata = parse_metadata(system) if system else SolutionMetadata()
         self.plan: Plan = self.metadata.apply(load_plan(plan_path))
         host, port = self.metadata.redis_host_port
@@ -172,7 +176,7 @@ class EdgeLoop:
         started = time.perf_counter()
         try:
             with project_lock(self.plan.root):
-                run_pipeline(self.plan, "inference", steps, self.package, resident_model=models)
+                run_pipeline(self.plan, "inference", steps, self.package, resident_model=models, reporter=self.reporter)
             logger.info(f"warm-up run on the plan's data done in {time.perf_counter() - started:.1f}s")
         except DataError as exc:  # no data at boot is normal on an edge device: the model alone is loaded
             logger.warning(f"warm-up skipped: {exc}")
@@ -318,7 +322,9 @@ class EdgeLoop:
             raise RequestError("E112", exc) from None
         models = self._models_for(plan)
         with project_lock(plan.root):
-            run_pipeline(plan, "inference", steps, self.package, resident_model=models, answer=answer)
+            run_pipeline(
+                plan, "inference", steps, self.package, resident_model=models, answer=answer, reporter=self.reporter
+            )
         destination = plan.resolve(plan.external_path.save_inference_artifacts_path)
         archive = destination / ARCHIVE if destination is not None else None
         return archive if archive is not None and archive.is_file() else None
@@ -351,18 +357,21 @@ class EdgeLoop:
         self._workdir.cleanup()
 
 
-def run_loop(plan_path: str | Path, system: str | None = None, package: str = "assets") -> int:
+def run_loop(
+    plan_path: str | Path, system: str | None = None, package: str = "assets", reporter: str | None = None
+) -> int:
     """Boot the loop and serve until stopped.
 
     Args:
         plan_path: The plan file.
         system: Solution metadata, or None.
         package: The solution package.
+        reporter: The tracking plugin (see :func:`alo.runner.run_pipeline`).
 
     Returns:
         The number of requests answered.
     """
-    loop = EdgeLoop(plan_path, system, package)
+    loop = EdgeLoop(plan_path, system, package, reporter)
     try:
         loop.boot()
         return loop.serve()

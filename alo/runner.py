@@ -156,6 +156,7 @@ def run_pipeline(
     resident_model: Path | None = None,
     answer: Callable[[Path], None] | None = None,
     tracking_jobs: list[Path] | None = None,
+    reporter: str | None = None,
 ) -> Path:
     """Run one pipeline and promote its artifacts.
 
@@ -170,6 +171,8 @@ def run_pipeline(
             writes and the promotion (the edge loop answers with the summary there, as ALO does).
         tracking_jobs: Where a one-shot process collects its runs' tracking jobs, to start one logger for all
             (:func:`alo.tracking.start_logger`); None: this run's logger starts when it ends.
+        reporter: The tracking plugin, a module with ``report`` and ``log_model`` (:class:`alo.tracking.Tracker`);
+            None: runs are tracked with their record and parameters only.
 
     Returns:
         The promoted artifacts folder.
@@ -187,7 +190,7 @@ def run_pipeline(
         "start_time": datetime.now(UTC).isoformat(),
     }
     failed = True
-    tracker = Tracker(tracking_settings(plan), package, resident=resident_model is not None)
+    tracker = Tracker(tracking_settings(plan), reporter, resident=resident_model is not None)
     params = {step.name: step.args.model_dump(mode="json") for step in steps}
     with log_files(staging / "log"):
         try:
@@ -284,8 +287,15 @@ def _keep_plan(plan: Plan, target: Path) -> None:
 
 @functools.cache
 def _code_id(package: str) -> str:
-    """The hash of the solution package's sources, once per process: the code that runs is the code loaded."""
-    return hash_code(Path(importlib.import_module(package).__path__[0]))
+    """The hash of the solution's sources, once per process: the code that runs is the code loaded.
+
+    The solution package's own sources, and those of the packages it names in ``CODE_PACKAGES`` (the library its
+    steps adapt), in that order.
+    """
+    module = importlib.import_module(package)
+    names = [package, *getattr(module, "CODE_PACKAGES", ())]
+    ids = [hash_code(Path(importlib.import_module(name).__path__[0])) for name in names]
+    return ids[0] if len(ids) == 1 else hash_object(ids)
 
 
 def train_id_of(model_dir: Path) -> str | None:
@@ -320,13 +330,14 @@ def _save_archives(plan: Plan, pipeline: str, final: Path) -> None:
     logger.info(f"{pipeline} archives written to {destination}")
 
 
-def run(plan_path: str | Path, mode: str = "all", package: str = "assets") -> list[Path]:
+def run(plan_path: str | Path, mode: str = "all", package: str = "assets", reporter: str | None = None) -> list[Path]:
     """Run the pipelines a mode asks for.
 
     Args:
         plan_path: The plan file.
         mode: ``train``, ``inference`` or ``all`` (train, then inference).
         package: The solution package holding the steps.
+        reporter: The tracking plugin (see :func:`run_pipeline`).
 
     Returns:
         The promoted artifact folders, in run order.
@@ -337,6 +348,9 @@ def run(plan_path: str | Path, mode: str = "all", package: str = "assets") -> li
     jobs: list[Path] = []
     try:
         with project_lock(plan.root):
-            return [run_pipeline(plan, name, prepared[name], package, tracking_jobs=jobs) for name in pipelines]
+            return [
+                run_pipeline(plan, name, prepared[name], package, tracking_jobs=jobs, reporter=reporter)
+                for name in pipelines
+            ]
     finally:
         start_logger(jobs)  # one logger for every run of this process, failed ones too

@@ -5,11 +5,11 @@ On by default, into a local SQLite store beside the plan (``mlruns/mlflow.db``, 
 ``tracking: false`` turns it off, ``tracking_uri`` points elsewhere (any MLflow tracking URI; a plain path is
 a folder for the SQLite store), ``tracking_experiment`` names the experiment (default: the plan's name).
 
-The run's own process builds what the run reports (the solution package's ``tracking_report`` module:
-metrics, steps, tags, artifact files, the model folder) the moment it ends, and snapshots it as a job: a
-folder under ``.pending/`` in the jobs folder (the local store's folder; for any other URI ``mlruns/``
-beside the plan) holding ``job.json`` and hard links to the files. A later run moving or deleting the
-artifacts changes nothing that is logged. MLflow itself is loaded elsewhere, since importing it alone costs
+The run's own process builds what the run reports (the reporter module the runner is given, for example
+``apps.mlflow.tracking_report``: metrics, steps, tags, artifact files, the model folder) the moment it ends,
+and snapshots it as a job: a folder under ``.pending/`` in the jobs folder (the local store's folder; for any
+other URI ``mlruns/`` beside the plan) holding ``job.json`` and hard links to the files. A later run moving or
+deleting the artifacts changes nothing that is logged. MLflow itself is loaded elsewhere, since importing it alone costs
 a default run on this machine's two cores over 5% (1.4 s of a 25 s run): a one-shot process
 (``main.py --mode train|inference|all``) starts one ``python -m alo.tracking JOB...`` in its own session for
 all its runs' jobs; a resident process (the edge loop) keeps MLflow loaded and logs in one background
@@ -126,7 +126,7 @@ class Report:
         steps: Per-step series, ``{name: [(step, value), ...]}``.
         artifacts: Files to log, ``{path in the run: file}``.
         tags: Extra tags.
-        model: A folder the package's ``tracking_report.log_model(mlflow, folder)`` logs as the run's model.
+        model: A folder the reporter's ``log_model(mlflow, folder)`` logs as the run's model.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
@@ -179,16 +179,17 @@ def check_store(settings: TrackingSettings) -> None:
 class Tracker:
     """One pipeline run's tracking (see the module docstring)."""
 
-    def __init__(self, settings: TrackingSettings, package: str, resident: bool = False) -> None:
+    def __init__(self, settings: TrackingSettings, reporter: str | None, resident: bool = False) -> None:
         """Prepare tracking; a resident process starts loading MLflow in its logging thread.
 
         Args:
             settings: The plan's tracking settings.
-            package: The solution package (its ``tracking_report`` module builds the report).
+            reporter: The module whose ``report`` builds the run's report and whose ``log_model`` logs its model
+                (None: the run is logged with its record and parameters only).
             resident: The process stays up (the edge loop): log in this process, MLflow loaded once.
         """
         self.settings = settings
-        self.package = package
+        self.reporter = reporter
         self.resident = resident
         if settings.enabled and resident:
             try:
@@ -217,7 +218,7 @@ class Tracker:
             check_store(self.settings)
             if not self.resident:
                 _report_earlier_errors(self.settings)
-            job = write_job(self.settings, self.package, record, folder, params)
+            job = write_job(self.settings, self.reporter, record, folder, params)
             if self.resident:
                 _resident_logger(self.settings).put(job)
             elif jobs is not None:
@@ -251,12 +252,12 @@ def _link_tree(source: Path, target: Path) -> None:
         link(str(source), str(target))
 
 
-def write_job(settings: TrackingSettings, package: str, record: dict, folder: Path, params: dict) -> Path:
+def write_job(settings: TrackingSettings, reporter: str | None, record: dict, folder: Path, params: dict) -> Path:
     """Build the run's report now and snapshot it with its files as a job folder (``job.json`` written last).
 
     Args:
         settings: The tracking settings.
-        package: The solution package.
+        reporter: The reporter module (see :class:`Tracker`).
         record: The run's record.
         folder: The run's artifacts folder.
         params: The steps' arguments.
@@ -264,19 +265,21 @@ def write_job(settings: TrackingSettings, package: str, record: dict, folder: Pa
     Returns:
         The job folder.
     """
-    report = _report(package, record, folder)
+    report = _report(reporter, record, folder)
     job = Path(settings.jobs) / PENDING / f"{record.get('id')}-{record.get('pipeline')}"
     shutil.rmtree(job, ignore_errors=True)  # a half-written snapshot of this same run
     job.mkdir(parents=True)
     try:
-        _snapshot(job, settings, package, record, params, report)
+        _snapshot(job, settings, reporter, record, params, report)
     except BaseException:
         shutil.rmtree(job, ignore_errors=True)  # no half-written job is left behind
         raise
     return job
 
 
-def _snapshot(job: Path, settings: TrackingSettings, package: str, record: dict, params: dict, report: Report) -> None:
+def _snapshot(
+    job: Path, settings: TrackingSettings, reporter: str | None, record: dict, params: dict, report: Report
+) -> None:
     """Link the report's files into the job folder and write its ``job.json`` (last, by a rename)."""
     artifacts = {}
     for index, (name, path) in enumerate(sorted(report.artifacts.items())):
@@ -289,7 +292,7 @@ def _snapshot(job: Path, settings: TrackingSettings, package: str, record: dict,
         _link_tree(report.model, job / model)  # type: ignore[arg-type]
     payload = {
         "settings": asdict(settings),
-        "package": package,
+        "reporter": reporter,
         "record": record,
         "params": params,
         "report": {
@@ -473,7 +476,7 @@ def log_run(mlflow: Any, client: Any, experiment_id: str, job: Path, payload: di
             parent = str(Path(name).parent)
             client.log_artifact(run_id, str(job / relative), None if parent == "." else parent)
         if report["model"] is not None:
-            module = importlib.import_module(f"{payload['package']}.tracking_report")
+            module = importlib.import_module(str(payload["reporter"]))
             with mlflow.start_run(run_id=run_id):
                 module.log_model(mlflow, job / report["model"])
     finally:
@@ -524,11 +527,10 @@ def _store(settings: TrackingSettings) -> tuple[Any, Any, str]:
     return _stores[settings]
 
 
-def _report(package: str, record: dict, folder: Path) -> Report:
-    try:
-        module = importlib.import_module(f"{package}.tracking_report")
-    except ModuleNotFoundError:
+def _report(reporter: str | None, record: dict, folder: Path) -> Report:
+    if reporter is None:
         return Report()
+    module = importlib.import_module(reporter)
     return module.report(str(record.get("pipeline")), folder, record)
 
 

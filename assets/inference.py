@@ -1,4 +1,4 @@
-"""Inference step: score every image through the :class:`~assets.vad.detector.Detector`.
+"""Inference step: score every image through the :class:`~vad.detector.Detector`.
 
 Rows of ``output/output.csv`` are appended batch by batch as images are scored (in the staged
 artifacts, promoted only when the run succeeds), so a long run shows its results as it goes and
@@ -17,14 +17,14 @@ import pandas as pd
 from pydantic import Field
 
 from alo import Asset, Config, Data, StepArgs, StepContext
-from assets.vad import metrics
-from assets.vad import samples as cols
-from assets.vad.calibration import DEFAULT_INFERENCE_THRESHOLD
-from assets.vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
-from assets.vad.detector import PredictionBatch, resident_detector
-from assets.vad.heatmaps import UNKNOWN_LABEL, heatmap_name, save_heatmap
-from assets.vad.pixel_metrics import PixelRows
-from assets.vad.runtime import use_all_cores
+from vad import metrics
+from vad import samples as cols
+from vad.calibration import DEFAULT_INFERENCE_THRESHOLD
+from vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
+from vad.detector import PredictionBatch, resident_detector
+from vad.heatmaps import UNKNOWN_LABEL, heatmap_name, save_heatmap
+from vad.pixel_metrics import PixelRows
+from vad.runtime import use_all_cores
 
 BATCH_SIZE = 8
 

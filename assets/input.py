@@ -8,8 +8,8 @@ from typing import Literal
 import pandas as pd
 
 from alo import Asset, Config, Data, DataError, StepArgs, StepContext
-from assets.vad.images import IMAGE_EXTENSIONS
-from assets.vad.samples import GENERATED_PATH_COLUMN
+from vad.images import IMAGE_EXTENSIONS
+from vad.samples import GENERATED_PATH_COLUMN
 
 
 class InputArgs(StepArgs):

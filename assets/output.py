@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from alo import Asset, Config, Data, StepArgs, StepContext, build_summary, write_summary
-from assets.vad.batch_summary import summarize
+from vad.batch_summary import summarize
 
 
 class OutputArgs(StepArgs):

@@ -16,8 +16,8 @@ from pydantic import Field
 
 from alo import Asset, Config, Data, DataError, ModelError, StepArgs, StepContext
 from alo.args import suggest
-from assets.vad.images import IMAGE_EXTENSIONS, probe_image
-from assets.vad.samples import FILE, GENERATED_PATH_COLUMN, IS_NG, LABEL, MASK, SPLIT, TRAIN, VALID
+from vad.images import IMAGE_EXTENSIONS, probe_image
+from vad.samples import FILE, GENERATED_PATH_COLUMN, IS_NG, LABEL, MASK, SPLIT, TRAIN, VALID
 
 READINESS_FILE = "readiness_config.json"
 SPLIT_SEED = 42

@@ -30,9 +30,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from assets.vad.models import MODELS as REGISTERED
 from benchmarks import dataset
 from benchmarks.report import write_section
+from vad.models import MODELS as REGISTERED
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")

@@ -1,7 +1,7 @@
 """anomalib's own OpenVINO path for one of our trained models: its export and its ``OpenVINOInferencer``.
 
-The trained model is loaded the repository's way (:func:`~assets.vad.models.saved.read_saved`,
-:func:`~assets.vad.models.factory.build_model`, the ``model.safetensors`` state dict). Our model object
+The trained model is loaded the repository's way (:func:`~vad.models.saved.read_saved`,
+:func:`~vad.models.factory.build_model`, the ``model.safetensors`` state dict). Our model object
 subclasses anomalib's torch model (``PatchcoreModel``, ``FastflowModel``, ``PadimModel``) but overrides its
 scoring (faiss searches, cached folded backbones), which the ONNX exporter cannot trace. anomalib is
 therefore handed the same object seen as anomalib's own class: the same modules and weights, anomalib's
@@ -32,8 +32,8 @@ from torch import nn
 if TYPE_CHECKING:
     from anomalib.models import AnomalibModule
 
-    from assets.vad.models.base import VadModel
-    from assets.vad.models.spec import ModelSpec
+    from vad.models.base import VadModel
+    from vad.models.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def load_trained(folder: Path) -> tuple[VadModel, ModelSpec]:
-    """Our trained model object, as :func:`assets.vad.models.factory.load` builds it before scoring.
+    """Our trained model object, as :func:`vad.models.factory.load` builds it before scoring.
 
     Args:
         folder: A saved model folder (``models/train``).
@@ -60,8 +60,8 @@ def load_trained(folder: Path) -> tuple[VadModel, ModelSpec]:
     """
     from safetensors.torch import load_file
 
-    from assets.vad.models.factory import build_model
-    from assets.vad.models.saved import WEIGHTS_FILE, read_saved
+    from vad.models.factory import build_model
+    from vad.models.saved import WEIGHTS_FILE, read_saved
 
     spec = read_saved(folder).spec
     model = build_model(spec, pretrained=False)

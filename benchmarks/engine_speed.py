@@ -153,7 +153,7 @@ def worker_anomalib(setting: str, data: Path, mode: str, state: Path) -> dict:
     from anomalib.models import Patchcore
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.backbones import load_pretrained_weights
+    from vad.backbones import load_pretrained_weights
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -208,10 +208,10 @@ def worker_detector(models: Path, data: Path) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.batches import to_tensor
-    from assets.vad.detector import Detector
-    from assets.vad.images import read_image
-    from assets.vad.runtime import use_all_cores
+    from vad.batches import to_tensor
+    from vad.detector import Detector
+    from vad.images import read_image
+    from vad.runtime import use_all_cores
 
     use_all_cores()
     detector = Detector.load(models, runtime="torch")  # the torch engine: its backbone is the baseline

@@ -65,9 +65,9 @@ def _auroc_f1(is_ng: list[bool], raw: list[float], predicted: list[bool] | None)
 def worker_runtimes(models: Path, test: Path) -> dict:
     """Every runtime of one trained model on a product's test images (see the module)."""
     sys.path.insert(0, str(ROOT))
-    from assets.vad.detector import Detector
-    from assets.vad.exported import ExportedModel
     from benchmarks.anomalib_openvino import anomalib_openvino_scores
+    from vad.detector import Detector
+    from vad.exported import ExportedModel
 
     files, is_ng = _labelled_test(test)
     detectors = {}
@@ -122,9 +122,9 @@ def _refused_int8(models: Path, files: list[str], is_ng: list[bool]) -> dict:
     import openvino
     import pandas as pd
 
-    from assets.vad.exported import ExportedModel, ExportedScorer, OpenvinoRunner
-    from assets.vad.images import read_image
-    from assets.vad.models.export import quantize_int8
+    from vad.exported import ExportedModel, ExportedScorer, OpenvinoRunner
+    from vad.images import read_image
+    from vad.models.export import quantize_int8
 
     plan = yaml.safe_load((models.parent.parent / "experimental_plan.yaml").read_text())
     train = Path(plan["external_path"][0]["load_train_data_path"])
@@ -151,10 +151,10 @@ def worker_r18_ours(models: Path, train: Path, test: Path) -> dict:
     import openvino
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.detector import Detector
-    from assets.vad.exported import ExportedModel, ExportedScorer, OpenvinoRunner
-    from assets.vad.images import read_image
-    from assets.vad.models.export import quantize_int8
+    from vad.detector import Detector
+    from vad.exported import ExportedModel, ExportedScorer, OpenvinoRunner
+    from vad.images import read_image
+    from vad.models.export import quantize_int8
 
     fp32 = ExportedModel.load(models / "train", "openvino", "fp32")
     size = tuple(fp32.spec.input_size)

@@ -60,7 +60,7 @@ def _images(product: str) -> dict[str, Any]:
 
 
 def _scores(scorer: Any, files: list[str]) -> np.ndarray:
-    from assets.vad.images import read_image
+    from vad.images import read_image
 
     return np.concatenate(
         [scorer.score_images([read_image(f) for f in files[i : i + 4]], False)[0] for i in range(0, len(files), 4)]
@@ -75,8 +75,8 @@ def _timed_scores(scorer: Any, files: list[str]) -> tuple[np.ndarray, float]:
 
 
 def _quantize(model: Any, files: list[str], size: tuple[int, int], setting: str) -> Any:
-    from assets.vad.images import model_pixels, read_image
-    from assets.vad.models.export import CALIBRATION_IMAGES, _quiet, int8_ignored_scope
+    from vad.images import model_pixels, read_image
+    from vad.models.export import CALIBRATION_IMAGES, _quiet, int8_ignored_scope
 
     preset, scope, full_bias = SETTINGS[setting]
     with _quiet():
@@ -104,9 +104,9 @@ def measure(product: str, settings: list[str], work: Path) -> list[dict[str, Any
     Returns:
         The rows.
     """
-    from assets.vad.exported import OPENVINO, OPENVINO_INT8, ExportedScorer, import_openvino, runner
-    from assets.vad.metrics import auroc
-    from assets.vad.models.export import fidelity
+    from vad.exported import OPENVINO, OPENVINO_INT8, ExportedScorer, import_openvino, runner
+    from vad.metrics import auroc
+    from vad.models.export import fidelity
 
     models = MODELS / product / "fastflow" / "train_artifacts" / "models"
     graph = models / "export" / OPENVINO.file

@@ -106,8 +106,8 @@ def summary_ms(values: list[float]) -> dict:
 IN_PROCESS_WORKER = """
 import json, sys, time
 from pathlib import Path
-from assets.vad.detector import resident_detector
-from assets.vad.runtime import use_all_cores
+from vad.detector import resident_detector
+from vad.runtime import use_all_cores
 use_all_cores()
 detector = resident_detector(Path(sys.argv[1]))
 heat = sys.argv[2] == "1"

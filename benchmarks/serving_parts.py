@@ -2,7 +2,7 @@
 
 - PNG: one heatmap picture (original | overlay | region of a generated 256 px gravel image: 768 x 256 RGB)
   encoded by Pillow at zlib level 1 (what the product used), at Pillow's default level, and by
-  :func:`assets.vad.png.encode_png`; milliseconds per picture and file sizes.
+  :func:`vad.png.encode_png`; milliseconds per picture and file sizes.
 - Thread: ``Detector.predict`` of one decoded image (no heatmap), in the thread that loaded the detector and
   in another thread, each in a fresh process (the HTTP API scores in its batcher thread).
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from assets.vad.heatmaps import render
-from assets.vad.png import encode_png
 from benchmarks.engine_speed import build_data
 from benchmarks.report import write_section
+from vad.heatmaps import render
+from vad.png import encode_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,8 @@ import json, statistics, sys, threading, time
 from pathlib import Path
 times = []
 def run():
-    from assets.vad.detector import Detector
-    from assets.vad.images import decode_image
+    from vad.detector import Detector
+    from vad.images import decode_image
     images = [decode_image(Path(p).read_bytes(), Path(p).name) for p in json.loads(sys.argv[2])]
     detector = LOADED or Detector.load(sys.argv[1])
     for image in images[:10]:
@@ -51,7 +51,7 @@ def run():
         times.append(time.perf_counter() - start)
 LOADED = None
 if sys.argv[3] == "other":  # loaded here, scored in another thread
-    from assets.vad.detector import Detector
+    from vad.detector import Detector
     LOADED = Detector.load(sys.argv[1])
 thread = threading.Thread(target=run)
 thread.start()

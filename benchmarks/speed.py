@@ -251,7 +251,7 @@ def worker_anomalib(data: Path, model: str, epochs: int) -> dict:
     from sklearn.metrics import roc_auc_score
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.backbones import load_pretrained_weights
+    from vad.backbones import load_pretrained_weights
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -330,7 +330,7 @@ def worker_anomalib(data: Path, model: str, epochs: int) -> dict:
 
 def _spec(model: str, backbone: str, layers: list[str], mean: tuple, std: tuple) -> object:
     """A model spec at the benchmark's size, the model's other parameters at their defaults."""
-    from assets.vad.models import ModelSpec, entry
+    from vad.models import ModelSpec, entry
 
     params = entry(model).params(backbone=backbone, layers=list(layers))
     return ModelSpec(model, (SIZE, SIZE), tuple(mean), tuple(std), params)
@@ -343,11 +343,11 @@ def worker_bare(data: Path, model: str) -> dict:
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.models.folding import fold_batch_norms
+    from vad.models.folding import fold_batch_norms
 
     settings = PATCHCORE if model == "patchcore" else FASTFLOW
     spec = _spec(model, settings["backbone"], settings["layers"], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    from assets.vad.models.factory import build_model
+    from vad.models.factory import build_model
 
     net = build_model(spec, pretrained=model == "patchcore")
     extractor = net.feature_extractor
@@ -385,7 +385,7 @@ def worker_work(data: Path, model: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     sys.path.insert(0, str(ROOT))
-    from assets.vad.models.factory import build_model
+    from vad.models.factory import build_model
 
     spec = _spec(model, FASTFLOW["backbone"], FASTFLOW["layers"], (0.5,) * 3, (0.5,) * 3)
     net = build_model(spec, pretrained=False)

@@ -1,6 +1,6 @@
 """What the tuner's shared feature memo saves per fit, on a real-defect split (``tuning.feature_cache_mb``).
 
-The fits are the tuner's own (:func:`assets.vad.tuning.study._trial_plan` and ``_fit``: exports and heatmaps
+The fits are the tuner's own (:func:`vad.tuning.study._trial_plan` and ``_fit``: exports and heatmaps
 off), of PatchCore on tf_efficientnet_lite0 at 320 px, on the first resample the study writes of the split's
 ``train/`` folder (200 OK train, 20 OK + 20 NG validation). In one memo block: the first fit (every feature
 new), a fit that differs only in the image score (features and coreset from the memo), a fit with another coreset
@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from alo.plan import load_plan
-from assets.vad.models import feature_cache
-from assets.vad.tuning import study
-from assets.vad.tuning.resample import labelled_data, write_resamples
+from vad.models import feature_cache
+from vad.tuning import study
+from vad.tuning.resample import labelled_data, write_resamples
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "results" / "tune-features"

@@ -7,7 +7,7 @@ import importlib
 import pytest
 from conftest import python_lines
 
-from assets.vad.anomalib_api import DEFERRED, SOURCES
+from vad.anomalib_api import DEFERRED, SOURCES
 
 NAMES = sorted(
     {(module, name) for names in DEFERRED.values() for name, module in names.items()} | set(SOURCES.values())
@@ -22,7 +22,7 @@ def test_each_name_the_adapter_uses_is_defined_where_it_looks(module, name):
 def test_the_adapter_skips_lightning_and_anomalib_still_imports_whole_afterwards():
     code = (
         "import sys\n"
-        "import assets.vad.anomalib_api\n"
+        "import vad.anomalib_api\n"
         "print('lightning' in sys.modules)\n"
         "from anomalib.models import Patchcore, Fastflow, Padim\n"
         "from anomalib.engine import Engine\n"
@@ -36,7 +36,7 @@ def test_a_patchcore_model_imports_no_flow_or_scikit_learn_and_anomalibs_own_cor
     code = (
         "import sys\n"
         "import torch\n"
-        "from assets.vad.models.patchcore.model import OfflinePatchcore\n"
+        "from vad.models.patchcore.model import OfflinePatchcore\n"
         "print(*(name in sys.modules for name in ('FrEIA', 'sklearn', 'scipy.stats')))\n"
         "from anomalib.models.components import KCenterGreedy\n"
         "picks = KCenterGreedy(embedding=torch.randn(50, 4), sampling_ratio=0.2).sample_coreset()\n"

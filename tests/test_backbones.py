@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data
 
-from assets.vad import backbones
-from assets.vad.backbones import (
+from vad import backbones
+from vad.backbones import (
     BackboneError,
     available_layers,
     default_layers,

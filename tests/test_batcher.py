@@ -7,7 +7,7 @@ import time
 
 from PIL import Image
 
-from assets.vad.batcher import Batcher
+from apps.http.batcher import Batcher
 
 
 class CountingDetector:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from assets.vad.calibration import CALIBRATION_FILE, Calibration
+from vad.calibration import CALIBRATION_FILE, Calibration
 
 
 def test_fit_apply_and_is_anomalous_from_one_source(tmp_path):

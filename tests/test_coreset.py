@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from assets.vad.coreset import k_center_greedy
+from vad.coreset import k_center_greedy
 
 
 def _reference(features: torch.Tensor, size: int, first: int) -> list[int]:

@@ -13,7 +13,7 @@ from conftest import ROOT, set_external, step_args, write_plan
 from PIL import Image
 
 import main
-from assets.vad.detector import Detector, Prediction
+from vad.detector import Detector, Prediction
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_detector_in_a_fresh_process_scores_like_output_csv(trained):
     files = [str(trained["root"] / "data/inference" / name) for name in output["image_path"]]
     code = (
         "import json, sys\n"
-        "from assets.vad.detector import Detector\n"
+        "from vad.detector import Detector\n"
         "detector = Detector.load(sys.argv[1])\n"
         "results = detector.predict(json.loads(sys.argv[2]))\n"
         "print(json.dumps([[r.raw_score, r.anomaly_score, r.label, r.certainty] for r in results]))\n"

@@ -15,9 +15,9 @@ from conftest import ROOT, set_external, step_args, write_plan
 
 import edge_install
 import main
-from assets.vad.exported import choose_runtime, read_manifest, usable_kind
-from assets.vad.models import MODELS
-from assets.vad.models import export as export_module
+from vad.exported import choose_runtime, read_manifest, usable_kind
+from vad.models import MODELS
+from vad.models import export as export_module
 
 # A process that cannot import torch (nor what needs it), then runs main.py: the slim runtime's import graph.
 NO_TORCH = """
@@ -219,7 +219,7 @@ def test_each_int8_scope_keeps_its_part_of_the_graph_in_fp32(tmp_path):
     from PIL import Image
     from torch import nn
 
-    from assets.vad.exported import import_openvino
+    from vad.exported import import_openvino
 
     class Scorer(nn.Module):
         def __init__(self) -> None:
@@ -337,8 +337,8 @@ def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, t
 
 def test_patchcore_tail_with_an_inverted_file_equals_the_torch_scorer(project, monkeypatch):
     """The exported runtime's bank search (bounds, exact peaks, inverted-file maps) gives the torch scorer's."""
-    from assets.vad.models.factory import load
-    from assets.vad.models.patchcore import search, settings
+    from vad.models.factory import load
+    from vad.models.patchcore import search, settings
 
     trained = _train(project, "patchcore", export=[])
     monkeypatch.setattr(search, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
@@ -401,7 +401,7 @@ def test_openvino_and_nncf_telemetry_is_declined(project, tmp_path):
     home.mkdir()
     code = (
         "import multiprocessing, sys\n"
-        "from assets.vad.exported import import_openvino\n"
+        "from vad.exported import import_openvino\n"
         "openvino = import_openvino()\n"
         "openvino.convert_model(sys.argv[1])\n"
         "import nncf\n"

@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import make_dataset
 
-from assets.vad.models import ModelSpec, entry, feature_cache
-from assets.vad.models.base import FitData, FitOptions
-from assets.vad.models.factory import build_model
-from assets.vad.models.feature_cache import ByteBoundedMemo, backbone_features, fingerprint
-from assets.vad.models.patchcore import model as patchcore_model
-from assets.vad.models.patchcore import search
+from vad.models import ModelSpec, entry, feature_cache
+from vad.models.base import FitData, FitOptions
+from vad.models.factory import build_model
+from vad.models.feature_cache import ByteBoundedMemo, backbone_features, fingerprint
+from vad.models.patchcore import model as patchcore_model
+from vad.models.patchcore import search
 
 LOGGER = logging.getLogger("assets.test")
 SIZE = 32  # 4 x 4 patches at resnet18's layer2

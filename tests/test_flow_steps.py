@@ -7,8 +7,8 @@ import torch
 from anomalib.models.components.flow import AllInOneBlock
 from anomalib.models.image.fastflow.torch_model import create_fast_flow_block, subnet_conv_func
 
-from assets.vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
-from assets.vad.models.weight_cache import WeightKeyedCache
+from vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
+from vad.models.weight_cache import WeightKeyedCache
 
 
 def trained_like(block: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -7,8 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from assets.vad.models.folding import fold_batch_norms
-from assets.vad.models.weight_cache import WeightKeyedCache
+from vad.models.folding import fold_batch_norms
+from vad.models.weight_cache import WeightKeyedCache
 
 
 def randomise_norms(model: nn.Module, seed: int) -> None:

@@ -18,7 +18,7 @@ from alo.plan import load_plan, parse_plan
 from alo.runner import prepare
 from alo.summary import MAX_NOTE, MAX_RESULT, SummaryContractError, build_summary, validate_summary
 from assets.input import read_csv
-from assets.vad.batch_summary import summarize
+from vad.batch_summary import summarize
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 scalars = st.one_of(
@@ -109,7 +109,7 @@ labels = st.text(min_size=1, max_size=40)
     note=st.text(max_size=300),
 )
 def test_summaries_of_any_scores_keep_the_contract(scores, ok_name, ng_name, note):
-    from assets.vad.thresholds import certainty
+    from vad.thresholds import certainty
 
     if ok_name == ng_name:
         ng_name = ng_name + "_"

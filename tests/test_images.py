@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assets.vad.batches import to_tensor
-from assets.vad.heatmaps import heatmap_name, render
-from assets.vad.images import ImageReadError, model_input_size, normalized, probe_image, read_image
+from vad.batches import to_tensor
+from vad.heatmaps import heatmap_name, render
+from vad.images import ImageReadError, model_input_size, normalized, probe_image, read_image
 
 
 def test_reads_gray_rgba_palette_and_16bit(tmp_path):
@@ -111,7 +111,7 @@ def test_probe_finds_every_kind_of_unreadable_file(tmp_path):
 def test_heatmap_colours_are_matplotlibs_jet_without_importing_it():
     from matplotlib import colormaps
 
-    from assets.vad.heatmaps import _JET
+    from vad.heatmaps import _JET
 
     expected = (colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
     assert np.array_equal(_JET, expected)
@@ -120,7 +120,7 @@ def test_heatmap_colours_are_matplotlibs_jet_without_importing_it():
 def test_heatmap_resize_without_opencv_equals_opencv(monkeypatch):
     import cv2
 
-    from assets.vad import heatmaps
+    from vad import heatmaps
 
     rng = np.random.default_rng(0)
     cases = [((40, 40), (64, 90)), ((320, 320), (256, 256)), ((7, 5), (3, 2)), ((64, 64), (64, 96))]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from conftest import python_lines
 
-from assets.vad.lean_imports import _deferred_disable
+from vad.lean_imports import _deferred_disable
 
 
 def test_a_training_process_builds_and_runs_a_backbone_without_loading_the_compiler():
     code = (
         "import sys, torch\n"
-        "from assets.vad import augment, runtime\n"
-        "from assets.vad.backbones import timm\n"
-        "import assets.train, assets.vad.reports, assets.vad.models.patchcore.model\n"
+        "from vad import augment, runtime\n"
+        "from vad.backbones import timm\n"
+        "import assets.train, vad.reports, vad.models.patchcore.model\n"
         "runtime.seed_everything(3)\n"
         "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())\n"
         "net = timm.create_model('resnet18', pretrained=False, features_only=True, out_indices=(1,)).eval()\n"
@@ -30,7 +30,7 @@ def test_a_training_process_builds_and_runs_a_backbone_without_loading_the_compi
 def test_the_compiler_loads_whole_afterwards_and_the_stand_ins_are_gone():
     code = (
         "import sys, torch\n"
-        "from assets.vad.backbones import timm\n"
+        "from vad.backbones import timm\n"
         "import torch.compiler\n"
         "print(torch.compiler.disable.__module__)\n"
         "import torch._dynamo.utils\n"
@@ -41,7 +41,7 @@ def test_the_compiler_loads_whole_afterwards_and_the_stand_ins_are_gone():
         "print(disable_compiler.__module__, disable_compiler(lambda: 5)())\n"
     )
     # timm keeps the deferred decorator it was given (it applies the real one at a function's first call)
-    assert python_lines(code) == ["torch.compiler", "True True", "[3.0, 3.0]", "assets.vad.lean_imports 5"]
+    assert python_lines(code) == ["torch.compiler", "True True", "[3.0, 3.0]", "vad.lean_imports 5"]
 
 
 def test_an_import_that_needs_more_of_the_compiler_falls_back_to_the_ordinary_import(tmp_path):
@@ -50,7 +50,7 @@ def test_an_import_that_needs_more_of_the_compiler_falls_back_to_the_ordinary_im
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
-        "from assets.vad.lean_imports import lean_import\n"
+        "from vad.lean_imports import lean_import\n"
         "module = lean_import('needs_compiler')\n"
         "import torch.compiler\n"
         "print(module.VALUE > 0, 'torch._dynamo' in sys.modules, torch.compiler.disable.__module__)\n"

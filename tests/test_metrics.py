@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as reference
 
-from assets.vad import metrics
+from vad import metrics
 
 
 def _cases():
@@ -52,7 +52,7 @@ def test_a_training_process_no_longer_imports_scikit_learn():
     import subprocess
     import sys
 
-    code = "import sys, assets.vad.reports, assets.vad.train_reports; print('sklearn' in sys.modules)"
+    code = "import sys, vad.reports, vad.train_reports; print('sklearn' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -60,7 +60,7 @@ def test_a_training_process_no_longer_imports_scikit_learn():
 def test_rank_correlation_is_spearmans_with_ties_averaged():
     from scipy.stats import rankdata, spearmanr
 
-    from assets.vad.metrics import average_ranks, rank_correlation
+    from vad.metrics import average_ranks, rank_correlation
 
     rng = np.random.default_rng(5)
     first = rng.integers(0, 6, 40).astype(float)  # many ties

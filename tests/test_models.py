@@ -12,11 +12,11 @@ from anomalib.models.image.fastflow.loss import FastflowLoss
 from conftest import defect, texture
 from safetensors.torch import load_file
 
-from assets.vad.backbones import BACKBONES, default_layers
-from assets.vad.calibration import Calibration
-from assets.vad.models import ModelSpec, entry
-from assets.vad.models.factory import build_model, load, save
-from assets.vad.models.fastflow.model import fit_fastflow
+from vad.backbones import BACKBONES, default_layers
+from vad.calibration import Calibration
+from vad.models import ModelSpec, entry
+from vad.models.factory import build_model, load, save
+from vad.models.fastflow.model import fit_fastflow
 
 OFFLINE = {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"}
 LOGGER = logging.getLogger("assets.test")
@@ -88,7 +88,7 @@ def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
 def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from assets.vad.models.patchcore import search
+    from vad.models.patchcore import search
 
     monkeypatch.setattr(search, "QUERY_BLOCK", 100)  # several blocks, the last one partial
     generator = torch.Generator().manual_seed(0)
@@ -114,7 +114,7 @@ def _patchcore(search: str = "auto"):
 
 
 def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeypatch):
-    from assets.vad.models.patchcore import model as patchcore
+    from vad.models.patchcore import model as patchcore
 
     monkeypatch.setattr(patchcore, "CHUNK_PATCHES", 200)  # 64 patches per image: chunks cut across batches
     monkeypatch.setattr(patchcore, "GROUP_ROWS", 100)  # several merge passes
@@ -131,7 +131,7 @@ def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeyp
 
 
 def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_path, monkeypatch):
-    from assets.vad.models.patchcore import search
+    from vad.models.patchcore import search
 
     monkeypatch.setattr(search, "EXACT_MAP_ROWS", 512)  # a 4,000-row bank then gets inverted-file maps
     generator = torch.Generator().manual_seed(0)
@@ -276,7 +276,7 @@ def test_fastflow_loss_monitor_keeps_the_lowest_loss():
 
 
 def test_flat_search_finds_the_exact_nearest_rows():
-    from assets.vad.models.patchcore.search import FlatSearch, exact_nearest
+    from vad.models.patchcore.search import FlatSearch, exact_nearest
 
     generator = torch.Generator().manual_seed(2)
     bank, queries = torch.randn(3000, 40, generator=generator), torch.randn(700, 40, generator=generator)
@@ -287,7 +287,7 @@ def test_flat_search_finds_the_exact_nearest_rows():
 
 
 def test_image_scores_are_exact_with_inverted_file_bounds_and_need_few_exact_patches(tmp_path, monkeypatch):
-    from assets.vad.models.patchcore import search
+    from vad.models.patchcore import search
 
     monkeypatch.setattr(search, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
     rng = np.random.default_rng(7)

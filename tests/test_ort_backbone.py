@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from assets.vad.models import ort_backbone as ort
+from vad.models import ort_backbone as ort
 
 
 def small_graph() -> nn.Module:
@@ -64,7 +64,7 @@ def test_a_loaded_model_scores_as_with_torchs_backbone(tmp_path):
     from conftest import load_default_plan, make_dataset, set_external, step_args, write_plan
 
     import main
-    from assets.vad.detector import Detector
+    from vad.detector import Detector
 
     make_dataset(tmp_path / "data")
     plan = load_default_plan()

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from assets.vad.models.maps import UpsampleBlur, separable_blur
-from assets.vad.models.patchcore.peaks import peak_scores
+from vad.models.maps import UpsampleBlur, separable_blur
+from vad.models.patchcore.peaks import peak_scores
 
 
 def gaussian_kernel(sigma: float = 4.0) -> torch.Tensor:

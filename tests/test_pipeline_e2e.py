@@ -152,7 +152,7 @@ def test_labelled_inference_scores_and_counts_predictions(project):
 
 
 def test_fastflow_over_the_feature_cache_limit_extracts_every_epoch_with_the_same_result(project, monkeypatch):
-    from assets.vad.models.fastflow import model as fastflow
+    from vad.models.fastflow import model as fastflow
 
     root, plan = project["root"], project["plan"]
     step_args(plan, "train", "train")["model_name"] = "fastflow"

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from assets.vad.pixel_metrics import GrowingHistogram, PixelMetrics
+from vad.pixel_metrics import GrowingHistogram, PixelMetrics
 
 
 def _maps_and_masks(tmp_path, count=12, size=48, seed=0):
@@ -63,7 +63,7 @@ def test_no_defect_pixels_gives_no_metrics():
 
 
 def test_regions_without_opencv_are_opencvs_regions():
-    from assets.vad.pixel_metrics import _regions_numpy, regions
+    from vad.pixel_metrics import _regions_numpy, regions
 
     rng = np.random.default_rng(0)
     for _ in range(30):

@@ -69,7 +69,7 @@ def test_bad_choice_lists_allowed_values(tmp_path):
     step_args(plan, "train", "train")["model_name"] = "patchcor"
     with pytest.raises(PlanError) as info:
         prepared_args(tmp_path, plan)
-    from assets.vad.models import MODELS
+    from vad.models import MODELS
 
     names = [f"'{name}'" for name in MODELS]  # every registered model, in registry order
     assert f"allowed values: {', '.join(names[:-1])} or {names[-1]}" in str(info.value)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from alo.errors import PlanError
-from assets.vad.plan_edit import Change, apply_changes
+from vad.plan_edit import Change, apply_changes
 
 PLAN = """\
 # the user's plan

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assets.vad import png
-from assets.vad.heatmaps import render, save_heatmap
+from vad import png
+from vad.heatmaps import render, save_heatmap
 
 
 def _decoded(data: bytes) -> np.ndarray:

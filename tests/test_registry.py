@@ -12,7 +12,7 @@ import torch
 from conftest import step_args, write_plan
 
 import main
-from assets.vad.models import MODELS, model_parameters_class
+from vad.models import MODELS, model_parameters_class
 
 LOGGER = logging.getLogger("assets.test")
 
@@ -42,8 +42,8 @@ def test_padim_trains_and_scores_through_main(project):
 def test_streamed_gaussians_match_anomalibs_fit():
     from anomalib.models.components import MultiVariateGaussian
 
-    from assets.vad.models import ModelSpec, entry
-    from assets.vad.models.factory import build_model
+    from vad.models import ModelSpec, entry
+    from vad.models.factory import build_model
 
     spec = ModelSpec(
         "padim",

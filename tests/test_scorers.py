@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import ROOT, defect, texture
 
-from assets.vad.calibration import Calibration
-from assets.vad.models import ModelSpec, entry
-from assets.vad.models.factory import build_model, load, save
-from assets.vad.models.graph import GRAPH_FILE, load_graph
-from assets.vad.models.scorer import GraphScorer
+from vad.calibration import Calibration
+from vad.models import ModelSpec, entry
+from vad.models.factory import build_model, load, save
+from vad.models.graph import GRAPH_FILE, load_graph
+from vad.models.scorer import GraphScorer
 
 LOGGER = logging.getLogger("assets.test")
 CALIBRATION = Calibration(0.0, -1.0, 1.0, "good", "bad", "F1", 0.8)
@@ -86,7 +86,7 @@ def test_scoring_a_saved_model_imports_neither_timm_nor_anomalib(tmp_path):
     save(model, CALIBRATION, {}, tmp_path)
     code = (
         "import sys, torch\n"
-        "from assets.vad.models.factory import load\n"
+        "from vad.models.factory import load\n"
         "loaded = load(__import__('pathlib').Path(sys.argv[1]))\n"
         "loaded.model.score(torch.zeros(1, 3, 64, 64))\n"
         "heavy = sorted(m for m in ('timm', 'anomalib', 'torchvision', 'lightning') if m in sys.modules)\n"

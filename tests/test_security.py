@@ -19,7 +19,7 @@ FORBIDDEN = {
 # The one child process: the page's Train runs ``sys.executable main.py --mode train --config <validated plan copy>``
 # (an argument list, no shell), as a person at the console would; its own test below pins that.
 # The tracker's background logger: ``sys.executable -m alo.tracking <job folders it wrote>``, after the run.
-ALLOWED = {("assets/vad/ui/training.py", "a shell or child process"), ("alo/tracking.py", "a shell or child process")}
+ALLOWED = {("apps/web/training.py", "a shell or child process"), ("alo/tracking.py", "a shell or child process")}
 
 
 def test_framework_and_assets_use_no_shell_pickle_or_unsafe_loader():
@@ -37,7 +37,7 @@ def test_framework_and_assets_use_no_shell_pickle_or_unsafe_loader():
 
 
 def test_the_page_starts_only_main_py_with_our_interpreter_and_no_shell():
-    text = (ROOT / "assets/vad/ui/training.py").read_text(encoding="utf-8")
+    text = (ROOT / "apps/web/training.py").read_text(encoding="utf-8")
     calls = re.findall(r"subprocess\.(\w+)\(", text)
     assert calls == ["Popen"], calls
     assert 'command = [sys.executable, str(MAIN), "--mode", "train", "--config", str(copy.path)]' in text

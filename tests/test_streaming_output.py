@@ -8,7 +8,7 @@ from conftest import make_inference_folder, set_external, step_args, write_plan
 
 import main
 from assets import inference
-from assets.vad.csv_rows import CsvRows, column_cells, frame_text
+from vad.csv_rows import CsvRows, column_cells, frame_text
 
 
 def test_csv_rows_appended_in_batches_equal_one_write(tmp_path):

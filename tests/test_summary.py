@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from alo.summary import SummaryContractError, build_summary, rounded_probability, validate_summary, write_summary
-from assets.vad.batch_summary import summarize
+from vad.batch_summary import summarize
 
 
 def test_single_image_summary_and_sorted_keys(tmp_path):

@@ -11,9 +11,9 @@ import torch
 from conftest import step_args, write_plan
 
 import main
-from assets.vad.models import ModelSpec, entry
-from assets.vad.models.base import FitData, FitOptions
-from assets.vad.models.factory import build_model
+from vad.models import ModelSpec, entry
+from vad.models.base import FitData, FitOptions
+from vad.models.factory import build_model
 
 LOGGER = logging.getLogger("assets.test")
 
@@ -58,7 +58,7 @@ def test_supersimplenet_trains_and_scores_through_main(project):
 def test_training_standardises_the_features_and_is_seeded(tmp_path):
     model, fit, files = _fitted(tmp_path)
     assert {"image_AUROC", "image_F1Score", "loss", "epoch", "history"} <= set(fit)
-    from assets.vad.batches import loader
+    from vad.batches import loader
 
     images = torch.cat([batch for batch, _ in loader(files[:4], model.spec, 4)])
     standardised = model.standardise(model.raw_features(images))
@@ -91,7 +91,7 @@ def test_scorer_gives_the_models_scores_and_maps(tmp_path):
 
 
 def test_the_epoch_keeper_keeps_the_latest_epoch_as_good_as_the_best_and_stops_on_patience():
-    from assets.vad.models.epochs import EPOCH_CALLBACKS, EpochKeeper
+    from vad.models.epochs import EPOCH_CALLBACKS, EpochKeeper
 
     seen = []
 

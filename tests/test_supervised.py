@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import load_default_plan, make_dataset, make_inference_folder, set_external, step_args, write_plan
 
-from assets.vad.supervision import FOLDS, MIN_NG, LinearHead, cross_fit, logistic_head, stratified_folds
+from vad.supervision import FOLDS, MIN_NG, LinearHead, cross_fit, logistic_head, stratified_folds
 
 
 def _labelled(n_ok: int, n_ng: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +106,7 @@ def test_supervised_patchcore_trains_exports_and_scores_through_main(tmp_path: P
 
     state = load_file(str(tmp_path / "train_artifacts" / "models" / "train" / "model.safetensors"))
     assert state["head_weights"].numel() > 0 and state["head_bias"].numel() == 1
-    from assets.vad.exported import read_manifest
+    from vad.exported import read_manifest
 
     manifest = read_manifest(tmp_path / "train_artifacts" / "models" / "train")
     assert manifest is not None
@@ -133,10 +133,10 @@ def test_patchcore_keeps_the_descriptors_of_its_training_images(tmp_path: Path) 
 
     import torch
 
-    from assets.vad.models import ModelSpec, entry
-    from assets.vad.models.base import FitData, FitOptions
-    from assets.vad.models.factory import build_model
-    from assets.vad.supervised_fit import descriptors
+    from vad.models import ModelSpec, entry
+    from vad.models.base import FitData, FitOptions
+    from vad.models.factory import build_model
+    from vad.supervised_fit import descriptors
 
     folder = make_dataset(tmp_path, n_train=8, n_valid_ok=0, n_valid_ng=0, size=32)
     files = sorted(str(p) for p in (folder / "good").glob("*.png"))

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from assets.vad.reports import plot_sweep
-from assets.vad.sweep_plot import MARGIN, SERIES, SIZE, nice_ticks
+from vad.reports import plot_sweep
+from vad.sweep_plot import MARGIN, SERIES, SIZE, nice_ticks
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,6 @@ def test_a_sweep_with_one_threshold_or_missing_values_still_draws(tmp_path):
 
 
 def test_writing_the_validation_reports_imports_no_matplotlib():
-    code = "import sys, assets.vad.reports, assets.vad.train_reports; print('matplotlib' in sys.modules)"
+    code = "import sys, vad.reports, vad.train_reports; print('matplotlib' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

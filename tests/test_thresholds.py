@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assets.vad.calibration import Calibration
-from assets.vad.thresholds import SWEEP_COLUMNS, certainty, f1_threshold, percentile_threshold, sweep
+from vad.calibration import Calibration
+from vad.thresholds import SWEEP_COLUMNS, certainty, f1_threshold, percentile_threshold, sweep
 
 
 def test_sweep_counts_match_brute_force():

@@ -230,9 +230,9 @@ def test_a_run_logs_what_it_reported_even_when_a_later_run_replaced_its_folder(p
     loaded = load_plan(write_plan(root, plan))
     steps = prepare(loaded, "train", "assets")
     jobs: list[Path] = []
-    first = run_pipeline(loaded, "train", steps, "assets", tracking_jobs=jobs)
+    first = run_pipeline(loaded, "train", steps, "assets", tracking_jobs=jobs, reporter=main.REPORTER)
     first_id = json.loads((first / "log" / "experimental_history.json").read_text())["id"]
-    run_pipeline(loaded, "train", steps, "assets", tracking_jobs=jobs)
+    run_pipeline(loaded, "train", steps, "assets", tracking_jobs=jobs, reporter=main.REPORTER)
     assert len(jobs) == 2 and not list((root / "history").glob(f"**/{first_id}")), "the first run's folder is gone"
     assert run_jobs(jobs) == 0 and not any(job.exists() for job in jobs)
     runs = {run.data.tags["alo.run_id"]: run for run in _runs(root, "train")}
@@ -291,10 +291,24 @@ def test_a_resident_process_logs_in_its_tracking_thread(project, monkeypatch):
     monkeypatch.setattr(alo.tracking, "log_run", recorded)
     loaded = load_plan(path)
     left: list[Path] = []  # a one-shot run whose logger never started: the resident thread logs it too
-    run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets", tracking_jobs=left)
+    run_pipeline(
+        loaded,
+        "inference",
+        prepare(loaded, "inference", "assets"),
+        "assets",
+        tracking_jobs=left,
+        reporter=main.REPORTER,
+    )
     models = root / "train_artifacts" / "models"
     for _ in range(2):
-        run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets", resident_model=models)
+        run_pipeline(
+            loaded,
+            "inference",
+            prepare(loaded, "inference", "assets"),
+            "assets",
+            resident_model=models,
+            reporter=main.REPORTER,
+        )
     _settle(root)
     assert threads == ["alo-tracking"] * 3
     runs = _runs(root, "inference")

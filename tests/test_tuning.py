@@ -137,14 +137,14 @@ def test_too_few_ng_images_stops_instead_of_tuning_on_noise(tmp_path, capsys):
 
 
 def _result(number, mean, per, speed, default=False):
-    from assets.vad.tuning.study import TrialResult
+    from vad.tuning.study import TrialResult
 
     std = (sum((v - mean) ** 2 for v in per) / (len(per) - 1)) ** 0.5 if len(per) > 1 else 0.0
     return TrialResult(number, "COMPLETE", {"n": number}, mean, std, per, speed, default)
 
 
 def test_the_choice_goes_to_the_plan_within_one_standard_error_else_to_the_fastest():
-    from assets.vad.tuning.study import choose
+    from vad.tuning.study import choose
 
     plan = _result(0, 0.90, [0.88, 0.92], 30.0, default=True)
     noisy_best = _result(1, 0.91, [0.86, 0.96], 10.0)  # within its own standard error of the plan
@@ -157,7 +157,7 @@ def test_the_choice_goes_to_the_plan_within_one_standard_error_else_to_the_faste
 
 
 def test_a_difference_under_the_validation_splits_step_is_a_tie():
-    from assets.vad.tuning.study import choose, resolution
+    from vad.tuning.study import choose, resolution
 
     step = resolution("auroc", 20, 10)
     assert step == pytest.approx(0.005) and resolution("f1", 20, 10) == pytest.approx(0.05)
@@ -170,7 +170,7 @@ def test_a_difference_under_the_validation_splits_step_is_a_tie():
 
 
 def test_a_fastflow_trial_that_falls_behind_is_pruned_at_its_epoch():
-    from assets.vad.tuning.study import _EpochReporter
+    from vad.tuning.study import _EpochReporter
 
     class Trial:
         def __init__(self):
@@ -240,7 +240,7 @@ def test_tuning_auto_searches_the_registered_models_end_to_end(tune_project):
     assert trials[0].user_attrs.get("default") is True and trials[0].params["model_name"] == "patchcore"
     keys = set().union(*(t.params for t in trials))
     assert {"model_name", "img_size", "supervised"} <= keys, "the supervised mode is a lever of the auto space"
-    from assets.vad.models import MODELS
+    from vad.models import MODELS
 
     tried = {t.params["model_name"] for t in trials}
     assert tried <= set(MODELS) and len(tried) >= 2, "the space holds every registered model, not only the plan's"
@@ -256,8 +256,8 @@ def test_tuning_auto_searches_the_registered_models_end_to_end(tune_project):
 def test_a_trial_plan_keeps_every_train_arg_whatever_the_args_layout(tune_project):
     """Args split over one-key maps (ALO's layout) reach the trial's plan whole, with the trial's changes on top."""
     from alo.plan import load_plan
-    from assets.vad.tuning.resample import SPLIT_COLUMN
-    from assets.vad.tuning.study import _trial_plan
+    from vad.tuning.resample import SPLIT_COLUMN
+    from vad.tuning.study import _trial_plan
 
     root, plan = tune_project["root"], tune_project["plan"]
     train = next(s for b in plan["user_parameters"] for s in b.get("train_pipeline", []) if s["step"] == "train")
@@ -276,8 +276,8 @@ def test_a_trial_plan_keeps_every_train_arg_whatever_the_args_layout(tune_projec
 
 def test_every_kind_of_choice_comes_back_from_optuna_as_it_was_given():
     """Lists and maps are stored as JSON text; each trial's values are the choices themselves, maps included."""
-    from assets.vad.tuning.space import Dimension
-    from assets.vad.tuning.study import _results, _suggest
+    from vad.tuning.space import Dimension
+    from vad.tuning.study import _results, _suggest
 
     dimension = Dimension("model_parameters.x", choices=([64, 64], {"a": 1}, "[not json", 3))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

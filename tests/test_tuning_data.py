@@ -12,7 +12,7 @@ from conftest import load_default_plan, make_dataset, set_external, step_args, w
 
 from alo.errors import DataError
 from alo.plan import load_plan
-from assets.vad.tuning.resample import SPLIT_COLUMN, labelled_data, write_resamples
+from vad.tuning.resample import SPLIT_COLUMN, labelled_data, write_resamples
 
 
 def _plan(root, readiness: dict | None = None, encoding: str | None = None):

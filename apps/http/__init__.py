@@ -1,0 +1,1 @@
+"""The scoring service: FastAPI routes over the Detector, with a micro-batcher."""

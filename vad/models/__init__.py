@@ -1,0 +1,137 @@
+"""The model registry: every model the pipeline can train, registered in one place.
+
+A model is a folder under ``vad/models/``: its ``__init__`` holds its parameter class
+(light, validated with the plan) and names its implementation (``model.py``, imported only when a
+model is built). Adding a model is a new folder plus one line in :data:`MODELS`; no step changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AliasChoices, Field, create_model
+
+from alo import StepArgs
+from vad.models import fastflow, padim, patchcore, supersimplenet
+from vad.models.spec import ModelParams, ModelSpec
+
+__all__ = ["MODELS", "ModelEntry", "ModelParameters", "ModelParams", "ModelSpec", "entry", "model_parameters_class"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model.
+
+    Attributes:
+        name: The plan's ``model_name``.
+        params: Its parameter class (defaults live there).
+        implementation: ``module:Class`` of the model, imported on first use.
+        scorer: ``module:Class`` of its plain-torch scorer (:mod:`vad.models.scorer`).
+    """
+
+    name: str
+    params: type[ModelParams]
+    implementation: str
+    scorer: str
+
+    def model_class(self) -> type:
+        """Import the model class (anomalib, timm: used to train, and to score models saved without a graph).
+
+        Returns:
+            The class (see :class:`vad.models.base.VadModel`).
+        """
+        return _import(self.implementation)
+
+    def scorer_class(self) -> type:
+        """Import the scorer class (torch only).
+
+        Returns:
+            The class (see :class:`vad.models.scorer.GraphScorer`).
+        """
+        return _import(self.scorer)
+
+
+def _import(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+MODELS: dict[str, ModelEntry] = {
+    "patchcore": ModelEntry("patchcore", patchcore.PatchcoreParams, patchcore.IMPLEMENTATION, patchcore.SCORER),
+    "fastflow": ModelEntry("fastflow", fastflow.FastflowParams, fastflow.IMPLEMENTATION, fastflow.SCORER),
+    "padim": ModelEntry("padim", padim.PadimParams, padim.IMPLEMENTATION, padim.SCORER),
+    "supersimplenet": ModelEntry(
+        "supersimplenet", supersimplenet.SupersimplenetParams, supersimplenet.IMPLEMENTATION, supersimplenet.SCORER
+    ),
+}
+
+
+def entry(name: str) -> ModelEntry:
+    """The registry entry of a model.
+
+    Args:
+        name: A registered model name.
+
+    Returns:
+        The entry.
+
+    Raises:
+        KeyError: Not a registered model.
+    """
+    if name not in MODELS:
+        msg = f"unknown model {name!r}; registered models: {', '.join(MODELS)}"
+        raise KeyError(msg)
+    return MODELS[name]
+
+
+class ModelParameters(StepArgs):
+    """``model_parameters`` of the train step: every registered model's parameters under its plan keys.
+
+    The fields are generated from the registry (:func:`model_parameters_class`); ``backbone_weights``
+    and ``pretrained`` apply to whichever model is trained.
+    """
+
+    KEYS: ClassVar[dict[str, dict[str, str]]] = {}  # model -> its parameter field -> plan key
+
+    backbone_weights: str | None = None
+    pretrained: bool = True
+
+    def for_model(self, name: str) -> ModelParams:
+        """The parameters of one model, read from its plan keys.
+
+        Args:
+            name: A registered model name.
+
+        Returns:
+            An instance of that model's parameter class.
+        """
+        keys = self.KEYS[name]
+        return entry(name).params.model_validate({field: getattr(self, key) for field, key in keys.items()})
+
+
+@cache
+def model_parameters_class() -> type[ModelParameters]:
+    """Build the plan's ``model_parameters`` class from the registry (the reference ``*_backborn`` accepted).
+
+    Returns:
+        A :class:`ModelParameters` subclass with one field per model parameter.
+    """
+    fields: dict[str, Any] = {}
+    keys: dict[str, dict[str, str]] = {}
+    for name, registered in MODELS.items():
+        keys[name] = {}
+        for field, info in registered.params.model_fields.items():
+            key = field if field in registered.params.PLAIN_KEYS else f"{name}_{field}"
+            if key in fields or key in ModelParameters.model_fields:
+                msg = f"model parameter key {key!r} of {name} is already taken"
+                raise ValueError(msg)
+            alias = AliasChoices(key, f"{name}_backborn") if field == "backbone" else None
+            annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+            fields[key] = (annotation, Field(info.default, validation_alias=alias))
+            keys[name][field] = key
+    generated = create_model("ModelParameters", __base__=ModelParameters, **fields)
+    generated.KEYS = keys
+    return generated

@@ -1,0 +1,231 @@
+"""What every registered model provides, and the data it is fitted on.
+
+A model class subclasses anomalib's torch model (its state dict stays anomalib's) and
+:class:`VadModel`, which fixes the interface the steps and the :class:`~vad.detector.Detector`
+use: ``build``, ``fit``, ``prepare`` and ``score``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vad.models.folding import fold_batch_norms
+from vad.models.maps import as_arrays
+from vad.models.spec import ModelSpec
+from vad.models.weight_cache import WeightKeyedCache
+
+if TYPE_CHECKING:
+    from vad.supervision import LinearHead
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Images a model is fitted or validated on.
+
+    Attributes:
+        files: Image files.
+        is_ng: True where the image is NG (all False for training images).
+    """
+
+    files: list[str]
+    is_ng: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_ng is None:
+            object.__setattr__(self, "is_ng", np.zeros(len(self.files), dtype=bool))
+        elif len(self.is_ng) != len(self.files):
+            msg = f"is_ng has {len(self.is_ng)} values for {len(self.files)} files"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How to fit.
+
+    Attributes:
+        batch_size: Images per batch.
+        max_epochs: Epochs at most (models trained by gradient descent).
+        seed: Seed of every random choice.
+        monitor: Validation metric that selects the epoch (``image_AUROC``, ``image_F1Score``, ``loss``).
+        augment: Augmentation applied to training images, or None.
+    """
+
+    batch_size: int
+    max_epochs: int
+    seed: int
+    monitor: str
+    augment: Callable[[Image.Image], Image.Image] | None = None
+
+
+def training_passes(train: FitData, spec: ModelSpec, options: FitOptions) -> tuple[Iterator[torch.Tensor], int]:
+    """The training images of a one-pass model (PatchCore, PaDiM): once as they are, once more augmented.
+
+    Args:
+        train: OK training images.
+        spec: The model's description (input size, normalisation).
+        options: Batch size and augmentation.
+
+    Returns:
+        The batches and the number of images they hold.
+    """
+    from vad.batches import loader
+
+    passes = [loader(train.files, spec, options.batch_size)]
+    if options.augment is not None:
+        passes.append(loader(train.files, spec, options.batch_size, augment=options.augment))
+    return (images for batch_loader in passes for images, _ in batch_loader), len(train.files) * len(passes)
+
+
+class VadModel(torch.nn.Module):
+    """The interface of a registered model (mixed into a subclass of anomalib's torch model)."""
+
+    spec: ModelSpec
+    weights_source: str
+
+    @classmethod
+    def build(cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None) -> Self:
+        """Create the model a spec describes, in eval mode.
+
+        Args:
+            spec: The model description.
+            pretrained: Load ImageNet weights into the backbone (False when a trained state follows).
+            weights_path: A user weights file for the backbone.
+
+        Returns:
+            The model.
+        """
+        raise NotImplementedError
+
+    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, Any]:
+        """Fit on normal images.
+
+        Args:
+            train: OK training images.
+            valid: Validation images (models that select epochs use them).
+            options: Batch size, epochs, seed, monitor, augmentation.
+            logger: Progress logger.
+
+        Returns:
+            Fit metrics saved with the model (may be empty; FastFlow adds ``history``, one entry per epoch).
+        """
+        raise NotImplementedError
+
+    folded_backbone: WeightKeyedCache[torch.nn.Module]
+
+    def frozen_backbone(self) -> torch.nn.Module:
+        """The model's frozen feature network (timm's features-only model).
+
+        Returns:
+            The module.
+        """
+        raise NotImplementedError
+
+    def scoring_backbone(self) -> torch.nn.Module:
+        """The batch-norm-folded copy of :meth:`frozen_backbone` the model scores with (saved as a graph).
+
+        Returns:
+            The backbone, in eval mode.
+        """
+        backbone = self.frozen_backbone()
+        return self.folded_backbone.get(
+            backbone, lambda: fold_batch_norms(backbone, example_image(self.spec.input_size, self.device))
+        )
+
+    def supports_head(self) -> bool:
+        """Whether the model scores with the supervised mode's head (:mod:`vad.supervision`).
+
+        A model that does implements :meth:`image_descriptors` and :meth:`set_head`, and adds the head's
+        offset to its raw image score in every scoring path (model, scorer, exported tail).
+
+        Returns:
+            False here.
+        """
+        return False
+
+    def image_descriptors(self, images: torch.Tensor) -> torch.Tensor:
+        """One descriptor per image, what the supervised head learns from.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            (B, F) descriptors.
+        """
+        msg = f"{type(self).__name__} has no supervised head"
+        raise NotImplementedError(msg)
+
+    def training_descriptors(self) -> np.ndarray | None:
+        """The descriptors of the images the last fit learnt from, where the fit kept them (saves a pass).
+
+        Returns:
+            (N, F) descriptors, or None: the caller computes them with :meth:`image_descriptors`.
+        """
+        return None
+
+    def set_head(self, head: LinearHead | None) -> None:
+        """Score with this head from now on (saved with the model), or without one.
+
+        Args:
+            head: The head, or None.
+        """
+        msg = f"{type(self).__name__} has no supervised head"
+        raise NotImplementedError(msg)
+
+    def prepare(self) -> None:
+        """Build everything scoring needs (folded backbone, search index, flow scoring form) now, once.
+
+        Called when a trained model is loaded, so that no scoring call pays for it.
+        """
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's weights are on."""
+        return next(self.parameters()).device
+
+    def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image scores and, on request, anomaly maps of a batch (a hook: a model may skip the maps' work).
+
+        Args:
+            images: Normalised images (B, 3, H, W), on the model's device.
+            maps: Whether the maps are wanted.
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W) or None.
+        """
+        output = self(images)
+        return output.pred_score, output.anomaly_map if maps else None
+
+    def score(self, images: torch.Tensor, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw image scores and raw anomaly maps of a batch.
+
+        Args:
+            images: Normalised images (B, 3, H, W), on any device.
+            maps: Whether the maps are wanted (else None).
+
+        Returns:
+            Scores (B,) and maps (B, H, W) or None, float32 arrays.
+        """
+        self.eval()
+        with torch.inference_mode():
+            return as_arrays(*self.scores_and_maps(images.to(self.device), maps))
+
+
+def example_image(size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A fixed random normalised image (1, 3, H, W): what :meth:`VadModel.prepare` warms the model up with.
+
+    Args:
+        size: (height, width).
+        device: Where to put it.
+
+    Returns:
+        The image.
+    """
+    return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)

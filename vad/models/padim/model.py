@@ -1,0 +1,201 @@
+"""PaDiM on anomalib's ``PadimModel``, with offline weights, a folded backbone and a streamed Gaussian fit.
+
+anomalib keeps every training embedding in memory and fits the Gaussians afterwards (all images x
+channels x patches floats); here the per-patch sums and outer products are accumulated batch by
+batch in float64, so memory follows the model (patches x channels^2), not the number of images.
+The state dict (``feature_extractor.*``, ``idx``, ``gaussian.mean``, ``gaussian.inv_covariance``)
+is anomalib's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alo.logs import Progress
+from vad.anomalib_api import InferenceBatch, MultiVariateGaussian, PadimModel, TimmFeatureExtractor
+from vad.anomalib_api import PadimAnomalyMap as AnomalyMapGenerator
+from vad.backbones import load_pretrained_weights
+from vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
+from vad.models.blur import SeparableGaussianBlur2d
+from vad.models.feature_cache import backbone_features
+from vad.models.padim import PadimParams
+from vad.models.spec import ModelSpec
+from vad.models.weight_cache import WeightKeyedCache
+
+DEFAULT_FEATURES = 100  # channels kept when the plan leaves n_features out (the paper's choice for ResNet-18)
+REGULARISATION = 0.01  # added to the covariance diagonal, as anomalib does
+
+
+class OfflinePadim(VadModel, PadimModel):
+    """anomalib's PaDiM whose backbone weights come from offline sources."""
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str],
+        n_features: int | None,
+        pretrained: bool,
+        weights_path: str | Path | None,
+    ) -> None:
+        nn.Module.__init__(self)
+        self.tiler = None
+        self.backbone = backbone
+        self.layers = list(layers)
+        self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False).eval()
+        self.n_features_original = sum(self.feature_extractor.out_dims)
+        self.n_features = n_features or min(DEFAULT_FEATURES, self.n_features_original)
+        if not 0 < self.n_features <= self.n_features_original:
+            msg = (
+                f"padim_n_features is {self.n_features}; {backbone} {self.layers} has "
+                f"{self.n_features_original} feature channels: use at most that"
+            )
+            raise ValueError(msg)
+        self.register_buffer("idx", torch.randperm(self.n_features_original)[: self.n_features])
+        self.idx: torch.Tensor
+        self.loss = None
+        self.anomaly_map_generator = AnomalyMapGenerator()
+        blur = self.anomaly_map_generator.blur
+        self.anomaly_map_generator.blur = SeparableGaussianBlur2d(
+            sigma=4, channels=1, kernel_size=(blur.height, blur.width)
+        )
+        self.gaussian = MultiVariateGaussian()
+        self.memory_bank: list[torch.Tensor] = []
+        self.weights_source = "random initialisation (pretrained: false)"
+        if pretrained:
+            self.weights_source = load_pretrained_weights(
+                self.feature_extractor.feature_extractor, backbone, weights_path
+            )
+        self.folded_backbone: WeightKeyedCache[nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
+
+    @classmethod
+    def build(cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None) -> OfflinePadim:
+        """PaDiM as a spec describes it (see :meth:`VadModel.build`).
+
+        Args:
+            spec: The model description (``PadimParams``).
+            pretrained: Load ImageNet weights into the backbone.
+            weights_path: A user weights file for the backbone.
+
+        Returns:
+            The model, in eval mode.
+        """
+        params: PadimParams = spec.params  # type: ignore[assignment]
+        model = cls(spec.backbone, spec.layers, params.n_features, pretrained, weights_path)
+        model.spec = spec
+        return model.eval()
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The selected channels of the concatenated layer features, (B, n_features, h, w).
+
+        The backbone runs as its batch-norm-folded copy (:func:`fold_batch_norms`): same features, less work; inside
+        :func:`feature_cache.enabled` its features come from the memo where it holds them.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            The embedding.
+        """
+        images = images.to(self.device)
+        backbone = self.scoring_backbone()
+        features = dict(zip(self.layers, backbone_features(backbone, self.layers, images), strict=True))
+        with torch.no_grad():
+            return self.generate_embedding(features)
+
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:
+        """Embeddings while training; else the anomaly map and its peak as the image score (anomalib's forward).
+
+        Args:
+            input_tensor: Normalised images (B, 3, H, W).
+
+        Returns:
+            The embedding while training, else anomalib's ``InferenceBatch``.
+        """
+        embedding = self.embed(input_tensor)
+        if self.training:
+            return embedding
+        if self.gaussian.mean.numel() == 0:
+            msg = "the Gaussians are not fitted: fit the model before scoring"
+            raise ValueError(msg)
+        with torch.no_grad():
+            anomaly_map = self.anomaly_map_generator(
+                embedding=embedding,
+                mean=self.gaussian.mean,
+                inv_covariance=self.gaussian.inv_covariance,
+                image_size=input_tensor.shape[-2:],
+            )
+        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+
+    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
+        """Fit one Gaussian per patch position on the training images (and an augmented pass when augmenting).
+
+        Args:
+            train: OK training images.
+            valid: Unused (PaDiM has no epochs to select).
+            options: Batch size, augmentation.
+            logger: Progress logger.
+
+        Returns:
+            No fit metrics.
+        """
+        del valid
+        self.fit_gaussians(*training_passes(train, self.spec, options), logger)
+        return {}
+
+    def fit_gaussians(self, batches: Iterable[torch.Tensor], total: int, logger: logging.Logger) -> None:
+        """Mean and inverse covariance per patch position, accumulated batch by batch (float64 sums).
+
+        The same estimate as anomalib's ``MultiVariateGaussian.fit`` (unbiased covariance, 0.01 added to
+        its diagonal, then 1e-5 before inverting), without keeping the embeddings.
+
+        Args:
+            batches: Batches of normalised OK images.
+            total: Number of images (for progress).
+            logger: Progress logger.
+        """
+        self.eval()
+        progress = Progress(logger, "feature extraction", total)
+        count, sums, products = 0, None, None
+        for images in batches:
+            embedding = self.embed(images).double()
+            vectors = embedding.flatten(2)  # (B, D, P)
+            if sums is None:
+                sums = torch.zeros(vectors.shape[1:], dtype=torch.float64, device=vectors.device)
+                products = torch.zeros(
+                    vectors.shape[2], vectors.shape[1], vectors.shape[1], dtype=torch.float64, device=vectors.device
+                )
+            sums += vectors.sum(dim=0)
+            products += torch.einsum("bdp,bep->pde", vectors, vectors)
+            count += len(images)
+            progress.update(len(images))
+        if count < 2 or sums is None or products is None:
+            msg = "PaDiM needs at least 2 training images to estimate a covariance"
+            raise ValueError(msg)
+        mean = sums / count  # (D, P)
+        centred = products - count * torch.einsum("dp,ep->pde", mean, mean)
+        identity = torch.eye(mean.shape[0], dtype=torch.float64, device=mean.device)
+        covariance = centred / (count - 1) + REGULARISATION * identity
+        inverse = torch.linalg.inv(covariance + 1e-5 * identity)
+        self.gaussian.mean = mean.float()
+        self.gaussian.inv_covariance = inverse.float()
+        logger.info(
+            f"PaDiM: Gaussians of {mean.shape[0]} channels at {mean.shape[1]} patch positions from {count} images"
+        )
+
+    def frozen_backbone(self) -> torch.nn.Module:
+        """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
+
+        Returns:
+            The module.
+        """
+        return self.feature_extractor.feature_extractor
+
+    def prepare(self) -> None:
+        """Fold the backbone now (see :meth:`VadModel.prepare`)."""
+        self.eval()
+        self.embed(example_image(self.spec.input_size, self.device))

@@ -1,0 +1,176 @@
+"""PatchCore's scoring in plain torch (and faiss): the model's memory bank on the saved backbone graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from vad.models.maps import UpsampleBlur, concat_layers
+from vad.models.ort_backbone import OrtBackbone, ort_backbone
+from vad.models.patchcore.head import head_offsets
+from vad.models.patchcore.peaks import peak_scores
+from vad.models.patchcore.search import BankSearch
+from vad.models.scorer import GraphScorer, in_graph_runtime
+from vad.models.spec import ModelSpec
+
+
+class PatchcoreScorer(GraphScorer):
+    """Nearest bank row of every patch, the map upsampled and blurred, its peak as the image score."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backbone: nn.Module,
+        bank: torch.Tensor,
+        centroids: torch.Tensor,
+        kernel: torch.Tensor,
+        head: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(spec, backbone)
+        self.bank: torch.Tensor
+        self.kernel: torch.Tensor
+        self.head_weights: torch.Tensor
+        self.head_bias: torch.Tensor
+        self.register_buffer("bank", bank)
+        self.register_buffer("kernel", kernel)
+        weights, bias = head if head is not None else (torch.empty(0), torch.empty(0))
+        self.register_buffer("head_weights", weights)  # the supervised mode's head (empty: none)
+        self.register_buffer("head_bias", bias)
+        self.search = BankSearch(bank, centroids, exact_only=spec.params.search == "exact")  # type: ignore[attr-defined]
+        self.blurs: dict[tuple, UpsampleBlur] = {}
+        self.embedding_runtime: OrtBackbone | None = None  # backbone + embedding in ONNX Runtime (:meth:`prepare`)
+
+    @classmethod
+    def supports(cls, spec: ModelSpec) -> bool:
+        """The map-peak image score only (models scoring with anomalib's re-weighting keep the model).
+
+        Args:
+            spec: The model's description.
+
+        Returns:
+            True for ``image_score: map_max``.
+        """
+        return spec.params.image_score == "map_max"  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor], backbone: nn.Module) -> PatchcoreScorer:
+        """See :meth:`GraphScorer.from_state`.
+
+        Args:
+            spec: The model's description.
+            state: The model's state dict.
+            backbone: The backbone graph.
+
+        Returns:
+            The scorer.
+        """
+        head = (state["head_weights"], state["head_bias"]) if "head_weights" in state else None
+        return cls(
+            spec,
+            backbone,
+            state["memory_bank"],
+            state["search_centroids"],
+            state["anomaly_map_generator.blur.kernel"],
+            head,
+        )
+
+    def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """See :meth:`GraphScorer.scores_and_maps`: without maps, only the patches that can hold a peak are exact."""
+        return self(images, maps)
+
+    TAIL = "patchcore"
+
+    def prepare(self) -> None:
+        """On the CPU, run the backbone and the patch embedding as one ONNX Runtime graph when it gives torch's.
+
+        The pooling, upsampling and concatenation in the graph too: 14% more images/s than the backbone alone.
+        """
+        if self.device.type == "cpu":
+            self.embedding_runtime = ort_backbone(_Embedding(self), self.spec.input_size, torch.get_num_threads())
+
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch embeddings (B, h, w, D), from ONNX Runtime when prepared.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            The embeddings.
+        """
+        if self.embedding_runtime is not None and in_graph_runtime(images):
+            return self.embedding_runtime(images)[0]
+        return self.graph_embedding(images)
+
+    def graph_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch embeddings (B, h, w, D) the exported graph outputs; the numpy tail searches the bank.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+
+        Returns:
+            The embeddings.
+        """
+        pooled = [F.avg_pool2d(feature, 3, 1, 1) for feature in self.features(images)]
+        return concat_layers(pooled, "bilinear").permute(0, 2, 3, 1)
+
+    def tail_arrays(self, embedding: torch.Tensor) -> dict[str, np.ndarray]:
+        """The bank, the inverted file's centroids (empty: exact search) and the grid's upsample-and-blur matrices.
+
+        Args:
+            embedding: An example batch's embeddings (B, h, w, D).
+
+        Returns:
+            The arrays of :class:`~vad.models.patchcore.tail.PatchcoreTail`.
+        """
+        blur = self._blur(embedding.shape[1], embedding.shape[2], embedding.device)
+        ivf = self.search.ivf
+        centroids = ivf.centroids if ivf is not None else torch.empty(0, self.bank.shape[1])
+        return {
+            "bank": self.bank.float().cpu().numpy(),
+            "centroids": centroids.float().cpu().numpy(),
+            "rows": blur.rows.float().cpu().numpy(),
+            "columns_t": blur.columns_t.float().cpu().numpy(),
+            "head_weights": self.head_weights.float().cpu().numpy(),
+            "head_bias": self.head_bias.float().cpu().numpy(),
+        }
+
+    def forward(self, images: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+            maps: Compute the maps (else None, and only the patches that can hold each peak are searched
+                exactly: :func:`peak_scores`).
+
+        Returns:
+            Scores and maps.
+        """
+        embedding = self.embedding(images)
+        batch, height, width, dims = embedding.shape
+        queries = embedding.reshape(-1, dims)
+        blur = self._blur(height, width, queries.device)
+        scores, anomaly_maps = peak_scores(queries, (batch, height, width), self.search, blur, maps)
+        if len(self.head_weights):
+            scores = scores + head_offsets(embedding, self.head_weights, self.head_bias)
+        return scores, anomaly_maps
+
+    def _blur(self, height: int, width: int, device: torch.device) -> UpsampleBlur:
+        """The upsample-and-blur operator of a patch grid, built once (an export traces it as constants)."""
+        key = (int(height), int(width), device)  # a trace gives sizes as tensors
+        if key not in self.blurs:
+            self.blurs[key] = UpsampleBlur(key[:2], tuple(self.spec.input_size), self.kernel.to(device))
+        return self.blurs[key]
+
+
+class _Embedding(nn.Module):
+    """A scorer's backbone and patch embedding as one module (what ONNX Runtime runs)."""
+
+    def __init__(self, scorer: PatchcoreScorer) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        """``(embedding,)`` of a batch."""
+        return (self.scorer.graph_embedding(images),)

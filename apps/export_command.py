@@ -24,8 +24,8 @@ from alo.artifacts import project_lock
 from alo.errors import DataError, ModelError
 from alo.plan import Plan, load_plan
 from assets.readiness import ReadinessArgs
+from vad.export.runtime import DEFAULT_FORMATS
 from vad.images import IMAGE_EXTENSIONS
-from vad.models.export import DEFAULT_FORMATS
 from vad.models.saved import read_saved
 from vad.samples import GENERATED_PATH_COLUMN
 
@@ -149,8 +149,8 @@ def run_export(plan_path: str | Path) -> Path:
     Raises:
         ModelError: No trained model, or the export was refused (its reason in the message).
     """
-    from vad.exported import export_dir
-    from vad.models.export import export_saved
+    from vad.export.runtime import export_dir
+    from vad.export.writer import export_saved
 
     plan = load_plan(plan_path)
     formats, precision = export_settings(plan)

@@ -17,10 +17,10 @@ from vad import samples as cols
 from vad.augment import RandomAugment, build_augmentation
 from vad.backbones import BackboneError
 from vad.calibration import Calibration
+from vad.export.writer import export_saved
 from vad.images import read_image
 from vad.models import feature_cache
 from vad.models.base import FitData, FitOptions, VadModel
-from vad.models.export import export_saved
 from vad.models.factory import build_model, make_spec, save
 from vad.pixel_metrics import PixelRows
 from vad.runtime import resolve_device, seed_everything, use_all_cores

@@ -67,7 +67,7 @@ def worker_runtimes(models: Path, test: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from benchmarks.anomalib_openvino import anomalib_openvino_scores
     from vad.detector import Detector
-    from vad.exported import ExportedModel
+    from vad.export.runtime import ExportedModel
 
     files, is_ng = _labelled_test(test)
     detectors = {}
@@ -122,9 +122,9 @@ def _refused_int8(models: Path, files: list[str], is_ng: list[bool]) -> dict:
     import openvino
     import pandas as pd
 
-    from vad.exported import ExportedModel, ExportedScorer, OpenvinoRunner
+    from vad.export.int8 import quantize_int8
+    from vad.export.runtime import ExportedModel, ExportedScorer, OpenvinoRunner
     from vad.images import read_image
-    from vad.models.export import quantize_int8
 
     plan = yaml.safe_load((models.parent.parent / "experimental_plan.yaml").read_text())
     train = Path(plan["external_path"][0]["load_train_data_path"])
@@ -152,9 +152,9 @@ def worker_r18_ours(models: Path, train: Path, test: Path) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from vad.detector import Detector
-    from vad.exported import ExportedModel, ExportedScorer, OpenvinoRunner
+    from vad.export.int8 import quantize_int8
+    from vad.export.runtime import ExportedModel, ExportedScorer, OpenvinoRunner
     from vad.images import read_image
-    from vad.models.export import quantize_int8
 
     fp32 = ExportedModel.load(models / "train", "openvino", "fp32")
     size = tuple(fp32.spec.input_size)

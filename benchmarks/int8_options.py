@@ -75,11 +75,11 @@ def _timed_scores(scorer: Any, files: list[str]) -> tuple[np.ndarray, float]:
 
 
 def _quantize(model: Any, files: list[str], size: tuple[int, int], setting: str) -> Any:
+    from vad.export.int8 import CALIBRATION_IMAGES, int8_ignored_scope, quiet
     from vad.images import model_pixels, read_image
-    from vad.models.export import CALIBRATION_IMAGES, _quiet, int8_ignored_scope
 
     preset, scope, full_bias = SETTINGS[setting]
-    with _quiet():
+    with quiet():
         import nncf
 
         options: dict[str, Any] = {"preset": getattr(nncf.QuantizationPreset, preset)}
@@ -104,9 +104,9 @@ def measure(product: str, settings: list[str], work: Path) -> list[dict[str, Any
     Returns:
         The rows.
     """
-    from vad.exported import OPENVINO, OPENVINO_INT8, ExportedScorer, import_openvino, runner
+    from vad.export.gates import fidelity
+    from vad.export.runtime import OPENVINO, OPENVINO_INT8, ExportedScorer, import_openvino, runner
     from vad.metrics import auroc
-    from vad.models.export import fidelity
 
     models = MODELS / product / "fastflow" / "train_artifacts" / "models"
     graph = models / "export" / OPENVINO.file

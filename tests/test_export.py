@@ -15,9 +15,12 @@ from conftest import ROOT, set_external, step_args, write_plan
 
 import edge_install
 import main
-from vad.exported import choose_runtime, read_manifest, usable_kind
+from vad.export import gates as gates_module
+from vad.export import int8 as int8_module
+from vad.export import trace as trace_module
+from vad.export import writer as export_module
+from vad.export.runtime import choose_runtime, read_manifest, usable_kind
 from vad.models import MODELS
-from vad.models import export as export_module
 
 # A process that cannot import torch (nor what needs it), then runs main.py: the slim runtime's import graph.
 NO_TORCH = """
@@ -65,13 +68,13 @@ def test_fp32_export_of_each_model_passes_its_gate(project, model_name):
 
 
 def test_a_broken_export_is_refused_and_training_still_succeeds(project, monkeypatch):
-    original = export_module.ScoringGraph.forward
+    original = trace_module.ScoringGraph.forward
 
     def without_std(self, pixels):  # the classic export bug: normalisation left out
         self.std.fill_(1.0)
         return original(self, pixels)
 
-    monkeypatch.setattr(export_module.ScoringGraph, "forward", without_std)
+    monkeypatch.setattr(trace_module.ScoringGraph, "forward", without_std)
     trained = _train(project, "patchcore")
     manifest = read_manifest(trained["models"] / "train")
     assert manifest["accepted"] is False
@@ -181,7 +184,7 @@ def test_openvino_runtime_scores_as_torch_does(project):
 
 
 def test_int8_that_fails_its_accuracy_gate_is_refused_with_the_measured_drop(project, monkeypatch):
-    monkeypatch.setattr(export_module, "MAX_AUROC_DROP", -1.0)  # no int8 model can pass: the refusal path
+    monkeypatch.setattr(gates_module, "MAX_AUROC_DROP", -1.0)  # no int8 model can pass: the refusal path
     trained = _train(project, "fastflow", export=["openvino"], precision="int8")
     export = trained["models"] / "export"
     manifest = read_manifest(trained["models"] / "train")
@@ -219,7 +222,7 @@ def test_each_int8_scope_keeps_its_part_of_the_graph_in_fp32(tmp_path):
     from PIL import Image
     from torch import nn
 
-    from vad.exported import import_openvino
+    from vad.export.runtime import import_openvino
 
     class Scorer(nn.Module):
         def __init__(self) -> None:
@@ -251,8 +254,8 @@ def test_each_int8_scope_keeps_its_part_of_the_graph_in_fp32(tmp_path):
         files.append(str(tmp_path / f"ok_{k}.png"))
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(files[-1])
     model = import_openvino().Core().read_model(str(onnx_file))
-    seen = {scope: _conv_inputs_quantised(export_module.quantize_int8(model, files, (16, 16), scope))
-            for scope in export_module.INT8_SCOPES}  # fmt: skip
+    seen = {scope: _conv_inputs_quantised(int8_module.quantize_int8(model, files, (16, 16), scope))
+            for scope in int8_module.INT8_SCOPES}  # fmt: skip
     names = sorted(seen["graph"])
     head = next(name for name in names if "/scorer/head/" in name)
     depthwise = next(name for name in names if name.startswith("GroupConvolution"))
@@ -260,17 +263,17 @@ def test_each_int8_scope_keeps_its_part_of_the_graph_in_fp32(tmp_path):
     assert not seen["backbone"][head] and seen["backbone"][depthwise]
     assert not seen["dense"][head] and not seen["dense"][depthwise]
     assert sum(seen["dense"].values()) == 2, "the two dense backbone convolutions stay int8"
-    assert export_module._scope_differs(model, "dense") and export_module._scope_differs(model, "backbone")
+    assert int8_module.scope_differs(model, "dense") and int8_module.scope_differs(model, "backbone")
     plain = tmp_path / "plain.onnx"  # no grouped convolution, nothing after a backbone: both later scopes skipped
     torch.onnx.export(Graph().scorer.backbone[:2].eval(), (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False)
     plain_model = import_openvino().Core().read_model(str(plain))
-    assert not export_module._scope_differs(plain_model, "dense")
-    assert not export_module._scope_differs(plain_model, "backbone")
+    assert not int8_module.scope_differs(plain_model, "dense")
+    assert not int8_module.scope_differs(plain_model, "backbone")
 
 
 def test_int8_that_passes_its_gate_scores_with_its_own_calibration(project, monkeypatch):
-    monkeypatch.setattr(export_module, "MAX_AUROC_DROP", 1.0)  # whatever this tiny model's drop, keep it
-    monkeypatch.setattr(export_module, "MAX_F1_DROP", 1.0)
+    monkeypatch.setattr(gates_module, "MAX_AUROC_DROP", 1.0)  # whatever this tiny model's drop, keep it
+    monkeypatch.setattr(gates_module, "MAX_F1_DROP", 1.0)
     trained = _train(project, "fastflow", export=["openvino"], precision="int8")
     assert not multiprocessing.active_children(), "no telemetry process forked by the converter or NNCF"
     root, plan, folder = trained["root"], trained["plan"], trained["models"] / "train"
@@ -359,13 +362,13 @@ def test_patchcore_tail_with_an_inverted_file_equals_the_torch_scorer(project, m
 def test_export_mode_int8_finds_the_validation_labels_and_the_ok_training_images(project, monkeypatch):
     """--mode export int8: the gate scores the validation images with their labels; calibrated on OK training ones."""
     calibrated = {}
-    original = export_module.quantize_int8
+    original = int8_module.quantize_int8
 
     def recording(model, images, size, scope="graph"):
         calibrated["images"] = list(images)
         return original(model, images, size, scope)
 
-    monkeypatch.setattr(export_module, "quantize_int8", recording)
+    monkeypatch.setattr(int8_module, "quantize_int8", recording)
     trained = _train(project, "fastflow", export=[])
     step_args(trained["plan"], "train", "train").update(export=["openvino"], precision="int8")
     path = write_plan(trained["root"], trained["plan"])
@@ -383,7 +386,7 @@ def test_an_int8_quantiser_that_fails_costs_neither_the_fp32_graphs_nor_the_mode
     def broken(model, images, size, scope="graph"):
         raise RuntimeError("quantiser crashed")
 
-    monkeypatch.setattr(export_module, "quantize_int8", broken)
+    monkeypatch.setattr(int8_module, "quantize_int8", broken)
     trained = _train(project, "padim", precision="int8")
     manifest = read_manifest(trained["models"] / "train")
     assert manifest["exports"]["openvino_int8"] == {
@@ -401,7 +404,7 @@ def test_openvino_and_nncf_telemetry_is_declined(project, tmp_path):
     home.mkdir()
     code = (
         "import multiprocessing, sys\n"
-        "from vad.exported import import_openvino\n"
+        "from vad.export.runtime import import_openvino\n"
         "openvino = import_openvino()\n"
         "openvino.convert_model(sys.argv[1])\n"
         "import nncf\n"

@@ -106,7 +106,7 @@ def test_supervised_patchcore_trains_exports_and_scores_through_main(tmp_path: P
 
     state = load_file(str(tmp_path / "train_artifacts" / "models" / "train" / "model.safetensors"))
     assert state["head_weights"].numel() > 0 and state["head_bias"].numel() == 1
-    from vad.exported import read_manifest
+    from vad.export.runtime import read_manifest
 
     manifest = read_manifest(tmp_path / "train_artifacts" / "models" / "train")
     assert manifest is not None

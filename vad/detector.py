@@ -29,7 +29,7 @@ from alo.archive import extract_archive
 from alo.errors import DataError, ModelError
 from alo.logs import Progress
 from vad.calibration import Calibration, Scored
-from vad.exported import ExportedModel, choose_runtime
+from vad.export.runtime import ExportedModel, choose_runtime
 from vad.heatmaps import render
 from vad.images import read_image, to_rgb
 from vad.models import ModelSpec
@@ -142,7 +142,7 @@ class Detector:
             accelerator: ``cpu``, ``gpu`` or ``auto`` (see :func:`vad.runtime.resolve_device`).
             inference_threshold: Normalised score from which an image is NG (default 0.5, the trained threshold).
             runtime: ``torch``, ``openvino`` or ``onnxruntime`` (an exported model, no torch imported) or ``auto``
-                (see :func:`vad.exported.choose_runtime`).
+                (see :func:`vad.export.runtime.choose_runtime`).
 
         Returns:
             The detector.

@@ -1,7 +1,7 @@
 """Run-time set-up shared by the steps and the detector: seeding, threads, device.
 
 torch is imported by the functions that need it, not here: an inference process on an exported model
-(:mod:`vad.exported`) runs without torch.
+(:mod:`vad.export.runtime`) runs without torch.
 """
 
 from __future__ import annotations

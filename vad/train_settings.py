@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alo import StepArgs
+from vad.export.runtime import DEFAULT_FORMATS
 from vad.models import MODELS, entry, model_parameters_class
-from vad.models.export import DEFAULT_FORMATS
 
 Augmentation = Literal["rotation", "brightness", "contrast", "saturation", "hue", "blur"]
 ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]

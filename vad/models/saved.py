@@ -4,7 +4,7 @@
 (format 2: the spec and training facts) and ``calibration.json``. Models saved before format 2
 (one flat spec of both models' fields, the calibration inside ``train_config.json``) load through
 :func:`migrate`, the one place that knows the old layout. Both the torch runtime
-(:mod:`vad.models.factory`) and the exported one (:mod:`vad.exported`) read models here.
+(:mod:`vad.models.factory`) and the exported one (:mod:`vad.export.runtime`) read models here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Exported models run by OpenVINO or ONNX Runtime, without torch: the runtimes an edge install needs.
 
-``models/export/`` (beside ``models/train/``; written by :mod:`vad.models.export` at the end of training or by
+``models/export/`` (beside ``models/train/``; written by :mod:`vad.export.writer` at the end of training or by
 ``main.py --mode export``) holds ``manifest.json``, ``parity.json`` and one graph per export that passed its gate:
 
 - ``onnx``: ``model.onnx`` (fp32), run by ONNX Runtime;
@@ -71,6 +71,8 @@ ONNX = ExportKind("onnx", ONNX_FILE, "onnxruntime", "onnxruntime", "fp32")
 OPENVINO = ExportKind("openvino", "model.xml", "openvino", "openvino", "fp32")
 OPENVINO_INT8 = ExportKind("openvino_int8", "model_int8.xml", "openvino", "openvino", "int8")
 KINDS = {kind.name: kind for kind in (ONNX, OPENVINO, OPENVINO_INT8)}
+FORMATS = ("openvino", "onnx")  # the plan's ``export`` values
+DEFAULT_FORMATS = ("openvino", "onnx")  # OpenVINO for Intel edge boxes; ONNX for the smallest edge install
 # The graphs a runtime may run, the preferred first (int8 only exists when it passed its accuracy gate).
 RUNTIME_KINDS = {"openvino": (OPENVINO_INT8, OPENVINO), "onnxruntime": (ONNX,)}
 AUTO_ORDER = ("openvino", "onnxruntime")  # the exported runtimes ``auto`` tries, in this order

@@ -1,0 +1,116 @@
+"""int8 quantisation of an OpenVINO graph by NNCF, in scopes that keep more of the graph in fp32 each.
+
+Calibrated on OK training images only; :mod:`vad.export.writer` tries the scopes of :data:`INT8_SCOPES` in turn and
+keeps the first graph that passes the int8 gate (:func:`vad.export.gates.int8_gate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vad.export.runtime import decline_telemetry
+from vad.images import model_pixels, read_image
+
+CALIBRATION_IMAGES = 300  # OK training images the quantiser sees at most
+# int8 quantisation scopes, tried in this order until one passes the accuracy gate, each keeping more in fp32 and
+# following the fp32 graph more closely: the whole graph (the fastest), the backbone only (the model's own scoring
+# after it, such as FastFlow's flows, in fp32), then the backbone's dense convolutions only (its depthwise ones in
+# fp32 too: on the generated products the product FastFlow's largest int8-to-fp32 score difference falls from
+# 0.29-0.38 of the fp32 score range to 0.04, at 1.1-1.2x fp32's speed instead of the whole graph's 1.8-2.2x;
+# BENCHMARKS.md "int8: quantisation settings").
+INT8_SCOPES = ("graph", "backbone", "dense")
+SCOPE_NAMES = {"graph": "the graph", "backbone": "the backbone", "dense": "the dense convolutions"}  # in messages
+DEPTHWISE = "GroupConvolution"  # OpenVINO's operation for grouped (here: depthwise) convolutions
+# The model's own scoring after the backbone, by the names the ONNX trace gives its operations (``/scorer/...`` but
+# not ``/scorer/backbone/...``; a graph that ends at the embedding has none): NNCF's ignored-scope pattern.
+OUTSIDE_BACKBONE = r"^/scorer/(?!backbone/).*"
+
+
+@contextlib.contextmanager
+def quiet() -> Any:
+    """NNCF's progress bars and OpenVINO's messages kept out of the pipeline's console, their telemetry declined."""
+    decline_telemetry()  # before NNCF is imported: it counts the run at import
+    with Path(os.devnull).open("w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        nncf_logger = logging.getLogger("nncf")
+        level = nncf_logger.level
+        nncf_logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            nncf_logger.setLevel(level)
+
+
+def _outside_backbone(model: Any) -> list[str]:
+    """The weighted operations of a graph that are not in the scorer's backbone (the model's own scoring)."""
+    weighted = {"Convolution", "GroupConvolution", "MatMul"}
+    return [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() in weighted and re.match(OUTSIDE_BACKBONE, op.get_friendly_name())
+    ]
+
+
+def scope_differs(model: Any, scope: str) -> bool:
+    """Whether a scope keeps anything in fp32 that the scope before it quantised (else it is the same graph)."""
+    if scope == "backbone":
+        return bool(_outside_backbone(model))
+    if scope == "dense":
+        return any(
+            op.get_type_name() == DEPTHWISE and not re.match(OUTSIDE_BACKBONE, op.get_friendly_name())
+            for op in model.get_ordered_ops()
+        )
+    return True
+
+
+def int8_ignored_scope(nncf: Any, scope: str) -> Any:
+    """NNCF's ignored scope for one of :data:`INT8_SCOPES` (None for ``graph``: nothing is kept in fp32).
+
+    Args:
+        nncf: The imported ``nncf`` module.
+        scope: ``graph``, ``backbone`` (the model's own scoring after the backbone stays fp32) or ``dense`` (the
+            backbone's depthwise convolutions stay fp32 too).
+
+    Returns:
+        An ``nncf.IgnoredScope`` or None.
+    """
+    if scope == "graph":
+        return None
+    types = [DEPTHWISE] if scope == "dense" else []
+    return nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], types=types, validate=False)
+
+
+def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int, int], scope: str = "graph") -> Any:
+    """NNCF's post-training int8 quantisation of an OpenVINO graph, calibrated on OK training images.
+
+    Args:
+        model: The fp32 ``openvino.Model``.
+        calibration_images: OK training image files (the first :data:`CALIBRATION_IMAGES`).
+        size: Input (height, width).
+        scope: ``graph`` (every operation NNCF quantises), ``backbone`` (the model's own scoring after the
+            backbone stays fp32) or ``dense`` (the backbone's depthwise convolutions stay fp32 too).
+
+    Returns:
+        The quantised ``openvino.Model``.
+
+    Raises:
+        ValueError: No calibration images.
+    """
+    files = list(calibration_images)[:CALIBRATION_IMAGES]
+    if not files:
+        msg = "no OK training images to calibrate the quantisation on"
+        raise ValueError(msg)
+    with quiet():
+        import nncf
+
+        ignored = int8_ignored_scope(nncf, scope)
+        options: dict[str, Any] = {} if ignored is None else {"ignored_scope": ignored}
+        dataset = nncf.Dataset(files, lambda path: model_pixels(read_image(path), size)[None])
+        return nncf.quantize(
+            model, dataset, subset_size=len(files), preset=nncf.QuantizationPreset.PERFORMANCE, **options
+        )

@@ -1,0 +1,96 @@
+"""The scoring graph of a trained model, traced to ONNX: model-size uint8 pixels in, raw scores and maps out.
+
+The graph (:class:`ScoringGraph`) computes, inside: the normalisation, the backbone (torch's batch-norm-folded
+graph), the model's scoring (each scorer's :meth:`graph_forward`) and the raw image score and anomaly map. It is
+traced to ONNX once; OpenVINO's graph is converted from it (:mod:`vad.export.writer`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vad.export.runtime import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAMES, TAILS
+from vad.models.scorer import GraphScorer
+
+OPSET = 17
+
+
+class ScoringGraph(nn.Module):
+    """Model-size uint8 pixels (B, H, W, 3) to raw image scores (B,) and raw anomaly maps (B, H, W).
+
+    For a scorer with a ``TAIL`` (PatchCore), to its embedding instead: the numpy tail scores it.
+    """
+
+    def __init__(self, scorer: GraphScorer, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 1, 1, 3))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 1, 1, 3))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Scores and maps (or the tail's embedding), as the torch runtime computes them from the same pixels.
+
+        Args:
+            pixels: uint8 (B, H, W, 3).
+
+        Returns:
+            Scores (B,) and maps (B, H, W).
+        """
+        images = ((pixels.float() / 255.0 - self.mean) / self.std).permute(0, 3, 1, 2)
+        if self.scorer.TAIL is not None:
+            return self.scorer.graph_embedding(images)
+        scores, maps = self.scorer.graph_forward(images)
+        return scores.reshape(-1), maps.reshape(maps.shape[0], maps.shape[-2], maps.shape[-1])
+
+
+def onnx_bytes(
+    scorer: GraphScorer, mean: Sequence[float], std: Sequence[float], size: tuple[int, int]
+) -> tuple[bytes, dict[str, np.ndarray] | None]:
+    """The scoring graph of a scorer as ONNX (batch size free), and its tail's arrays when it has one.
+
+    Args:
+        scorer: A loaded scorer (CPU, eval).
+        mean: Normalisation mean.
+        std: Normalisation standard deviation.
+        size: Input (height, width).
+
+    Returns:
+        The ONNX model, and the tail's arrays or None.
+    """
+    graph = ScoringGraph(scorer, mean, std).eval()
+    example = torch.zeros(2, *size, 3, dtype=torch.uint8)
+    buffer = io.BytesIO()
+    outputs = [EMBEDDING_NAME] if scorer.TAIL is not None else list(OUTPUT_NAMES)
+    axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]}
+    with torch.inference_mode():
+        warm = graph(example)  # operators a scorer builds on first use (PatchCore's blur) are trace constants
+        tail = scorer.tail_arrays(warm) if scorer.TAIL is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter says a newer one exists
+        torch.onnx.export(
+            graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+            output_names=outputs, dynamic_axes=axes,
+        )  # fmt: skip
+    return buffer.getvalue(), tail
+
+
+def save_tail_arrays(name: str, folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a tail's arrays into ``models/export`` (``np.savez``: plain arrays, read back without pickles).
+
+    Args:
+        name: The tail's ``TAILS`` name.
+        folder: ``models/export``.
+        arrays: Its arrays.
+    """
+    module = importlib.import_module(TAILS[name][0])
+    module.save_tail(folder, arrays)

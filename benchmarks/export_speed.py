@@ -1,6 +1,6 @@
 """Exported runtimes: images/s and AUROC of each on the accuracy benchmark's data, and the FastFlow int8 criterion.
 
-Run by ``python -m benchmarks.speed --only export [--products gravel grass]`` (or this module directly).
+Run by ``python -m benchmarks.export_speed [--products gravel grass]``.
 
 **Runtimes.** For each product (the accuracy benchmark's generated data: 200 OK training images, threshold on
 20 OK + 10 NG validation images, 50 OK + 50 NG test images) PatchCore and FastFlow are trained with the bundled
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     rows = run(args.products)
-    command = f"Command: `python -m benchmarks.speed --only export --products {' '.join(args.products)}`\n\n"
+    command = f"Command: `python -m benchmarks.export_speed --products {' '.join(args.products)}`\n\n"
     write_section(ROOT / "BENCHMARKS.md", "Speed: exported runtimes", command + tables(rows))
 
 

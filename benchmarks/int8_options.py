@@ -1,6 +1,6 @@
 """Which NNCF quantisation settings keep the product FastFlow's int8 graph closest to its fp32 graph.
 
-Reads the FastFlow models that ``python -m benchmarks.speed --only export`` trained and exported (the accuracy
+Reads the FastFlow models that ``python -m benchmarks.export_speed`` trained and exported (the accuracy
 benchmark's generated products, ``results/export-speed/<product>/fastflow``), quantises each model's fp32
 OpenVINO graph once per setting (calibrated on its OK training images, as the train step does) and scores the
 validation images (20 OK + 10 NG: what the int8 gate sees) and the test images (50 OK + 50 NG: what it never
@@ -111,7 +111,7 @@ def measure(product: str, settings: list[str], work: Path) -> list[dict[str, Any
     models = MODELS / product / "fastflow" / "train_artifacts" / "models"
     graph = models / "export" / OPENVINO.file
     if not graph.is_file():
-        msg = f"no exported FastFlow graph at {graph}: run 'python -m benchmarks.speed --only export' first"
+        msg = f"no exported FastFlow graph at {graph}: run 'python -m benchmarks.export_speed' first"
         raise SystemExit(msg)
     config = json.loads((models / "train" / "train_config.json").read_text(encoding="utf-8"))
     size = tuple(config["model"]["input_size"])
@@ -172,7 +172,7 @@ def main() -> None:
         f"Command: `python -m benchmarks.int8_options --products {' '.join(args.products)}`",
         "",
         "The product default FastFlow (tf_efficientnet_lite0) of the accuracy benchmark's generated products, as "
-        "`benchmarks.speed --only export` trained and exported it; each setting quantises its fp32 OpenVINO graph "
+        "`benchmarks.export_speed` trained and exported it; each setting quantises its fp32 OpenVINO graph "
         "with NNCF on its OK training images. Validation: the 20 OK + 10 NG images the int8 gate judges (one "
         "swapped OK/NG pair moves AUROC by 0.005); test: 50 OK + 50 NG images no step saw. Drops are fp32 minus "
         "int8 (negative: int8 scored higher). Fidelity on the test images: Spearman rank correlation of the int8 "

@@ -44,13 +44,11 @@ import yaml
 
 from benchmarks.engine_speed import build_data, timed
 from benchmarks.plans import bundled_plan, step_args
+from benchmarks.redis_server import RedisServer, free_port
 from benchmarks.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "results" / "serve"
-sys.path.insert(0, str(ROOT / "tests"))
-
-from redis_server import RedisServer, free_port  # noqa: E402
 
 
 def _bundled_backbone() -> str:

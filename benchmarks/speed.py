@@ -22,9 +22,9 @@ random weights (speed only). Also: cold single-image inference (process start to
 with ``--scale 2000`` (and more), our PatchCore training peak RSS against the 200-image run, and a
 production inference run that scores all those training images (no CSV) with the 200-image model:
 its peak RSS against scoring the 100 test images with the same model shows whether streaming
-inference keeps memory flat. ``--only scale-inference`` runs only the inference runs. ``--only export`` runs
-the exported runtimes' tables instead (torch, OpenVINO fp32 and int8, ONNX Runtime, anomalib's own OpenVINO
-export; and the FastFlow ResNet-18 int8 criterion): see :mod:`benchmarks.export_speed`.
+inference keeps memory flat. ``--only scale-inference`` runs only the inference runs. The exported runtimes'
+tables (torch, OpenVINO fp32 and int8, ONNX Runtime, anomalib's own OpenVINO export) are
+:mod:`benchmarks.export_speed`'s.
 
     .venv/bin/python -m benchmarks.speed [--only patchcore|fastflow|scale|scale-inference|export]
         [--scale 2000 10000] [--epochs 3] [--products gravel grass]
@@ -642,10 +642,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only",
-        choices=["patchcore", "fastflow", "scale", "scale-inference", "export"],
+        choices=["patchcore", "fastflow", "scale", "scale-inference"],
         help="one part of the benchmark",
     )
-    parser.add_argument("--products", nargs="+", default=["gravel", "grass"], help="--only export: products")
     parser.add_argument("--scale", nargs="*", type=int, default=[], help="also train ours on this many images")
     parser.add_argument("--epochs", type=int, default=3, help="FastFlow epochs (both sides)")
     parser.add_argument("--train-images", type=int, default=200)
@@ -668,11 +667,6 @@ def main() -> None:
         else:
             row = worker_bare(Path(data), model)
         args.out.write_text(json.dumps(row))
-        return
-    if args.only == "export":
-        from benchmarks import export_speed
-
-        export_speed.main(["--products", *args.products])
         return
     rows: dict = {}
     if args.from_log:

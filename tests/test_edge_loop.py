@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, load_default_plan, make_dataset, make_inference_folder, set_external, step_args, write_plan
-from redis_server import RedisServer
 
 import main
+from benchmarks.redis_server import RedisServer
 
 ANSWER_TIMEOUT = 120  # seconds to wait for one answer (a loop boot included)
 

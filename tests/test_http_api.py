@@ -18,9 +18,9 @@ from conftest import (
     trained_project,
     wait_ready,
 )
-from redis_server import free_port
 
 import main
+from benchmarks.redis_server import free_port
 
 TOKEN = "s3cret-token"
 

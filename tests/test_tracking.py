@@ -123,7 +123,8 @@ def test_mlflow_models_serve_scores_images_like_the_pipeline(tracked):
     import urllib.request
 
     from conftest import wait_ready
-    from redis_server import free_port
+
+    from benchmarks.redis_server import free_port
 
     root = tracked["root"]
     (run,) = _runs(root, "train")

@@ -30,9 +30,9 @@ from conftest import (
     write_plan,
 )
 from PIL import Image
-from redis_server import free_port
 
 import main
+from benchmarks.redis_server import free_port
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from vad.images import model_pixels, normalized, read_image
-from vad.models.spec import ModelSpec
+
+
+class InputSpec(Protocol):
+    """What batching needs of a model's spec (:class:`vad.models.spec.ModelSpec` has it)."""
+
+    @property
+    def input_size(self) -> Sequence[int]:
+        """(height, width) of the model's input."""
+        ...
+
+    @property
+    def mean(self) -> Sequence[float]:
+        """Per-channel normalisation mean."""
+        ...
+
+    @property
+    def std(self) -> Sequence[float]:
+        """Per-channel normalisation standard deviation."""
+        ...
 
 
 def to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -57,7 +76,7 @@ class ImageDataset(Dataset):
 
 def loader(
     paths: Sequence[str],
-    spec: ModelSpec,
+    spec: InputSpec,
     batch_size: int,
     augment: Callable[[Image.Image], Image.Image] | None = None,
     shuffle: bool = False,

@@ -1,4 +1,4 @@
-"""A real ``redis-server`` on a free loopback port, for the edge-loop tests."""
+"""A real ``redis-server`` on a free loopback port, for the edge-loop tests and the serving benchmarks."""
 
 from __future__ import annotations
 

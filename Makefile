@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PLAN ?= experimental_plan.yaml
 
-.PHONY: install system-deps run train inference test lint sample-data redis clean real-defects
+.PHONY: install system-deps run train inference test test-all lint sample-data redis clean real-defects
 
 install: system-deps $(STAMP)
 
@@ -41,10 +41,14 @@ inference: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
-test: system-deps $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+# The everyday tier: lint, import contracts, and every test not marked slow (a few minutes).
+test: system-deps lint
+	$(PY) -m pytest -q -m "not slow"
+
+# Every test (CI: .ci/run): the slow end-to-end ones too.
+test-all: system-deps lint
 	$(PY) -m pytest -q
 
 sample-data: $(STAMP)

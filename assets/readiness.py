@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from alo import Asset, Config, Data, DataError, ModelError, StepArgs, StepContex
 from alo.args import suggest
 from vad.images import IMAGE_EXTENSIONS, probe_image
 from vad.samples import FILE, GENERATED_PATH_COLUMN, IS_NG, LABEL, MASK, SPLIT, TRAIN, VALID
+from vad.threshold_policy import MethodName, ThresholdPolicy, method
 
 READINESS_FILE = "readiness_config.json"
 SPLIT_SEED = 42
@@ -40,7 +40,7 @@ class ReadinessArgs(ReadinessInferenceArgs):
     ok_class: str = ""
     train_validate_column: str = ""
     validation_split_rate: float = Field(default=0.1, ge=0.0, lt=1.0)
-    threshold_method: Literal["F1", "Percentile"] = "F1"
+    threshold_method: MethodName = "F1"
     num_minor_threshold: int = Field(default=5, ge=0)
     ratio_minor_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
 
@@ -297,20 +297,15 @@ class ReadinessStep(Asset):
 
     @staticmethod
     def _threshold_method(args: ReadinessArgs, ok_valid: int, ng_valid: int, ctx: StepContext) -> str:
-        if args.threshold_method == "Percentile":
-            return "Percentile"
-        reason = ""
-        if ng_valid <= args.num_minor_threshold:
-            reason = f"only {ng_valid} NG validation image(s) (num_minor_threshold {args.num_minor_threshold})"
-        elif ng_valid / ok_valid <= args.ratio_minor_threshold:
-            reason = (
-                f"NG/OK validation ratio {ng_valid}/{ok_valid} = {ng_valid / ok_valid:.3f} "
-                f"<= ratio_minor_threshold {args.ratio_minor_threshold}"
-            )
+        policy = ThresholdPolicy(args.threshold_method, args.num_minor_threshold, args.ratio_minor_threshold)
+        chosen, reason = policy.choose(ok_valid, ng_valid)
         if reason:
-            ctx.logger.warning(f"threshold_method F1 -> Percentile: {reason}; monitor_metric -> loss")
-            return "Percentile"
-        return "F1"
+            monitor = method(chosen).monitor("")
+            ctx.logger.warning(
+                f"threshold_method {args.threshold_method} -> {chosen}: {reason}"
+                + (f"; monitor_metric -> {monitor}" if monitor else "")
+            )
+        return chosen
 
     def _inference(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
         args: ReadinessInferenceArgs = ctx.args  # type: ignore[assignment]

@@ -14,6 +14,7 @@ import pandas as pd
 
 from alo import Asset, Config, Data, PlanError, StepContext
 from vad import samples as cols
+from vad import threshold_policy
 from vad.augment import RandomAugment, build_augmentation
 from vad.backbones import BackboneError
 from vad.calibration import Calibration
@@ -61,7 +62,7 @@ class TrainStep(Asset):
             batch_size=args.batch_size,
             max_epochs=args.max_epochs,
             seed=args.experiment_seed,
-            monitor="loss" if method == "Percentile" else args.monitor_metric,
+            monitor=threshold_policy.method(method).monitor(args.monitor_metric),
             augment=self._augmentation(args),
         )
         started = time.perf_counter()

@@ -58,3 +58,37 @@ def test_certainty_is_one_minus_binary_entropy():
     p = 0.9
     expected = 1 + p * np.log2(p) + (1 - p) * np.log2(1 - p)
     assert float(certainty(p)) == pytest.approx(expected)
+
+
+def test_threshold_policy_falls_back_to_the_label_free_method_with_too_few_ng_images():
+    from vad.threshold_policy import ThresholdPolicy
+
+    policy = ThresholdPolicy("F1", num_minor_threshold=5, ratio_minor_threshold=0.1)
+    assert policy.choose(ok_valid=20, ng_valid=10) == ("F1", "")
+    chosen, reason = policy.choose(ok_valid=20, ng_valid=5)
+    assert chosen == "Percentile" and "only 5 NG" in reason
+    chosen, reason = policy.choose(ok_valid=200, ng_valid=10)
+    assert chosen == "Percentile" and "ratio" in reason
+    assert ThresholdPolicy("Percentile").choose(ok_valid=20, ng_valid=0) == ("Percentile", "")
+
+
+def test_a_new_threshold_method_is_one_class(monkeypatch):
+    """A method registered in the policy's table is what calibration and the epoch metric use: nothing else."""
+    from vad import threshold_policy
+    from vad.calibration import Calibration
+
+    class Midpoint(threshold_policy.ThresholdMethod):
+        name = "Midpoint"
+        needs_ng = True
+
+        def threshold(self, raw, is_ng, table, percentile):
+            return float((raw[~is_ng].max() + raw[is_ng].min()) / 2)
+
+    monkeypatch.setitem(threshold_policy.METHODS, "Midpoint", Midpoint())
+    raw = np.array([0.1, 0.2, 0.3, 0.9, 1.1])
+    is_ng = np.array([False, False, False, True, True])
+    calibration, _ = Calibration.fit(raw, is_ng, "Midpoint", 0.8, "OK", "NG")
+    assert calibration.threshold == pytest.approx(0.6) and calibration.method == "Midpoint"
+    assert threshold_policy.method("Midpoint").monitor("image_AUROC") == "image_AUROC"
+    assert threshold_policy.ThresholdPolicy("Midpoint").choose(20, 2)[0] == "Percentile"
+    assert threshold_policy.method("Percentile").monitor("image_AUROC") == "loss"

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from vad.thresholds import certainty, f1_threshold, percentile_threshold, sweep
+from vad import threshold_policy
+from vad.threshold_policy import MethodName
+from vad.thresholds import certainty, sweep
 
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_INFERENCE_THRESHOLD = 0.5  # the normalised score the trained threshold maps to
-ThresholdMethod = Literal["F1", "Percentile"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Calibration:
     high: float
     ok_name: str
     ng_name: str
-    method: ThresholdMethod = "F1"
+    method: MethodName = "F1"
     percentile: float = 0.8
     inference_threshold: float = field(default=DEFAULT_INFERENCE_THRESHOLD, compare=False)
 
@@ -72,7 +72,7 @@ class Calibration:
         cls,
         raw: np.ndarray,
         is_ng: np.ndarray,
-        method: ThresholdMethod,
+        method: MethodName,
         percentile: float,
         ok_name: str,
         ng_name: str,
@@ -82,7 +82,7 @@ class Calibration:
         Args:
             raw: Raw validation image scores.
             is_ng: True where the validation image is NG.
-            method: ``F1`` (best F1 over the sweep) or ``Percentile`` (of the OK scores).
+            method: A threshold method's name (:mod:`vad.threshold_policy`: ``F1``, ``Percentile``).
             percentile: Share of OK scores below the threshold, for ``Percentile``.
             ok_name: OK class name.
             ng_name: NG name.
@@ -93,7 +93,7 @@ class Calibration:
         raw = np.asarray(raw, dtype=np.float64)
         is_ng = np.asarray(is_ng, dtype=bool)
         table = sweep(raw, is_ng)
-        threshold = f1_threshold(table) if method == "F1" else percentile_threshold(raw[~is_ng], percentile)
+        threshold = threshold_policy.method(method).threshold(raw, is_ng, table, percentile)
         calibration = cls(
             threshold=float(threshold),
             low=float(raw.min()),

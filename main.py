@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_loop(args.config, args.system, SOLUTION, REPORTER)
         elif args.mode == "serve":
-            from apps.http.api import serve
+            from apps.server import serve
 
             serve(args.config, args.host, args.port, args.data_root, args.max_upload_mb)
         elif args.mode == "export":

@@ -26,8 +26,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from alo.runner import train_id_of
-from apps.http.api import batch_summary, bearer, token_matches
+from apps.http.auth import bearer, token_matches
 from apps.http.batcher import Batcher
+from apps.http.errors import ApiError
+from apps.http.summary import batch_summary
+from apps.http.uploads import decode_all
 from apps.web import explorer, runs
 from apps.web.inspect import PictureStore, inspected, validation_scores
 from apps.web.training import MODELS, JobError, Trainer
@@ -352,8 +355,6 @@ async def _json(request: Request) -> dict[str, Any]:
 
 async def _inspect_images(request: Request, data_root: Path | None, max_images: int) -> tuple[list[str], list]:
     """Uploads (multipart ``files``) or the images of a data folder (JSON ``{"folder": ...}``), decoded."""
-    from apps.http.api import ApiError, decode_all
-
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form(max_files=max_images, max_fields=4)

@@ -1,0 +1,127 @@
+"""Plain ASGI middleware of the API: the body limit (413), and the token check, one-line errors and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from alo.errors import one_line
+from apps.http.auth import check_token
+from apps.http.errors import ApiError
+
+logger = logging.getLogger("apps.http")
+
+
+class HttpMiddleware:
+    """Plain ASGI middleware: anything but an HTTP request passes through; requests go to :meth:`handle`."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route one ASGI call.
+
+        Args:
+            scope: ASGI scope.
+            receive: ASGI receive.
+            send: ASGI send.
+        """
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle an HTTP request (subclasses)."""
+        raise NotImplementedError
+
+
+class BodyLimit(HttpMiddleware):
+    """Refuse request bodies over a size with 413, whether or not they declare their length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, counting its body; answer 413 once it is over the limit."""
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLargeError
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLargeError:
+            await _too_large(self.limit, send)
+
+
+class Observe(HttpMiddleware):
+    """Token check, one-line errors and metrics around the app, as plain ASGI (no per-request task group)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None,
+        metrics: tuple[Counter, Histogram, Counter],
+        routes: Collection[str],
+        protected: Collection[str],
+    ) -> None:
+        self.app = app
+        self.routes, self.protected = routes, protected
+        self.token = token
+        self.requests, self.latency, self.errors = metrics
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the token of protected routes, run the app, count the request and its latency."""
+        started = time.perf_counter()
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        status, answered = 500, False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status, answered = int(message["status"]), True
+            await send(message)
+
+        try:
+            if route in self.protected and self.token is not None:
+                check_token(Request(scope), self.token)
+            await self.app(scope, receive, sending)
+        except ApiError as exc:
+            await JSONResponse({"error": str(exc)}, exc.status)(scope, receive, sending)
+        except Exception as exc:  # one line, never a stack trace
+            logger.exception("request failed")
+            if not answered:
+                error = JSONResponse({"error": f"internal error {one_line(exc.__class__.__name__)}"}, 500)
+                await error(scope, receive, sending)
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(time.perf_counter() - started)
+        if status >= 400:
+            self.errors.labels(str(status)).inc()
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    response = JSONResponse(
+        {"error": f"request body over {limit // (1024 * 1024)} MB; send fewer or smaller images"}, 413
+    )
+    await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})

@@ -20,7 +20,7 @@ from vad.backbones import BackboneError
 from vad.calibration import Calibration
 from vad.export.writer import export_saved
 from vad.images import read_image
-from vad.models import feature_cache
+from vad.models import epochs, feature_cache
 from vad.models.base import FitData, FitOptions, VadModel
 from vad.models.factory import build_model, make_spec, save
 from vad.pixel_metrics import PixelRows
@@ -64,6 +64,7 @@ class TrainStep(Asset):
             seed=args.experiment_seed,
             monitor=threshold_policy.method(method).monitor(args.monitor_metric),
             augment=self._augmentation(args),
+            on_epoch=epochs.reporter(),  # the tuner's pruning, when a study runs this fit
         )
         started = time.perf_counter()
         fit_metrics = model.fit(train, valid, options, ctx.logger)

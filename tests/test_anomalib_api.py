@@ -19,6 +19,7 @@ def test_each_name_the_adapter_uses_is_defined_where_it_looks(module, name):
     assert hasattr(importlib.import_module(module), name), f"anomalib moved {name} out of {module}"
 
 
+@pytest.mark.slow
 def test_the_adapter_skips_lightning_and_anomalib_still_imports_whole_afterwards():
     code = (
         "import sys\n"
@@ -32,6 +33,7 @@ def test_the_adapter_skips_lightning_and_anomalib_still_imports_whole_afterwards
     assert python_lines(code) == ["False", "Patchcore True"]
 
 
+@pytest.mark.slow
 def test_a_patchcore_model_imports_no_flow_or_scikit_learn_and_anomalibs_own_coreset_still_builds():
     code = (
         "import sys\n"

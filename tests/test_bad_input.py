@@ -77,6 +77,7 @@ def test_empty_data_folder_and_two_csvs(project, capsys):
     assert "holds 2 CSV files (copy.csv, train.csv)" in last_error(capsys)
 
 
+@pytest.mark.slow
 def test_csv_in_another_encoding(project, capsys):
     root, plan = project["root"], project["plan"]
     csv = root / "data/train/train.csv"
@@ -101,6 +102,7 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_and_the_rest_trains(project):
     from PIL import Image
 
@@ -127,6 +129,7 @@ def test_bad_images_are_skipped_and_the_rest_trains(project):
     assert "wide.jpg" not in line and "tall_gray.png" not in line
 
 
+@pytest.mark.slow
 def test_inference_with_only_unreadable_images(project, capsys):
     root, plan = project["root"], project["plan"]
     assert run(root, plan) == 0
@@ -145,6 +148,7 @@ def test_inference_with_only_unreadable_images(project, capsys):
     assert '"status": "error"' in (failed / "log" / "experimental_history.json").read_text()
 
 
+@pytest.mark.slow
 def test_inference_images_of_other_sizes_and_modes_are_scored(project, tmp_path):
     from PIL import Image
 
@@ -201,6 +205,7 @@ def _tar_with(members: dict[str, bytes], links: dict[str, str] | None = None) ->
         ),
     ],
 )
+@pytest.mark.slow
 def test_tampered_model_archives_are_refused(project, capsys, tmp_path_factory, content, expected):
     root, plan = project["root"], project["plan"]
     exported = tmp_path_factory.mktemp("exported")

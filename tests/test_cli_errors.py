@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from conftest import ROOT, set_external, step_args, write_plan
 
 import main
@@ -39,6 +40,7 @@ def test_misspelt_plan_key_cli(project):
     assert "readiness.args.y_colum" in line and "did you mean 'y_column'" in line
 
 
+@pytest.mark.slow
 def test_missing_data_folder_cli(project):
     root, plan = project["root"], project["plan"]
     set_external(plan, "load_train_data_path", "no/such/folder")
@@ -60,6 +62,7 @@ def test_csv_without_label_column_cli(project):
     assert "no label column 'label'" in line and "y_column" in line and "class" in line
 
 
+@pytest.mark.slow
 def test_failed_run_keeps_previous_artifacts(project, capsys):
     root, plan = project["root"], project["plan"]
     path = write_plan(root, plan)

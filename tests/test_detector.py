@@ -26,6 +26,7 @@ def trained(project, tmp_path_factory):
     return {"root": root, "archive": exported / "model.tar.gz", "plan": plan}
 
 
+@pytest.mark.slow
 def test_detector_in_a_fresh_process_scores_like_output_csv(trained):
     output = pd.read_csv(trained["root"] / "inference_artifacts/output/output.csv")
     files = [str(trained["root"] / "data/inference" / name) for name in output["image_path"]]
@@ -46,6 +47,7 @@ def test_detector_in_a_fresh_process_scores_like_output_csv(trained):
     assert [row[3] for row in rows] == pytest.approx(list(output["certainty"]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_takes_paths_pil_images_and_arrays_and_returns_typed_results(trained):
     detector = Detector.load(trained["root"] / "train_artifacts/models")
     path = sorted((trained["root"] / "data/inference").glob("ng_*.png"))[0]
@@ -66,6 +68,7 @@ def test_predict_takes_paths_pil_images_and_arrays_and_returns_typed_results(tra
     assert not lenient.predict(picture).is_anomalous or lenient.predict(picture).anomaly_score == 1.0
 
 
+@pytest.mark.slow
 def test_bad_inputs_and_paths_are_one_line_errors(trained, tmp_path):
     from alo.errors import DataError, ModelError
 
@@ -78,6 +81,7 @@ def test_bad_inputs_and_paths_are_one_line_errors(trained, tmp_path):
         Detector.load(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_accelerator_gpu_without_cuda_is_a_plan_error_and_auto_runs_on_the_cpu(project, capsys):
     import torch
 

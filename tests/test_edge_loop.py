@@ -17,6 +17,8 @@ from conftest import ROOT, load_default_plan, make_dataset, make_inference_folde
 import main
 from benchmarks.redis_server import RedisServer
 
+pytestmark = pytest.mark.slow  # end-to-end: make test-all (CI) runs these, make test does not
+
 ANSWER_TIMEOUT = 120  # seconds to wait for one answer (a loop boot included)
 
 

@@ -22,6 +22,8 @@ from vad.export import writer as export_module
 from vad.export.runtime import choose_runtime, read_manifest, usable_kind
 from vad.models import MODELS
 
+pytestmark = pytest.mark.slow  # end-to-end: make test-all (CI) runs these, make test does not
+
 # A process that cannot import torch (nor what needs it), then runs main.py: the slim runtime's import graph.
 NO_TORCH = """
 import importlib.abc, sys

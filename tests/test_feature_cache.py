@@ -143,6 +143,7 @@ def test_a_patchcore_fit_that_differs_only_in_scoring_reuses_the_coreset(images)
     assert not torch.equal(first.memory_bank, third.memory_bank)
 
 
+@pytest.mark.slow
 def test_different_weights_or_layers_never_share_features(images):
     train, valid = images
     with feature_cache.enabled() as cache:

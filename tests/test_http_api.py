@@ -77,6 +77,7 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+@pytest.mark.slow
 def test_predict_one_and_several_uploads_scores_like_the_batch_run(project, server):
     output = project["output"].set_index("image_path")
     folder = project["root"] / "data" / "inference"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import python_lines
 
 from vad.lean_imports import _deferred_disable
 
 
+@pytest.mark.slow
 def test_a_training_process_builds_and_runs_a_backbone_without_loading_the_compiler():
     code = (
         "import sys, torch\n"
@@ -27,6 +29,7 @@ def test_a_training_process_builds_and_runs_a_backbone_without_loading_the_compi
     assert python_lines(code) == ["True True", "(1, 64, 8, 8)", "5.0", "False False"]
 
 
+@pytest.mark.slow
 def test_the_compiler_loads_whole_afterwards_and_the_stand_ins_are_gone():
     code = (
         "import sys, torch\n"
@@ -44,6 +47,7 @@ def test_the_compiler_loads_whole_afterwards_and_the_stand_ins_are_gone():
     assert python_lines(code) == ["torch.compiler", "True True", "[3.0, 3.0]", "vad.lean_imports 5"]
 
 
+@pytest.mark.slow
 def test_an_import_that_needs_more_of_the_compiler_falls_back_to_the_ordinary_import(tmp_path):
     source = "from torch._dynamo.utils import counters\nVALUE = len(str(counters))\n"
     (tmp_path / "needs_compiler.py").write_text(source)

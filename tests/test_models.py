@@ -52,6 +52,7 @@ def batch(rng: np.random.Generator, count: int, bad: bool = False) -> torch.Tens
 
 @pytest.mark.parametrize("model_name", ["patchcore", "fastflow"])
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.slow
 def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
     extra = {"flow_steps": 2} if model_name == "fastflow" else {}
     spec = make_spec(model_name, backbone, default_layers(backbone), **extra)
@@ -113,6 +114,7 @@ def _patchcore(search: str = "auto"):
     return spec, build_model(spec, False)
 
 
+@pytest.mark.slow
 def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeypatch):
     from vad.models.patchcore import model as patchcore
 
@@ -130,6 +132,7 @@ def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeyp
     assert len(torch.unique(banks[0], dim=0)) == len(banks[0])  # no patch picked twice
 
 
+@pytest.mark.slow
 def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_path, monkeypatch):
     from vad.models.patchcore import search
 

@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, step_args, write_plan
 
 import main
 from alo.artifacts import ArtifactStore, project_lock
+
+pytestmark = pytest.mark.slow  # end-to-end: make test-all (CI) runs these, make test does not
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

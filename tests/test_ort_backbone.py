@@ -60,6 +60,7 @@ def test_without_onnxruntime_torch_scores(monkeypatch):
     assert ort.ort_backbone(small_graph(), (16, 16), threads=1) is None
 
 
+@pytest.mark.slow
 def test_a_loaded_model_scores_as_with_torchs_backbone(tmp_path):
     from conftest import load_default_plan, make_dataset, set_external, step_args, write_plan
 

@@ -14,6 +14,8 @@ from conftest import ROOT, make_inference_folder, set_external, step_args, write
 
 import main
 
+pytestmark = pytest.mark.slow  # end-to-end: make test-all (CI) runs these, make test does not
+
 TRAIN_FILES = [
     "models/readiness/readiness_config.json",
     "models/train/model.safetensors",

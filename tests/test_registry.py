@@ -26,6 +26,7 @@ def test_plan_keys_and_model_names_come_from_the_registry():
     assert values.for_model("padim").backbone == "resnet18" and values.for_model("padim").n_features == 50
 
 
+@pytest.mark.slow
 def test_padim_trains_and_scores_through_main(project):
     root, plan = project["root"], project["plan"]
     step_args(plan, "train", "train")["model_name"] = "padim"

@@ -56,6 +56,7 @@ def _fitted(model_name, backbone, layers):
         ("padim", "mobilenetv2_100", ["blocks.2", "blocks.4"]),
     ],
 )
+@pytest.mark.slow
 def test_scorer_gives_the_models_scores_and_maps(tmp_path, model_name, backbone, layers):
     model = _fitted(model_name, backbone, layers)
     images = torch.cat([_images(3, 5), _images(3, 6, bad=True)])
@@ -81,6 +82,7 @@ def test_graph_file_names_only_allowlisted_modules(tmp_path):
         load_graph(tmp_path)
 
 
+@pytest.mark.slow
 def test_scoring_a_saved_model_imports_neither_timm_nor_anomalib(tmp_path):
     model = _fitted("patchcore", "mobilenetv2_100", ["blocks.2", "blocks.4"])
     save(model, CALIBRATION, {}, tmp_path)

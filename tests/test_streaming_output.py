@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import make_inference_folder, set_external, step_args, write_plan
 
 import main
@@ -70,6 +71,7 @@ def test_frame_text_leaves_other_column_types_to_pandas():
     assert frame_text(frame, True) == frame.to_csv(index=False)
 
 
+@pytest.mark.slow
 def test_inference_rows_written_from_cells_equal_pandas(project, monkeypatch):
     """output.csv written from cells (input rows once, scored columns per batch) equals pandas' per-batch frames."""
     root, plan = project["root"], project["plan"]
@@ -86,6 +88,7 @@ def test_inference_rows_written_from_cells_equal_pandas(project, monkeypatch):
     assert from_cells == output.read_bytes()
 
 
+@pytest.mark.slow
 def test_inference_streams_rows_in_input_order(project, monkeypatch):
     root, plan = project["root"], project["plan"]
     step_args(plan, "train", "train")["model_name"] = "patchcore"

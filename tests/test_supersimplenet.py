@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from conftest import step_args, write_plan
 
@@ -39,6 +40,7 @@ def _fitted(tmp_path, seed: int = 0, **params):
     return model, fit, files
 
 
+@pytest.mark.slow
 def test_supersimplenet_trains_and_scores_through_main(project):
     root, plan = project["root"], project["plan"]
     train = step_args(plan, "train", "train")
@@ -55,6 +57,7 @@ def test_supersimplenet_trains_and_scores_through_main(project):
     assert (root / "train_artifacts/models/train/backbone_graph.json").is_file()  # scored through the graph
 
 
+@pytest.mark.slow
 def test_training_standardises_the_features_and_is_seeded(tmp_path):
     model, fit, files = _fitted(tmp_path)
     assert {"image_AUROC", "image_F1Score", "loss", "epoch", "history"} <= set(fit)
@@ -71,6 +74,7 @@ def test_training_standardises_the_features_and_is_seeded(tmp_path):
     assert not torch.equal(model.adaptor.projection.weight, other.adaptor.projection.weight)
 
 
+@pytest.mark.slow
 def test_scorer_gives_the_models_scores_and_maps(tmp_path):
     for image_score in ("map_max", "classifier"):
         model, _, _ = _fitted(tmp_path, image_score=image_score)
@@ -91,25 +95,34 @@ def test_scorer_gives_the_models_scores_and_maps(tmp_path):
 
 
 def test_the_epoch_keeper_keeps_the_latest_epoch_as_good_as_the_best_and_stops_on_patience():
-    from vad.models.epochs import EPOCH_CALLBACKS, EpochKeeper
+    from vad.models.epochs import EpochKeeper
 
     seen = []
 
     def callback(epoch: int, metrics: dict) -> None:
         seen.append(epoch)
 
-    EPOCH_CALLBACKS.append(callback)
-    try:
-        module = torch.nn.Linear(1, 1, bias=False)
-        keeper = EpochKeeper("image_AUROC", patience=2, logger=LOGGER)
-        stops = []
-        for epoch, auroc in enumerate([0.80, 0.90, 0.89, 0.85, 0.84], start=1):
-            module.weight.data.fill_(epoch)
-            stops.append(keeper.update(epoch, {"image_AUROC": auroc}, module))
-        assert stops == [False, False, False, False, True]  # 0.85 and 0.84 are more than 0.02 below 0.90
-        assert keeper.is_kept(3) and not keeper.is_kept(2)  # 0.89 is within 0.02 of 0.90, and later
-        kept = keeper.restore(module)
-        assert kept["epoch"] == 3 and float(module.weight) == 3.0
-        assert seen == [1, 2, 3, 4, 5], "the tuner's callbacks see every epoch"
-    finally:
-        EPOCH_CALLBACKS.remove(callback)
+    module = torch.nn.Linear(1, 1, bias=False)
+    keeper = EpochKeeper("image_AUROC", patience=2, logger=LOGGER, on_epoch=callback)
+    stops = []
+    for epoch, auroc in enumerate([0.80, 0.90, 0.89, 0.85, 0.84], start=1):
+        module.weight.data.fill_(epoch)
+        stops.append(keeper.update(epoch, {"image_AUROC": auroc}, module))
+    assert stops == [False, False, False, False, True]  # 0.85 and 0.84 are more than 0.02 below 0.90
+    assert keeper.is_kept(3) and not keeper.is_kept(2)  # 0.89 is within 0.02 of 0.90, and later
+    kept = keeper.restore(module)
+    assert kept["epoch"] == 3 and float(module.weight) == 3.0
+    assert seen == [1, 2, 3, 4, 5], "the fit options' on_epoch sees every epoch"
+
+
+def test_the_epoch_reporter_is_scoped_to_its_block():
+    """The tuner's reporter reaches the fits run inside ``reporting`` (the train step reads it) and no others."""
+    from vad.models import epochs
+
+    def callback(epoch: int, metrics: dict) -> None:
+        del epoch, metrics
+
+    assert epochs.reporter() is None
+    with epochs.reporting(callback):
+        assert epochs.reporter() is callback
+    assert epochs.reporter() is None

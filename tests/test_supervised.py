@@ -98,6 +98,7 @@ def _train(root: Path, n_ng: int, **train: object) -> dict:
     return json.loads((root / "train_artifacts" / "models" / "train" / "train_config.json").read_text())
 
 
+@pytest.mark.slow
 def test_supervised_patchcore_trains_exports_and_scores_through_main(tmp_path: Path) -> None:
     config = _train(tmp_path, MIN_NG)
     assert config["training"]["supervised"] == {"used": True, "folds": FOLDS, "ng_images": MIN_NG}
@@ -116,6 +117,7 @@ def test_supervised_patchcore_trains_exports_and_scores_through_main(tmp_path: P
     assert len(output) == 5 and output["anomaly_score"].notna().all()
 
 
+@pytest.mark.slow
 def test_too_few_ng_images_fall_back_to_unsupervised_with_one_line(tmp_path: Path) -> None:
     config = _train(tmp_path, MIN_NG - 4, export=[])
     assert config["training"]["supervised"]["used"] is False

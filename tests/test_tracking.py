@@ -15,6 +15,8 @@ import main
 from alo.plan import load_plan
 from alo.tracking import settings_of, wait_pending
 
+pytestmark = pytest.mark.slow  # end-to-end: make test-all (CI) runs these, make test does not
+
 
 def _control(plan: dict, **values) -> None:
     """Set control keys (a list of one-key maps, as ALO writes it)."""

@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 
 import main
 
+pytestmark = pytest.mark.slow  # end-to-end: make test-all (CI) runs these, make test does not
+
 SPACE = {"model_parameters.patchcore_coreset_sampling_ratio": {"low": 0.05, "high": 0.5}}
 
 

@@ -144,6 +144,7 @@ def post_too_large(server: str, csrf: str, size: int) -> tuple[int, str]:
     return int(status_line.split()[1]), rest
 
 
+@pytest.mark.slow
 def test_first_page_loads_fast_and_needs_nothing_from_the_internet(page, server):
     outside: list[str] = []
     page.on("request", lambda request: None if request.url.startswith(server) else outside.append(request.url))
@@ -349,6 +350,7 @@ def _models_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 def test_train_from_the_page_shows_progress_and_cancel_keeps_the_previous_model(page, server, project):
     root = project["root"]
     before = _models_digest(root)

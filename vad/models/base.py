@@ -56,6 +56,8 @@ class FitOptions:
         seed: Seed of every random choice.
         monitor: Validation metric that selects the epoch (``image_AUROC``, ``image_F1Score``, ``loss``).
         augment: Augmentation applied to training images, or None.
+        on_epoch: Called after each epoch with (epoch, validation metrics) by models trained in epochs; it may
+            raise to stop the fit (the tuner prunes trials so).
     """
 
     batch_size: int
@@ -63,6 +65,7 @@ class FitOptions:
     seed: int
     monitor: str
     augment: Callable[[Image.Image], Image.Image] | None = None
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
 
 
 def training_passes(train: FitData, spec: ModelSpec, options: FitOptions) -> tuple[Iterator[torch.Tensor], int]:

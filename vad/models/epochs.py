@@ -12,13 +12,45 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 
-# Called after each epoch with (epoch, validation metrics); the tuner registers its pruning reporter here.
-EPOCH_CALLBACKS: list[Callable[[int, dict[str, float]], None]] = []
+EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, validation metrics); may raise to stop training
+# The callback of the fit running in this context (the tuner's pruning reporter), handed to the train step through
+# the runner, which passes no objects of its own: set by :func:`reporting`, read once into the fit options.
+_REPORTER: ContextVar[EpochCallback | None] = ContextVar("vad_epoch_reporter", default=None)
+
+
+@contextmanager
+def reporting(callback: EpochCallback) -> Iterator[None]:
+    """Have the fits started in this context (and thread) report each epoch to ``callback``.
+
+    Args:
+        callback: Called after each epoch with (epoch, validation metrics); it may raise to stop the fit (the
+            tuner's pruning).
+
+    Yields:
+        Nothing; the callback is unset again when the block ends.
+    """
+    token = _REPORTER.set(callback)
+    try:
+        yield
+    finally:
+        _REPORTER.reset(token)
+
+
+def reporter() -> EpochCallback | None:
+    """The callback set by :func:`reporting` in this context, if any (the train step puts it in the fit options).
+
+    Returns:
+        The callback or None.
+    """
+    return _REPORTER.get()
+
 
 HIGHER_IS_BETTER = {"image_AUROC": True, "image_F1Score": True, "loss": False}
 # How far below the best an image metric may fall and still count as "as good". Validation sets are small
@@ -34,9 +66,13 @@ class EpochKeeper:
         monitor: The metric that decides (``image_AUROC``, ``image_F1Score``, ``loss``).
         patience: Epochs in a row below the best before stopping.
         logger: Progress logger.
+        on_epoch: Called with each epoch's metrics before anything else (the fit options' ``on_epoch``).
     """
 
-    def __init__(self, monitor: str, patience: int, logger: logging.Logger) -> None:
+    def __init__(
+        self, monitor: str, patience: int, logger: logging.Logger, on_epoch: EpochCallback | None = None
+    ) -> None:
+        self.on_epoch = on_epoch
         self.monitor = monitor
         self.patience = patience
         self.logger = logger
@@ -47,7 +83,7 @@ class EpochKeeper:
         self.stale = 0
 
     def update(self, epoch: int, metrics: dict[str, float], model: torch.nn.Module) -> bool:
-        """Record one epoch's validation metrics (the tuner's callbacks see them first; they may raise to prune).
+        """Record one epoch's validation metrics (``on_epoch`` sees them first; it may raise to prune).
 
         Args:
             epoch: The epoch's number, from 1.
@@ -57,8 +93,8 @@ class EpochKeeper:
         Returns:
             True when training should stop (``patience`` epochs in a row below the best).
         """
-        for callback in EPOCH_CALLBACKS:
-            callback(epoch, metrics)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, metrics)
         value = self.sign * metrics[self.monitor]
         measured = not math.isnan(value)  # NaN: the metric cannot be computed (e.g. no NG image in validation)
         if measured:
@@ -108,6 +144,7 @@ def train_epochs(
     monitor: str,
     patience: int,
     logger: logging.Logger,
+    on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Run epochs, validate after each, keep the latest epoch as good as the best (:class:`EpochKeeper`).
 
@@ -119,12 +156,13 @@ def train_epochs(
         monitor: Metric deciding the kept epoch and early stopping.
         patience: Epochs below the best before stopping.
         logger: Progress logger.
+        on_epoch: Called with each epoch's validation metrics (the fit options' ``on_epoch``).
 
     Returns:
         The kept epoch's validation metrics, ``epoch``, ``epoch_seconds`` (mean wall time of the epochs run) and
         ``history`` (per epoch: train loss and validation metrics); empty when no epoch ran.
     """
-    keeper = EpochKeeper(monitor, patience, logger)
+    keeper = EpochKeeper(monitor, patience, logger, on_epoch)
     epoch_seconds: list[float] = []
     history: list[dict[str, float]] = []  # experiment tracking's steps
     for epoch in range(1, max_epochs + 1):

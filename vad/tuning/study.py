@@ -33,7 +33,7 @@ import yaml
 
 from alo.errors import DataError
 from alo.plan import Plan, load_plan
-from vad.models import feature_cache
+from vad.models import epochs, feature_cache
 from vad.plan_edit import Change, apply_changes, write_copy
 from vad.tuning.resample import SPLIT_COLUMN, labelled_data, write_resamples
 from vad.tuning.space import MIN_NG, Dimension, Tuning, current_value, parse_tuning, train_values
@@ -185,8 +185,6 @@ def run_tune(plan_path: str | Path) -> Path:
     """
     import optuna
 
-    from vad.models import epochs
-
     plan = load_plan(plan_path)
     train_args = _train_step_args(plan, "train")
     tuning = parse_tuning(plan.raw.get("tuning"), train_args)
@@ -239,16 +237,12 @@ def run_tune(plan_path: str | Path) -> Path:
         reporter = _EpochReporter(trial, tuning.objective)
         try:
             for index, resample in enumerate(resamples):
-                if index == 0:
-                    epochs.EPOCH_CALLBACKS.append(reporter)
-                try:
-                    trial_plan = _trial_plan(
-                        plan, folder / f"trial-{trial.number:03d}" / f"r{index}", resample, changes
-                    )
+                trial_plan = _trial_plan(plan, folder / f"trial-{trial.number:03d}" / f"r{index}", resample, changes)
+                if index == 0:  # the first resample's epochs are reported: a hopeless trial stops there
+                    with epochs.reporting(reporter):
+                        value, speed = _fit(trial_plan, tuning.objective)
+                else:
                     value, speed = _fit(trial_plan, tuning.objective)
-                finally:
-                    if reporter in epochs.EPOCH_CALLBACKS:
-                        epochs.EPOCH_CALLBACKS.remove(reporter)
                 values.append(value)
                 speeds.append(speed)
         except optuna.TrialPruned:

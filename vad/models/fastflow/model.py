@@ -29,7 +29,7 @@ from vad.anomalib_api import (
 from vad.backbones import load_pretrained_weights
 from vad.batches import loader
 from vad.models.base import FitData, FitOptions, VadModel, example_image
-from vad.models.epochs import train_epochs
+from vad.models.epochs import EpochCallback, train_epochs
 from vad.models.fastflow import FastflowParams
 from vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
 from vad.models.feature_cache import backbone_features
@@ -157,6 +157,7 @@ class OfflineFastflow(VadModel, FastflowModel):
             options.monitor,
             params.early_stopping_patience,
             logger,
+            options.on_epoch,
         )
 
     def _epoch_batches(
@@ -299,6 +300,7 @@ def fit_fastflow(
     monitor: str,
     patience: int,
     logger: logging.Logger,
+    on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Train the flows with Adam (anomalib's settings), keep the latest epoch as good as the best by ``monitor``.
 
@@ -314,6 +316,7 @@ def fit_fastflow(
         monitor: Metric deciding the best epoch and early stopping.
         patience: Epochs without improvement before stopping.
         logger: Progress logger.
+        on_epoch: Called with each epoch's validation metrics (the fit options' ``on_epoch``).
 
     Returns:
         The validation metrics of the kept epoch, plus ``epoch`` and ``epoch_seconds`` (the mean wall time of
@@ -335,4 +338,4 @@ def fit_fastflow(
             count += len(features[0])
         return total, count
 
-    return train_epochs(model, train_epoch, lambda: evaluate(model), max_epochs, monitor, patience, logger)
+    return train_epochs(model, train_epoch, lambda: evaluate(model), max_epochs, monitor, patience, logger, on_epoch)

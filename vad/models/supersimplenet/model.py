@@ -341,7 +341,9 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
             scheduler.step()
             return total, count
 
-        return train_epochs(self, train_epoch, evaluate, options.max_epochs, options.monitor, patience, logger)
+        return train_epochs(
+            self, train_epoch, evaluate, options.max_epochs, options.monitor, patience, logger, options.on_epoch
+        )
 
     def _loss(self, features: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
         """The loss (anomalib's) on a batch of normal features, half of its copies noised in Perlin-shaped regions."""

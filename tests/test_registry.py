@@ -87,3 +87,57 @@ def test_training_keys_in_the_inference_pipeline_stop_the_run(project, capsys, k
         and key in err
         and "allowed keys: mask_column" in err
     )
+
+
+# A fourth model added the way a developer adds one: its own folder (here a package in a temporary folder: its
+# parameters, and a model and scorer that reuse PaDiM's) and one registry line. Nothing else is told about it.
+DUMMY_PACKAGE = '''
+from vad.models.padim import PadimParams
+
+class DummyParams(PadimParams):
+    """The dummy model's parameters (plan keys dummy_*)."""
+
+IMPLEMENTATION = "vad.models.padim.model:OfflinePadim"
+SCORER = "vad.models.padim.scorer:PadimScorer"
+'''
+DUMMY_RUN = """
+import sys
+import dummy_model
+from vad.models import MODELS, ModelEntry
+
+MODELS["dummy"] = ModelEntry("dummy", dummy_model.DummyParams, dummy_model.IMPLEMENTATION, dummy_model.SCORER)
+
+import main
+from apps.web.training import offered_models
+from vad.tuning.space import auto_dimensions
+
+assert "dummy" in offered_models(), offered_models()
+space = {dimension.key: dimension.choices for dimension in auto_dimensions()}
+assert "dummy" in space["model_name"] and "model_parameters.dummy_backbone" in space, space
+sys.exit(main.main(["--mode", "all", "--config", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_model_added_through_the_registry_alone_reaches_the_page_the_tuner_and_main(project, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "dummy_model.py").write_text(DUMMY_PACKAGE, encoding="utf-8")
+    root, plan = project["root"], project["plan"]
+    step_args(plan, "train", "train")["model_name"] = "dummy"
+    step_args(plan, "train", "train")["model_parameters"] = {"dummy_backbone": "mobilenetv2_100"}
+    step_args(plan, "train", "train")["export"] = []
+    path = write_plan(root, plan)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": f"{tmp_path}:{main.__file__.rsplit('/', 1)[0]}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", DUMMY_RUN, str(path)], capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((root / "train_artifacts/models/train/train_config.json").read_text())
+    assert config["model"]["model_name"] == "dummy"
+    assert len(pd.read_csv(root / "inference_artifacts/output/output.csv")) > 0

@@ -33,7 +33,7 @@ from apps.http.summary import batch_summary
 from apps.http.uploads import decode_all
 from apps.web import explorer, runs
 from apps.web.inspect import PictureStore, inspected, validation_scores
-from apps.web.training import MODELS, JobError, Trainer
+from apps.web.training import JobError, Trainer, offered_models
 from vad.detector import Detector
 from vad.images import IMAGE_EXTENSIONS
 
@@ -205,7 +205,7 @@ def add_ui(
 
     @router.get("/ui/train", include_in_schema=False)
     async def train_page(request: Request) -> Response:
-        return page(request, "train.html", models=MODELS)
+        return page(request, "train.html", models=offered_models())
 
     @router.get("/ui/api/folders", include_in_schema=False)
     async def folders(request: Request) -> dict[str, Any]:

@@ -26,7 +26,11 @@ from vad.plan_edit import Change, PlanCopy, write_copy
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 MAX_LINES = 5000
 CANCEL_GRACE_S = 60.0
-MODELS = tuple(REGISTERED)  # the Train form offers every registered model
+
+
+def offered_models() -> tuple[str, ...]:
+    """The models the Train form offers: every registered one, read from the registry when asked."""
+    return tuple(REGISTERED)
 
 
 class JobError(Exception):
@@ -127,8 +131,8 @@ class Trainer:
             raise JobError(403, "this server has no data folder: start it with --data-root to train from the page")
         if folder not in self.data_folders():
             raise JobError(400, "choose one of the listed data folders (a folder inside the data root with a CSV)")
-        if model not in MODELS:
-            raise JobError(400, f"model must be one of {', '.join(MODELS)}")
+        if model not in offered_models():
+            raise JobError(400, f"model must be one of {', '.join(offered_models())}")
         if not (1 <= max_epochs <= 1000 and 1 <= batch_size <= 256):
             raise JobError(400, "max_epochs must be 1..1000 and batch_size 1..256")
         with self.lock:

@@ -30,7 +30,7 @@ from PIL import Image
 from alo.errors import ModelError
 from vad.calibration import Calibration
 from vad.images import model_pixels
-from vad.models import ModelSpec
+from vad.models import ModelSpec, entry
 from vad.models.saved import read_saved
 from vad.runtime import cores
 
@@ -44,8 +44,6 @@ INT8_CALIBRATION_FILE = "calibration_int8.json"
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("scores", "maps")
 EMBEDDING_NAME = "embedding"  # the output of a graph whose model finishes in a numpy tail
-# Tails after the graph, by a scorer's ``TAIL`` name: module and class (numpy and faiss, no torch).
-TAILS = {"patchcore": ("vad.models.patchcore.tail", "PatchcoreTail")}
 
 
 @dataclass(frozen=True)
@@ -394,16 +392,13 @@ def load_tail(name: str, folder: Path) -> Any:
     """A model's numpy tail, read from ``models/export``.
 
     Args:
-        name: Its ``TAILS`` name.
+        name: The model's name (its registry entry names the tail class).
         folder: ``models/export``.
 
     Returns:
         The tail (callable: embedding, maps -> scores, maps).
     """
-    import importlib
-
-    module, attribute = TAILS[name]
-    return getattr(importlib.import_module(module), attribute).load(folder)
+    return entry(name).tail_class().load(folder)
 
 
 def export_beats_torch(folder: Path, runtime: str) -> bool:

@@ -7,7 +7,6 @@ traced to ONNX once; OpenVINO's graph is converted from it (:mod:`vad.export.wri
 
 from __future__ import annotations
 
-import importlib
 import io
 import warnings
 from collections.abc import Sequence
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vad.export.runtime import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAMES, TAILS
+from vad.export.runtime import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAMES
+from vad.models import entry
 from vad.models.scorer import GraphScorer
 
 OPSET = 17
@@ -85,12 +85,11 @@ def onnx_bytes(
 
 
 def save_tail_arrays(name: str, folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a tail's arrays into ``models/export`` (``np.savez``: plain arrays, read back without pickles).
+    """Write a tail's arrays into ``models/export`` (plain arrays, read back without pickles).
 
     Args:
-        name: The tail's ``TAILS`` name.
+        name: The model's name (its registry entry names the tail class).
         folder: ``models/export``.
         arrays: Its arrays.
     """
-    module = importlib.import_module(TAILS[name][0])
-    module.save_tail(folder, arrays)
+    entry(name).tail_class().save(folder, arrays)

@@ -30,12 +30,15 @@ class ModelEntry:
         params: Its parameter class (defaults live there).
         implementation: ``module:Class`` of the model, imported on first use.
         scorer: ``module:Class`` of its plain-torch scorer (:mod:`vad.models.scorer`).
+        tail: ``module:Class`` of the numpy tail its exported graph ends in (its ``save`` and ``load`` write and
+            read the tail's arrays in ``models/export``), or None when the graph scores by itself.
     """
 
     name: str
     params: type[ModelParams]
     implementation: str
     scorer: str
+    tail: str | None = None
 
     def model_class(self) -> type:
         """Import the model class (anomalib, timm: used to train, and to score models saved without a graph).
@@ -53,6 +56,20 @@ class ModelEntry:
         """
         return _import(self.scorer)
 
+    def tail_class(self) -> type:
+        """Import the exported runtime's tail class (numpy, no torch).
+
+        Returns:
+            The class.
+
+        Raises:
+            ValueError: The model's exported graph has no tail.
+        """
+        if self.tail is None:
+            msg = f"{self.name}'s exported graph has no tail"
+            raise ValueError(msg)
+        return _import(self.tail)
+
 
 def _import(path: str) -> type:
     module, _, name = path.partition(":")
@@ -60,7 +77,9 @@ def _import(path: str) -> type:
 
 
 MODELS: dict[str, ModelEntry] = {
-    "patchcore": ModelEntry("patchcore", patchcore.PatchcoreParams, patchcore.IMPLEMENTATION, patchcore.SCORER),
+    "patchcore": ModelEntry(
+        "patchcore", patchcore.PatchcoreParams, patchcore.IMPLEMENTATION, patchcore.SCORER, patchcore.TAIL
+    ),
     "fastflow": ModelEntry("fastflow", fastflow.FastflowParams, fastflow.IMPLEMENTATION, fastflow.SCORER),
     "padim": ModelEntry("padim", padim.PadimParams, padim.IMPLEMENTATION, padim.SCORER),
     "supersimplenet": ModelEntry(

@@ -90,7 +90,7 @@ class GraphScorer(nn.Module):
         if self.device.type == "cpu":
             self.runtime = ort_backbone(self.backbone, self.spec.input_size, torch.get_num_threads())
 
-    TAIL: str | None = None  # the exported runtime's numpy tail after the graph (None: the graph scores)
+    TAIL: str | None = None  # the model whose registered tail follows the exported graph (None: the graph scores)
 
     def graph_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """What an exported graph outputs for a scorer with a ``TAIL``: the tail's input (a hook).

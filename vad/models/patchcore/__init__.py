@@ -30,3 +30,4 @@ class PatchcoreParams(ModelParams):
 
 IMPLEMENTATION = "vad.models.patchcore.model:OfflinePatchcore"
 SCORER = "vad.models.patchcore.scorer:PatchcoreScorer"
+TAIL = "vad.models.patchcore.tail:PatchcoreTail"  # numpy and faiss after the exported graph (no torch)

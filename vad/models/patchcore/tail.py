@@ -141,6 +141,21 @@ class PatchcoreTail:
         self.head_weights = arrays.get("head_weights", np.zeros(0, dtype=np.float32)).astype(np.float64)
         self.head_bias = float(arrays["head_bias"][0]) if len(self.head_weights) else 0.0
 
+    @staticmethod
+    def save(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+        """Write the tail's arrays into ``models/export`` (``np.savez``: plain arrays, read back without pickles).
+
+        Args:
+            folder: ``models/export``.
+            arrays: As :class:`PatchcoreTail` takes them.
+
+        Returns:
+            The file written.
+        """
+        path = folder / TAIL_FILE
+        np.savez(path, **{name: np.ascontiguousarray(value) for name, value in arrays.items()})
+        return path
+
     @classmethod
     def load(cls, folder: Path) -> PatchcoreTail:
         """Read ``patchcore_tail.npz`` (plain arrays, no pickles).
@@ -216,18 +231,3 @@ class PatchcoreTail:
         patches = patches.astype(np.float64)
         descriptors = np.concatenate([patches.mean(axis=1), patches.std(axis=1)], axis=1)
         return descriptors @ self.head_weights + self.head_bias
-
-
-def save_tail(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write the tail's arrays into ``models/export``.
-
-    Args:
-        folder: ``models/export``.
-        arrays: As :class:`PatchcoreTail` takes them.
-
-    Returns:
-        The file written.
-    """
-    path = folder / TAIL_FILE
-    np.savez(path, **{name: np.ascontiguousarray(value) for name, value in arrays.items()})
-    return path

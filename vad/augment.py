@@ -6,10 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
-
-from vad.lean_imports import lean_import
-
-v2 = lean_import("torchvision.transforms.v2")
+from torchvision.transforms import v2
 
 
 class RandomAugment:

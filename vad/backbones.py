@@ -14,12 +14,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 from torch import nn
 
-from vad.lean_imports import lean_import
-
-timm = lean_import("timm")
 logger = logging.getLogger("assets.backbones")
 
 

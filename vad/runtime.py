@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from alo.errors import PlanError
-from vad.lean_imports import use_deterministic_algorithms
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +30,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    use_deterministic_algorithms(warn_only=True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def cores() -> int:

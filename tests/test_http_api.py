@@ -178,3 +178,45 @@ def test_uploaded_phone_photo_is_scored_upright(project, server, tmp_path):
     _, plain_answer = call(f"{server}/v1/predict", plain, plain_kind)
     assert status == 200
     assert phone_answer["results"][0]["raw_score"] == pytest.approx(plain_answer["results"][0]["raw_score"], rel=1e-5)
+
+
+def _asgi_get(app, path: str, token: str | None = None) -> tuple[int, dict]:
+    """One GET through an ASGI app in this process: its status and JSON body."""
+    import asyncio
+
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80),
+             "client": ("127.0.0.1", 1), "root_path": ""}  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)
+
+
+def test_every_v1_route_and_metrics_have_the_token_dependency_by_construction():
+    """The token is the ``/v1`` router's own dependency: a route added to it cannot go without (and /metrics has it)."""
+    from apps.http import api
+
+    @api.v1.get("/added-later")
+    async def added_later() -> dict:
+        return {"reached": True}
+
+    try:
+        assert all(api.require_token in {d.call for d in route.dependant.dependencies} for route in api.v1.routes)
+        app = api.create_app(lambda: None, api.ServeSettings(token="t"))
+        for path in ("/v1/added-later", "/v1/model", "/metrics"):
+            status, answer = _asgi_get(app, path)
+            assert status == 401 and "token" in answer["error"], path
+        assert _asgi_get(app, "/v1/added-later", token="t") == (200, {"reached": True})
+        assert _asgi_get(app, "/healthz") == (200, {"status": "ok"})
+    finally:
+        api.v1.routes[:] = [route for route in api.v1.routes if getattr(route, "path", "") != "/v1/added-later"]

@@ -8,7 +8,8 @@
 
 Safe by default: it binds to 127.0.0.1; another address needs a token (environment ``VAD_API_TOKEN``,
 sent as ``Authorization: Bearer``), and a token, once set, is required on every ``/v1`` route and on
-``/metrics``. Request bodies are capped (413), uploads are decoded by content, never trusted by name
+``/metrics``: the token is a dependency of the ``/v1`` router itself, so no route added to it can go without.
+Request bodies are capped (413), uploads are decoded by content, never trusted by name
 (415 with the one-line reason), and paths leaving the data folder are refused (403). Errors are one
 line in ``{"error": ...}``, never a stack trace.
 """
@@ -20,14 +21,15 @@ import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from alo.errors import one_line
+from apps.http.auth import check_token
 from apps.http.batcher import Batcher
 from apps.http.errors import ApiError
 from apps.http.middleware import BodyLimit, Observe
@@ -53,13 +55,115 @@ class ServeSettings:
     train_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Service:
+    """What the routes work with (``app.state.service``): the batcher, the settings and the metrics."""
+
+    batcher: Batcher
+    settings: ServeSettings
+    registry: CollectorRegistry
+    images_scored: Counter
+
+
+def service(request: Request) -> Service:
+    """The app's :class:`Service` (a dependency of every route)."""
+    return request.app.state.service
+
+
+def require_token(request: Request) -> None:
+    """The token dependency: a router built with it refuses a request without the server's token (401).
+
+    Every route of :data:`v1` has it by construction (the router's own dependency), and so has ``/metrics``.
+    """
+    token = service(request).settings.token
+    if token is not None:
+        check_token(request, token)
+
+
+ServiceDep = Annotated[Service, Depends(service)]
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])  # a route added here needs the token
+ops = APIRouter()  # liveness, readiness and metrics
+
+
+@v1.post("/predict", summary="Score images (multipart uploads 'files', or JSON {'paths': [...]})")
+async def predict(request: Request, state: ServiceDep, heatmap: bool = False, summary: bool = False) -> dict[str, Any]:
+    """Score the request's images; per image the ``output.csv`` columns (and the heatmap, the batch summary)."""
+    batcher, settings = state.batcher, state.settings
+    batcher.announce()  # a batch being formed waits for this request while it is received and decoded
+    try:
+        names, images = await request_images(request, settings.max_images, settings.data_root)
+    except BaseException:
+        batcher.withdraw()
+        raise
+    found: list[Prediction] = await asyncio.wrap_future(batcher.submit(images, heatmap, announced=True))
+    state.images_scored.inc(len(found))
+    results = []
+    for name, prediction in zip(names, found, strict=True):
+        row: dict[str, Any] = {"image": name, **prediction.result_row()}
+        if heatmap and prediction.heatmap is not None:
+            picture = encode_png(np.asarray(prediction.heatmap))
+            row["heatmap_png"] = base64.b64encode(picture).decode("ascii")
+        results.append(row)
+    body: dict[str, Any] = {"results": results}
+    if summary:
+        current = await asyncio.wrap_future(batcher.resolve())
+        body["summary"] = batch_summary(current, names, found, settings.version)
+    return body
+
+
+@v1.get("/model", summary="The resident model")
+async def model(state: ServiceDep) -> dict[str, Any]:
+    """The resident model's name, backbone, input size, thresholds, class names and train run."""
+    current = await asyncio.wrap_future(state.batcher.resolve())
+    spec, calibration = current.spec, current.calibration
+    return {
+        "model_name": spec.model_name,
+        "backbone": spec.backbone,
+        "layers": list(spec.layers),
+        "input_size": list(spec.input_size),
+        "raw_threshold": calibration.threshold,
+        "inference_threshold": calibration.inference_threshold,
+        "ok_name": calibration.ok_name,
+        "ng_name": calibration.ng_name,
+        "train_id": state.settings.train_id,
+    }
+
+
+@ops.get("/healthz", summary="The process answers")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@ops.get("/readyz", summary="The model is loaded and scores")
+async def readyz(state: ServiceDep) -> Response:
+    """Readiness: the model is loaded (503 with the reason when it cannot be)."""
+    try:
+        await asyncio.wrap_future(state.batcher.resolve())
+    except Exception as exc:
+        return JSONResponse({"status": "not ready", "error": one_line(str(exc))}, 503)
+    return JSONResponse({"status": "ready"})
+
+
+@ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])
+async def metrics(state: ServiceDep) -> Response:
+    """Request counts and latencies by route, images scored, errors by status (Prometheus text)."""
+    return PlainTextResponse(generate_latest(state.registry).decode("utf-8"), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    del request
+    status = exc.status if isinstance(exc, ApiError) else 500
+    return JSONResponse({"error": str(exc)}, status)
+
+
 def create_app(
     detector: Callable[[], Detector],
     settings: ServeSettings,
     batcher: Batcher | None = None,
     extensions: Sequence[Extension] = (),
 ) -> FastAPI:
-    """The API around a detector.
+    """The API around a detector: the :data:`v1` and :data:`ops` routers, the metrics and the body limit.
 
     Args:
         detector: Returns the resident detector (loaded once; called per batch, in the batcher's thread).
@@ -84,75 +188,14 @@ def create_app(
     errors = Counter("vad_errors", "Requests that ended in an error, by status", ["status"], registry=registry)
     batcher = batcher or Batcher(detector)
     app.state.batcher = batcher
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        del request
-        return JSONResponse({"error": str(exc)}, exc.status)
-
-    @app.post("/v1/predict", summary="Score images (multipart uploads 'files', or JSON {'paths': [...]})")
-    async def predict(request: Request, heatmap: bool = False, summary: bool = False) -> dict[str, Any]:
-        batcher.announce()  # a batch being formed waits for this request while it is received and decoded
-        try:
-            names, images = await request_images(request, settings.max_images, settings.data_root)
-        except BaseException:
-            batcher.withdraw()
-            raise
-        found: list[Prediction] = await asyncio.wrap_future(batcher.submit(images, heatmap, announced=True))
-        images_scored.inc(len(found))
-        results = []
-        for name, prediction in zip(names, found, strict=True):
-            row: dict[str, Any] = {"image": name, **prediction.result_row()}
-            if heatmap and prediction.heatmap is not None:
-                picture = encode_png(np.asarray(prediction.heatmap))
-                row["heatmap_png"] = base64.b64encode(picture).decode("ascii")
-            results.append(row)
-        body: dict[str, Any] = {"results": results}
-        if summary:
-            current = await asyncio.wrap_future(batcher.resolve())
-            body["summary"] = batch_summary(current, names, found, settings.version)
-        return body
-
-    @app.get("/v1/model", summary="The resident model")
-    async def model() -> dict[str, Any]:
-        current = await asyncio.wrap_future(batcher.resolve())
-        spec, calibration = current.spec, current.calibration
-        return {
-            "model_name": spec.model_name,
-            "backbone": spec.backbone,
-            "layers": list(spec.layers),
-            "input_size": list(spec.input_size),
-            "raw_threshold": calibration.threshold,
-            "inference_threshold": calibration.inference_threshold,
-            "ok_name": calibration.ok_name,
-            "ng_name": calibration.ng_name,
-            "train_id": settings.train_id,
-        }
-
-    @app.get("/healthz", summary="The process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="The model is loaded and scores")
-    async def readyz() -> Response:
-        try:
-            await asyncio.wrap_future(batcher.resolve())
-        except Exception as exc:
-            return JSONResponse({"status": "not ready", "error": one_line(str(exc))}, 503)
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        return PlainTextResponse(generate_latest(registry).decode("utf-8"), media_type=CONTENT_TYPE_LATEST)
-
+    app.state.service = Service(batcher, settings, registry, images_scored)
+    app.add_exception_handler(ApiError, _api_error)
+    app.include_router(v1)
+    app.include_router(ops)
+    # the metrics' route labels: the API's own paths (the page's routes count as "other")
+    routes = {str(getattr(route, "path", "")) for router in (v1, ops, app.router) for route in router.routes}
     for extend in extensions:
         extend(app, batcher)
     app.router.on_shutdown.append(batcher.close)
-    observed = Observe(app, settings.token, (requests, latency, errors), ROUTES, PROTECTED)
+    observed = Observe(app, (requests, latency, errors), routes)
     return BodyLimit(observed, settings.max_body_bytes)  # type: ignore[return-value]
-
-
-ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
-
-
-PROTECTED = {"/v1/predict", "/v1/model", "/metrics"}

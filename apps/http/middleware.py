@@ -1,4 +1,4 @@
-"""Plain ASGI middleware of the API: the body limit (413), and the token check, one-line errors and metrics."""
+"""Plain ASGI middleware of the API: the body limit (413), and one-line errors and metrics around every request."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import logging
 import time
 from collections.abc import Collection
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alo.errors import one_line
-from apps.http.auth import check_token
 from apps.http.errors import ApiError
 
 logger = logging.getLogger("apps.http")
@@ -71,23 +69,21 @@ class BodyLimit(HttpMiddleware):
 
 
 class Observe(HttpMiddleware):
-    """Token check, one-line errors and metrics around the app, as plain ASGI (no per-request task group)."""
+    """One-line errors and metrics around the app, as plain ASGI (no per-request task group).
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        token: str | None,
-        metrics: tuple[Counter, Histogram, Counter],
-        routes: Collection[str],
-        protected: Collection[str],
-    ) -> None:
+    Args:
+        app: The app.
+        metrics: The request counter, the latency histogram and the error counter.
+        routes: The paths counted under their own label (the rest count as ``other``).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: tuple[Counter, Histogram, Counter], routes: Collection[str]) -> None:
         self.app = app
-        self.routes, self.protected = routes, protected
-        self.token = token
+        self.routes = routes
         self.requests, self.latency, self.errors = metrics
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the token of protected routes, run the app, count the request and its latency."""
+        """Run the app, answer an escaped error in one line, count the request and its latency."""
         started = time.perf_counter()
         route = scope["path"] if scope["path"] in self.routes else "other"
         status, answered = 500, False
@@ -99,8 +95,6 @@ class Observe(HttpMiddleware):
             await send(message)
 
         try:
-            if route in self.protected and self.token is not None:
-                check_token(Request(scope), self.token)
             await self.app(scope, receive, sending)
         except ApiError as exc:
             await JSONResponse({"error": str(exc)}, exc.status)(scope, receive, sending)

@@ -1,33 +1,35 @@
-"""The anomalib adapter: the names it relies on exist where it expects them, and nothing of anomalib or torch is
-patched (no stand-in in ``sys.modules``, no swapped function)."""
+"""anomalib as the models use it: each registered model builds on anomalib's own classes, imported as anomalib ships
+them, and nothing of anomalib or torch is patched (no stand-in in ``sys.modules``, no swapped function)."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 from conftest import python_lines
 
-from vad.anomalib_api import SOURCES
-
-NAMES = sorted(set(SOURCES.values()))
+from vad.models import MODELS
 
 
-@pytest.mark.parametrize(("module", "name"), NAMES)
-def test_each_name_the_adapter_uses_is_defined_where_it_looks(module, name):
-    assert hasattr(importlib.import_module(module), name), f"anomalib moved {name} out of {module}"
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_registered_model_builds_on_anomalibs_own_torch_model(name):
+    """A model folder imports the anomalib classes it subclasses from where anomalib defines them."""
+    import torch
+
+    model_class = MODELS[name].model_class()
+    anomalib_bases = [base for base in model_class.__mro__ if base.__module__.startswith("anomalib.")]
+    assert anomalib_bases, f"{name} no longer builds on an anomalib class"
+    assert all(issubclass(base, torch.nn.Module) for base in anomalib_bases if base is not object)
 
 
 @pytest.mark.slow
-def test_the_adapter_gives_anomalibs_own_classes_and_anomalib_stays_whole():
+def test_anomalib_stays_whole_after_a_model_is_built():
     code = (
         "import sys, types\n"
-        "import vad.anomalib_api as api\n"
         "print('anomalib' in sys.modules)\n"
-        "model = api.PatchcoreModel\n"
+        "from vad.models.patchcore.model import OfflinePatchcore\n"
         "from anomalib.models import Patchcore\n"
         "from anomalib.models.image.patchcore.torch_model import PatchcoreModel\n"
-        "print(model is PatchcoreModel, type(sys.modules['anomalib.models']) is types.ModuleType)\n"
+        "whole = type(sys.modules['anomalib.models']) is types.ModuleType\n"
+        "print(issubclass(OfflinePatchcore, PatchcoreModel), whole)\n"
     )
     assert python_lines(code) == ["False", "True True"]
 

@@ -9,8 +9,8 @@ so one vertical and one horizontal pass over the same reflect-padded map give th
 from __future__ import annotations
 
 import torch
+from anomalib.models.components.filters import GaussianBlur2d
 
-from vad.anomalib_api import GaussianBlur2d
 from vad.models.maps import separable_blur
 
 

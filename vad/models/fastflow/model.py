@@ -15,17 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components import TimmFeatureExtractor
+from anomalib.models.image.fastflow.anomaly_map import AnomalyMapGenerator
+from anomalib.models.image.fastflow.loss import FastflowLoss
+from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fast_flow_block
 from torch import nn
 
 from vad import metrics
-from vad.anomalib_api import FastflowAnomalyMap as AnomalyMapGenerator
-from vad.anomalib_api import (
-    FastflowLoss,
-    FastflowModel,
-    InferenceBatch,
-    TimmFeatureExtractor,
-    create_fast_flow_block,
-)
 from vad.backbones import load_pretrained_weights
 from vad.batches import loader
 from vad.models.base import FitData, FitOptions, VadModel, example_image

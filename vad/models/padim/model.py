@@ -14,11 +14,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components import MultiVariateGaussian, TimmFeatureExtractor
+from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator
+from anomalib.models.image.padim.torch_model import PadimModel
 from torch import nn
 
 from alo.logs import Progress
-from vad.anomalib_api import InferenceBatch, MultiVariateGaussian, PadimModel, TimmFeatureExtractor
-from vad.anomalib_api import PadimAnomalyMap as AnomalyMapGenerator
 from vad.backbones import load_pretrained_weights
 from vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
 from vad.models.blur import SeparableGaussianBlur2d

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from alo.logs import Progress
-from vad.anomalib_api import InferenceBatch, PatchcoreModel
 from vad.backbones import load_pretrained_weights
 from vad.coreset import k_center_greedy
 from vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes

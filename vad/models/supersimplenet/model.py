@@ -29,20 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
+from anomalib.models.components import TimmFeatureExtractor
+from anomalib.models.image.supersimplenet.anomaly_generator import AnomalyGenerator as SupersimplenetAnomalyGenerator
+from anomalib.models.image.supersimplenet.loss import SSNLoss as SupersimplenetLoss
+from anomalib.models.image.supersimplenet.torch_model import AnomalyMapGenerator as SupersimplenetAnomalyMap
+from anomalib.models.image.supersimplenet.torch_model import FeatureAdapter as SupersimplenetFeatureAdapter
+from anomalib.models.image.supersimplenet.torch_model import SegmentationDetectionModule as SupersimplenetSegDec
+from anomalib.models.image.supersimplenet.torch_model import SupersimplenetModel
 from torch import nn
 
 from alo.logs import Progress
 from vad import metrics
-from vad.anomalib_api import (
-    InferenceBatch,
-    SupersimplenetAnomalyGenerator,
-    SupersimplenetAnomalyMap,
-    SupersimplenetFeatureAdapter,
-    SupersimplenetLoss,
-    SupersimplenetModel,
-    SupersimplenetSegDec,
-    TimmFeatureExtractor,
-)
 from vad.backbones import load_pretrained_weights
 from vad.batches import loader
 from vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes

@@ -475,7 +475,7 @@ def log_run(mlflow: Any, client: Any, experiment_id: str, job: Path, payload: di
         for name, relative in report["artifacts"].items():  # each file is linked under its name in the run
             parent = str(Path(name).parent)
             client.log_artifact(run_id, str(job / relative), None if parent == "." else parent)
-        if report["model"] is not None:
+        if report["model"] is not None and payload.get("reporter"):  # older jobs name no reporter
             module = importlib.import_module(str(payload["reporter"]))
             with mlflow.start_run(run_id=run_id):
                 module.log_model(mlflow, job / report["model"])

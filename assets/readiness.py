@@ -300,7 +300,7 @@ class ReadinessStep(Asset):
         policy = ThresholdPolicy(args.threshold_method, args.num_minor_threshold, args.ratio_minor_threshold)
         chosen, reason = policy.choose(ok_valid, ng_valid)
         if reason:
-            monitor = method(chosen).monitor("")
+            monitor = method(chosen).forced_monitor
             ctx.logger.warning(
                 f"threshold_method {args.threshold_method} -> {chosen}: {reason}"
                 + (f"; monitor_metric -> {monitor}" if monitor else "")

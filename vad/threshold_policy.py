@@ -25,6 +25,7 @@ class ThresholdMethod(ABC):
 
     name: ClassVar[str]
     needs_ng: ClassVar[bool]  # whether it needs NG validation images (else it falls back)
+    forced_monitor: ClassVar[str | None] = None  # the epoch metric it imposes on models, if any
 
     @abstractmethod
     def threshold(self, raw: np.ndarray, is_ng: np.ndarray, table: pd.DataFrame, percentile: float) -> float:
@@ -47,9 +48,9 @@ class ThresholdMethod(ABC):
             requested: The plan's ``monitor_metric``.
 
         Returns:
-            The metric to use.
+            The metric to use: :attr:`forced_monitor` when the method has one, else ``requested``.
         """
-        return requested
+        return self.forced_monitor or requested
 
 
 class F1Method(ThresholdMethod):
@@ -69,16 +70,12 @@ class PercentileMethod(ThresholdMethod):
 
     name = "Percentile"
     needs_ng = False
+    forced_monitor = "loss"  # without NG images no image metric can be measured
 
     def threshold(self, raw: np.ndarray, is_ng: np.ndarray, table: pd.DataFrame, percentile: float) -> float:
         """See :meth:`ThresholdMethod.threshold`."""
         del table
         return percentile_threshold(raw[~is_ng], percentile)
-
-    def monitor(self, requested: str) -> str:
-        """Without NG images no image metric can be measured: epochs are selected on the loss."""
-        del requested
-        return "loss"
 
 
 METHODS: dict[str, ThresholdMethod] = {method.name: method for method in (F1Method(), PercentileMethod())}

@@ -10,14 +10,12 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from vad.export.runtime import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAMES
-from vad.models import entry
 from vad.models.scorer import GraphScorer
 
 OPSET = 17
@@ -82,14 +80,3 @@ def onnx_bytes(
             output_names=outputs, dynamic_axes=axes,
         )  # fmt: skip
     return buffer.getvalue(), tail
-
-
-def save_tail_arrays(name: str, folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a tail's arrays into ``models/export`` (plain arrays, read back without pickles).
-
-    Args:
-        name: The model's name (its registry entry names the tail class).
-        folder: ``models/export``.
-        arrays: Its arrays.
-    """
-    entry(name).tail_class().save(folder, arrays)

@@ -64,8 +64,9 @@ from vad.export.runtime import (
     runner,
 )
 from vad.export.timing import one_image_ms, score_batches, torch_scores
-from vad.export.trace import OPSET, onnx_bytes, save_tail_arrays
+from vad.export.trace import OPSET, onnx_bytes
 from vad.images import read_image
+from vad.models import entry as model_entry
 from vad.models.scorer import GraphScorer
 
 logger = logging.getLogger("vad.export")
@@ -176,7 +177,7 @@ def export_model(
         model, arrays = onnx_bytes(scorer, spec.mean, spec.std, size)
         tail = None
         if arrays is not None:
-            save_tail_arrays(scorer.TAIL, target, arrays)
+            model_entry(scorer.TAIL).tail_class().save(target, arrays)
             tail = load_tail(scorer.TAIL, target)
             manifest.update(tail=scorer.TAIL, outputs=[EMBEDDING_NAME])
         names = list(validation)

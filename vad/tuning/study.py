@@ -23,7 +23,7 @@ import math
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,10 +238,8 @@ def run_tune(plan_path: str | Path) -> Path:
         try:
             for index, resample in enumerate(resamples):
                 trial_plan = _trial_plan(plan, folder / f"trial-{trial.number:03d}" / f"r{index}", resample, changes)
-                if index == 0:  # the first resample's epochs are reported: a hopeless trial stops there
-                    with epochs.reporting(reporter):
-                        value, speed = _fit(trial_plan, tuning.objective)
-                else:
+                # the first resample's epochs are reported: a hopeless trial stops there
+                with epochs.reporting(reporter) if index == 0 else nullcontext():
                     value, speed = _fit(trial_plan, tuning.objective)
                 values.append(value)
                 speeds.append(speed)

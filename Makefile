@@ -38,10 +38,17 @@ train: $(STAMP)
 inference: $(STAMP)
 	$(PY) main.py --mode inference --config $(PLAN)
 
-lint: $(STAMP)
+lint: $(STAMP) docs
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
+
+# The documentation site (mkdocs.yml, docs/), built with --strict into a throwaway folder: a broken link, anchor
+# or nav entry fails it. Not --quiet: that hides the warnings --strict counts.
+.PHONY: docs
+docs: $(STAMP)
+	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir "$$site"; \
+		status=$$?; rm -rf "$$site"; exit $$status
 
 # The everyday tier: lint, import contracts, and every test not marked slow (a few minutes).
 test: system-deps lint

@@ -89,16 +89,76 @@ def test_training_keys_in_the_inference_pipeline_stop_the_run(project, capsys, k
     )
 
 
-# A fourth model added the way a developer adds one: its own folder (here a package in a temporary folder: its
-# parameters, and a model and scorer that reuse PaDiM's) and one registry line. Nothing else is told about it.
+# A fourth model added the way a developer adds one: its own folder (here a package in a temporary folder) and one
+# registry line. Nothing else is told about it. What a model must provide, and nothing more:
+# - a parameter class (its plan keys, ``dummy_*``, and their defaults), a subclass of ``ModelParams``;
+# - a model class (``VadModel``): ``from_spec`` (construct it from the spec), ``fit`` and ``scores_and_maps`` (or an
+#   anomalib forward); building, ImageNet weights, the folded backbone and ``prepare`` come from the base class;
+# - a scorer (``GraphScorer``) on the saved backbone graph: its constructor's arguments read from the model's state
+#   dict (``STATE_KEYS``) and a ``forward`` giving the model's scores and maps.
+# Here: the distance of each patch's features to the training images' mean feature at that position.
 DUMMY_PACKAGE = '''
-from vad.models.padim import PadimParams
+from typing import ClassVar
 
-class DummyParams(PadimParams):
+import torch
+import torch.nn.functional as F
+from anomalib.models.components import TimmFeatureExtractor
+
+from vad.models.base import VadModel, training_passes
+from vad.models.scorer import GraphScorer
+from vad.models.spec import ModelParams
+
+
+class DummyParams(ModelParams):
     """The dummy model's parameters (plan keys dummy_*)."""
 
-IMPLEMENTATION = "vad.models.padim.model:OfflinePadim"
-SCORER = "vad.models.padim.scorer:PadimScorer"
+    DEFAULT_IMG_SIZE: ClassVar[tuple[int, int]] = (96, 96)
+    backbone: str = "mobilenetv2_100"
+
+
+def distance_maps(feature, mean, size):
+    distances = (feature - mean).pow(2).sum(dim=1, keepdim=True).sqrt()
+    maps = F.interpolate(distances, size=tuple(size), mode="bilinear", align_corners=False)
+    return maps.amax(dim=(1, 2, 3)), maps
+
+
+class DummyModel(VadModel):
+    def __init__(self, backbone, layers):
+        super().__init__()
+        self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=False)
+        self.register_buffer("mean", torch.empty(0))
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec.backbone, spec.layers)
+
+    def first_layer(self, images):
+        with torch.no_grad():
+            return self.scoring_backbone()(images.to(self.device))[0]
+
+    def fit(self, train, valid, options, logger):
+        batches, count = training_passes(train, self.spec, options)
+        self.mean = sum(self.first_layer(images).sum(dim=0, keepdim=True) for images in batches) / count
+        return {}
+
+    def scores_and_maps(self, images, maps):
+        scores, found = distance_maps(self.first_layer(images), self.mean, self.spec.input_size)
+        return scores, found if maps else None
+
+
+class DummyScorer(GraphScorer):
+    STATE_KEYS: ClassVar[dict[str, str]] = {"mean": "mean"}
+
+    def __init__(self, spec, backbone, mean):
+        super().__init__(spec, backbone)
+        self.register_buffer("mean", mean)
+
+    def forward(self, images):
+        return distance_maps(self.features(images)[0], self.mean, self.spec.input_size)
+
+
+IMPLEMENTATION = "dummy_model:DummyModel"
+SCORER = "dummy_model:DummyScorer"
 '''
 DUMMY_RUN = """
 import sys
@@ -114,7 +174,14 @@ from vad.tuning.space import auto_dimensions
 assert "dummy" in offered_models(), offered_models()
 space = {dimension.key: dimension.choices for dimension in auto_dimensions()}
 assert "dummy" in space["model_name"] and "model_parameters.dummy_backbone" in space, space
-sys.exit(main.main(["--mode", "all", "--config", sys.argv[1]]))
+code = main.main(["--mode", "all", "--config", sys.argv[1]])
+if code == 0:  # the inference scored through the dummy's own scorer, on the saved backbone graph
+    from pathlib import Path
+    from vad.models.factory import load
+
+    loaded = load(Path(sys.argv[1]).parent / "train_artifacts/models/train")
+    assert type(loaded.model).__name__ == "DummyScorer", type(loaded.model)
+sys.exit(code)
 """
 
 
@@ -140,4 +207,5 @@ def test_a_model_added_through_the_registry_alone_reaches_the_page_the_tuner_and
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((root / "train_artifacts/models/train/train_config.json").read_text())
     assert config["model"]["model_name"] == "dummy"
-    assert len(pd.read_csv(root / "inference_artifacts/output/output.csv")) > 0
+    scores = pd.read_csv(root / "inference_artifacts/output/output.csv")["anomaly_score"]
+    assert len(scores) > 0 and scores.notna().all() and scores.nunique() > 1

@@ -95,12 +95,35 @@ class VadModel(torch.nn.Module):
 
     @classmethod
     def build(cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None) -> Self:
-        """Create the model a spec describes, in eval mode.
+        """Create the model a spec describes, in eval mode, with ImageNet (or the user's) backbone weights.
+
+        The same for every model: :meth:`from_spec` builds the module, then the weights go into
+        :meth:`frozen_backbone`.
 
         Args:
             spec: The model description.
             pretrained: Load ImageNet weights into the backbone (False when a trained state follows).
             weights_path: A user weights file for the backbone.
+
+        Returns:
+            The model.
+        """
+        from vad.backbones import load_pretrained_weights  # timm: only where a model is built, never to score
+
+        model = cls.from_spec(spec)
+        model.spec = spec
+        model.folded_backbone = WeightKeyedCache()
+        model.weights_source = "random initialisation (pretrained: false)"
+        if pretrained:
+            model.weights_source = load_pretrained_weights(model.frozen_backbone(), spec.backbone, weights_path)
+        return model.eval()
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> Self:
+        """Construct the module a spec describes, its backbone randomly initialised (the hook :meth:`build` calls).
+
+        Args:
+            spec: The model description (``spec.params`` holds the model's own parameters).
 
         Returns:
             The model.
@@ -124,12 +147,17 @@ class VadModel(torch.nn.Module):
     folded_backbone: WeightKeyedCache[torch.nn.Module]
 
     def frozen_backbone(self) -> torch.nn.Module:
-        """The model's frozen feature network (timm's features-only model).
+        """The model's frozen feature network (timm's features-only model), where ImageNet weights go.
+
+        A hook: the default is ``feature_extractor``, or the network inside it where it is anomalib's
+        ``TimmFeatureExtractor`` (which holds it as ``feature_extractor.feature_extractor``).
 
         Returns:
             The module.
         """
-        raise NotImplementedError
+        extractor = self.get_submodule("feature_extractor")
+        inner = getattr(extractor, "feature_extractor", None)
+        return inner if isinstance(inner, torch.nn.Module) else extractor
 
     def scoring_backbone(self) -> torch.nn.Module:
         """The batch-norm-folded copy of :meth:`frozen_backbone` the model scores with (saved as a graph).
@@ -185,8 +213,11 @@ class VadModel(torch.nn.Module):
     def prepare(self) -> None:
         """Build everything scoring needs (folded backbone, search index, flow scoring form) now, once.
 
-        Called when a trained model is loaded, so that no scoring call pays for it.
+        Called when a trained model is loaded, so that no scoring call pays for it: the default scores one
+        example image, which builds them all.
         """
+        self.eval()
+        self.score(example_image(self.spec.input_size, self.device))
 
     @property
     def device(self) -> torch.device:

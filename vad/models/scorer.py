@@ -8,7 +8,7 @@ is tested to give the scores of the model itself.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -53,9 +53,11 @@ class GraphScorer(nn.Module):
         del spec
         return True
 
+    STATE_KEYS: ClassVar[dict[str, str]] = {}  # constructor argument -> the model's state-dict key it is read from
+
     @classmethod
     def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor], backbone: nn.Module) -> Self:
-        """Build the scorer from the model's saved state.
+        """Build the scorer from the model's saved state: ``cls(spec, backbone, **state_arguments(...))``.
 
         Args:
             spec: The model's description.
@@ -65,7 +67,23 @@ class GraphScorer(nn.Module):
         Returns:
             The scorer, in eval mode.
         """
-        raise NotImplementedError
+        return cls(spec, backbone, **cls.state_arguments(spec, state)).eval()
+
+    @classmethod
+    def state_arguments(cls, spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The constructor's arguments after the spec and the backbone, from the saved state (a hook).
+
+        The default reads :attr:`STATE_KEYS`; a scorer whose arguments are built from many keys overrides it.
+
+        Args:
+            spec: The model's description.
+            state: The model's state dict.
+
+        Returns:
+            Argument name -> value.
+        """
+        del spec
+        return {argument: state[key] for argument, key in cls.STATE_KEYS.items()}
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's feature maps of a batch.

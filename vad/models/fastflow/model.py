@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,8 @@ from anomalib.models.image.fastflow.torch_model import FastflowModel, create_fas
 from torch import nn
 
 from vad import metrics
-from vad.backbones import load_pretrained_weights
 from vad.batches import loader
-from vad.models.base import FitData, FitOptions, VadModel, example_image
+from vad.models.base import FitData, FitOptions, VadModel
 from vad.models.epochs import EpochCallback, train_epochs
 from vad.models.fastflow import FastflowParams
 from vad.models.fastflow.flow_steps import prepare_flow, run_flow, train_flow
@@ -49,17 +47,12 @@ class OfflineFastflow(VadModel, FastflowModel):
         flow_steps: int,
         conv3x3_only: bool,
         hidden_ratio: float,
-        pretrained: bool,
-        weights_path: str | Path | None,
     ) -> None:
         nn.Module.__init__(self)
         self.input_size = tuple(input_size)
         self.layers = list(layers)  # the layers the backbone returns
         extractor = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False)
         self.feature_extractor = extractor.feature_extractor
-        self.weights_source = "random initialisation (pretrained: false)"
-        if pretrained:
-            self.weights_source = load_pretrained_weights(self.feature_extractor, backbone, weights_path)
         for parameter in self.feature_extractor.parameters():
             parameter.requires_grad = False
         self.feature_extractor.eval()
@@ -80,51 +73,30 @@ class OfflineFastflow(VadModel, FastflowModel):
         )
         self.anomaly_map_generator = AnomalyMapGenerator(input_size=self.input_size)
         self.layout = torch.contiguous_format
-        self.folded_backbone: WeightKeyedCache[nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
         self.scoring_flows: WeightKeyedCache[list] = WeightKeyedCache()  # eval mode: flows in scoring form
 
     @classmethod
-    def build(cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None) -> OfflineFastflow:
-        """FastFlow as a spec describes it (see :meth:`VadModel.build`).
+    def from_spec(cls, spec: ModelSpec) -> OfflineFastflow:
+        """See :meth:`VadModel.from_spec`.
 
         Args:
             spec: The model description (``FastflowParams``).
-            pretrained: Load ImageNet weights into the backbone.
-            weights_path: A user weights file for the backbone.
 
         Returns:
-            The model, in eval mode.
+            The model.
         """
         params: FastflowParams = spec.params  # type: ignore[assignment]
-        model = cls(
-            spec.input_size,
-            spec.backbone,
-            spec.layers,
-            params.flow_steps,
-            params.conv3x3_only,
-            params.hidden_ratio,
-            pretrained,
-            weights_path,
+        return cls(
+            spec.input_size, spec.backbone, spec.layers, params.flow_steps, params.conv3x3_only, params.hidden_ratio
         )
-        model.spec = spec
-        return model.eval()
-
-    def frozen_backbone(self) -> torch.nn.Module:
-        """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
-
-        Returns:
-            The module.
-        """
-        return self.feature_extractor
 
     def prepare(self) -> None:
-        """Channels-last, folded backbone and flows in scoring form, now (see :meth:`VadModel.prepare`).
+        """Channels-last first: a loaded model only scores, so it takes the layout that scores fastest.
 
-        A loaded model only scores, so it switches to the layout that scores fastest.
+        Then as :meth:`VadModel.prepare` (folded backbone and flows in scoring form).
         """
-        self.use_channels_last().eval()
-        with torch.inference_mode():
-            self(example_image(self.spec.input_size, self.device))
+        self.use_channels_last()
+        super().prepare()
 
     def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, Any]:
         """Train the flows on the frozen backbone's features and keep the best epoch (:func:`fit_fastflow`).

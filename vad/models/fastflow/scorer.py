@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -22,16 +24,15 @@ class FastflowScorer(GraphScorer):
         self.flows = flows
 
     @classmethod
-    def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor], backbone: nn.Module) -> FastflowScorer:
-        """See :meth:`GraphScorer.from_state`.
+    def state_arguments(cls, spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """See :meth:`GraphScorer.state_arguments`: each stage's norm and flow steps, rebuilt from their keys.
 
         Args:
             spec: The model's description.
             state: The model's state dict.
-            backbone: The backbone graph.
 
         Returns:
-            The scorer.
+            ``norms`` and ``flows``.
         """
         norms, flows = nn.ModuleList(), []
         for stage in range(len(spec.layers)):
@@ -42,7 +43,7 @@ class FastflowScorer(GraphScorer):
             prefix = f"fast_flow_blocks.{stage}.module_list."
             count = len({key[len(prefix) :].split(".")[0] for key in state if key.startswith(prefix)})
             flows.append([step_from_state(state, f"{prefix}{i}.", CLAMP, torch.channels_last) for i in range(count)])
-        return cls(spec, backbone, norms, flows)
+        return {"norms": norms, "flows": flows}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them.

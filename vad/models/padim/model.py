@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 from anomalib.data import InferenceBatch
@@ -21,13 +20,11 @@ from anomalib.models.image.padim.torch_model import PadimModel
 from torch import nn
 
 from alo.logs import Progress
-from vad.backbones import load_pretrained_weights
-from vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
+from vad.models.base import FitData, FitOptions, VadModel, training_passes
 from vad.models.blur import SeparableGaussianBlur2d
 from vad.models.feature_cache import backbone_features
 from vad.models.padim import PadimParams
 from vad.models.spec import ModelSpec
-from vad.models.weight_cache import WeightKeyedCache
 
 DEFAULT_FEATURES = 100  # channels kept when the plan leaves n_features out (the paper's choice for ResNet-18)
 REGULARISATION = 0.01  # added to the covariance diagonal, as anomalib does
@@ -41,8 +38,6 @@ class OfflinePadim(VadModel, PadimModel):
         backbone: str,
         layers: Sequence[str],
         n_features: int | None,
-        pretrained: bool,
-        weights_path: str | Path | None,
     ) -> None:
         nn.Module.__init__(self)
         self.tiler = None
@@ -67,29 +62,19 @@ class OfflinePadim(VadModel, PadimModel):
         )
         self.gaussian = MultiVariateGaussian()
         self.memory_bank: list[torch.Tensor] = []
-        self.weights_source = "random initialisation (pretrained: false)"
-        if pretrained:
-            self.weights_source = load_pretrained_weights(
-                self.feature_extractor.feature_extractor, backbone, weights_path
-            )
-        self.folded_backbone: WeightKeyedCache[nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
 
     @classmethod
-    def build(cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None) -> OfflinePadim:
-        """PaDiM as a spec describes it (see :meth:`VadModel.build`).
+    def from_spec(cls, spec: ModelSpec) -> OfflinePadim:
+        """See :meth:`VadModel.from_spec`.
 
         Args:
             spec: The model description (``PadimParams``).
-            pretrained: Load ImageNet weights into the backbone.
-            weights_path: A user weights file for the backbone.
 
         Returns:
-            The model, in eval mode.
+            The model.
         """
         params: PadimParams = spec.params  # type: ignore[assignment]
-        model = cls(spec.backbone, spec.layers, params.n_features, pretrained, weights_path)
-        model.spec = spec
-        return model.eval()
+        return cls(spec.backbone, spec.layers, params.n_features)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The selected channels of the concatenated layer features, (B, n_features, h, w).
@@ -188,16 +173,3 @@ class OfflinePadim(VadModel, PadimModel):
         logger.info(
             f"PaDiM: Gaussians of {mean.shape[0]} channels at {mean.shape[1]} patch positions from {count} images"
         )
-
-    def frozen_backbone(self) -> torch.nn.Module:
-        """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
-
-        Returns:
-            The module.
-        """
-        return self.feature_extractor.feature_extractor
-
-    def prepare(self) -> None:
-        """Fold the backbone now (see :meth:`VadModel.prepare`)."""
-        self.eval()
-        self.embed(example_image(self.spec.input_size, self.device))

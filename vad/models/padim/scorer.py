@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -32,26 +34,12 @@ class PadimScorer(GraphScorer):
             self.register_buffer(name, tensor)
         self.blur: UpsampleBlur | None = None  # the export's upsample-and-blur operator, built on first use
 
-    @classmethod
-    def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor], backbone: nn.Module) -> PadimScorer:
-        """See :meth:`GraphScorer.from_state`.
-
-        Args:
-            spec: The model's description.
-            state: The model's state dict.
-            backbone: The backbone graph.
-
-        Returns:
-            The scorer.
-        """
-        return cls(
-            spec,
-            backbone,
-            state["idx"],
-            state["gaussian.mean"],
-            state["gaussian.inv_covariance"],
-            state["anomaly_map_generator.blur.kernel"],
-        )
+    STATE_KEYS: ClassVar[dict[str, str]] = {
+        "index": "idx",
+        "mean": "gaussian.mean",
+        "inverse": "gaussian.inv_covariance",
+        "kernel": "anomaly_map_generator.blur.kernel",
+    }
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them.

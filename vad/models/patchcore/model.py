@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +12,8 @@ from anomalib.data import InferenceBatch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from alo.logs import Progress
-from vad.backbones import load_pretrained_weights
 from vad.coreset import k_center_greedy
-from vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
+from vad.models.base import FitData, FitOptions, VadModel, training_passes
 from vad.models.blur import SeparableGaussianBlur2d
 from vad.models.feature_cache import backbone_features, memoised
 from vad.models.maps import UpsampleBlur
@@ -24,7 +22,6 @@ from vad.models.patchcore.head import embedding_descriptors, head_offsets
 from vad.models.patchcore.peaks import peak_scores
 from vad.models.patchcore.search import BankSearch, cluster_bank, exact_nearest
 from vad.models.spec import ModelSpec
-from vad.models.weight_cache import WeightKeyedCache
 from vad.supervision import LinearHead
 
 CHUNK_PATCHES = 16384  # patches per coreset chunk; chunks close at this count whatever the batch size
@@ -45,8 +42,6 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         backbone: str,
         layers: Sequence[str],
         num_neighbors: int,
-        pretrained: bool,
-        weights_path: str | Path | None,
         search: str,
         image_score: str,
     ) -> None:
@@ -75,42 +70,21 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         self._search_key: tuple | None = None
         self._blurs: dict[tuple, UpsampleBlur] = {}
         self.fit_descriptors: np.ndarray | None = None  # of the images the bank was built from (not saved)
-        self.weights_source = "random initialisation (pretrained: false)"
-        if pretrained:
-            self.weights_source = load_pretrained_weights(
-                self.feature_extractor.feature_extractor, backbone, weights_path
-            )
         # NHWC convolutions: oneDNN runs MobileNetV2 at 256 px 1.6x faster than in NCHW on this CPU.
         self.feature_extractor.to(memory_format=torch.channels_last)
-        self.folded_backbone: WeightKeyedCache[torch.nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
-        self.eval()
 
     @classmethod
-    def build(
-        cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None
-    ) -> OfflinePatchcore:
-        """PatchCore as a spec describes it (see :meth:`VadModel.build`).
+    def from_spec(cls, spec: ModelSpec) -> OfflinePatchcore:
+        """See :meth:`VadModel.from_spec`.
 
         Args:
             spec: The model description (``PatchcoreParams``).
-            pretrained: Load ImageNet weights into the backbone.
-            weights_path: A user weights file for the backbone.
 
         Returns:
-            The model, in eval mode.
+            The model.
         """
         params: PatchcoreParams = spec.params  # type: ignore[assignment]
-        model = cls(
-            spec.backbone,
-            spec.layers,
-            params.num_neighbors,
-            pretrained,
-            weights_path,
-            params.search,
-            params.image_score,
-        )
-        model.spec = spec
-        return model
+        return cls(spec.backbone, spec.layers, params.num_neighbors, params.search, params.image_score)
 
     def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
         """Build the memory bank from the training images (and one augmented pass of them when augmenting).
@@ -178,20 +152,6 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             return
         self.head_weights = torch.as_tensor(head.weights, dtype=torch.float32, device=self.device)
         self.head_bias = torch.tensor([head.bias], dtype=torch.float32, device=self.device)
-
-    def frozen_backbone(self) -> torch.nn.Module:
-        """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
-
-        Returns:
-            The module.
-        """
-        return self.feature_extractor.feature_extractor
-
-    def prepare(self) -> None:
-        """Fold the backbone and build the search index now (see :meth:`VadModel.prepare`)."""
-        self.eval()
-        self._embedding_map(example_image(self.spec.input_size, self.device))
-        self._bank_search()
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor | InferenceBatch:
         """Embeddings while training; else the anomaly map and the image score.

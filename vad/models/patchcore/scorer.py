@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -54,27 +56,25 @@ class PatchcoreScorer(GraphScorer):
         """
         return spec.params.image_score == "map_max"  # type: ignore[attr-defined]
 
+    STATE_KEYS: ClassVar[dict[str, str]] = {
+        "bank": "memory_bank",
+        "centroids": "search_centroids",
+        "kernel": "anomaly_map_generator.blur.kernel",
+    }
+
     @classmethod
-    def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor], backbone: nn.Module) -> PatchcoreScorer:
-        """See :meth:`GraphScorer.from_state`.
+    def state_arguments(cls, spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """See :meth:`GraphScorer.state_arguments`: the supervised head too, where the model has one.
 
         Args:
             spec: The model's description.
-            state: The model's state dict.
-            backbone: The backbone graph.
+            state: The model's state dict (models saved before the supervised mode have no head).
 
         Returns:
-            The scorer.
+            Argument name -> value.
         """
         head = (state["head_weights"], state["head_bias"]) if "head_weights" in state else None
-        return cls(
-            spec,
-            backbone,
-            state["memory_bank"],
-            state["search_centroids"],
-            state["anomaly_map_generator.blur.kernel"],
-            head,
-        )
+        return super().state_arguments(spec, state) | {"head": head}
 
     def scores_and_maps(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """See :meth:`GraphScorer.scores_and_maps`: without maps, only the patches that can hold a peak are exact."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,16 +40,14 @@ from torch import nn
 
 from alo.logs import Progress
 from vad import metrics
-from vad.backbones import load_pretrained_weights
 from vad.batches import loader
-from vad.models.base import FitData, FitOptions, VadModel, example_image, training_passes
+from vad.models.base import FitData, FitOptions, VadModel, training_passes
 from vad.models.blur import SeparableGaussianBlur2d
 from vad.models.epochs import train_epochs
 from vad.models.feature_cache import backbone_features
 from vad.models.maps import concat_layers
 from vad.models.spec import ModelSpec
 from vad.models.supersimplenet import SupersimplenetParams
-from vad.models.weight_cache import WeightKeyedCache
 from vad.thresholds import sweep
 
 HEAD_BATCH = 16  # images per optimisation step of the heads (the plan's batch_size sets the extraction batches)
@@ -92,8 +89,6 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         noise_std: float,
         perlin_threshold: float,
         image_score: str,
-        pretrained: bool,
-        weights_path: str | Path | None,
     ) -> None:
         nn.Module.__init__(self)
         if image_score not in IMAGE_SCORES:
@@ -103,11 +98,6 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         self.image_score = image_score
         self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False).eval()
         self.feature_extractor.requires_grad_(False)
-        self.weights_source = "random initialisation (pretrained: false)"
-        if pretrained:
-            self.weights_source = load_pretrained_weights(
-                self.feature_extractor.feature_extractor, backbone, weights_path
-            )
         channels = sum(self.feature_extractor.out_dims)
         self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
         self.feature_mean: torch.Tensor
@@ -123,49 +113,19 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         self.anomaly_map_generator.smoothing = SeparableGaussianBlur2d(
             sigma=SIGMA, channels=1, kernel_size=(blur.height, blur.width)
         )
-        self.folded_backbone: WeightKeyedCache[nn.Module] = WeightKeyedCache()  # batch-norm-folded copy
-        self.eval()
 
     @classmethod
-    def build(
-        cls, spec: ModelSpec, pretrained: bool = True, weights_path: str | Path | None = None
-    ) -> OfflineSupersimplenet:
-        """SuperSimpleNet as a spec describes it (see :meth:`VadModel.build`).
+    def from_spec(cls, spec: ModelSpec) -> OfflineSupersimplenet:
+        """See :meth:`VadModel.from_spec`.
 
         Args:
             spec: The model description (``SupersimplenetParams``).
-            pretrained: Load ImageNet weights into the backbone.
-            weights_path: A user weights file for the backbone.
 
         Returns:
-            The model, in eval mode.
+            The model.
         """
         params: SupersimplenetParams = spec.params  # type: ignore[assignment]
-        model = cls(
-            spec.backbone,
-            spec.layers,
-            params.noise_std,
-            params.perlin_threshold,
-            params.image_score,
-            pretrained,
-            weights_path,
-        )
-        model.spec = spec
-        return model
-
-    def frozen_backbone(self) -> nn.Module:
-        """The frozen feature network (see :meth:`VadModel.frozen_backbone`).
-
-        Returns:
-            The module.
-        """
-        return self.feature_extractor.feature_extractor
-
-    def prepare(self) -> None:
-        """Fold the backbone now (see :meth:`VadModel.prepare`)."""
-        self.eval()
-        with torch.inference_mode():
-            self(example_image(self.spec.input_size, self.device))
+        return cls(spec.backbone, spec.layers, params.noise_std, params.perlin_threshold, params.image_score)
 
     def raw_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled, concatenated layer features of a batch before standardisation, (B, C, h, w).

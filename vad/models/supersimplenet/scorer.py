@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -61,18 +63,18 @@ class SupersimplenetScorer(GraphScorer):
         self.blur: UpsampleBlur | None = None  # the export's upsample-and-blur operator, built on first use
 
     @classmethod
-    def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor], backbone: nn.Module) -> SupersimplenetScorer:
-        """See :meth:`GraphScorer.from_state`.
+    def state_arguments(cls, spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """See :meth:`GraphScorer.state_arguments`: the constructor reads the state dict itself.
 
         Args:
             spec: The model's description.
             state: The model's state dict.
-            backbone: The backbone graph.
 
         Returns:
-            The scorer.
+            ``{"state": state}``.
         """
-        return cls(spec, backbone, state)
+        del spec
+        return {"state": state}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them.

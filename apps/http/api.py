@@ -12,6 +12,10 @@ sent as ``Authorization: Bearer``), and a token, once set, is required on every 
 Request bodies are capped (413), uploads are decoded by content, never trusted by name
 (415 with the one-line reason), and paths leaving the data folder are refused (403). Errors are one
 line in ``{"error": ...}``, never a stack trace.
+
+``/openapi.json`` documents every request body (both content types of ``/v1/predict``), response model,
+content type and error status (:mod:`apps.http.schemas`), and the bearer token where the server has one;
+``tests/test_openapi_contract.py`` runs schemathesis against the served API to hold it to the wire.
 """
 
 from __future__ import annotations
@@ -25,14 +29,27 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException
 
 from alo.errors import one_line
-from apps.http.auth import check_token
+from apps.http.auth import TOKEN_ENV, check_token
 from apps.http.batcher import Batcher
 from apps.http.errors import ApiError
 from apps.http.middleware import BodyLimit, Observe
+from apps.http.schemas import (
+    Health,
+    InferenceSummary,
+    ModelInfo,
+    PredictResponse,
+    PredictRow,
+    Readiness,
+    errors,
+    predict_body,
+)
 from apps.http.summary import batch_summary
 from apps.http.uploads import request_images
 from vad.detector import Detector, Prediction
@@ -70,24 +87,44 @@ def service(request: Request) -> Service:
     return request.app.state.service
 
 
-def require_token(request: Request) -> None:
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description=f"The server's token ({TOKEN_ENV}); needed where the server has one (always beyond loopback)",
+)
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> None:
     """The token dependency: a router built with it refuses a request without the server's token (401).
 
-    Every route of :data:`v1` has it by construction (the router's own dependency), and so has ``/metrics``.
+    Every route of :data:`v1` has it by construction (the router's own dependency), and so has ``/metrics``;
+    through :data:`bearer_scheme` the OpenAPI document names the bearer token on each of them.
     """
     token = service(request).settings.token
     if token is not None:
-        check_token(request, token)
+        check_token(credentials.credentials if credentials is not None else "", token)
 
 
 ServiceDep = Annotated[Service, Depends(service)]
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])  # a route added here needs the token
+# a route added here needs the token, and documents it with its 401
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors(401))
 ops = APIRouter()  # liveness, readiness and metrics
 
 
-@v1.post("/predict", summary="Score images (multipart uploads 'files', or JSON {'paths': [...]})")
-async def predict(request: Request, state: ServiceDep, heatmap: bool = False, summary: bool = False) -> dict[str, Any]:
-    """Score the request's images; per image the ``output.csv`` columns (and the heatmap, the batch summary)."""
+@v1.post(
+    "/predict",
+    summary="Score images (multipart uploads 'files', or JSON {'paths': [...]})",
+    response_model_exclude_none=True,
+    responses=errors(400, 403, 404, 413, 415, 422),
+    openapi_extra=predict_body(MAX_IMAGES),
+)
+async def predict(request: Request, state: ServiceDep, heatmap: bool = False, summary: bool = False) -> PredictResponse:
+    """Score the request's images; per image the ``output.csv`` columns (and the heatmap, the batch summary).
+
+    The body is multipart/form-data with the images in field ``files`` (one or many), or JSON
+    ``{"paths": [...]}`` naming files inside the server's data folder.
+    """
     batcher, settings = state.batcher, state.settings
     batcher.announce()  # a batch being formed waits for this request while it is received and decoded
     try:
@@ -97,64 +134,115 @@ async def predict(request: Request, state: ServiceDep, heatmap: bool = False, su
         raise
     found: list[Prediction] = await asyncio.wrap_future(batcher.submit(images, heatmap, announced=True))
     state.images_scored.inc(len(found))
-    results = []
-    for name, prediction in zip(names, found, strict=True):
-        row: dict[str, Any] = {"image": name, **prediction.result_row()}
-        if heatmap and prediction.heatmap is not None:
-            picture = encode_png(np.asarray(prediction.heatmap))
-            row["heatmap_png"] = base64.b64encode(picture).decode("ascii")
-        results.append(row)
-    body: dict[str, Any] = {"results": results}
-    if summary:
-        current = await asyncio.wrap_future(batcher.resolve())
-        body["summary"] = batch_summary(current, names, found, settings.version)
-    return body
+    rows = [_row(name, prediction, heatmap) for name, prediction in zip(names, found, strict=True)]
+    if not summary:
+        return PredictResponse(results=rows)
+    current = await asyncio.wrap_future(batcher.resolve())
+    batch = InferenceSummary(**batch_summary(current, names, found, settings.version))
+    return PredictResponse(results=rows, summary=batch)
+
+
+def _row(name: str, prediction: Prediction, heatmap: bool) -> PredictRow:
+    picture = None
+    if heatmap and prediction.heatmap is not None:
+        picture = base64.b64encode(encode_png(np.asarray(prediction.heatmap))).decode("ascii")
+    return PredictRow(image=name, **prediction.result_row(), heatmap_png=picture)
 
 
 @v1.get("/model", summary="The resident model")
-async def model(state: ServiceDep) -> dict[str, Any]:
+async def model(state: ServiceDep) -> ModelInfo:
     """The resident model's name, backbone, input size, thresholds, class names and train run."""
     current = await asyncio.wrap_future(state.batcher.resolve())
     spec, calibration = current.spec, current.calibration
-    return {
-        "model_name": spec.model_name,
-        "backbone": spec.backbone,
-        "layers": list(spec.layers),
-        "input_size": list(spec.input_size),
-        "raw_threshold": calibration.threshold,
-        "inference_threshold": calibration.inference_threshold,
-        "ok_name": calibration.ok_name,
-        "ng_name": calibration.ng_name,
-        "train_id": state.settings.train_id,
-    }
+    return ModelInfo(
+        model_name=spec.model_name,
+        backbone=spec.backbone,
+        layers=list(spec.layers),
+        input_size=list(spec.input_size),
+        raw_threshold=calibration.threshold,
+        inference_threshold=calibration.inference_threshold,
+        ok_name=calibration.ok_name,
+        ng_name=calibration.ng_name,
+        train_id=state.settings.train_id,
+    )
 
 
 @ops.get("/healthz", summary="The process answers")
-async def healthz() -> dict[str, str]:
+async def healthz() -> Health:
     """Liveness: the process answers."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@ops.get("/readyz", summary="The model is loaded and scores")
-async def readyz(state: ServiceDep) -> Response:
+@ops.get(
+    "/readyz",
+    summary="The model is loaded and scores",
+    response_model=Readiness,
+    response_model_exclude_none=True,
+    responses={503: {"model": Readiness, "description": "The model cannot be loaded (the reason in 'error')"}},
+)
+async def readyz(state: ServiceDep) -> Response | Readiness:
     """Readiness: the model is loaded (503 with the reason when it cannot be)."""
     try:
         await asyncio.wrap_future(state.batcher.resolve())
     except Exception as exc:
         return JSONResponse({"status": "not ready", "error": one_line(str(exc))}, 503)
-    return JSONResponse({"status": "ready"})
+    return Readiness(status="ready")
 
 
-@ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])
+@ops.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    dependencies=[Depends(require_token)],
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **errors(401),
+    },
+)
 async def metrics(state: ServiceDep) -> Response:
     """Request counts and latencies by route, images scored, errors by status (Prometheus text)."""
     return PlainTextResponse(generate_latest(state.registry).decode("utf-8"), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    """An :class:`ApiError` as its status and ``{"error": ...}`` (401 with its ``WWW-Authenticate``)."""
     del request
     status = exc.status if isinstance(exc, ApiError) else 500
-    return JSONResponse({"error": str(exc)}, status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": str(exc)}, status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's and FastAPI's own errors (404, 405, a malformed form) in the API's one-line shape."""
+    del request
+    if not isinstance(exc, HTTPException):
+        return JSONResponse({"error": "internal error"}, 500)
+    return JSONResponse({"error": one_line(str(exc.detail))}, exc.status_code, headers=exc.headers)
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """A parameter of the wrong type (422), in one line: ``heatmap: Input should be a valid boolean``."""
+    del request
+    found = exc.errors() if isinstance(exc, RequestValidationError) else []
+    parts = [f"{'.'.join(map(str, error.get('loc', ())[1:])) or 'request'}: {error.get('msg')}" for error in found]
+    return JSONResponse({"error": one_line("; ".join(parts) or "invalid request")}, 422)
+
+
+def _document_no_token(app: FastAPI) -> None:
+    """A server without a token asks for none: its ``/openapi.json`` names no bearer token and no 401."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            document.get("components", {}).pop("securitySchemes", None)
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+                    operation.get("responses", {}).pop("401", None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -190,8 +278,12 @@ def create_app(
     app.state.batcher = batcher
     app.state.service = Service(batcher, settings, registry, images_scored)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(v1)
     app.include_router(ops)
+    if settings.token is None:
+        _document_no_token(app)
     # the metrics' route labels: the API's own paths (the page's routes count as "other")
     routes = {str(getattr(route, "path", "")) for router in (v1, ops, app.router) for route in router.routes}
     for extend in extensions:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import Request
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from alo.errors import AloError, one_line
 from apps.http.errors import ApiError
+from apps.http.schemas import PathsRequest
 from vad.images import decode_image
 
 
@@ -24,7 +26,7 @@ async def request_images(request: Request, max_images: int, data_root: Path | No
         The names and the images.
 
     Raises:
-        ApiError: 400, 403, 404, 413 or 415 with the one-line reason.
+        ApiError: 400, 403, 404 or 415 with the one-line reason (a body over the limit is the middleware's 413).
     """
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -32,38 +34,55 @@ async def request_images(request: Request, max_images: int, data_root: Path | No
         uploads = [item for item in form.getlist("files") if hasattr(item, "read")]
         if not uploads:
             raise ApiError(400, "no images: send them as multipart form field 'files'")
-        if len(uploads) > max_images:
-            raise ApiError(413, f"{len(uploads)} images in one request; send at most {max_images}")
+        _check_count(len(uploads), max_images)
         names = [str(upload.filename or f"upload-{i}") for i, upload in enumerate(uploads)]
         contents = [await upload.read() for upload in uploads]
         return names, await run_in_threadpool(decode_all, names, contents)
     if kind == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, 'the body is not JSON; send {"paths": [...]}') from None
-        paths = body.get("paths") if isinstance(body, dict) else None
-        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-            raise ApiError(400, 'send {"paths": ["image.png", ...]}: a non-empty list of file paths')
-        if len(paths) > max_images:
-            raise ApiError(413, f"{len(paths)} images in one request; send at most {max_images}")
+        paths = paths_of(await request.body())
+        _check_count(len(paths), max_images)
         files = [inside(data_root, path) for path in paths]
         contents = await run_in_threadpool(lambda: [file.read_bytes() for file in files])
-        return list(paths), await run_in_threadpool(decode_all, list(paths), contents)
+        return paths, await run_in_threadpool(decode_all, paths, contents)
     raise ApiError(415, "send images as multipart/form-data (field 'files') or JSON {\"paths\": [...]}")
+
+
+def paths_of(body: bytes) -> list[str]:
+    """The paths of a JSON predict body, read by :class:`PathsRequest` (the model ``/openapi.json`` documents).
+
+    Raises:
+        ApiError: 400 for a body that is not JSON, or not ``{"paths": [...]}`` with at least one path.
+    """
+    try:
+        return PathsRequest.model_validate_json(body).paths
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise ApiError(400, 'the body is not JSON; send {"paths": [...]}') from None
+        raise ApiError(400, 'send {"paths": ["image.png", ...]}: a non-empty list of file paths') from None
+
+
+def _check_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise ApiError(400, f"{count} images in one request; send at most {max_images}")
 
 
 def inside(root: Path | None, path: str) -> Path:
     """A file a request names, refused unless it is inside the data folder and exists."""
     if root is None:
         raise ApiError(403, "this server has no data folder: upload the images instead (start it with --data-root)")
+    shown = one_line(path)[:120]
     base = root.resolve()
-    candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
-    if not resolved.is_relative_to(base):
-        raise ApiError(403, f"{one_line(path)[:120]} is outside the server's data folder; send a path inside it")
-    if not resolved.is_file():
-        raise ApiError(404, f"{one_line(path)[:120]} does not exist in the server's data folder")
+    try:
+        candidate = Path(path)
+        resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
+        outside = not resolved.is_relative_to(base)
+        found = not outside and resolved.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system: no file of the folder
+        outside, found = False, False
+    if outside:
+        raise ApiError(403, f"{shown} is outside the server's data folder; send a path inside it")
+    if not found:
+        raise ApiError(404, f"{shown} does not exist in the server's data folder")
     return resolved
 
 

@@ -19,7 +19,7 @@ FORBIDDEN = {
 # The one child process: the page's Train runs ``sys.executable main.py --mode train --config <validated plan copy>``
 # (an argument list, no shell), as a person at the console would; its own test below pins that.
 # The tracker's background logger: ``sys.executable -m alo.tracking <job folders it wrote>``, after the run.
-ALLOWED = {("apps/web/training.py", "a shell or child process"), ("alo/tracking.py", "a shell or child process")}
+ALLOWED = {("apps/web/training.py", "a shell or child process"), ("alo/tracking/spawn.py", "a shell or child process")}
 
 
 def test_framework_and_assets_use_no_shell_pickle_or_unsafe_loader():
@@ -52,7 +52,7 @@ def test_every_torch_load_is_weights_only():
 
 
 def test_the_tracker_starts_only_its_own_module_with_our_interpreter_and_no_shell():
-    text = (ROOT / "alo/tracking.py").read_text(encoding="utf-8")
+    text = (ROOT / "alo/tracking/spawn.py").read_text(encoding="utf-8")
     assert re.findall(r"subprocess\.(\w+)\(", text) == ["Popen"]
     assert '[sys.executable, "-m", "alo.tracking", *map(str, jobs)]' in text
     assert "shell" not in text.split("subprocess.Popen(")[1].split(")")[0]

@@ -29,7 +29,7 @@ def _store(root) -> MlflowClient:
 
 
 def _settle(root) -> None:
-    """Wait for the background loggers (a one-shot run hands its logging over, see alo/tracking.py)."""
+    """Wait for the background loggers (a one-shot run hands its logging over, see alo/tracking/)."""
     assert wait_pending(settings_of(load_plan(root / "experimental_plan.yaml")), 180), "tracking did not finish"
 
 
@@ -280,18 +280,18 @@ def test_a_resident_process_logs_in_its_tracking_thread(project, monkeypatch):
     """The edge loop's runs are logged off the request path, by the one ``alo-tracking`` thread."""
     import threading
 
-    import alo.tracking
+    import alo.tracking.writer
     from alo.runner import prepare, run_pipeline, train_id_of
 
     root, path = _tracked_train(project)
     threads: list[str] = []
-    original = alo.tracking.log_run
+    original = alo.tracking.writer.log_run
 
     def recorded(*args):
         threads.append(threading.current_thread().name)
         return original(*args)
 
-    monkeypatch.setattr(alo.tracking, "log_run", recorded)
+    monkeypatch.setattr(alo.tracking.writer, "log_run", recorded)
     loaded = load_plan(path)
     left: list[Path] = []  # a one-shot run whose logger never started: the resident thread logs it too
     run_pipeline(
@@ -320,7 +320,7 @@ def test_a_resident_process_logs_in_its_tracking_thread(project, monkeypatch):
 
 
 def test_a_job_that_fails_waits_for_a_later_logger_and_is_dropped_after_three_attempts(tmp_path, monkeypatch):
-    import alo.tracking
+    import alo.tracking.writer
     from alo.tracking import JOB_FILE, MAX_ATTEMPTS, TrackingSettings, log_job
 
     settings = TrackingSettings(True, "sqlite:///unused.db", None, "vad", str(tmp_path))
@@ -331,7 +331,7 @@ def test_a_job_that_fails_waits_for_a_later_logger_and_is_dropped_after_three_at
     def locked(settings):
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(alo.tracking, "_store", locked)
+    monkeypatch.setattr(alo.tracking.writer, "cached_store", locked)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         with pytest.raises(RuntimeError):
             log_job(job)
@@ -340,12 +340,12 @@ def test_a_job_that_fails_waits_for_a_later_logger_and_is_dropped_after_three_at
 
 
 def test_a_logger_that_cannot_start_is_one_warning_and_the_job_waits(project, capsys, monkeypatch):
-    import alo.tracking
+    import alo.tracking.spawn
 
     def no_process(jobs):
         raise OSError("Resource temporarily unavailable")
 
-    monkeypatch.setattr(alo.tracking, "_start", no_process)
+    monkeypatch.setattr(alo.tracking.spawn, "_start", no_process)
     root, plan = project["root"], project["plan"]
     _control(plan, tracking=True)
     assert main.main(["--mode", "train", "--config", str(write_plan(root, plan))]) == 0
@@ -357,7 +357,7 @@ def test_a_logger_that_cannot_start_is_one_warning_and_the_job_waits(project, ca
 def test_what_no_logger_would_log_is_swept(tmp_path):
     import os
 
-    from alo.tracking import JOB_FILE, STALE_S, _sweep
+    from alo.tracking.spool import JOB_FILE, STALE_S, sweep
 
     pending = tmp_path / ".pending"
     (pending / "dead").mkdir(parents=True)
@@ -367,5 +367,5 @@ def test_what_no_logger_would_log_is_swept(tmp_path):
     (pending / "old-format.json").write_text("{}")
     old = (pending / "dead").stat().st_mtime - STALE_S - 60
     os.utime(pending / "dead", (old, old))
-    _sweep(pending)
+    sweep(pending)
     assert sorted(p.name for p in pending.iterdir()) == ["complete", "writing"]

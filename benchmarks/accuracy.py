@@ -19,22 +19,20 @@ The table is written to ``BENCHMARKS.md`` (section "Accuracy") and ``results/acc
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from benchmarks import dataset
-from benchmarks.report import write_section
+from benchmarks.harness import data as dataset
+from benchmarks.harness.measure import error_tail, main_py, run_timed, run_times
+from benchmarks.harness.paths import RESULTS
+from benchmarks.harness.plans import bundled_plan, inference_args, keep_result, reused_result, set_data, train_args
+from benchmarks.harness.report import add_report_options, command_line, write_section
+from benchmarks.harness.rows import append_rows
 from vad.models import MODELS as REGISTERED
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")
 MODELS = tuple(REGISTERED)  # every registered model
 
@@ -51,74 +49,69 @@ class Setting:
 
 
 def make_plan(product_dir: Path, setting: Setting) -> dict:
-    """A plan like the bundled one, pointed at a product and set to one model and backbone."""
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
-    plan["external_path"] = [
-        {"load_train_data_path": str(product_dir / "train")},
-        {"load_inference_data_path": str(product_dir / "test")},
-    ]
-    for entry in plan["user_parameters"]:
-        for steps in entry.values():
-            for step in steps:
-                if step["step"] == "train":
-                    args = step["args"][0]
-                    args["model_name"] = setting.model
-                    args["save_validation_heatmap"] = False
-                    if setting.img_size:
-                        args["img_size"] = setting.img_size if len(setting.img_size) == 2 else setting.img_size[0]
-                    args.update(setting.train_args)
-                    args["model_parameters"] = {
-                        f"{setting.model}_backbone": setting.backbone,
-                        **setting.model_parameters,
-                    }
-                if step["step"] == "inference":
-                    step["args"][0]["save_anomaly_maps"] = False
+    """A plan like the bundled one, pointed at a product and set to one model and backbone.
+
+    Args:
+        product_dir: A product folder (``train/``, ``test/``).
+        setting: What the run changes.
+
+    Returns:
+        The plan as a dict.
+    """
+    plan = set_data(bundled_plan(), product_dir / "train", product_dir / "test")
+    args = train_args(plan)
+    args["model_name"] = setting.model
+    args["save_validation_heatmap"] = False
+    if setting.img_size:
+        args["img_size"] = setting.img_size if len(setting.img_size) == 2 else setting.img_size[0]
+    args.update(setting.train_args)
+    args["model_parameters"] = {
+        f"{setting.model}_backbone": setting.backbone,
+        **setting.model_parameters,
+    }
+    inference_args(plan)["save_anomaly_maps"] = False
     return plan
 
 
-def seconds(record_path: Path) -> float:
-    """Wall time of a run from its experimental_history.json."""
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    start, end = (datetime.fromisoformat(record[key]) for key in ("start_time", "end_time"))
-    return (end - start).total_seconds()
-
-
 def run_one(work: Path, product_dir: Path, setting: Setting, reuse: bool = False) -> dict:
-    """Train and infer once through main.py; return the test metrics and times."""
-    work.mkdir(parents=True, exist_ok=True)
-    plan_path = work / "experimental_plan.yaml"
-    plan_text = yaml.safe_dump(make_plan(product_dir, setting), sort_keys=False)
-    result_path = work / "result.json"
-    if reuse and result_path.is_file() and plan_path.is_file() and plan_path.read_text() == plan_text:
-        return json.loads(result_path.read_text())
-    result_path.unlink(missing_ok=True)
-    plan_path.write_text(plan_text)
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--mode", "all", "--config", str(plan_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """Train and infer once through main.py; return the test metrics and times.
+
+    Args:
+        work: The run's folder.
+        product_dir: A product folder.
+        setting: What the run changes.
+        reuse: Return a finished run's result when its plan is unchanged.
+
+    Returns:
+        Image AUROC, F1, pixel AUROC and AUPRO, the times (or ``error``).
+    """
+    reused = reused_result(work, make_plan(product_dir, setting), reuse)
+    if reused is not None:
+        return reused
+    result, process_s = run_timed(main_py("--mode", "all", "--config", str(work / "experimental_plan.yaml")))
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
-        return {"error": tail[0] if tail else f"exit {result.returncode}"}
+        return {"error": error_tail(result, 1)}
     scores = pd.read_csv(work / "inference_artifacts/output/inference_score.csv").iloc[0].to_dict()
     row = {
         "image_auroc": scores["auroc"],
         "f1": scores["f1"],
         "pixel_auroc": scores.get("pixel_auroc", float("nan")),
         "pixel_aupro": scores.get("pixel_aupro", float("nan")),
-        "train_s": seconds(work / "train_artifacts/log/experimental_history.json"),
-        "inference_s": seconds(work / "inference_artifacts/log/experimental_history.json"),
-        "process_s": time.perf_counter() - started,
+        **run_times(work),
+        "process_s": process_s,
     }
-    result_path.write_text(json.dumps(row))
-    return row
+    return keep_result(work, row)
 
 
 def table(frame: pd.DataFrame) -> str:
-    """Markdown tables: per product (mean over data samples) and the average, for each model and backbone."""
+    """Markdown tables: per product (mean over data samples) and the average, for each model and backbone.
+
+    Args:
+        frame: One row per model, backbone, product and sample.
+
+    Returns:
+        The markdown.
+    """
     lines = []
     metrics = ["image_auroc", "f1", "pixel_auroc", "train_s", "inference_s"]
     samples = frame["sample"].nunique()
@@ -164,7 +157,7 @@ def main() -> None:
     parser.add_argument("--products", nargs="+", default=list(dataset.PRODUCTS))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
-    parser.add_argument("--work", type=Path, default=ROOT / "results" / "accuracy")
+    parser.add_argument("--work", type=Path, default=RESULTS / "accuracy")
     parser.add_argument("--img-size", nargs="+", type=int, help="img_size: one int (shorter side) or height width")
     parser.add_argument("--train", nargs="*", default=[], help="extra train args, key=value (YAML values)")
     parser.add_argument("--set", nargs="*", default=[], help="extra model_parameters, key=value (YAML values)")
@@ -175,15 +168,15 @@ def main() -> None:
         help="run exactly these model/backbone pairs instead of every --models x --backbones",
     )
     parser.add_argument("--samples", type=int, default=1, help="independent data draws per product")
-    parser.add_argument("--section", default="Accuracy", help="BENCHMARKS.md section the table replaces")
+    add_report_options(parser, "Accuracy")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs whose plan is unchanged")
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     train_args = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.train)}
     # resolved: a run from another checkout whose results/ links here writes the same plan paths
-    products = dataset.build((ROOT / "results" / "data").resolve(), tuple(args.products), samples=args.samples)
+    products = dataset.build((RESULTS / "data").resolve(), tuple(args.products), samples=args.samples)
     rows = []
-    log = ROOT / "results" / "accuracy-rows.jsonl"
+    log = RESULTS / "accuracy-rows.jsonl"
     if args.pairs:
         pairs = [tuple(pair.split("/", 1)) for pair in args.pairs]
         if any(len(pair) != 2 or pair[0] not in MODELS for pair in pairs):
@@ -202,14 +195,11 @@ def main() -> None:
                 )
             )
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            with log.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_rows(log, [row])
     frame = pd.DataFrame(rows)
-    out = ROOT / "results" / "accuracy.csv"
-    frame.to_csv(out, index=False)
-    command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:])
-    write_section(ROOT / "BENCHMARKS.md", args.section, f"Command: `{command.strip()}`\n" + table(frame))
+    frame.to_csv(RESULTS / "accuracy.csv", index=False)
+    body = f"Command: `{command_line('benchmarks.accuracy')}`\n" + table(frame)
+    write_section(args.benchmarks_file, args.section, body)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
+from benchmarks.harness.paths import ROOT
+
 if TYPE_CHECKING:
     from anomalib.models import AnomalibModule
 
     from vad.models.base import VadModel
     from vad.models.spec import ModelSpec
-
-ROOT = Path(__file__).resolve().parents[1]
 
 LIGHTNING_CLASSES = {"patchcore": "Patchcore", "fastflow": "Fastflow", "padim": "Padim"}
 # The Lightning module is only the export's wrapper (pre-processor, torch model, post-processor): the torch model

@@ -25,14 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 import edge_install
-from benchmarks.engine_speed import build_data, timed
-from benchmarks.report import write_section
+from benchmarks.engine_speed import build_data
+from benchmarks.harness.measure import main_py, timed
+from benchmarks.harness.paths import RESULTS, ROOT
+from benchmarks.harness.plans import bundled_plan, inference_args, save_plan, set_data, train_args
+from benchmarks.harness.report import add_report_options, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "results" / "edge-install"
+WORK = RESULTS / "edge-install"
 EDGE_VENV = WORK / "venv"
 # runtime -> (requirements file, its graph's key in parity.json, BENCHMARKS.md section)
 EDGES = {
@@ -70,35 +72,40 @@ def make_venv(requirements: str) -> dict:
 
 
 def write_plan(data: Path, folder: Path, model: str, inference: str, runtime: str, archive: Path | None) -> Path:
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
-    plan["external_path"] = [
-        {"load_train_data_path": str(data / "train")},
-        {"load_inference_data_path": str(data / inference)},
-        {"save_train_artifacts_path": str(folder / "saved")},
-        {"load_model_path": str(archive) if archive else None},
-    ]
-    for entry in plan["user_parameters"]:
-        for steps in entry.values():
-            for step in steps:
-                if step["step"] == "train":
-                    step["args"][0]["model_name"] = model
-                if step["step"] == "inference":
-                    step["args"][0].update(save_anomaly_maps=False, runtime=runtime)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"plan-{inference}-{runtime}.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
-    return path
+    """The bundled plan with one model, scoring ``data / inference`` with a runtime (no heatmaps).
+
+    Args:
+        data: A :func:`~benchmarks.engine_speed.build_data` folder.
+        folder: The project folder (the trained model's archive goes to its ``saved/``).
+        model: The model.
+        inference: The folder to score, in ``data``.
+        runtime: The inference step's runtime.
+        archive: The trained ``model.tar.gz`` to load (None: the project's own model).
+
+    Returns:
+        The plan file (``plan-<inference>-<runtime>.yaml``).
+    """
+    plan = set_data(
+        bundled_plan(),
+        data / "train",
+        data / inference,
+        save_train_artifacts_path=str(folder / "saved"),
+        load_model_path=str(archive) if archive else None,
+    )
+    train_args(plan)["model_name"] = model
+    inference_args(plan).update(save_anomaly_maps=False, runtime=runtime)
+    return save_plan(plan, folder, f"plan-{inference}-{runtime}.yaml")
 
 
-def main_py(python: Path, mode: str, plan: Path) -> list[str]:
-    return [str(python), str(ROOT / "main.py"), "--mode", mode, "--config", str(plan)]
+def _main_py(python: Path, mode: str, plan: Path) -> list[str]:
+    return main_py("--mode", mode, "--config", str(plan), python=python)
 
 
 def measure_model(data: Path, model: str, runtime: str) -> dict:
     """Train one model (export kept), then cold one-image and 300-image runs on both installs."""
     folder = WORK / model
     shutil.rmtree(folder, ignore_errors=True)
-    train = timed(main_py(ROOT / ".venv/bin/python", "train", write_plan(data, folder, model, "one", "torch", None)))
+    train = timed(_main_py(ROOT / ".venv/bin/python", "train", write_plan(data, folder, model, "one", "torch", None)))
     if "error" in train:
         return {"model": model, "error": train["error"]}
     parity = json.loads((folder / "train_artifacts/models/export/parity.json").read_text()).get(EDGES[runtime][1], {})
@@ -109,13 +116,13 @@ def measure_model(data: Path, model: str, runtime: str) -> dict:
         ("full", ROOT / ".venv/bin/python", "torch"),
     ):
         one = write_plan(data, folder / name, model, "one", side, archive)
-        runs = [timed(main_py(python, "inference", one)) for _ in range(3)]
+        runs = [timed(_main_py(python, "inference", one)) for _ in range(3)]
         errors = [r["error"] for r in runs if "error" in r]
         if errors:
             row[name] = {"error": errors[0]}
             continue
         many = write_plan(data, folder / name, model, "score", side, archive)
-        batch = timed(main_py(python, "inference", many))
+        batch = timed(_main_py(python, "inference", many))
         output = pd.read_csv(folder / name / "inference_artifacts/output/output.csv")
         row[name] = {
             "cold_one_s": statistics.median(r["seconds"] for r in runs),
@@ -175,16 +182,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["patchcore", "fastflow", "padim"])
     parser.add_argument("--runtime", choices=sorted(EDGES), default="onnxruntime")
+    add_report_options(parser)
     args = parser.parse_args()
     data = build_data("default")
     requirements, _, section = EDGES[args.runtime]
     venv = make_venv(requirements)
     rows = [measure_model(data, model, args.runtime) for model in args.models]
-    with (ROOT / "results" / "edge-install-rows.jsonl").open("a", encoding="utf-8") as handle:
-        for row in [{"venv": venv}, *rows]:
-            handle.write(json.dumps({**row, "finished": datetime.now(UTC).isoformat()}, default=str) + "\n")
-    print(json.dumps({"venv": venv, "rows": rows}, default=str, indent=1))
-    write_section(ROOT / "BENCHMARKS.md", section, table(venv, rows, args.runtime))
+    stamp = utc_stamp()
+    append_rows(RESULTS / "edge-install-rows.jsonl", [{**row, "finished": stamp} for row in [{"venv": venv}, *rows]])
+    write_section(args.benchmarks_file, section, table(venv, rows, args.runtime))
 
 
 if __name__ == "__main__":

@@ -35,25 +35,20 @@ Rows go to ``results/engine-speed-rows.jsonl``; the tables to ``BENCHMARKS.md``,
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
+from benchmarks.harness import plain_anomalib
+from benchmarks.harness.data import generate, link_files, ok_training_images, stamped
+from benchmarks.harness.measure import main_py, repeated
+from benchmarks.harness.paths import RESULTS, ROOT
+from benchmarks.harness.plans import add_control, bundled_plan, inference_args, save_plan, set_data, train_args
+from benchmarks.harness.report import add_report_options, command_line, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
+from benchmarks.harness.workers import add_worker_options, answer, spawn_worker
 
-from benchmarks.report import write_section
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "solution"))
-
-import make_sample_data  # noqa: E402
-
-WORK = ROOT / "results" / "engine-speed"
+WORK = RESULTS / "engine-speed"
 BATCH = 8
 RATIO = 0.1
 SETTINGS = {
@@ -65,28 +60,26 @@ N_SCORE = 300
 
 
 def build_data(setting: str) -> Path:
-    """Generate (or reuse) a setting's images: ``train/``, ``score/`` (300, no CSV), ``one/``, ``anomalib/``."""
-    n_train = SETTINGS[setting]["n_train"]
-    target = WORK / "data" / f"gravel-{n_train}"
-    if (target / "done").is_file():
-        return target
-    shutil.rmtree(target, ignore_errors=True)
-    half = N_SCORE // 2
-    make_sample_data.generate(target, 2000, n_train=n_train, n_valid=20, n_bad=10, n_inf_ok=half, n_inf_ng=half)
-    inference = target / "inference"
-    for name, images in (("score", sorted(inference.glob("*.jpg"))), ("one", sorted(inference.glob("ng_*.jpg"))[:1])):
-        (target / name).mkdir()
-        for image in images:
-            os.link(image, target / name / image.name)
-    anomalib_train = target / "anomalib" / "train_good"
-    anomalib_train.mkdir(parents=True)
-    import pandas as pd
+    """Generate (or reuse) a setting's images: ``train/``, ``score/`` (300, no CSV), ``one/``, ``anomalib/``.
 
-    table = pd.read_csv(target / "train" / "train.csv")
-    for path in table[(table["label"] == "good") & (table["split"] == "train")]["image_path"]:
-        os.link(target / "train" / path, anomalib_train / Path(path).name)
-    (target / "done").write_text("ok")
-    return target
+    Args:
+        setting: A name from :data:`SETTINGS`.
+
+    Returns:
+        The dataset folder.
+    """
+    n_train = SETTINGS[setting]["n_train"]
+    half = N_SCORE // 2
+    counts = {"n_train": n_train, "n_valid": 20, "n_bad": 10, "n_inf_ok": half, "n_inf_ng": half}
+
+    def build(target: Path) -> None:
+        generate(target, 2000, counts, test="inference")
+        inference = target / "inference"
+        link_files(sorted(inference.glob("*.jpg")), target / "score")
+        link_files(sorted(inference.glob("ng_*.jpg"))[:1], target / "one")
+        link_files(ok_training_images(target / "train"), target / "anomalib" / "train_good")
+
+    return stamped(WORK / "data" / f"gravel-{n_train}", {"seed": 2000, **counts}, build)
 
 
 def write_plan(setting: str, data: Path, score_folder: str, run: Path, export: bool = True) -> Path:
@@ -94,104 +87,63 @@ def write_plan(setting: str, data: Path, score_folder: str, run: Path, export: b
 
     Tracking is off (its background logger would run into the next timed process; ``benchmarks.tracking_overhead``
     measures it). ``export=False`` also turns off the export and its parity gates at the end of training.
+
+    Args:
+        setting: A name from :data:`SETTINGS`.
+        data: A :func:`build_data` folder.
+        score_folder: The folder to score, in ``data``.
+        run: The run's project folder.
+        export: Export at the end of training (the bundled plan's exports and their gates).
+
+    Returns:
+        The plan file.
     """
     values = SETTINGS[setting]
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
-    plan["control"] = [*(plan.get("control") or []), {"tracking": False}]
-    plan["external_path"] = [
-        {"load_train_data_path": str(data / "train")},
-        {"load_inference_data_path": str(data / score_folder)},
-    ]
-    for entry in plan["user_parameters"]:
-        for steps in entry.values():
-            for step in steps:
-                args = step["args"][0] if step.get("args") else {}
-                if step["step"] == "train":
-                    args.update(model_name="patchcore", batch_size=BATCH, save_validation_heatmap=False)
-                    if values["size"]:
-                        args["img_size"] = values["size"]
-                    if not export:
-                        args["export"] = []
-                    args["model_parameters"] = {
-                        "patchcore_backbone": values["backbone"],
-                        "patchcore_layers": LAYERS,
-                        "patchcore_coreset_sampling_ratio": RATIO,
-                    }
-                if step["step"] == "inference":
-                    args["save_anomaly_maps"] = False
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / "experimental_plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def timed(command: list[str], cwd: Path = ROOT) -> dict:
-    """Run a command as its own process; wall seconds from start to exit."""
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        return {"error": tail, "seconds": seconds}
-    return {"seconds": seconds, "stdout": done.stdout.strip().splitlines()[-1:] or [""]}
+    plan = add_control(set_data(bundled_plan(), data / "train", data / score_folder), tracking=False)
+    args = train_args(plan)
+    args.update(model_name="patchcore", batch_size=BATCH, save_validation_heatmap=False)
+    if values["size"]:
+        args["img_size"] = values["size"]
+    if not export:
+        args["export"] = []
+    args["model_parameters"] = {
+        "patchcore_backbone": values["backbone"],
+        "patchcore_layers": LAYERS,
+        "patchcore_coreset_sampling_ratio": RATIO,
+    }
+    inference_args(plan)["save_anomaly_maps"] = False
+    return save_plan(plan, run)
 
 
 def _main_py(checkout: Path, mode: str, plan: Path) -> list[str]:
-    return [str(checkout / ".venv/bin/python"), str(checkout / "main.py"), "--mode", mode, "--config", str(plan)]
+    return main_py("--mode", mode, "--config", str(plan), python=checkout / ".venv/bin/python", checkout=checkout)
 
 
 # ----------------------------------------------------------------------------- workers (one process each)
 
 
 def worker_anomalib(setting: str, data: Path, mode: str, state: Path) -> dict:
-    """Plain anomalib: ``fit``, or ``predict`` with our trained model's state (``model.safetensors``)."""
-    import logging
-    import warnings
+    """Plain anomalib: ``fit``, or ``predict`` with our trained model's state (``model.safetensors``).
 
+    Args:
+        setting: A name from :data:`SETTINGS`.
+        data: A :func:`build_data` folder.
+        mode: ``fit`` or ``predict``.
+        state: Our trained model's ``model.safetensors`` (``predict``).
+
+    Returns:
+        ``bank_rows`` (fit) or ``images`` (predict).
+    """
     import torch
-    from anomalib.engine import Engine
-    from anomalib.models import Patchcore
 
-    sys.path.insert(0, str(ROOT))
-    from vad.backbones import load_pretrained_weights
-
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
+    plain_anomalib.quiet()
     values = SETTINGS[setting]
-    module = Patchcore(
-        backbone=values["backbone"],
-        layers=LAYERS,
-        pre_trained=False,
-        coreset_sampling_ratio=RATIO,
-        pre_processor=Patchcore.configure_pre_processor(image_size=values["anomalib_size"]),
-        post_processor=False,
-        evaluator=False,
-        visualizer=False,
-    )
-    load_pretrained_weights(module.model.feature_extractor.feature_extractor, values["backbone"], None)
-    engine = Engine(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        default_root_dir=WORK / "anomalib" / setting,
-    )
+    module = plain_anomalib.patchcore_module(values["backbone"], LAYERS, RATIO, values["anomalib_size"])
+    engine = plain_anomalib.cpu_engine(WORK / "anomalib" / setting, max_epochs=1, limit_val_batches=0)
     torch.manual_seed(0)
     if mode == "fit":
-        from anomalib.data import Folder
-
-        datamodule = Folder(
-            name="gravel",
-            root=data / "anomalib",
-            normal_dir="train_good",
-            train_batch_size=BATCH,
-            eval_batch_size=BATCH,
-            num_workers=0,
-            val_split_mode="none",
-            test_split_mode="none",
-            seed=0,
+        datamodule = plain_anomalib.folder_datamodule(
+            data / "anomalib", BATCH, normal_dir="train_good", val_split_mode="none", test_split_mode="none"
         )
         engine.fit(model=module, datamodule=datamodule)
         return {"bank_rows": len(module.model.memory_bank)}
@@ -204,10 +156,17 @@ def worker_anomalib(setting: str, data: Path, mode: str, state: Path) -> dict:
 
 
 def worker_detector(models: Path, data: Path) -> dict:
-    """Detector.predict on files and on decoded images, and the folded backbone's forward, images/s."""
+    """Detector.predict on files and on decoded images, and the folded backbone's forward, images/s.
+
+    Args:
+        models: The trained ``models`` folder.
+        data: A :func:`build_data` folder (its ``score/`` images).
+
+    Returns:
+        The scorer's class, the input size and the three rates.
+    """
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from vad.batches import to_tensor
     from vad.detector import Detector
     from vad.images import read_image
@@ -248,28 +207,29 @@ def worker_detector(models: Path, data: Path) -> dict:
 
 
 def spawn(*args: str) -> dict:
-    """Run a worker of this module in a fresh process; its JSON row plus the process's wall seconds."""
-    out = WORK / "row.json"
-    out.unlink(missing_ok=True)
-    row = timed([sys.executable, "-m", "benchmarks.engine_speed", "--worker", *args, "--out", str(out)])
-    if "error" not in row and out.is_file():
-        row.update(json.loads(out.read_text()))
-    row.pop("stdout", None)
-    return row
+    """Run a worker of this module in a fresh process; its JSON row plus the process's wall seconds.
 
+    Args:
+        *args: The worker's kind (``anomalib``, ``detector``) and arguments.
 
-def repeated(command: list[str], repeats: int, cwd: Path = ROOT) -> dict:
-    """``timed`` several times: the median seconds, and every run's."""
-    runs = [timed(command, cwd) for _ in range(repeats)]
-    failed = [run for run in runs if "error" in run]
-    if failed:
-        return failed[0]
-    seconds = sorted(run["seconds"] for run in runs)
-    return {"seconds": seconds[len(seconds) // 2], "runs": [round(run["seconds"], 2) for run in runs]}
+    Returns:
+        The row, with ``seconds`` (or ``error``).
+    """
+    return spawn_worker("benchmarks.engine_speed", *args, out=WORK / "row.json", wall_key="seconds", lines=3)
 
 
 def measure(setting: str, anomalib: str, baseline: Path | None, repeats: int) -> dict:
-    """Every measurement of one setting (our processes and the baseline ``repeats`` times, anomalib once)."""
+    """Every measurement of one setting (our processes and the baseline ``repeats`` times, anomalib once).
+
+    Args:
+        setting: A name from :data:`SETTINGS`.
+        anomalib: ``all``, ``inference`` or ``none``: which plain anomalib runs.
+        baseline: Another checkout to time training with, or None.
+        repeats: Runs of each of our processes.
+
+    Returns:
+        The rows, by name.
+    """
     data = build_data(setting)
     run = WORK / "runs" / setting
     shutil.rmtree(run, ignore_errors=True)
@@ -291,12 +251,8 @@ def measure(setting: str, anomalib: str, baseline: Path | None, repeats: int) ->
         rows["anomalib train"] = spawn("anomalib", setting, str(data), "fit", str(state))
     if anomalib in ("all", "inference"):
         rows["anomalib inference"] = spawn("anomalib", setting, str(data), "predict", str(state))
-    for name, row in rows.items():
-        row.pop("stdout", None)
-        line = {"setting": setting, "name": name, **row, "finished": datetime.now(UTC).isoformat()}
-        print(json.dumps(line), flush=True)
-        with (ROOT / "results" / "engine-speed-rows.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+    log = [{"setting": setting, "name": name, **row, "finished": utc_stamp()} for name, row in rows.items()]
+    append_rows(RESULTS / "engine-speed-rows.jsonl", log)
     return rows
 
 
@@ -315,7 +271,15 @@ def _ratio(rows: dict, slow: str, fast: str) -> str:
 
 
 def table(setting: str, rows: dict) -> str:
-    """One setting's tables."""
+    """One setting's tables.
+
+    Args:
+        setting: A name from :data:`SETTINGS`.
+        rows: Its rows, by name.
+
+    Returns:
+        The markdown.
+    """
     lines = []
     if rows:
         values = SETTINGS[setting]
@@ -371,11 +335,8 @@ def main() -> None:
     )
     parser.add_argument("--baseline", type=Path, help="another checkout (with its .venv) to time training with")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each of our processes (median reported)")
-    parser.add_argument(
-        "--section", default="Speed: scoring engine", help="BENCHMARKS.md section title, ', <setting> setting' added"
-    )
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    add_report_options(parser, "Speed: scoring engine", "BENCHMARKS.md section title, ', <setting> setting' added")
+    add_worker_options(parser)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
@@ -383,14 +344,14 @@ def main() -> None:
             row = worker_anomalib(rest[0], Path(rest[1]), rest[2], Path(rest[3]))
         else:
             row = worker_detector(Path(rest[0]), Path(rest[1]))
-        args.out.write_text(json.dumps(row))
+        answer(args.out, row)
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.engine_speed " + " ".join(sys.argv[1:])
+    command = command_line("benchmarks.engine_speed")
     for setting in args.settings:  # one section per setting: running one setting keeps the other's
         rows = measure(setting, args.anomalib, args.baseline, args.repeats)
-        text = f"Command: `{command.strip()}`\n" + table(setting, rows)
-        write_section(ROOT / "BENCHMARKS.md", f"{args.section}, {setting} setting", text)
+        text = f"Command: `{command}`\n" + table(setting, rows)
+        write_section(args.benchmarks_file, f"{args.section}, {setting} setting", text)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "results" / "export-speed"
-LOG = ROOT / "results" / "export-speed-rows.jsonl"
+from benchmarks.harness import plain_anomalib
+from benchmarks.harness.data import ok_training_images
+from benchmarks.harness.measure import error_tail, main_py, run_timed
+from benchmarks.harness.paths import RESULTS
+from benchmarks.harness.plans import save_plan, train_args
+from benchmarks.harness.report import add_report_options, fmt, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
+from benchmarks.harness.workers import add_worker_options, answer, spawn_worker
+
+WORK = RESULTS / "export-speed"
+LOG = RESULTS / "export-speed-rows.jsonl"
 MODELS = {"patchcore": "mobilenetv2_100", "fastflow": "tf_efficientnet_lite0"}  # the bundled plan's backbones
 RUNTIMES = (("torch", None), ("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"))
 BATCH = 4
@@ -63,8 +68,15 @@ def _auroc_f1(is_ng: list[bool], raw: list[float], predicted: list[bool] | None)
 
 
 def worker_runtimes(models: Path, test: Path) -> dict:
-    """Every runtime of one trained model on a product's test images (see the module)."""
-    sys.path.insert(0, str(ROOT))
+    """Every runtime of one trained model on a product's test images (see the module).
+
+    Args:
+        models: The trained ``models`` folder (its exports).
+        test: The product's ``test/`` folder.
+
+    Returns:
+        ``runtimes`` (each one's figures or error), ``exports`` (the manifest's), ``int8_gate``.
+    """
     from benchmarks.anomalib_openvino import anomalib_openvino_scores
     from vad.detector import Detector
     from vad.export.runtime import ExportedModel
@@ -120,16 +132,13 @@ def worker_runtimes(models: Path, test: Path) -> dict:
 def _refused_int8(models: Path, files: list[str], is_ng: list[bool]) -> dict:
     """The int8 graph its gate refused, quantised again (the whole graph, its first scope), on the test images."""
     import openvino
-    import pandas as pd
 
     from vad.export.int8 import quantize_int8
     from vad.export.runtime import ExportedModel, ExportedScorer, OpenvinoRunner
     from vad.images import read_image
 
     plan = yaml.safe_load((models.parent.parent / "experimental_plan.yaml").read_text())
-    train = Path(plan["external_path"][0]["load_train_data_path"])
-    table = pd.read_csv(train / "train.csv", dtype=str, keep_default_na=False)
-    ok = [str(train / name) for name in table[(table["label"] == "good") & (table["split"] == "train")]["image_path"]]
+    ok = [str(path) for path in ok_training_images(Path(plan["external_path"][0]["load_train_data_path"]))]
     fp32 = ExportedModel.load(models / "train", "openvino", "fp32")  # its tail (PatchCore's bank search) is int8's
     size = tuple(fp32.spec.input_size)
     graph = quantize_int8(openvino.Core().read_model(str(models / "export" / "model.xml")), ok, size)
@@ -147,10 +156,18 @@ def _refused_int8(models: Path, files: list[str], is_ng: list[bool]) -> dict:
 
 
 def worker_r18_ours(models: Path, train: Path, test: Path) -> dict:
-    """Our ResNet-18 FastFlow: int8 (NNCF on 100 OK training images), OpenVINO fp32 and torch, images/s."""
+    """Our ResNet-18 FastFlow: int8 (NNCF on 100 OK training images), OpenVINO fp32 and torch, images/s.
+
+    Args:
+        models: The trained ``models`` folder.
+        train: The speed benchmark's ``train/`` folder (calibration images).
+        test: Its ``test/`` folder.
+
+    Returns:
+        Each scorer's images/s (int8's quantisation seconds too).
+    """
     import openvino
 
-    sys.path.insert(0, str(ROOT))
     from vad.detector import Detector
     from vad.export.int8 import quantize_int8
     from vad.export.runtime import ExportedModel, ExportedScorer, OpenvinoRunner
@@ -183,30 +200,20 @@ def worker_r18_ours(models: Path, train: Path, test: Path) -> dict:
 
 
 def worker_r18_anomalib(data: Path) -> dict:
-    """Plain anomalib's ResNet-18 FastFlow (random weights), ``Engine.predict`` on the test images, images/s."""
-    import logging
-    import warnings
+    """Plain anomalib's ResNet-18 FastFlow (random weights), ``Engine.predict`` on the test images, images/s.
 
-    from anomalib.engine import Engine
-    from anomalib.models import Fastflow
+    Args:
+        data: The speed benchmark's dataset folder (its anomalib layout).
 
-    from benchmarks.speed import anomalib_folder
+    Returns:
+        ``{"anomalib Engine.predict": {"images_per_s", "images"}}``.
+    """
+    from benchmarks.speed.plain import anomalib_folder
 
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    module = Fastflow(
-        backbone="resnet18",
-        pre_trained=False,
-        flow_steps=8,
-        pre_processor=Fastflow.configure_pre_processor(image_size=(256, 256)),
-        post_processor=False,
-        evaluator=False,
-        visualizer=False,
-    )
+    plain_anomalib.quiet()
+    module = plain_anomalib.fastflow_module("resnet18", (256, 256), flow_steps=8)
     datamodule = anomalib_folder(data, R18_BATCH)
-    engine = Engine(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=WORK / "anomalib-r18"
-    )
+    engine = plain_anomalib.cpu_engine(WORK / "anomalib-r18")
     datamodule.setup()
     loader = datamodule.test_dataloader()
     best = float("inf")
@@ -220,66 +227,76 @@ def worker_r18_anomalib(data: Path) -> dict:
 
 
 def spawn(*args: str) -> dict:
-    """One worker in a fresh process; its JSON row (or the error's last lines)."""
-    out = WORK / "row.json"
-    out.unlink(missing_ok=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.export_speed", "--worker", *args, "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 or not out.is_file():
-        return {"error": "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])}
-    return json.loads(out.read_text())
+    """One worker in a fresh process; its JSON row (or the error's last lines).
+
+    Args:
+        *args: The worker's kind (``runtimes``, ``r18-ours``, ``r18-anomalib``) and arguments.
+
+    Returns:
+        The row.
+    """
+    return spawn_worker("benchmarks.export_speed", *args, out=WORK / "row.json")
 
 
 def train(plan: dict, folder: Path) -> Path:
-    """Train through main.py in a fresh process; the models folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "experimental_plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--mode", "train", "--config", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """Train through main.py in a fresh process.
+
+    Args:
+        plan: The plan.
+        folder: The project folder.
+
+    Returns:
+        The models folder.
+
+    Raises:
+        SystemExit: Training failed.
+    """
+    done, _ = run_timed(main_py("--mode", "train", "--config", str(save_plan(plan, folder))))
     if done.returncode != 0:
-        raise SystemExit(f"training failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"training failed: {error_tail(done, 1)}")
     return folder / "train_artifacts" / "models"
 
 
 def record(name: str, row: dict) -> dict:
-    """Log a row as it finishes."""
-    row = {"name": name, "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), **row}
-    print(json.dumps(row), flush=True)
-    with LOG.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    """Log a row as it finishes.
+
+    Args:
+        name: The measurement.
+        row: Its row.
+
+    Returns:
+        The logged row (``name`` and ``finished`` first).
+    """
+    row = {"name": name, "finished": utc_stamp(minutes=True), **row}
+    append_rows(LOG, [row])
     return row
 
 
 def run(products: list[str]) -> list[dict]:
-    """Both parts of the benchmark; the rows."""
-    from benchmarks import accuracy, dataset, speed
+    """Both parts of the benchmark.
+
+    Args:
+        products: The accuracy benchmark's products.
+
+    Returns:
+        The rows.
+    """
+    from benchmarks import accuracy
+    from benchmarks.harness import data as dataset
+    from benchmarks.speed.data import build_data
+    from benchmarks.speed.plans import write_plan
 
     rows = []
-    made = dataset.build((ROOT / "results" / "data").resolve(), tuple(products))
+    made = dataset.build((RESULTS / "data").resolve(), tuple(products))
     extra = {"export": ["openvino", "onnx"], "precision": "int8"}
     for (product, _), folder in made.items():
         for model, backbone in MODELS.items():
             plan = accuracy.make_plan(folder, accuracy.Setting(model, backbone, train_args=extra))
             models = train(plan, WORK / product / model)
             rows.append(record(f"{product}/{model}", spawn("runtimes", str(models), str(folder / "test"))))
-    data = speed.build_data(200)
-    plan = yaml.safe_load(speed._plan(data, "fastflow", 1, data / "test").read_text())
-    for entry in plan["user_parameters"]:
-        for steps in entry.values():
-            for step in steps:
-                if step["step"] == "train":
-                    step["args"][0].update(export=["openvino"], precision="fp32")
+    data = build_data(200)
+    plan = yaml.safe_load(write_plan(data, "fastflow", 1, data / "test").read_text())
+    train_args(plan).update(export=["openvino"], precision="fp32")
     models = train(plan, WORK / "fastflow-r18")
     ours = spawn("r18-ours", str(models), str(data / "train"), str(data / "test"))
     theirs = spawn("r18-anomalib", str(data))
@@ -288,7 +305,14 @@ def run(products: list[str]) -> list[dict]:
 
 
 def tables(rows: list[dict]) -> str:
-    """The markdown of the rows."""
+    """The markdown of the rows.
+
+    Args:
+        rows: The rows of :func:`run`.
+
+    Returns:
+        The markdown.
+    """
     lines = [
         "| product / model | runtime | images/s (100 test images, batch 4) | one image with map, ms "
         "| image AUROC | F1 |",
@@ -306,7 +330,8 @@ def tables(rows: list[dict]) -> str:
                 continue
             lines.append(
                 f"| {row['name']} | {runtime} | {figures['images_per_s']:.1f} | "
-                f"{_fmt(figures.get('one_image_ms'))} | {figures['auroc']:.4f} | {_fmt(figures.get('f1'), 3)} |"
+                f"{fmt(figures.get('one_image_ms'), missing='')} | {figures['auroc']:.4f} | "
+                f"{fmt(figures.get('f1'), 3, missing='')} |"
             )
         if "error" in row:
             lines.append(f"| {row['name']} | error: {row['error'][:200]} | | | | |")
@@ -331,29 +356,22 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (or one worker) and write its BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", nargs="+", default=["gravel", "grass"])
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    add_report_options(parser, "Speed: exported runtimes")
+    add_worker_options(parser)
     args = parser.parse_args(argv)
     if args.worker:
         kind, *rest = args.worker
         workers = {"runtimes": worker_runtimes, "r18-ours": worker_r18_ours, "r18-anomalib": worker_r18_anomalib}
-        row = workers[kind](*(Path(value) for value in rest))
-        args.out.write_text(json.dumps(row))
+        answer(args.out, workers[kind](*(Path(value) for value in rest)))
         return
-    from benchmarks.report import write_section
-
     WORK.mkdir(parents=True, exist_ok=True)
     rows = run(args.products)
     command = f"Command: `python -m benchmarks.export_speed --products {' '.join(args.products)}`\n\n"
-    write_section(ROOT / "BENCHMARKS.md", "Speed: exported runtimes", command + tables(rows))
+    write_section(args.benchmarks_file, args.section, command + tables(rows))
 
 
 if __name__ == "__main__":

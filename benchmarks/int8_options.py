@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.report import write_section
+from benchmarks.harness.data import ok_training_images
+from benchmarks.harness.paths import RESULTS
+from benchmarks.harness.report import add_report_options, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "results" / "export-speed"
+MODELS = RESULTS / "export-speed"
 # setting -> (NNCF preset, the train step's int8 scope it quantises in, full bias correction)
 SETTINGS = {
     "performance": ("PERFORMANCE", "graph", False),  # the train step's first attempt
@@ -45,13 +46,13 @@ def _images(product: str) -> dict[str, Any]:
     plan = yaml.safe_load((MODELS / product / "fastflow" / "experimental_plan.yaml").read_text(encoding="utf-8"))
     paths = {key: value for entry in plan["external_path"] for key, value in entry.items()}
     train = Path(paths["load_train_data_path"])
-    table = pd.read_csv(next(train.glob("*.csv")), dtype=str)
+    csv = next(train.glob("*.csv"))
+    table = pd.read_csv(csv, dtype=str)
     test = train.parent / "test"
     tested = pd.read_csv(next(test.glob("*.csv")), dtype=str)
     valid = table[table["split"] == "valid"]
-    ok_train = table[(table["split"] == "train") & (table["label"] == "good")]
     return {
-        "calibration": [str(train / p) for p in ok_train["image_path"]],
+        "calibration": [str(path) for path in ok_training_images(train, csv.name)],
         "valid": [str(train / p) for p in valid["image_path"]],
         "valid_ng": (valid["label"] != "good").to_numpy(),
         "test": [str(test / p) for p in tested["image_path"]],
@@ -163,11 +164,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", nargs="+", default=["gravel", "grass"])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    add_report_options(parser, "int8: quantisation settings")
     args = parser.parse_args()
-    rows = [row for product in args.products for row in measure(product, args.settings, ROOT / "results" / "int8")]
-    with (ROOT / "results" / "int8-options-rows.jsonl").open("a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps({**row, "finished": datetime.now(UTC).isoformat()}) + "\n")
+    rows = [row for product in args.products for row in measure(product, args.settings, RESULTS / "int8")]
+    stamp = utc_stamp()
+    append_rows(RESULTS / "int8-options-rows.jsonl", [{**row, "finished": stamp} for row in rows], echo=False)
     lines = [
         f"Command: `python -m benchmarks.int8_options --products {' '.join(args.products)}`",
         "",
@@ -197,7 +198,7 @@ def main() -> None:
             f"({row['rank_correlation_valid']:.4f}) | {row['max_relative_difference_test']:.3f} | "
             f"{row['test_images_per_s']:.1f} | {row['quantise_s']:.0f} |"
         )
-    write_section(ROOT / "BENCHMARKS.md", "int8: quantisation settings", "\n".join(lines))
+    write_section(args.benchmarks_file, args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
 from http.client import HTTPConnection
 from pathlib import Path
 
-from benchmarks.engine_speed import build_data, timed
-from benchmarks.report import write_section
-from benchmarks.serve import ROOT, _multipart, main_py, percentile, start_server, write_plan
+from benchmarks.harness.measure import percentile
+from benchmarks.harness.paths import RESULTS
+from benchmarks.harness.report import add_report_options, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
+from benchmarks.serve import _multipart, start_server, trained_project
 
-WORK = ROOT / "results" / "page-load"
+WORK = RESULTS / "page-load"
 
 
 def _csrf(base: str) -> str:
@@ -38,7 +38,18 @@ def _csrf(base: str) -> str:
 
 
 def load(plan: Path, images: list[Path], clients: int, seconds: float, max_requests: int) -> dict:
-    """Run the clients against a fresh server; latencies and errors."""
+    """Run the clients against a fresh server; latencies and errors.
+
+    Args:
+        plan: The trained project's plan.
+        images: The images the clients upload, in turn.
+        clients: Concurrent clients.
+        seconds: Seconds of load at most.
+        max_requests: Requests at most.
+
+    Returns:
+        Requests, errors, rates and latency percentiles.
+    """
     process, port = start_server(plan)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -120,17 +131,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--max-requests", type=int, default=20_000)
+    add_report_options(parser, "Web page: load test")
     args = parser.parse_args()
-    data = build_data("default")
-    images = sorted((data / "score").glob("*.jpg"))
-    shutil.rmtree(WORK, ignore_errors=True)
-    plan = write_plan(data, WORK / "project", "one")
-    train = timed(main_py("--mode", "train", "--config", str(plan)))
+    _, plan, images, train = trained_project(WORK)
     row = {"train_s": train["seconds"], **load(plan, images, args.clients, args.seconds, args.max_requests)}
-    line = {**row, "finished": datetime.now(UTC).isoformat()}
-    print(json.dumps(line), flush=True)
-    with (ROOT / "results" / "page-load-rows.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
+    append_rows(RESULTS / "page-load-rows.jsonl", [{**row, "finished": utc_stamp()}])
     lines = [
         f"Command: `python -m benchmarks.page_load --clients {args.clients} --seconds {args.seconds:g}`",
         "",
@@ -147,7 +152,7 @@ def main() -> None:
         f"{row['scoring_p95_ms']:.0f} | {row['round_trip_p95_ms']:.0f} | {row['round_trip_max_ms']:.0f} | "
         f"{row['page_p95_ms']:.1f} |",
     ]
-    write_section(ROOT / "BENCHMARKS.md", "Web page: load test", "\n".join(lines))
+    write_section(args.benchmarks_file, args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,12 +24,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +33,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.accuracy import seconds
-from benchmarks.plans import ROOT, bundled_plan, step_args
-from benchmarks.report import write_section
+from benchmarks.harness.data import stamped
+from benchmarks.harness.measure import error_tail, main_py, run_timed, run_times
+from benchmarks.harness.paths import RESULTS
+from benchmarks.harness.plans import bundled_plan, inference_args, keep_result, reused_result, set_data, train_args
+from benchmarks.harness.report import add_report_options, command_line, write_section
+from benchmarks.harness.rows import append_rows
 
 REQUIREMENTS = "benchmarks/requirements-real-defects.txt"
 CELL_TYPE = "mono"  # the other type ('poly') is reserved for acceptance checks: never read here
@@ -174,15 +173,14 @@ def build_split(folder: Path, labels: pd.DataFrame, seed: int) -> Path:
         The folder.
     """
     stamp = {"cell_type": CELL_TYPE, "seed": seed, **SHAPE, "images": len(labels)}
-    stamp_file = folder / "stamp.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    train, test = split_frames(labels, seed)
-    _place(train, folder / "train", "train.csv")
-    _place(test, folder / "test", "test.csv")
-    stamp_file.write_text(json.dumps(stamp))
-    return folder
+
+    def build(target: Path) -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        train, test = split_frames(labels, seed)
+        _place(train, target / "train", "train.csv")
+        _place(test, target / "test", "test.csv")
+
+    return stamped(folder, stamp, build)
 
 
 def make_plan(split_dir: Path, plan: Plan, fast: bool = False) -> dict:
@@ -196,15 +194,11 @@ def make_plan(split_dir: Path, plan: Plan, fast: bool = False) -> dict:
     Returns:
         The plan as a dict.
     """
-    text = bundled_plan()
-    text["external_path"] = [
-        {"load_train_data_path": str(split_dir / "train")},
-        {"load_inference_data_path": str(split_dir / "test")},
-    ]
-    train = step_args(text, "train", "train")
+    text = set_data(bundled_plan(), split_dir / "train", split_dir / "test")
+    train = train_args(text)
     train.update({**(FAST_TRAIN if fast else {}), **plan.train_args})
     train["model_parameters"] = {**(train.get("model_parameters") or {}), **plan.model_parameters}
-    step_args(text, "inference", "inference").update({**(FAST_INFERENCE if fast else {}), **plan.inference_args})
+    inference_args(text).update({**(FAST_INFERENCE if fast else {}), **plan.inference_args})
     return text
 
 
@@ -221,26 +215,14 @@ def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False, fast:
     Returns:
         ``image_auroc``, ``f1``, ``train_s``, ``inference_s``, ``images`` (or ``error``).
     """
-    work.mkdir(parents=True, exist_ok=True)
-    plan_path = work / "experimental_plan.yaml"
-    plan_text = yaml.safe_dump(make_plan(split_dir, plan, fast), sort_keys=False)
-    result_path = work / "result.json"
-    if reuse and result_path.is_file() and plan_path.is_file() and plan_path.read_text() == plan_text:
-        return json.loads(result_path.read_text())
-    result_path.unlink(missing_ok=True)
-    plan_path.write_text(plan_text)
+    reused = reused_result(work, make_plan(split_dir, plan, fast), reuse)
+    if reused is not None:
+        return reused
     for mode in ("train", "inference"):
-        started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "main.py"), "--mode", mode, "--config", str(plan_path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done, seconds = run_timed(main_py("--mode", mode, "--config", str(work / "experimental_plan.yaml")))
         if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            return {"error": f"{mode}: {tail[0] if tail else f'exit {done.returncode}'}"}
-        print(f"  {plan.name} {split_dir.name} {mode}: {time.perf_counter() - started:.1f} s", flush=True)
+            return {"error": f"{mode}: {error_tail(done, 1)}"}
+        print(f"  {plan.name} {split_dir.name} {mode}: {seconds:.1f} s", flush=True)
     scores = pd.read_csv(work / "inference_artifacts/output/inference_score.csv").iloc[0]
     row = {
         "image_auroc": float(scores["auroc"]),
@@ -248,11 +230,9 @@ def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False, fast:
         "precision": float(scores["precision"]),
         "recall": float(scores["recall"]),
         "images": int(scores["n_ok"] + scores["n_ng"]),
-        "train_s": seconds(work / "train_artifacts/log/experimental_history.json"),
-        "inference_s": seconds(work / "inference_artifacts/log/experimental_history.json"),
+        **run_times(work),
     }
-    result_path.write_text(json.dumps(row))
-    return row
+    return keep_result(work, row)
 
 
 def table(frame: pd.DataFrame) -> str:
@@ -295,8 +275,8 @@ def main() -> None:
     parser.add_argument("--name", help="a variant of the bundled plan, run besides --plans under this name")
     parser.add_argument("--train", nargs="*", default=[], help="the variant's train args, key=value (YAML values)")
     parser.add_argument("--set", nargs="*", default=[], help="the variant's model_parameters, key=value")
-    parser.add_argument("--work", type=Path, default=ROOT / "results" / "real_defects")
-    parser.add_argument("--section", default="Accuracy: real defects (monocrystalline cells)")
+    parser.add_argument("--work", type=Path, default=RESULTS / "real_defects")
+    add_report_options(parser, "Accuracy: real defects (monocrystalline cells)")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs whose plan is unchanged")
     parser.add_argument(
         "--fast", action="store_true", help="no heatmaps or exports: the same scores, times not the user's (screening)"
@@ -327,20 +307,17 @@ def main() -> None:
                 ),
             }
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            with log.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_rows(log, [row])
     frame = pd.DataFrame(rows)
     frame.to_csv(work / "real_defects.csv", index=False)
-    command = "python -m benchmarks.real_defects " + " ".join(sys.argv[1:])
     n_ok = int((~labels["is_ng"]).sum())
     body = (
-        f"Command: `{command.strip()}`\n\n"
+        f"Command: `{command_line('benchmarks.real_defects')}`\n\n"
         f"Data: elpv-dataset, {CELL_TYPE} cells only, {n_ok} OK (probability 0) and {int(labels['is_ng'].sum())} NG "
         f"(probability 1); per split {SHAPE['train_ok']} OK to train, {SHAPE['valid_ok']} OK + {SHAPE['valid_ng']} NG "
         f"to validate, the rest scored balanced; {len(splits)} splits (seeds 0-{len(splits) - 1}).\n\n" + table(frame)
     )
-    write_section(ROOT / "BENCHMARKS.md", args.section, body)
+    write_section(args.benchmarks_file, args.section, body)
     print(table(frame))
 
 

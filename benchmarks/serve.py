@@ -36,67 +36,44 @@ import threading
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 from http.client import HTTPConnection
 from pathlib import Path
 
 import yaml
 
-from benchmarks.engine_speed import build_data, timed
-from benchmarks.plans import bundled_plan, step_args
+from benchmarks.engine_speed import build_data
+from benchmarks.harness.measure import main_py, rss_mb, summary_ms, timed
+from benchmarks.harness.paths import RESULTS, ROOT
+from benchmarks.harness.plans import bundled_plan, inference_args, save_plan, set_data, train_args
+from benchmarks.harness.report import add_report_options, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
 from benchmarks.redis_server import RedisServer, free_port
-from benchmarks.report import write_section
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "results" / "serve"
+WORK = RESULTS / "serve"
 
 
 def _bundled_backbone() -> str:
     """The PatchCore backbone the bundled plan names (the report says which model it measured)."""
-    return str(step_args(bundled_plan(), "train", "train")["model_parameters"]["patchcore_backbone"])
-
-
-def percentile(values: list[float], share: float) -> float:
-    """The value below which ``share`` of the values lie (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+    return str(train_args(bundled_plan())["model_parameters"]["patchcore_backbone"])
 
 
 def write_plan(data: Path, folder: Path, inference: str, heatmaps: bool | None = None) -> Path:
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
-    plan["external_path"] = [
-        {"load_train_data_path": str(data / "train")},
-        {"load_inference_data_path": str(data / inference)},
-    ]
-    for entry in plan["user_parameters"]:
-        for steps in entry.values():
-            for step in steps:
-                if step["step"] == "train":
-                    step["args"][0]["model_name"] = "patchcore"
-                if step["step"] == "inference" and heatmaps is not None:
-                    step["args"][0]["save_anomaly_maps"] = heatmaps
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "experimental_plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
-    return path
+    """The bundled plan (PatchCore) on the engine benchmark's images, scoring ``data / inference``.
 
+    Args:
+        data: A :func:`~benchmarks.engine_speed.build_data` folder.
+        folder: The project folder.
+        inference: The folder to score, in ``data``.
+        heatmaps: The inference step's heatmaps (None: the bundled plan's setting).
 
-def main_py(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "main.py"), *args]
-
-
-def rss_mb(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
-
-
-def summary_ms(values: list[float]) -> dict:
-    return {
-        "p50_ms": percentile(values, 0.5) * 1000,
-        "p95_ms": percentile(values, 0.95) * 1000,
-        "mean_ms": statistics.fmean(values) * 1000,
-        "n": len(values),
-    }
+    Returns:
+        The plan file.
+    """
+    plan = set_data(bundled_plan(), data / "train", data / inference)
+    train_args(plan)["model_name"] = "patchcore"
+    if heatmaps is not None:
+        inference_args(plan)["save_anomaly_maps"] = heatmaps
+    return save_plan(plan, folder)
 
 
 # The in-process side: a resident Detector that scores the image named on each stdin line and answers with
@@ -115,6 +92,22 @@ for line in sys.stdin:
     detector.predict(line.strip(), heatmaps=heat)
     print(time.perf_counter() - start, flush=True)
 """
+
+
+def trained_project(work: Path) -> tuple[Path, Path, list[Path], dict]:
+    """The bundled plan trained afresh in ``work/project`` on the engine benchmark's 200-image set.
+
+    Args:
+        work: The benchmark's work folder (emptied first).
+
+    Returns:
+        The dataset folder, the plan (scoring one image), the 300 images to score in turn, the training run's row.
+    """
+    data = build_data("default")
+    images = sorted((data / "score").glob("*.jpg"))
+    shutil.rmtree(work, ignore_errors=True)
+    plan = write_plan(data, work / "project", "one")
+    return data, plan, images, timed(main_py("--mode", "train", "--config", str(plan)))
 
 
 def _plan_heatmaps(plan: Path) -> bool:
@@ -304,13 +297,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--memory-requests", type=int, default=10000)
     parser.add_argument("--clients", type=int, default=8)
+    add_report_options(parser, "Serving: edge loop and HTTP API")
     args = parser.parse_args()
-    data = build_data("default")
-    images = sorted((data / "score").glob("*.jpg"))
-    project = WORK / "project"
-    shutil.rmtree(WORK, ignore_errors=True)
-    plan = write_plan(data, project, "one")
-    rows: dict[str, dict] = {"train": timed(main_py("--mode", "train", "--config", str(plan)))}
+    data, plan, images, train = trained_project(WORK)
+    rows: dict[str, dict] = {"train": train}
     cold = [timed(main_py("--mode", "inference", "--config", str(plan)))["seconds"] for _ in range(3)]
     rows["cold"] = {"median_s": statistics.median(cold), "runs": cold}
     rows.update(paired(plan, images, args.requests, "everysec"))
@@ -319,14 +309,12 @@ def main() -> None:
     rows["loop-memory"] = loop_memory(plan, images, args.memory_requests)
     rows["http"] = http(plan, images, args.requests, args.clients, 400)
     batch_plan = write_plan(data, WORK / "batch", "score", heatmaps=False)
-    shutil.copytree(project / "train_artifacts", WORK / "batch" / "train_artifacts")
+    shutil.copytree(plan.parent / "train_artifacts", WORK / "batch" / "train_artifacts")
     rows["batch"] = batch_rate(batch_plan)
-    for name, row in rows.items():
-        line = {"name": name, **row, "finished": datetime.now(UTC).isoformat()}
-        print(json.dumps(line), flush=True)
-        with (ROOT / "results" / "serve-rows.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
-    write_section(ROOT / "BENCHMARKS.md", "Serving: edge loop and HTTP API", table(rows, args))
+    append_rows(
+        RESULTS / "serve-rows.jsonl", [{"name": name, **row, "finished": utc_stamp()} for name, row in rows.items()]
+    )
+    write_section(args.benchmarks_file, args.section, table(rows, args))
 
 
 def table(rows: dict, args: argparse.Namespace) -> str:

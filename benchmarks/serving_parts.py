@@ -20,18 +20,17 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from benchmarks.engine_speed import build_data
-from benchmarks.report import write_section
+from benchmarks.harness.measure import median_call_ms
+from benchmarks.harness.paths import RESULTS, ROOT
+from benchmarks.harness.report import add_report_options, write_section
 from vad.heatmaps import render
 from vad.png import encode_png
-
-ROOT = Path(__file__).resolve().parents[1]
 
 THREAD_WORKER = """
 import json, statistics, sys, threading, time
@@ -60,19 +59,15 @@ print(statistics.median(times))
 """
 
 
-def timed(function: object, repeats: int = 30) -> float:
-    """Median milliseconds of a call."""
-    function()  # type: ignore[operator]
-    values = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()  # type: ignore[operator]
-        values.append(time.perf_counter() - start)
-    return statistics.median(values) * 1000
-
-
 def png_rows(image: Path) -> list[dict]:
-    """Encoding time and size of one heatmap picture, three ways."""
+    """Encoding time and size of one heatmap picture, three ways.
+
+    Args:
+        image: A generated gravel image.
+
+    Returns:
+        One row per encoder: ``ms`` (median of 30), ``kb``.
+    """
     picture = Image.open(image).convert("RGB")
     rng = np.random.default_rng(0)
     anomaly = np.clip(np.cumsum(rng.normal(size=(32, 32)), axis=0) / 10 + 0.4, 0, 1)
@@ -90,12 +85,20 @@ def png_rows(image: Path) -> list[dict]:
         ("Pillow, default level 6", lambda: pillow(6)),
         ("encode_png (Up filter + ISA-L deflate)", lambda: encode_png(pixels)),
     ):
-        rows.append({"encoder": name, "ms": timed(encode), "kb": len(encode()) / 1024})
+        rows.append({"encoder": name, "ms": median_call_ms(encode), "kb": len(encode()) / 1024})
     return rows
 
 
 def thread_rows(models: Path, images: list[Path]) -> list[dict]:
-    """``Detector.predict`` p50 in the loading thread and in another one, three fresh processes each, in turn."""
+    """``Detector.predict`` p50 in the loading thread and in another one, three fresh processes each, in turn.
+
+    Args:
+        models: A trained ``models`` folder.
+        images: The images to score.
+
+    Returns:
+        One row per thread: each process's p50 ms and their median.
+    """
     found: dict[str, list[float]] = {"same": [], "other": []}
     for _ in range(3):
         for where in found:
@@ -108,7 +111,8 @@ def thread_rows(models: Path, images: list[Path]) -> list[dict]:
 def main() -> None:
     """Measure and write the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "results" / "serve" / "project" / "train_artifacts" / "models"))
+    parser.add_argument("--model", default=str(RESULTS / "serve" / "project" / "train_artifacts" / "models"))
+    add_report_options(parser, "Serving: heatmap encoding and the scoring thread")
     args = parser.parse_args()
     data = build_data("default")
     images = sorted((data / "score").glob("*.jpg"))[:50]
@@ -139,7 +143,7 @@ def main() -> None:
         "So the HTTP API's batcher thread loads the detector it scores with (`Batcher.resolve`), and the edge loop "
         "scores in the main thread that loaded it.",
     ]
-    write_section(ROOT / "BENCHMARKS.md", "Serving: heatmap encoding and the scoring thread", "\n".join(lines))
+    write_section(args.benchmarks_file, args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -13,61 +13,69 @@ Rows go to ``results/tracking-overhead-rows.jsonl``; the table to ``BENCHMARKS.m
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
+from benchmarks.harness.measure import error_tail, main_py, run_timed
+from benchmarks.harness.paths import RESULTS, ROOT
+from benchmarks.harness.plans import add_control, bundled_plan, save_plan
+from benchmarks.harness.report import add_report_options, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
 
-from benchmarks.report import write_section
-
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "results" / "tracking-overhead"
+WORK = RESULTS / "tracking-overhead"
 
 
 def plan_in(folder: Path, tracking: bool) -> Path:
-    """The bundled plan in a fresh folder, its data paths absolute, tracking on or off."""
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    """The bundled plan in a fresh folder, its data paths absolute, tracking on or off.
+
+    Args:
+        folder: The project folder.
+        tracking: ``control: tracking``.
+
+    Returns:
+        The plan file.
+    """
+    plan = bundled_plan()
     for entry in plan["external_path"]:
         for key, value in entry.items():
             if value and key.startswith("load_") and key.endswith("data_path"):
                 entry[key] = str((ROOT / value).resolve())
-    plan["control"] = [*plan.get("control", []), {"tracking": tracking}]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "experimental_plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
-    return path
+    return save_plan(add_control(plan, tracking=tracking), folder)
 
 
 def seconds(plan: Path) -> tuple[float, float]:
     """One ``main.py --mode all`` process, start to exit; then the seconds until its background loggers finish.
 
     Waiting for them keeps their CPU out of the next run's measurement.
+
+    Args:
+        plan: The plan file.
+
+    Returns:
+        The process's seconds and the background loggers' seconds after it.
+
+    Raises:
+        RuntimeError: The run failed.
     """
     from alo.plan import load_plan
     from alo.tracking import settings_of, wait_pending
 
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--mode", "all", "--config", str(plan)],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
+    done, run = run_timed(main_py("--mode", "all", "--config", str(plan)))
+    if done.returncode != 0:
+        msg = f"main.py --mode all failed: {error_tail(done)}"
+        raise RuntimeError(msg)
     ended = time.perf_counter()
     assert wait_pending(settings_of(load_plan(plan)), 300)
-    return ended - started, time.perf_counter() - ended
+    return run, time.perf_counter() - ended
 
 
 def main() -> None:
     """Alternate the runs, write the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=4)
+    add_report_options(parser, "Tracking overhead")
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     off, new_store, existing_store, background = [], [], [], []
@@ -86,11 +94,9 @@ def main() -> None:
         "existing_store_s": statistics.median(existing_store),
         "background_s": statistics.median(background),
         "runs": {"off": off, "new_store": new_store, "existing_store": existing_store, "background": background},
-        "finished": datetime.now(UTC).isoformat(),
+        "finished": utc_stamp(),
     }
-    print(json.dumps(row), flush=True)
-    with (ROOT / "results" / "tracking-overhead-rows.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_rows(RESULTS / "tracking-overhead-rows.jsonl", [row])
     pct = {key: 100 * (row[key] / row["off_s"] - 1) for key in ("new_store_s", "existing_store_s")}
     lines = [
         f"Command: `python -m benchmarks.tracking_overhead --pairs {args.pairs}`",
@@ -107,7 +113,7 @@ def main() -> None:
         f"| {row['off_s']:.1f} | {row['new_store_s']:.1f} | {row['existing_store_s']:.1f} | "
         f"{pct['new_store_s']:+.1f}% | {pct['existing_store_s']:+.1f}% | {row['background_s']:.1f} |",
     ]
-    write_section(ROOT / "BENCHMARKS.md", "Tracking overhead", "\n".join(lines))
+    write_section(args.benchmarks_file, args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

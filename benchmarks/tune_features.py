@@ -19,19 +19,18 @@ import argparse
 import json
 import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from alo.plan import load_plan
+from benchmarks.harness.paths import RESULTS
+from benchmarks.harness.plans import add_control, bundled_plan, save_plan, set_data, train_args
+from benchmarks.harness.rows import append_rows, utc_stamp
 from vad.models import feature_cache
 from vad.tuning import study
 from vad.tuning.resample import labelled_data, write_resamples
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "results" / "tune-features"
+WORK = RESULTS / "tune-features"
 FITS = (  # name, memo on, image score, coreset ratio (the memo's fits first, in one block)
     ("cached: first fit", True, "map_max", 0.1),
     ("cached: other image score", True, "reweighted", 0.1),
@@ -41,25 +40,37 @@ FITS = (  # name, memo on, image score, coreset ratio (the memo's fits first, in
 
 
 def write_plan(folder: Path, split: Path) -> Path:
-    """The bundled plan (PatchCore, tf_efficientnet_lite0, 320 px) on the split's train folder."""
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
-    plan["external_path"] = [{"load_train_data_path": str(split / "train")}]
-    plan["control"] = [*plan.get("control", []), {"tracking": False}]
+    """The bundled plan (PatchCore, tf_efficientnet_lite0, 320 px) on the split's train folder.
+
+    Args:
+        folder: The project folder.
+        split: A real-defect split folder (its ``train/``).
+
+    Returns:
+        The plan file (its train pipeline only).
+    """
+    plan = add_control(set_data(bundled_plan(), split / "train"), tracking=False)
     plan["user_parameters"] = [block for block in plan["user_parameters"] if "train_pipeline" in block]
-    for step in plan["user_parameters"][0]["train_pipeline"]:
-        if step["step"] == "train":
-            args = step["args"][0]
-            args.update({"model_name": "patchcore", "img_size": 320})
-            backbone = {"patchcore_backbone": "tf_efficientnet_lite0"}
-            args["model_parameters"] = {**(args.get("model_parameters") or {}), **backbone}
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "experimental_plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
-    return path
+    args = train_args(plan)
+    args.update({"model_name": "patchcore", "img_size": 320})
+    backbone = {"patchcore_backbone": "tf_efficientnet_lite0"}
+    args["model_parameters"] = {**(args.get("model_parameters") or {}), **backbone}
+    return save_plan(plan, folder)
 
 
 def fit(plan: Any, data: Path, folder: Path, image_score: str, ratio: float) -> dict[str, Any]:
-    """One fit as the tuner runs it; its seconds, validation AUROC and calibration."""
+    """One fit as the tuner runs it; its seconds, validation AUROC and calibration.
+
+    Args:
+        plan: The loaded plan.
+        data: The resample's data folder.
+        folder: The fit's project folder.
+        image_score: PatchCore's image score.
+        ratio: Its coreset sampling ratio.
+
+    Returns:
+        ``seconds``, ``auroc``, ``calibration``.
+    """
     changes = {"model_parameters": {"patchcore_image_score": image_score, "patchcore_coreset_sampling_ratio": ratio}}
     started = time.perf_counter()
     auroc, _ = study._fit(study._trial_plan(plan, folder, data, changes), "auroc")
@@ -71,7 +82,7 @@ def fit(plan: Any, data: Path, folder: Path, image_score: str, ratio: float) -> 
 def main(argv: list[str] | None = None) -> None:
     """Run the four fits and print one row each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=ROOT / "results" / "real_defects" / "data" / "split0")
+    parser.add_argument("--split", type=Path, default=RESULTS / "real_defects" / "data" / "split0")
     parser.add_argument("--resamples", type=int, default=3, help="fits per trial, for the projection")
     args = parser.parse_args(argv)
     if WORK.exists():
@@ -88,11 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     rows.append({"fit": name, **fit(plan, data, WORK / "fits" / "uncached", image_score, ratio)})
     print(json.dumps(rows[-1]), flush=True)
     same = (rows[0]["auroc"], rows[0]["calibration"]) == (rows[-1]["auroc"], rows[-1]["calibration"])
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
-    with (WORK / "rows.jsonl").open("a", encoding="utf-8") as handle:
-        for row in rows:
-            trials = 1800 / (args.resamples * row["seconds"])
-            handle.write(json.dumps({**row, "utc": stamp, "trials_per_30_min": round(trials, 1)}) + "\n")
+    stamp = utc_stamp(minutes=True).removesuffix(" UTC")
+    logged = [
+        {**row, "utc": stamp, "trials_per_30_min": round(1800 / (args.resamples * row["seconds"]), 1)} for row in rows
+    ]
+    append_rows(WORK / "rows.jsonl", logged, echo=False)
     print(f"cached and uncached first fit identical: {same}")
 
 

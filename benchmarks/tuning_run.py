@@ -18,19 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from benchmarks.report import write_section
+from benchmarks.harness import measure
+from benchmarks.harness.paths import RESULTS
+from benchmarks.harness.plans import add_control, bundled_plan, save_plan, set_data
+from benchmarks.harness.report import add_report_options, write_section
+from benchmarks.harness.rows import append_rows, utc_stamp
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "results" / "tuning-run"
+WORK = RESULTS / "tuning-run"
 SPACE = {
     "model_parameters.patchcore_backbone": ["mobilenetv2_100", "tf_efficientnet_lite1"],
     "img_size": [None, 256, 384],
@@ -39,36 +38,57 @@ SPACE = {
 
 
 def write_plan(folder: Path, data: Path, trials: int, resamples: int, space: str) -> Path:
-    """The bundled plan (PatchCore) on the product, with the tuning section (the small space or ``auto``)."""
-    plan = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
-    plan["external_path"] = [
-        {"load_train_data_path": str(data / "train")},
-        {"load_inference_data_path": str(data / "test")},
-    ]
-    plan["control"] = [*plan.get("control", []), {"tracking": False}]
+    """The bundled plan (PatchCore) on the product, with the tuning section (the small space or ``auto``).
+
+    Args:
+        folder: The project folder.
+        data: The product's folder (``train/``, ``test/``).
+        trials: Trials.
+        resamples: Fits per trial.
+        space: ``small`` or ``auto``.
+
+    Returns:
+        The plan file.
+    """
+    plan = add_control(set_data(bundled_plan(), data / "train", data / "test"), tracking=False)
     plan["tuning"] = {"objective": "auroc", "n_trials": trials, "seed": 0, "resamples": resamples}
     plan["tuning"]["space"] = SPACE if space == "small" else "auto"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "experimental_plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
-    return path
+    return save_plan(plan, folder)
 
 
 def main_py(*args: str) -> float:
-    """One ``main.py`` process; its seconds."""
-    started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "main.py"), *args], check=True, cwd=ROOT, capture_output=True)
-    return time.perf_counter() - started
+    """One ``main.py`` process.
+
+    Args:
+        *args: Its arguments.
+
+    Returns:
+        Its seconds.
+
+    Raises:
+        RuntimeError: It failed.
+    """
+    done, seconds = measure.run_timed(measure.main_py(*args))
+    if done.returncode != 0:
+        msg = f"main.py {' '.join(args)} failed: {measure.error_tail(done)}"
+        raise RuntimeError(msg)
+    return seconds
 
 
 def test_scores(plan: Path, name: str) -> dict:
-    """Train a plan (copied into its own folder) and score the test images."""
+    """Train a plan (copied into its own folder) and score the test images.
+
+    Args:
+        plan: The plan file (its tuning section is dropped).
+        name: The copy's folder, in the work folder.
+
+    Returns:
+        Test AUROC, F1, and the seconds of ``main.py --mode all``.
+    """
     folder = WORK / name
-    folder.mkdir(parents=True, exist_ok=True)
-    copy = folder / "experimental_plan.yaml"
     raw = yaml.safe_load(plan.read_text(encoding="utf-8"))
     raw.pop("tuning", None)
-    copy.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    copy = save_plan(raw, folder)
     seconds = main_py("--mode", "all", "--config", str(copy))
     scores = pd.read_csv(folder / "inference_artifacts" / "output" / "inference_score.csv").iloc[0]
     return {"test_auroc": float(scores["auroc"]), "test_f1": float(scores["f1"]), "train_and_test_s": seconds}
@@ -86,8 +106,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--resamples", type=int, default=2)
     parser.add_argument("--space", choices=["small", "auto"], default="small")
+    add_report_options(parser)
     args = parser.parse_args()
-    data = ROOT / "results" / "data" / args.product
+    data = RESULTS / "data" / args.product
     if not (data / "train").is_dir():
         msg = f"{data} is missing: run python -m benchmarks.accuracy --products {args.product} once to generate it"
         raise SystemExit(msg)
@@ -112,11 +133,9 @@ def main() -> None:
         "default_valid_auroc": float(default["auroc"]) if default is not None else None,
         "default": test_scores(plan, "default"),
         "tuned": test_scores(best, "tuned"),
-        "finished": datetime.now(UTC).isoformat(),
+        "finished": utc_stamp(),
     }
-    print(json.dumps(row), flush=True)
-    with (ROOT / "results" / "tuning-rows.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_rows(RESULTS / "tuning-rows.jsonl", [row])
     space = (
         "PatchCore's backbone (mobilenetv2_100, tf_efficientnet_lite1) x img_size (default 320, 256, 384) x coreset "
         "ratio (0.02-0.2, log)"
@@ -145,7 +164,7 @@ def main() -> None:
         "2 CPU cores).",
     ]
     section = "Tuning: one product" if args.space == "small" else "Tuning: one product, the built-in space"
-    write_section(ROOT / "BENCHMARKS.md", section, "\n".join(lines))
+    write_section(args.benchmarks_file, section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def test_the_import_contracts_hold():
 
 def test_benchmarks_never_import_tests():
     """No benchmark puts ``tests/`` on the import path or imports a test module."""
-    for path in (ROOT / "benchmarks").glob("*.py"):
+    for path in (ROOT / "benchmarks").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"sys\.path\.(insert|append)\(.*tests", text), path.name
         assert not re.search(r"^\s*(from|import) (tests|conftest|test_)", text, re.M), path.name

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import ROOT
 
 from benchmarks import real_defects
 
@@ -77,7 +78,7 @@ def test_a_split_folder_has_the_users_csv_layout_and_the_plan_changes_only_the_d
     assert list(test_csv.columns) == ["image_path", "label"]
     assert all((folder / "test" / path).is_file() for path in test_csv["image_path"])
 
-    bundled = yaml.safe_load((real_defects.ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
+    bundled = yaml.safe_load((ROOT / "experimental_plan.yaml").read_text(encoding="utf-8"))
     plan = real_defects.make_plan(folder, real_defects.PLANS["defaults"])
     assert plan["external_path"] == [
         {"load_train_data_path": str(folder / "train")},

@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     Args:
         argv: The arguments (default: the command line's).
     """
-    parser = argparse.ArgumentParser(description=(benchmarks.speed.__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed", description=(benchmarks.speed.__doc__ or "").splitlines()[0]
+    )
     parser.add_argument(
         "--only",
         choices=["patchcore", "fastflow", "scale", "scale-inference"],

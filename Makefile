@@ -43,6 +43,12 @@ lint: $(STAMP) docs
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
 
+# Type checking: mypy over the library, the framework, the assets, the apps and the benchmarks ([tool.mypy] in
+# pyproject.toml: every function body checked, a `# type: ignore[code]` only where a library's stubs force it).
+.PHONY: typecheck
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
 # The documentation site (mkdocs.yml, docs/), built with --strict into a throwaway folder: a broken link, anchor
 # or nav entry fails it. Not --quiet: that hides the warnings --strict counts.
 .PHONY: docs

@@ -8,9 +8,10 @@ allowed, with a "did you mean" suggestion for misspelt keys.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from alo.errors import PlanError
 
@@ -19,6 +20,9 @@ class StepArgs(BaseModel):
     """Base class for a step's arguments: strict types, unknown keys refused, immutable."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
 
 def suggest(name: str, candidates: list[str] | set[str]) -> str:
@@ -74,7 +78,7 @@ def allowed_keys(model: type[BaseModel]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel], where: str) -> str:
+def _describe(error: ErrorDetails, model: type[BaseModel], where: str) -> str:
     loc = tuple(error["loc"])
     path = ".".join([where, *[str(part) for part in loc]]) if loc else where
     value = error.get("input")
@@ -96,7 +100,7 @@ def _literal_words(expected: str) -> list[str]:
     return [word.strip(" '\"") for word in expected.replace(" or ", ",").split(",") if word.strip(" '\"")]
 
 
-def validate_args(model: type[StepArgs], values: dict[str, Any], where: str) -> StepArgs:
+def validate_args(model: type[ArgsT], values: dict[str, Any], where: str) -> ArgsT:
     """Validate a step's raw arguments into its typed model.
 
     Args:

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from alo.args import StepArgs, suggest
 from alo.errors import PlanError
@@ -67,6 +67,9 @@ class DeferredWork:
         function(*args)
 
 
+StepArgsT = TypeVar("StepArgsT", bound=StepArgs)
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What a step may know about the run it is part of.
@@ -94,6 +97,23 @@ class StepContext:
     model_dir: Path
     logger: logging.Logger
     deferred: DeferredWork | None = None
+
+    def args_as(self, kind: type[StepArgsT]) -> StepArgsT:
+        """The step's arguments as its own class (the one :meth:`Asset.arguments` named for this pipeline).
+
+        Args:
+            kind: The step's argument class.
+
+        Returns:
+            ``args``, checked to be a ``kind``.
+
+        Raises:
+            TypeError: The arguments are of another class.
+        """
+        if not isinstance(self.args, kind):
+            msg = f"step {self.step} got {type(self.args).__name__} arguments, not {kind.__name__}"
+            raise TypeError(msg)
+        return self.args
 
     def defer(self, function: Callable[..., object], *args: Any) -> None:
         """Write something into the staged artifacts after the run's answer (see :class:`DeferredWork`).

@@ -74,9 +74,9 @@ def log_files(log_dir: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, handler in handlers:
-            logger.removeHandler(handler)
-            handler.close()
+        for logger, file_handler in handlers:
+            logger.removeHandler(file_handler)
+            file_handler.close()
 
 
 class Progress:

@@ -53,7 +53,7 @@ SUMMARY = "inference_summary"
 ARTIFACTS = "inference_artifacts"
 STATUS = "alo_status"
 FAIL = "alo_fail"
-WAIT_SECONDS = 1.0  # BLMOVE timeout: how often the loop looks at its stop flag
+WAIT_SECONDS = 1  # BLMOVE timeout (whole seconds): how often the loop looks at its stop flag
 BACKOFF = (0.1, 5.0)  # first and longest wait between attempts to reach Redis
 SUMMARY_FILE = Path("score") / "inference_summary.yaml"
 ARCHIVE = "inference_artifacts.tar.gz"
@@ -100,6 +100,11 @@ def error_code(exc: BaseException) -> str:
         ``E141`` for data the pipeline cannot load, else ``E152`` (an asset failed: model, lock, a bug).
     """
     return "E141" if isinstance(exc, DataError) else "E152"
+
+
+def _text(value: bytes | str) -> str:
+    """A value read from Redis as text (the client decodes responses; redis-py types them as bytes or str)."""
+    return value if isinstance(value, str) else value.decode()
 
 
 class EdgeLoop:
@@ -201,15 +206,14 @@ class EdgeLoop:
             if left:
                 logger.info(f"{len(left)} request(s) left unanswered by an earlier loop: serving them first")
             for raw in left:
-                self.handle(raw)
+                self.handle(_text(raw))
             while not self.stopping and (max_requests is None or self.served < max_requests):
-                raw = self._redis(
+                moved = self._redis(
                     lambda: self.redis.blmove(REQUESTS, PROCESSING, WAIT_SECONDS, "LEFT", "RIGHT"),
                     "wait for a request",
                 )
-                if raw is not None:
-                    raw = self._stamp(raw)
-                    self.handle(raw)
+                if moved is not None:
+                    self.handle(self._stamp(_text(moved)))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -266,8 +270,8 @@ class EdgeLoop:
             except PlanError as exc:
                 raise RequestError("E111", exc) from None
             archive = self.run_request(metadata, lambda staging: self._answer_summary(request, staging))
-            if archive is not None and request.answer is not None:
-                self._redis(lambda: self.redis.rpush(ARTIFACTS, request.answer), "answer")
+            if archive is not None and (answer := request.answer) is not None:
+                self._redis(lambda: self.redis.rpush(ARTIFACTS, answer), "answer")
             status = "success"
         except Exception as exc:
             cause, code = (exc.cause, exc.code) if isinstance(exc, RequestError) else (exc, error_code(exc))
@@ -290,8 +294,8 @@ class EdgeLoop:
             msg = f"the inference pipeline wrote no {SUMMARY_FILE.as_posix()}; its last step must write the summary"
             raise RequestError("E161", RuntimeError(msg))
         answer = {"status": "success", "message": read_summary(path), "request_id": request.request_id}
-        request.answer = json.dumps(answer, default=str)
-        self._redis(lambda: self.redis.rpush(SUMMARY, request.answer), "answer")
+        text = request.answer = json.dumps(answer, default=str)
+        self._redis(lambda: self.redis.rpush(SUMMARY, text), "answer")
 
     def _fail(self, exc: BaseException, request_id: str, code: str) -> dict[str, Any]:
         if isinstance(exc, AloError):

@@ -198,9 +198,9 @@ def parse_plan(raw: Any, path: Path) -> Plan:
     for key, value in params.items():
         pipeline = key.removesuffix("_pipeline")
         if pipeline not in PIPELINES or not key.endswith("_pipeline"):
-            allowed = [f"{p}_pipeline" for p in PIPELINES]
-            hint = suggest(key, allowed)
-            msg = f"plan error: unknown key 'user_parameters.{key}'{hint}; allowed: {', '.join(allowed)}"
+            pipeline_keys = [f"{p}_pipeline" for p in PIPELINES]
+            hint = suggest(key, pipeline_keys)
+            msg = f"plan error: unknown key 'user_parameters.{key}'{hint}; allowed: {', '.join(pipeline_keys)}"
             raise PlanError(msg)
         pipelines[pipeline] = _parse_steps(value, f"user_parameters.{key}")
     if not pipelines:
@@ -210,8 +210,8 @@ def parse_plan(raw: Any, path: Path) -> Plan:
         path=path,
         name=name,
         version=str(version),
-        external_path=external,  # type: ignore[arg-type]
-        control=control,  # type: ignore[arg-type]
+        external_path=external,
+        control=control,
         pipelines=pipelines,
         raw=raw,
     )

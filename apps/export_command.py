@@ -52,7 +52,7 @@ def _train_readiness(plan: Plan) -> ReadinessArgs:
     from alo.args import validate_args
 
     step = next((s for s in plan.pipelines.get("train", []) if s.name == "readiness"), None)
-    return validate_args(ReadinessArgs, (step.args or {}) if step else {}, step.where if step else "readiness")  # type: ignore[return-value]
+    return validate_args(ReadinessArgs, (step.args or {}) if step else {}, step.where if step else "readiness")
 
 
 def _train_run_images(plan: Plan, ok_name: str) -> GateData | None:

@@ -78,7 +78,7 @@ def fit_supervised(
     Returns:
         The validation scores to calibrate on and the record.
     """
-    is_ng = valid.is_ng if valid.is_ng is not None else np.zeros(len(valid.files), dtype=bool)
+    is_ng = valid.is_ng
     n_ng, n_ok = int(is_ng.sum()), int((~is_ng).sum())
     if not model.supports_head():
         logger.warning(

@@ -75,8 +75,9 @@ def onnx_bytes(
         tail = scorer.tail_arrays(warm) if scorer.TAIL is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter says a newer one exists
+        # torch annotates the target as a path only; its TorchScript exporter (dynamo=False) writes to a file object
         torch.onnx.export(
-            graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+            graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],  # type: ignore[arg-type]
             output_names=outputs, dynamic_axes=axes,
         )  # fmt: skip
     return buffer.getvalue(), tail

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import AliasChoices, Field, create_model
 
@@ -18,7 +18,45 @@ from alo import StepArgs
 from vad.models import fastflow, padim, patchcore, supersimplenet
 from vad.models.spec import ModelParams, ModelSpec
 
-__all__ = ["MODELS", "ModelEntry", "ModelParameters", "ModelParams", "ModelSpec", "entry", "model_parameters_class"]
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+
+    from vad.models.base import VadModel
+    from vad.models.scorer import GraphScorer
+
+__all__ = [
+    "MODELS",
+    "ExportTail",
+    "ModelEntry",
+    "ModelParameters",
+    "ModelParams",
+    "ModelSpec",
+    "entry",
+    "model_parameters_class",
+]
+
+ClassT = TypeVar("ClassT")
+
+
+@runtime_checkable
+class ExportTail(Protocol):
+    """The numpy tail an exported graph ends in (``ModelEntry.tail``): saved and read beside the graph."""
+
+    @staticmethod
+    def save(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+        """Write the tail's arrays into ``models/export`` and return the file."""
+        ...
+
+    @classmethod
+    def load(cls, folder: Path) -> Self:
+        """Read the tail :meth:`save` wrote."""
+        ...
+
+    def __call__(self, embedding: np.ndarray, maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (B,) and maps (B, H, W) or None of the graph's embedding."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -40,27 +78,31 @@ class ModelEntry:
     scorer: str
     tail: str | None = None
 
-    def model_class(self) -> type:
+    def model_class(self) -> type[VadModel]:
         """Import the model class (anomalib, timm: used to train, and to score models saved without a graph).
 
         Returns:
-            The class (see :class:`vad.models.base.VadModel`).
+            The class (a :class:`vad.models.base.VadModel`).
         """
-        return _import(self.implementation)
+        from vad.models.base import VadModel
 
-    def scorer_class(self) -> type:
+        return _import(self.implementation, VadModel)
+
+    def scorer_class(self) -> type[GraphScorer]:
         """Import the scorer class (torch only).
 
         Returns:
-            The class (see :class:`vad.models.scorer.GraphScorer`).
+            The class (a :class:`vad.models.scorer.GraphScorer`).
         """
-        return _import(self.scorer)
+        from vad.models.scorer import GraphScorer
 
-    def tail_class(self) -> type:
+        return _import(self.scorer, GraphScorer)
+
+    def tail_class(self) -> type[ExportTail]:
         """Import the exported runtime's tail class (numpy, no torch).
 
         Returns:
-            The class.
+            The class (an :class:`ExportTail`).
 
         Raises:
             ValueError: The model's exported graph has no tail.
@@ -68,12 +110,24 @@ class ModelEntry:
         if self.tail is None:
             msg = f"{self.name}'s exported graph has no tail"
             raise ValueError(msg)
-        return _import(self.tail)
+        found = _imported(self.tail)
+        if not (isinstance(found, type) and issubclass(found, ExportTail)):
+            msg = f"the registry's {self.tail} is not an ExportTail"
+            raise TypeError(msg)
+        return found
 
 
-def _import(path: str) -> type:
+def _imported(path: str) -> object:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _import(path: str, base: type[ClassT]) -> type[ClassT]:
+    found = _imported(path)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        msg = f"the registry's {path} is not a {base.__name__}"
+        raise TypeError(msg)
+    return found
 
 
 MODELS: dict[str, ModelEntry] = {

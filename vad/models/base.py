@@ -26,24 +26,25 @@ if TYPE_CHECKING:
     from vad.supervision import LinearHead
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FitData:
     """Images a model is fitted or validated on.
 
     Attributes:
         files: Image files.
-        is_ng: True where the image is NG (all False for training images).
+        is_ng: True where the image is NG (all False for training images: the default).
     """
 
     files: list[str]
-    is_ng: np.ndarray | None = None
+    is_ng: np.ndarray
 
-    def __post_init__(self) -> None:
-        if self.is_ng is None:
-            object.__setattr__(self, "is_ng", np.zeros(len(self.files), dtype=bool))
-        elif len(self.is_ng) != len(self.files):
-            msg = f"is_ng has {len(self.is_ng)} values for {len(self.files)} files"
+    def __init__(self, files: list[str], is_ng: np.ndarray | None = None) -> None:
+        labels = np.zeros(len(files), dtype=bool) if is_ng is None else is_ng
+        if len(labels) != len(files):
+            msg = f"is_ng has {len(labels)} values for {len(files)} files"
             raise ValueError(msg)
+        object.__setattr__(self, "files", files)
+        object.__setattr__(self, "is_ng", labels)
 
 
 @dataclass(frozen=True)

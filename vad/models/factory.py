@@ -100,6 +100,9 @@ def make_spec(model_name: str, params: ModelParams, img_size: int | list[int], r
             )
             raise backbones.BackboneError(msg)
     cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None:
+        msg = f"timm has no pretrained configuration (normalisation mean and std) for {backbone}"
+        raise backbones.BackboneError(msg)
     return ModelSpec(
         model_name=model_name,
         input_size=model_input_size(img_size, *reference),
@@ -167,7 +170,8 @@ def load(folder: Path, device: torch.device | str = "cpu") -> TrainedModel:
         raise ModelError(msg)
     try:
         registered = entry(spec.model_name)
-        scorer: type[GraphScorer] = registered.scorer_class()
+        scorer = registered.scorer_class()
+        model: GraphScorer | VadModel
         if (folder / GRAPH_FILE).is_file() and scorer.supports(spec):
             model = scorer.from_state(spec, load_file(str(weights_path)), load_graph(folder)).to(device)
             model.prepare()

@@ -190,7 +190,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
         Its bytes.
     """
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 def active() -> FeatureCache | None:

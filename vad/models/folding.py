@@ -25,8 +25,9 @@ def _bn_replacement(norm: nn.BatchNorm2d) -> nn.Module | None:
     """What a folded BatchNorm becomes: nothing, or its activation (timm's ``BatchNormAct2d``)."""
     if type(norm) is nn.BatchNorm2d:
         return nn.Identity()
-    if hasattr(norm, "act") and hasattr(norm, "drop"):  # timm BatchNormAct2d: batch_norm, drop, act
-        return nn.Sequential(norm.drop, norm.act)
+    drop, act = getattr(norm, "drop", None), getattr(norm, "act", None)  # timm BatchNormAct2d: batch_norm, drop, act
+    if isinstance(drop, nn.Module) and isinstance(act, nn.Module):
+        return nn.Sequential(drop, act)
     return None
 
 
@@ -66,13 +67,13 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     return pairs
 
 
-def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
-    """Merge an eval-mode BatchNorm's affine map into the convolution before it (in place)."""
+def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
+    """Merge an eval-mode BatchNorm's affine map (its running ``mean`` and ``var``) into the convolution before it."""
     with torch.no_grad():
-        factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        factor = norm.weight / torch.sqrt(var + norm.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
         conv.weight.mul_(factor.reshape(-1, *([1] * (conv.weight.dim() - 1))))
-        conv.bias = nn.Parameter((bias - norm.running_mean) * factor + norm.bias, requires_grad=False)
+        conv.bias = nn.Parameter((bias - mean) * factor + norm.bias, requires_grad=False)
 
 
 def _flat(outputs: object) -> list[torch.Tensor]:
@@ -81,7 +82,10 @@ def _flat(outputs: object) -> list[torch.Tensor]:
         return [outputs]
     if isinstance(outputs, dict):
         return list(outputs.values())
-    return list(outputs)  # type: ignore[call-overload]
+    if isinstance(outputs, list | tuple):
+        return list(outputs)
+    msg = f"a backbone output is a tensor, a list, a tuple or a dict of tensors, not {type(outputs).__name__}"
+    raise TypeError(msg)
 
 
 def fold_batch_norms(backbone: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -107,11 +111,13 @@ def fold_batch_norms(backbone: nn.Module, example: torch.Tensor) -> nn.Module:
     modules = dict(folded.named_modules())
     count = 0
     for conv_name, norm_name in _conv_bn_pairs(folded, example):
-        norm = modules[norm_name]
-        replacement = _bn_replacement(norm)  # type: ignore[arg-type]
-        if replacement is None or norm.running_mean is None or norm.running_var is None:
+        conv, norm = modules[conv_name], modules[norm_name]
+        if not (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)):  # as the pairs were found
             continue
-        _fold_pair(modules[conv_name], norm)  # type: ignore[arg-type]
+        mean, var, replacement = norm.running_mean, norm.running_var, _bn_replacement(norm)
+        if replacement is None or mean is None or var is None:
+            continue
+        _fold_pair(conv, norm, mean, var)
         parent_name, _, child = norm_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else folded, child, replacement)
         count += 1

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import load_file, save_file
 from torch import fx, nn
+from torch.fx.node import Argument
 
 GRAPH_FILE = "backbone_graph.json"
 GRAPH_WEIGHTS = "backbone.safetensors"
@@ -110,12 +111,23 @@ def _encode(value: object) -> object:
     raise ValueError(msg)
 
 
-def _decode(value: object, nodes: dict[str, fx.Node]) -> object:
+def _decode(value: object, nodes: dict[str, fx.Node]) -> Argument:
     if isinstance(value, dict):
         return nodes[value["node"]]
     if isinstance(value, list):
         return tuple(_decode(item, nodes) for item in value)
-    return value
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
+    msg = f"{GRAPH_FILE} has a node argument {value!r} the graph format does not hold"
+    raise ValueError(msg)
+
+
+def _decode_args(value: object, nodes: dict[str, fx.Node]) -> tuple[Argument, ...]:
+    decoded = _decode(value, nodes)
+    if not isinstance(decoded, tuple):
+        msg = f"{GRAPH_FILE} has node arguments {value!r} that are not a list"
+        raise ValueError(msg)
+    return decoded
 
 
 def export_graph(backbone: nn.Module, folder: Path) -> None:
@@ -189,17 +201,17 @@ def load_graph(folder: Path) -> fx.GraphModule:
     graph = fx.Graph()
     nodes: dict[str, fx.Node] = {}
     for entry in description["nodes"]:
-        args = _decode(entry.get("args", []), nodes)
+        args = _decode_args(entry.get("args", []), nodes)
         kwargs = {key: _decode(value, nodes) for key, value in entry.get("kwargs", {}).items()}
         op = entry["op"]
         if op == "placeholder":
             node = graph.placeholder(entry["name"])
         elif op == "call_module":
-            node = graph.call_module(entry["target"], args, kwargs)  # type: ignore[arg-type]
+            node = graph.call_module(entry["target"], args, kwargs)
         elif op == "call_function" and entry["target"] in _FUNCTIONS:
-            node = graph.call_function(_FUNCTIONS[entry["target"]], args, kwargs)  # type: ignore[arg-type]
+            node = graph.call_function(_FUNCTIONS[entry["target"]], args, kwargs)
         elif op == "output":
-            node = graph.output(args[0])  # type: ignore[index]
+            node = graph.output(args[0])
         else:
             msg = f"{GRAPH_FILE} has a node {op} {entry.get('target')!r} outside the allowlist"
             raise ValueError(msg)

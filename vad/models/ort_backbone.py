@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,10 +24,18 @@ MAX_RELATIVE_DIFFERENCE = 1e-4  # largest feature difference accepted, relative 
 OPSET = 17
 
 
+class OrtSession(Protocol):
+    """What the backbone uses of an ``onnxruntime.InferenceSession`` (onnxruntime ships no type hints)."""
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs (all of them for None) on the inputs."""
+        ...
+
+
 class OrtBackbone:
     """A backbone graph as an ONNX Runtime session: images (B, 3, H, W) in, its feature maps out."""
 
-    def __init__(self, session: object) -> None:
+    def __init__(self, session: OrtSession) -> None:
         self.session = session
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -39,7 +48,7 @@ class OrtBackbone:
             One map per layer, as torch tensors.
         """
         array = np.ascontiguousarray(images.detach().float().numpy())
-        return [torch.from_numpy(found) for found in self.session.run(None, {"images": array})]  # type: ignore[attr-defined]
+        return [torch.from_numpy(found) for found in self.session.run(None, {"images": array})]
 
 
 def _export(graph: nn.Module, example: torch.Tensor, outputs: int) -> bytes:
@@ -48,8 +57,9 @@ def _export(graph: nn.Module, example: torch.Tensor, outputs: int) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript-based exporter warns that a newer one exists
         warnings.simplefilter("ignore")
+        # torch annotates the target as a path only; its TorchScript exporter (dynamo=False) writes to a file object
         torch.onnx.export(
-            graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["images"],
+            graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["images"],  # type: ignore[arg-type]
             output_names=names, dynamic_axes=axes,
         )  # fmt: skip
     return buffer.getvalue()

@@ -7,9 +7,11 @@ heavy is imported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from alo import StepArgs
+
+ParamsT = TypeVar("ParamsT", bound="ModelParams")
 
 
 class ModelParams(StepArgs):
@@ -53,6 +55,23 @@ class ModelSpec:
     def layers(self) -> list[str]:
         """The feature layers."""
         return list(self.params.layers or [])
+
+    def params_as(self, kind: type[ParamsT]) -> ParamsT:
+        """The parameters as the model's own class (a model reads its fields through this).
+
+        Args:
+            kind: The model's parameter class.
+
+        Returns:
+            ``params``, checked to be a ``kind``.
+
+        Raises:
+            TypeError: The spec holds another model's parameters.
+        """
+        if not isinstance(self.params, kind):
+            msg = f"{self.model_name}'s spec holds {type(self.params).__name__}, not {kind.__name__}"
+            raise TypeError(msg)
+        return self.params
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form saved in ``train_config.json``.

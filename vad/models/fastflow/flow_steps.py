@@ -20,12 +20,15 @@ Both match anomalib's outputs (and, for training, gradients) within float roundi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+
+if TYPE_CHECKING:
+    from anomalib.models.components.flow.all_in_one_block import AllInOneBlock
 
 COUPLING_SCALE = 0.1  # anomalib multiplies the subnet output by this before the coupling
 T = TypeVar("T")
@@ -50,9 +53,17 @@ class _Step:
 
 def _all_or_none(items: list[T | None]) -> list[T] | None:
     """The items if there are some and none is None (every step of a block has a fast form), else None."""
-    if not items or any(item is None for item in items):
-        return None
-    return items  # type: ignore[return-value]
+    present = [item for item in items if item is not None]
+    return present if items and len(present) == len(items) else None
+
+
+def _coupling_steps(block: nn.Module) -> list[AllInOneBlock] | None:
+    """The steps of a FastFlow block (anomalib's ``SequenceINN``), or None if one is not an ``AllInOneBlock``."""
+    from anomalib.models.components.flow.all_in_one_block import AllInOneBlock  # loaded with the block's model
+
+    steps = list(getattr(block, "module_list", []))
+    found = [step for step in steps if isinstance(step, AllInOneBlock)]
+    return found if len(found) == len(steps) else None
 
 
 def _hard_permutation(weight: torch.Tensor) -> torch.Tensor | None:
@@ -66,7 +77,7 @@ def _hard_permutation(weight: torch.Tensor) -> torch.Tensor | None:
     return index
 
 
-def _step_permutation(step: nn.Module) -> torch.Tensor | None:
+def _step_permutation(step: AllInOneBlock) -> torch.Tensor | None:
     """The permutation index of a plain coupling step (hard permutation, no GIN, Householder or condition)."""
     plain = not (
         getattr(step, "GIN", True)
@@ -78,7 +89,7 @@ def _step_permutation(step: nn.Module) -> torch.Tensor | None:
     return _hard_permutation(weight) if plain and weight is not None else None
 
 
-def _prepare_step(step: nn.Module) -> _Step | None:
+def _prepare_step(step: AllInOneBlock) -> _Step | None:
     """A scoring form of one anomalib ``AllInOneBlock``, or None for a configuration it does not cover."""
     subnet = getattr(step, "subnet", None)
     permutation = _step_permutation(step)
@@ -138,7 +149,8 @@ def step_from_state(state: dict[str, torch.Tensor], prefix: str, clamp: float, l
         ValueError: The step's permutation is not a hard permutation.
     """
     first_weight, first_bias = state[f"{prefix}subnet.0.weight"], state[f"{prefix}subnet.0.bias"]
-    first = nn.Conv2d(first_weight.shape[1], first_weight.shape[0], first_weight.shape[-2:], padding="same")
+    kernel = (first_weight.shape[-2], first_weight.shape[-1])
+    first = nn.Conv2d(first_weight.shape[1], first_weight.shape[0], kernel, padding="same")
     first.load_state_dict({"weight": first_weight, "bias": first_bias})
     first.requires_grad_(False).to(memory_format=layout)
     weight = state[f"{prefix}subnet.2.weight"] * COUPLING_SCALE
@@ -207,7 +219,8 @@ def prepare_flow(block: nn.Module) -> list[_Step] | None:
         The prepared steps, or None when a step has a form this module does not cover (then the
         block itself must be run).
     """
-    return _all_or_none([_prepare_step(step) for step in getattr(block, "module_list", [])])
+    steps = _coupling_steps(block)
+    return None if steps is None else _all_or_none([_prepare_step(step) for step in steps])
 
 
 def run_flow(steps: list[_Step], features: torch.Tensor) -> torch.Tensor:
@@ -227,12 +240,7 @@ def run_flow(steps: list[_Step], features: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _plain_permutations(block: nn.Module) -> list[torch.Tensor] | None:
-    """The permutation index of every step, or None if a step is not a plain coupling step."""
-    return _all_or_none([_step_permutation(step) for step in getattr(block, "module_list", [])])
-
-
-def _train_step(step: nn.Module, x: torch.Tensor, permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_step(step: AllInOneBlock, x: torch.Tensor, permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The hidden variable and log-Jacobian of anomalib's ``AllInOneBlock.forward``, permuting by index."""
     split, half = step.splits
     passive, active = x[:, :split], x[:, split:]
@@ -257,11 +265,12 @@ def train_flow(block: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, 
         (hidden variable, log-Jacobian per image), or None when a step has a form this module does
         not cover (then the block itself must be run).
     """
-    permutations = _plain_permutations(block)
-    if permutations is None:
+    steps = _coupling_steps(block)
+    permutations = None if steps is None else _all_or_none([_step_permutation(step) for step in steps])
+    if steps is None or permutations is None:
         return None
     x, log_jacobian = features, torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
-    for step, permutation in zip(block.module_list, permutations, strict=True):
+    for step, permutation in zip(steps, permutations, strict=True):
         x, step_jacobian = _train_step(step, x, permutation)
         log_jacobian = log_jacobian + step_jacobian
     return x, log_jacobian

@@ -49,7 +49,8 @@ class OfflineFastflow(VadModel, FastflowModel):
         hidden_ratio: float,
     ) -> None:
         nn.Module.__init__(self)
-        self.input_size = tuple(input_size)
+        height, width = input_size
+        self.input_size = (height, width)
         self.layers = list(layers)  # the layers the backbone returns
         extractor = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False)
         self.feature_extractor = extractor.feature_extractor
@@ -85,7 +86,7 @@ class OfflineFastflow(VadModel, FastflowModel):
         Returns:
             The model.
         """
-        params: FastflowParams = spec.params  # type: ignore[assignment]
+        params = spec.params_as(FastflowParams)
         return cls(
             spec.input_size, spec.backbone, spec.layers, params.flow_steps, params.conv3x3_only, params.hidden_ratio
         )
@@ -115,7 +116,7 @@ class OfflineFastflow(VadModel, FastflowModel):
         Returns:
             The kept epoch's validation metrics, its number and the mean epoch seconds.
         """
-        params: FastflowParams = self.spec.params  # type: ignore[assignment]
+        params = self.spec.params_as(FastflowParams)
         rng = np.random.default_rng(options.seed)
         valid_features = [self.extract(images) for images, _ in loader(valid.files, self.spec, options.batch_size)]
         return fit_fastflow(
@@ -171,7 +172,7 @@ class OfflineFastflow(VadModel, FastflowModel):
         self.train()  # training-mode pass: hidden variables give both the loss and the anomaly map
         with torch.no_grad():
             for batch in features:
-                hidden, jacobians = self.flow(batch)
+                hidden, jacobians = training_output(self.flow(batch))
                 losses.append(float(criterion(hidden, jacobians)))
                 scores.append(self.image_scores(self.anomaly_map_generator(hidden)).reshape(-1).cpu().numpy())
                 sizes.append(len(batch[0]))
@@ -261,6 +262,26 @@ class OfflineFastflow(VadModel, FastflowModel):
         return self.flow(self.extract(images))
 
 
+def training_output(
+    output: tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The hidden variables and log-Jacobians :meth:`OfflineFastflow.flow` gives in training mode.
+
+    Args:
+        output: What ``flow`` returned.
+
+    Returns:
+        The output, checked not to be the scoring form's.
+
+    Raises:
+        RuntimeError: The model was in eval mode.
+    """
+    if isinstance(output, InferenceBatch):
+        msg = "the flows ran in their scoring form: put the model in training mode first"
+        raise RuntimeError(msg)
+    return output
+
+
 def fit_fastflow(
     model: OfflineFastflow,
     train_batches: Callable[[], Iterable[Features]],
@@ -298,7 +319,7 @@ def fit_fastflow(
         model.train()
         total, count = 0.0, 0
         for features in train_batches():
-            hidden, jacobians = model.flow(features)  # type: ignore[misc]
+            hidden, jacobians = training_output(model.flow(features))
             loss = criterion(hidden, jacobians)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -73,7 +73,7 @@ class OfflinePadim(VadModel, PadimModel):
         Returns:
             The model.
         """
-        params: PadimParams = spec.params  # type: ignore[assignment]
+        params = spec.params_as(PadimParams)
         return cls(spec.backbone, spec.layers, params.n_features)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,10 @@ class OfflinePadim(VadModel, PadimModel):
             )
         return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
 
-    def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
+    # VadModel.fit (the registry's interface) takes the place of anomalib's argument-less PadimModel.fit
+    def fit(  # type: ignore[override]
+        self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger
+    ) -> dict[str, float]:
         """Fit one Gaussian per patch position on the training images (and an augmented pass when augmenting).
 
         Args:
@@ -147,11 +150,13 @@ class OfflinePadim(VadModel, PadimModel):
         """
         self.eval()
         progress = Progress(logger, "feature extraction", total)
-        count, sums, products = 0, None, None
+        count = 0
+        sums: torch.Tensor | None = None
+        products: torch.Tensor | None = None
         for images in batches:
             embedding = self.embed(images).double()
             vectors = embedding.flatten(2)  # (B, D, P)
-            if sums is None:
+            if sums is None or products is None:
                 sums = torch.zeros(vectors.shape[1:], dtype=torch.float64, device=vectors.device)
                 products = torch.zeros(
                     vectors.shape[2], vectors.shape[1], vectors.shape[1], dtype=torch.float64, device=vectors.device

@@ -67,7 +67,7 @@ class PadimScorer(GraphScorer):
         distances = self._distances(images)
         height, width = (int(side) for side in distances.shape[-2:])  # a trace gives sizes as tensors
         if self.blur is None:
-            self.blur = UpsampleBlur((height, width), tuple(self.spec.input_size), self.kernel, "bilinear")
+            self.blur = UpsampleBlur((height, width), self.spec.input_size, self.kernel, "bilinear")
         anomaly_map = self.blur(distances[:, 0])
         return anomaly_map.amax(dim=(1, 2)), anomaly_map.unsqueeze(1)
 

@@ -96,9 +96,12 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
             raise ValueError(msg)
         self.layers = list(layers)
         self.image_score = image_score
-        self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False).eval()
-        self.feature_extractor.requires_grad_(False)
-        channels = sum(self.feature_extractor.out_dims)
+        extractor = TimmFeatureExtractor(backbone=backbone, layers=self.layers, pre_trained=False).eval()
+        extractor.requires_grad_(False)
+        channels = sum(extractor.out_dims)
+        # anomalib's SupersimplenetModel annotates this attribute as its upscaling extractor; the plain timm one
+        # takes its place here (the same state-dict name)
+        self.feature_extractor = extractor  # type: ignore[assignment]
         self.pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
         self.feature_mean: torch.Tensor
         self.feature_std: torch.Tensor
@@ -124,7 +127,7 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         Returns:
             The model.
         """
-        params: SupersimplenetParams = spec.params  # type: ignore[assignment]
+        params = spec.params_as(SupersimplenetParams)
         return cls(spec.backbone, spec.layers, params.noise_std, params.perlin_threshold, params.image_score)
 
     def raw_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,15 +172,25 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
             return self.segdec.seg_head(adapted), None
         return self.segdec(seg_features=adapted, cls_features=features)
 
-    def forward(self, images: torch.Tensor) -> InferenceBatch:
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> InferenceBatch:
         """Score a batch: the blurred, upsampled segmentation logits and the chosen image score.
 
         Args:
             images: Normalised images (B, 3, H, W).
+            masks: Must be None (anomalib's forward trains with them; this model trains in :meth:`fit`).
+            labels: Must be None, likewise.
 
         Returns:
             anomalib's ``InferenceBatch`` (scores (B,), maps (B, 1, H, W)).
+
+        Raises:
+            ValueError: Masks or labels given.
         """
+        if masks is not None or labels is not None:
+            msg = "OfflineSupersimplenet trains in fit(); its forward scores images only (no masks, no labels)"
+            raise ValueError(msg)
         with torch.no_grad():
             segmentation, classification = self.heads(self.standardise(self.raw_features(images)))
             anomaly_map = self.anomaly_map_generator(segmentation, final_size=tuple(self.spec.input_size))
@@ -199,7 +212,7 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
         Returns:
             The kept epoch's validation metrics, its number, the mean epoch seconds and the per-epoch history.
         """
-        params: SupersimplenetParams = self.spec.params  # type: ignore[assignment]
+        params = self.spec.params_as(SupersimplenetParams)
         cached = self._standardisation(train, options, logger)
         valid_features = [
             self.standardise(self.raw_features(images)) for images, _ in loader(valid.files, self.spec, HEAD_BATCH)
@@ -303,7 +316,7 @@ class OfflineSupersimplenet(VadModel, SupersimplenetModel):
             self, train_epoch, evaluate, options.max_epochs, options.monitor, patience, logger, options.on_epoch
         )
 
-    def _loss(self, features: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    def _loss(self, features: torch.Tensor, criterion: SupersimplenetLoss) -> torch.Tensor:
         """The loss (anomalib's) on a batch of normal features, half of its copies noised in Perlin-shaped regions."""
         batch, _, height, width = features.shape
         masks = torch.zeros(batch, 1, height, width, device=features.device)

@@ -38,9 +38,23 @@ def folded_conv(state: dict[str, torch.Tensor], conv: str, norm: str) -> tuple[t
 class SupersimplenetScorer(GraphScorer):
     """Standardised features, adaptor and segmentation head per patch; the map's peak or the image head's logit."""
 
+    # buffers, registered from the model's state in __init__
+    mean: torch.Tensor
+    std: torch.Tensor
+    adaptor_weight: torch.Tensor
+    adaptor_bias: torch.Tensor
+    seg_weight: torch.Tensor
+    seg_bias: torch.Tensor
+    seg_out: torch.Tensor
+    cls_weight: torch.Tensor
+    cls_bias: torch.Tensor
+    fc_weight: torch.Tensor
+    fc_bias: torch.Tensor
+    kernel: torch.Tensor
+
     def __init__(self, spec: ModelSpec, backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
         super().__init__(spec, backbone)
-        params: SupersimplenetParams = spec.params  # type: ignore[assignment]
+        params = spec.params_as(SupersimplenetParams)
         self.classifier = params.image_score == "classifier"
         seg_weight, seg_bias = folded_conv(state, "segdec.seg_head.0", "segdec.seg_head.1")
         cls_weight, cls_bias = folded_conv(state, "segdec.cls_conv.0", "segdec.cls_conv.1")
@@ -86,7 +100,7 @@ class SupersimplenetScorer(GraphScorer):
             Scores and maps.
         """
         features, segmentation = self._heads(images)
-        upsampled = F.interpolate(segmentation, size=tuple(self.spec.input_size), mode="bilinear")
+        upsampled = F.interpolate(segmentation, size=self.spec.input_size, mode="bilinear")
         anomaly_map = separable_blur(upsampled, self.kernel)
         return self._image_scores(features, segmentation, anomaly_map), anomaly_map
 
@@ -102,7 +116,7 @@ class SupersimplenetScorer(GraphScorer):
         features, segmentation = self._heads(images)
         height, width = (int(side) for side in segmentation.shape[-2:])  # a trace gives sizes as tensors
         if self.blur is None:
-            self.blur = UpsampleBlur((height, width), tuple(self.spec.input_size), self.kernel, "bilinear")
+            self.blur = UpsampleBlur((height, width), self.spec.input_size, self.kernel, "bilinear")
         anomaly_map = self.blur(segmentation[:, 0]).unsqueeze(1)
         return self._image_scores(features, segmentation, anomaly_map), anomaly_map
 

@@ -54,7 +54,7 @@ class InferenceStep(Asset):
         Returns:
             ``data`` with ``predictions`` and ``is_anomalous``; ``config`` with ``inference``.
         """
-        args: InferenceArgs = ctx.args  # type: ignore[assignment]
+        args = ctx.args_as(InferenceArgs)
         use_all_cores()
         detector = resident_detector(ctx.model_dir, args.accelerator, args.inference_threshold, args.runtime)
         spec, calibration = detector.spec, detector.calibration
@@ -129,19 +129,21 @@ class InferenceStep(Asset):
 
 def _row_cells(rows: pd.DataFrame) -> list[list[object]] | None:
     """The CSV cells of the input rows, column by column, once per run (None: pandas writes each batch)."""
-    cells = [column_cells(rows.iloc[:, position]) for position in range(rows.shape[1])]
-    return None if any(column is None for column in cells) else cells  # type: ignore[return-value]
+    found = [column_cells(rows.iloc[:, position]) for position in range(rows.shape[1])]
+    cells = [column for column in found if column is not None]
+    return cells if len(cells) == len(found) else None
 
 
 def _batch_text(rows: pd.DataFrame, cells: list[list[object]] | None, batch: PredictionBatch, header: bool) -> str:
     """output.csv's text for one batch: its input rows, then the scored columns (as ``DataFrame.assign`` adds them)."""
     columns = batch.scored.columns
-    scored = [column_cells(values) for values in columns.values()]
-    if cells is None or None in scored or any(name in rows.columns for name in columns):
+    found = [column_cells(values) for values in columns.values()]
+    scored = [column for column in found if column is not None]
+    if cells is None or len(scored) != len(found) or any(name in rows.columns for name in columns):
         return frame_text(rows.iloc[batch.positions].assign(**columns), header)  # pandas writes it
     first, last = int(batch.positions[0]), int(batch.positions[-1]) + 1  # batches are consecutive rows
     names = [*rows.columns, *columns]
-    return rows_text(names, [column[first:last] for column in cells] + scored, header)  # type: ignore[operator]
+    return rows_text(names, [column[first:last] for column in cells] + scored, header)
 
 
 ASSET = InferenceStep

@@ -83,7 +83,7 @@ class InputStep(Asset):
         Returns:
             ``data`` with ``dataframe`` and ``data_dir``; ``config`` with ``has_csv``.
         """
-        args: InputArgs = ctx.args  # type: ignore[assignment]
+        args = ctx.args_as(InputArgs)
         folder = ctx.data_path
         assert folder is not None
         if folder.is_file():  # one image to score (an edge request's dataset_uri)

@@ -185,7 +185,7 @@ class ReadinessStep(Asset):
         return self._inference(ctx, data, config)
 
     def _train(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
-        args: ReadinessArgs = ctx.args  # type: ignore[assignment]
+        args = ctx.args_as(ReadinessArgs)
         table: pd.DataFrame = data["dataframe"]
         _require_column(table, args.y_column, "label", "y_column")
         _require_column(table, args.path_column, "image path", "path_column")
@@ -308,7 +308,7 @@ class ReadinessStep(Asset):
         return chosen
 
     def _inference(self, ctx: StepContext, data: Data, config: Config) -> tuple[Data, Config]:
-        args: ReadinessInferenceArgs = ctx.args  # type: ignore[assignment]
+        args = ctx.args_as(ReadinessInferenceArgs)
         path = ctx.model_dir / "readiness" / READINESS_FILE
         try:
             trained = json.loads(path.read_text(encoding="utf-8"))
@@ -331,7 +331,8 @@ class ReadinessStep(Asset):
             raise DataError(msg)
         samples = attach_masks(samples, args.mask_column, data["data_dir"], ctx)
         if y_column in samples.columns:  # empty cells stay <NA>: those rows are scored, not measured
-            samples[LABEL] = samples[y_column].astype("string").str.strip().replace("", pd.NA)
+            labels = samples[y_column].astype("string").str.strip()
+            samples[LABEL] = labels.mask(labels == "")
         ctx.logger.info(f"{len(samples)} image(s) to score")
         data["samples"] = samples
         config["readiness"] = {**trained, "y_column": y_column, "path_column": path_column}

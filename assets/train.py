@@ -48,7 +48,7 @@ class TrainStep(Asset):
         Returns:
             ``data`` with ``validation``; ``config`` with ``train``.
         """
-        args: TrainArgs = ctx.args  # type: ignore[assignment]
+        args = ctx.args_as(TrainArgs)
         readiness = config["readiness"]
         samples: pd.DataFrame = data["samples"]
         seed_everything(args.experiment_seed)

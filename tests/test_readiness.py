@@ -20,6 +20,10 @@ class FakeContext:
         self.model_dir = tmp_path / "models"
         self.logger = logging.getLogger("assets.readiness.test")
 
+    def args_as(self, kind):
+        assert isinstance(self.args, kind)
+        return self.args
+
 
 def run_readiness(tmp_path, table: pd.DataFrame, data_dir: Path, **args):
     ctx = FakeContext(tmp_path, **args)

@@ -64,7 +64,7 @@ def build_augmentation(
         "hue": v2.ColorJitter(hue=hue) if hue > 0 else None,
         "blur": v2.GaussianBlur(kernel, sigma=(0.1, 2.0)) if kernel >= 3 else None,
     }
-    transforms = [available[name] for name in dict.fromkeys(names) if available[name] is not None]
+    transforms = [transform for name in dict.fromkeys(names) if (transform := available[name]) is not None]
     if not transforms or count <= 0:
         return None
-    return RandomAugment(transforms, count)  # type: ignore[arg-type]
+    return RandomAugment(transforms, count)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 logger = logging.getLogger("assets.backbones")
@@ -104,7 +106,11 @@ def available_layers(backbone: str) -> list[str]:
         Layer names from the shallowest to the deepest.
     """
     model = timm.create_model(backbone, pretrained=False, features_only=True)
-    return [str(info["module"]) for info in model.feature_info.info]
+    feature_info = getattr(model, "feature_info", None)
+    if not isinstance(feature_info, FeatureInfo):
+        msg = f"timm's features-only {backbone} describes no feature layers"
+        raise BackboneError(msg)
+    return [str(info["module"]) for info in feature_info.info]
 
 
 def default_layers(backbone: str) -> list[str]:
@@ -201,7 +207,7 @@ def load_pretrained_weights(module: nn.Module, backbone: str, weights_path: str 
     """
     spec = BACKBONES[resolve_backbone(backbone)]
     tried: list[str] = []
-    sources: list[tuple[str, object]] = []
+    sources: list[tuple[str, Callable[[], Path | None]]] = []
     if weights_path is not None:
         sources.append((f"file {weights_path}", lambda: Path(weights_path)))
     if spec.package:
@@ -210,7 +216,7 @@ def load_pretrained_weights(module: nn.Module, backbone: str, weights_path: str 
     sources.append(("a Hugging Face download", lambda: _hub_file(backbone, allow_download=True)))
     target = module.state_dict()
     for label, locate in sources:
-        path = locate()  # type: ignore[operator]
+        path = locate()
         if path is None or not Path(path).is_file():
             tried.append(f"{label}: not found")
             continue

@@ -17,7 +17,7 @@ class InputSpec(Protocol):
     """What batching needs of a model's spec (:class:`vad.models.spec.ModelSpec` has it)."""
 
     @property
-    def input_size(self) -> Sequence[int]:
+    def input_size(self) -> tuple[int, int]:
         """(height, width) of the model's input."""
         ...
 
@@ -56,7 +56,7 @@ class ImageDataset(Dataset):
         size: tuple[int, int],
         mean: Sequence[float],
         std: Sequence[float],
-        augment: object | None = None,
+        augment: Callable[[Image.Image], Image.Image] | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.size = size
@@ -70,7 +70,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = read_image(self.paths[index])
         if self.augment is not None:
-            image = self.augment(image)  # type: ignore[operator]
+            image = self.augment(image)
         return to_tensor(image, self.size, self.mean, self.std), index
 
 

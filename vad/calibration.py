@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,7 +188,7 @@ class Calibration:
         return path
 
     @classmethod
-    def from_dict(cls, values: dict[str, object]) -> Calibration:
+    def from_dict(cls, values: dict[str, Any]) -> Calibration:
         """Read the values :meth:`to_dict` gave.
 
         Args:
@@ -197,11 +198,11 @@ class Calibration:
             The calibration.
         """
         return cls(
-            threshold=float(values["threshold"]),  # type: ignore[arg-type]
-            low=float(values["low"]),  # type: ignore[arg-type]
-            high=float(values["high"]),  # type: ignore[arg-type]
+            threshold=float(values["threshold"]),
+            low=float(values["low"]),
+            high=float(values["high"]),
             ok_name=str(values["ok_name"]),
             ng_name=str(values["ng_name"]),
-            method=str(values.get("method", "F1")),  # type: ignore[arg-type]
-            percentile=float(values.get("percentile", 0.8)),  # type: ignore[arg-type]
+            method=str(values.get("method", "F1")),
+            percentile=float(values.get("percentile", 0.8)),
         )

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.core.arrays.integer import IntegerDtype
 
-_NULLABLE = (pd.StringDtype, pd.BooleanDtype, pd.core.arrays.integer.IntegerDtype, pd.Float64Dtype)
+_NULLABLE = (pd.StringDtype, pd.BooleanDtype, IntegerDtype, pd.Float64Dtype)
 
 
 def column_cells(values: pd.Series | np.ndarray) -> list[object] | None:

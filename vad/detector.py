@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, overload
 
 import numpy as np
 from PIL import Image
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from vad.models.factory import TrainedModel
 
 ImageInput = str | Path | Image.Image | np.ndarray
+ImageT = TypeVar("ImageT", bound=ImageInput)  # the images of a list, of one kind or several
 DEFAULT_BATCH_SIZE = 8
 RESULT_COLUMNS = ("raw_score", "anomaly_score", "pred_label", "certainty", "is_anomalous")
 
@@ -194,8 +195,16 @@ class Detector:
         """
         return Detector(self.trained, inference_threshold)
 
+    @overload
+    def predict(self, images: ImageInput, maps: bool = False, heatmaps: bool = False) -> Prediction: ...
+
+    @overload
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], maps: bool = False, heatmaps: bool = False
+        self, images: list[ImageT] | tuple[ImageT, ...], maps: bool = False, heatmaps: bool = False
+    ) -> list[Prediction]: ...
+
+    def predict(
+        self, images: ImageInput | list[ImageT] | tuple[ImageT, ...], maps: bool = False, heatmaps: bool = False
     ) -> Prediction | list[Prediction]:
         """Score one image or several.
 
@@ -207,10 +216,9 @@ class Detector:
         Returns:
             One :class:`Prediction` for one image, a list for a list.
         """
-        single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)  # type: ignore[arg-type]
+        items: list[ImageInput] = list(images) if isinstance(images, list | tuple) else [images]
         results = [p for batch in self.iter_predict(items, maps=maps, heatmaps=heatmaps) for p in batch.predictions]
-        return results[0] if single else results
+        return results if isinstance(images, list | tuple) else results[0]
 
     def iter_predict(
         self,
@@ -254,7 +262,9 @@ class Detector:
                         label=str(columns["pred_label"][i]),
                         certainty=float(columns["certainty"][i]),
                         anomaly_map=normalized if maps else None,
-                        heatmap=render(picture, normalized, self.calibration.inference_threshold) if heatmaps else None,
+                        heatmap=render(picture, normalized, self.calibration.inference_threshold)
+                        if heatmaps and normalized is not None
+                        else None,
                     )
                 )
             if progress is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -41,8 +42,9 @@ def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
         The map as float32 of shape (height, width).
     """
     array = np.asarray(anomaly_map, dtype=np.float32).squeeze()
-    if array.shape != (height, width) and _cv2() is not None:
-        array = _cv2().resize(array, (width, height), interpolation=_cv2().INTER_LINEAR)
+    cv2 = _cv2()
+    if array.shape != (height, width) and cv2 is not None:
+        array = cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
     elif array.shape != (height, width):
         rows, row_weights = _linear(height, array.shape[0])
         columns, column_weights = _linear(width, array.shape[1])
@@ -53,7 +55,7 @@ def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _cv2() -> object | None:
+def _cv2() -> ModuleType | None:
     """OpenCV, when installed."""
     try:
         import cv2

@@ -198,7 +198,12 @@ def model_input_size(img_size: int | Sequence[int], height: int, width: int) -> 
         size = (height * scale, width * scale)
     else:
         size = (float(img_size[0]), float(img_size[1]))
-    return tuple(max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in size)  # type: ignore[return-value]
+    return _multiple(size[0]), _multiple(size[1])
+
+
+def _multiple(side: float) -> int:
+    """The nearest multiple of :data:`SIZE_MULTIPLE` (at least one)."""
+    return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
 def model_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:

@@ -93,11 +93,12 @@ class GrowingHistogram:
         merged = self.counts.reshape(len(self.counts), self.bins // 2, 2).sum(axis=2)
         empty = np.zeros_like(merged)
         self.counts = np.concatenate([merged, empty] if upward else [empty, merged], axis=1)
-        if not upward:
-            self.low -= self.bins * self.width  # type: ignore[operator]
+        if not upward and self.low is not None:
+            self.low -= self.bins * self.width
         self.width *= 2
 
-    def _cover(self, low: float, high: float) -> None:
+    def _cover(self, low: float, high: float) -> float:
+        """Widen the bins until they cover [low, high]; return the low edge of the first bin."""
         if self.low is None:
             span = high - low
             self.low = low
@@ -106,6 +107,7 @@ class GrowingHistogram:
             self._merge(upward=True)
         while low < self.low:
             self._merge(upward=False)
+        return self.low
 
     def add(self, row: int, values: np.ndarray, weights: np.ndarray | None = None) -> None:
         """Count values into one row.
@@ -118,8 +120,8 @@ class GrowingHistogram:
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         if values.size == 0:
             return
-        self._cover(float(values.min()), float(values.max()))
-        index = np.clip(((values - self.low) / self.width).astype(np.int64), 0, self.bins - 1)
+        origin = self._cover(float(values.min()), float(values.max()))
+        index = np.clip(((values - origin) / self.width).astype(np.int64), 0, self.bins - 1)
         self.counts[row] += np.bincount(index, weights=weights, minlength=self.bins)
 
 

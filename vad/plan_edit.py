@@ -101,6 +101,9 @@ def apply_changes(text: str, changes: list[Change]) -> str:
     expected = yaml.safe_load(text)
     for change in changes:
         root = yaml.compose(text)
+        if root is None:
+            msg = "plan error: the plan is empty; nothing to edit"
+            raise PlanError(msg)
         mapping, key = _target(root, change.where)
         found = _mapping_value(mapping, key)
         new = _scalar_text(change.value)

@@ -13,15 +13,17 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
+_deflater: ModuleType  # zlib's interface: compressobj, compress
 try:  # ISA-L's deflate: zlib-compatible output, several times faster than zlib at its fastest levels
     from isal import isal_zlib as _deflater
 
     DEFLATE_LEVEL = 2
 except ImportError:  # pragma: no cover - the edge install may lack it: zlib writes the same format
-    _deflater = zlib  # type: ignore[assignment]
+    _deflater = zlib
     DEFLATE_LEVEL = 1
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ of a small PatchCore run; Pillow is loaded already and draws this in a few milli
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +58,8 @@ def _dashed(draw: ImageDraw.ImageDraw, x: float, top: float, bottom: float, fill
 
 
 def draw_sweep(
-    thresholds: Sequence[float],
-    series: dict[str, Sequence[float]],
+    thresholds: Sequence[float] | np.ndarray,
+    series: Mapping[str, Sequence[float] | np.ndarray],
     chosen: float,
     path: Path,
     title: str,
@@ -137,7 +137,7 @@ def draw_sweep(
     )
     caption = "validation metric"
     box = draw.textbbox((0, 0), caption, font=font)
-    upright = Image.new("RGB", (box[2] - box[0] + 4, box[3] - box[1] + 6), "white")
+    upright = Image.new("RGB", (int(box[2] - box[0]) + 4, int(box[3] - box[1]) + 6), "white")
     ImageDraw.Draw(upright).text((2, 2 - box[1]), caption, fill=INK, font=font)
     turned = upright.rotate(90, expand=True)
     image.paste(turned, (8, int((top + bottom) / 2 - turned.height / 2)))

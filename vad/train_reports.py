@@ -103,5 +103,7 @@ def save_heatmaps(ctx: StepContext, model: VadModel, calibration: Calibration, r
     files, labels = list(rows[cols.FILE]), list(rows[cols.LABEL])
     for batch in detector.iter_predict(files, heatmaps=True):
         for position, prediction in zip(batch.positions, batch.predictions, strict=True):
-            save_heatmap(prediction.heatmap, folder / heatmap_name(labels[position], prediction.label, files[position]))  # type: ignore[arg-type]
+            if prediction.heatmap is not None:  # every model gives maps, so heatmaps=True gives every heatmap
+                name = heatmap_name(labels[position], prediction.label, files[position])
+                save_heatmap(prediction.heatmap, folder / name)
     ctx.logger.info(f"saved {len(files)} validation heatmaps (ok->ng, ng->ok, ng->ng) to {folder}")

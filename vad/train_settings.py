@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from alo import StepArgs
-from vad.export.runtime import DEFAULT_FORMATS
+from vad.export.runtime import DEFAULT_FORMATS, ExportFormat
 from vad.models import MODELS, entry, model_parameters_class
 
 Augmentation = Literal["rotation", "brightness", "contrast", "saturation", "hue", "blur"]
-ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
-ModelParameters = model_parameters_class()
+if TYPE_CHECKING:  # built from the registry at run time: the checker sees a string and the parameters' base class
+    from vad.models import ModelParameters
+
+    ModelName = str
+else:
+    ModelName = Literal[tuple(MODELS)]
+    ModelParameters = model_parameters_class()
 
 
 class TrainArgs(StepArgs):
@@ -35,8 +40,8 @@ class TrainArgs(StepArgs):
     saturation_degree: float = Field(0.3, ge=0.0, le=1.0)
     hue_degree: float = Field(0.3, ge=0.0, le=0.5)
     blur_kernel_size: int = Field(5, ge=0, le=255)
-    model_parameters: ModelParameters = Field(default_factory=ModelParameters)  # type: ignore[valid-type]
-    export: list[Literal["openvino", "onnx"]] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
+    model_parameters: ModelParameters = Field(default_factory=ModelParameters)
+    export: list[ExportFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
     precision: Literal["fp32", "int8"] = "fp32"
     supervised: bool = False
 

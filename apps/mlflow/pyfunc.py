@@ -9,12 +9,12 @@ import base64
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
 
 
-class VadPythonModel(mlflow.pyfunc.PythonModel):
+class VadPythonModel(PythonModel):
     """A :class:`~vad.detector.Detector` behind MLflow's pyfunc interface."""
 
     def load_context(self, context: Any) -> None:

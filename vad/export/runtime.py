@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -69,8 +69,10 @@ ONNX = ExportKind("onnx", ONNX_FILE, "onnxruntime", "onnxruntime", "fp32")
 OPENVINO = ExportKind("openvino", "model.xml", "openvino", "openvino", "fp32")
 OPENVINO_INT8 = ExportKind("openvino_int8", "model_int8.xml", "openvino", "openvino", "int8")
 KINDS = {kind.name: kind for kind in (ONNX, OPENVINO, OPENVINO_INT8)}
-FORMATS = ("openvino", "onnx")  # the plan's ``export`` values
-DEFAULT_FORMATS = ("openvino", "onnx")  # OpenVINO for Intel edge boxes; ONNX for the smallest edge install
+ExportFormat = Literal["openvino", "onnx"]
+FORMATS: tuple[ExportFormat, ...] = ("openvino", "onnx")  # the plan's ``export`` values
+# OpenVINO for Intel edge boxes; ONNX for the smallest edge install
+DEFAULT_FORMATS: tuple[ExportFormat, ...] = ("openvino", "onnx")
 # The graphs a runtime may run, the preferred first (int8 only exists when it passed its accuracy gate).
 RUNTIME_KINDS = {"openvino": (OPENVINO_INT8, OPENVINO), "onnxruntime": (ONNX,)}
 AUTO_ORDER = ("openvino", "onnxruntime")  # the exported runtimes ``auto`` tries, in this order
@@ -372,7 +374,7 @@ class ExportedModel:
             detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
             msg = f"model error: the exported model in {target} cannot be loaded ({detail}); export again"
             raise ModelError(msg) from None
-        scorer = ExportedScorer(graph, tuple(saved.spec.input_size), tail)
+        scorer = ExportedScorer(graph, saved.spec.input_size, tail)
         return cls(scorer, saved.spec, calibration, saved.training, kind.runtime, kind.precision)
 
     def score_images(self, pictures: Sequence[Image.Image], maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -412,6 +414,8 @@ def export_beats_torch(folder: Path, runtime: str) -> bool:
         True when both of its speed figures in ``parity.json`` beat torch's.
     """
     kind = usable_kind(folder, runtime)
+    if kind is None:
+        return False
     try:
         figures = json.loads((export_dir(folder) / PARITY_FILE).read_text(encoding="utf-8")).get(kind.name, {})
         return bool(

@@ -26,6 +26,9 @@ def score_batches(
     started = time.perf_counter()
     for start in range(0, len(pictures), BATCH):
         found, found_maps = score(list(pictures[start : start + BATCH]))
+        if found_maps is None:
+            msg = "a scorer gave no maps: the gates compare maps too"
+            raise ValueError(msg)
         scores.append(np.asarray(found, dtype=np.float32))
         maps.append(found_maps)
     seconds = max(time.perf_counter() - started, 1e-9)
@@ -43,7 +46,7 @@ def one_image_ms(score: Callable[[list[Image.Image]], Any], picture: Image.Image
     return round(1000 * statistics.median(timings), 2)
 
 
-def torch_scores(scorer: GraphScorer, spec: Any) -> Callable[[list[Image.Image]], tuple[np.ndarray, np.ndarray]]:
+def torch_scores(scorer: GraphScorer, spec: Any) -> Callable[[list[Image.Image]], tuple[np.ndarray, np.ndarray | None]]:
     """A function scoring a batch of pictures through the torch scorer, as the exported graphs are scored.
 
     Args:
@@ -55,7 +58,7 @@ def torch_scores(scorer: GraphScorer, spec: Any) -> Callable[[list[Image.Image]]
     """
     size = tuple(spec.input_size)
 
-    def score(batch: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    def score(batch: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
         return scorer.score(torch.stack([to_tensor(p, size, spec.mean, spec.std) for p in batch]), True)
 
     return score

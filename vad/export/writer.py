@@ -176,10 +176,10 @@ def export_model(
     try:
         model, arrays = onnx_bytes(scorer, spec.mean, spec.std, size)
         tail = None
-        if arrays is not None:
-            model_entry(scorer.TAIL).tail_class().save(target, arrays)
-            tail = load_tail(scorer.TAIL, target)
-            manifest.update(tail=scorer.TAIL, outputs=[EMBEDDING_NAME])
+        if arrays is not None and (tail_name := scorer.TAIL) is not None:  # arrays come with a tail only
+            model_entry(tail_name).tail_class().save(target, arrays)
+            tail = load_tail(tail_name, target)
+            manifest.update(tail=tail_name, outputs=[EMBEDDING_NAME])
         names = list(validation)
         pictures = [read_image(path) for path in names[:GATE_IMAGES]]
         if not pictures:
@@ -201,7 +201,7 @@ def export_model(
         parities = {kind.name: _failed(exc) for kind in kinds}
     for kind in kinds:
         figures = parities[kind.name]
-        entry = {"file": kind.file, "runtime": kind.runtime, "precision": kind.precision}
+        entry: dict[str, Any] = {"file": kind.file, "runtime": kind.runtime, "precision": kind.precision}
         entry["accepted"] = bool(figures["accepted"])
         if not figures["accepted"]:
             entry["reason"] = figures["reason"]

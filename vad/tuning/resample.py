@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,22 @@ import pandas as pd
 from alo.errors import PlanError
 from alo.plan import Plan
 from vad.samples import FILE, IS_NG, MASK, SPLIT, TRAIN, VALID
+
+
+@runtime_checkable
+class _ImageColumns(Protocol):
+    """What this module reads of the readiness step's arguments (the step itself lives above the library)."""
+
+    @property
+    def path_column(self) -> str:
+        """The image path column."""
+        ...
+
+    @property
+    def mask_column(self) -> str:
+        """The mask path column."""
+        ...
+
 
 SPLIT_COLUMN = "tuning_split"  # a name of its own: the user's columns (a "split" one, say) stay as they are
 SPLIT_STEPS = ("input", "readiness")
@@ -92,8 +109,8 @@ def labelled_data(plan: Plan, package: str = "assets") -> LabelledData:
         msg = f"plan error: tuning needs the train pipeline's {' and '.join(missing)} step(s); add them to the plan"
         raise PlanError(msg)
     data_path = data_path_of(plan, "train")
-    data: dict[str, object] = {}
-    config: dict[str, object] = {}
+    data: dict[str, Any] = {}
+    config: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vad-tune-") as work:  # readiness writes its config into the model
         for name in SPLIT_STEPS:
             step = steps[name]
@@ -109,9 +126,12 @@ def labelled_data(plan: Plan, package: str = "assets") -> LabelledData:
                 logger=logging.getLogger(f"{PIPELINE_LOGGER}.{name}"),
             )
             data, config = step.asset().run(ctx, data, config)
-    samples: pd.DataFrame = data["samples"]  # type: ignore[assignment]
+    samples: pd.DataFrame = data["samples"]
     readiness_args = steps["readiness"].args
-    original = [str(column) for column in data["dataframe"].columns]  # type: ignore[attr-defined]
+    if not isinstance(readiness_args, _ImageColumns):
+        msg = f"the readiness step's arguments ({type(readiness_args).__name__}) name no image and mask columns"
+        raise TypeError(msg)
+    original = [str(column) for column in data["dataframe"].columns]
     table = samples[original].reset_index(drop=True)
     table[SPLIT_COLUMN] = samples[SPLIT].to_numpy()
     masks = [str(m) for m in samples[MASK]] if MASK in samples else None
@@ -120,8 +140,8 @@ def labelled_data(plan: Plan, package: str = "assets") -> LabelledData:
         folder=data_path,
         files=[str(f) for f in samples[FILE]],
         masks=masks,
-        path_column=readiness_args.path_column,  # type: ignore[attr-defined]
-        mask_column=readiness_args.mask_column if masks is not None else None,  # type: ignore[attr-defined]
+        path_column=readiness_args.path_column,
+        mask_column=readiness_args.mask_column if masks is not None else None,
         is_ng=samples[IS_NG].to_numpy(dtype=bool),
     )
 

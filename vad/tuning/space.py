@@ -215,9 +215,9 @@ def _model_default(model: str, plan_key: str) -> Any:
 def _with_current(dimension: Dimension, train_args: dict[str, Any]) -> Dimension:
     """An auto dimension that also offers the plan's own value, so that the plan itself is a trial."""
     current = current_value(dimension.key, train_args)
-    if current in dimension.choices:  # type: ignore[operator]
+    if dimension.choices is None or current in dimension.choices:  # a range holds the plan's value or not
         return dimension
-    return Dimension(dimension.key, (current, *dimension.choices))  # type: ignore[misc]
+    return Dimension(dimension.key, (current, *dimension.choices))
 
 
 def parse_tuning(raw: Any, train_args: dict[str, Any]) -> Tuning:
@@ -254,8 +254,11 @@ def parse_tuning(raw: Any, train_args: dict[str, Any]) -> Tuning:
         if not section.space:
             msg = "plan error: tuning.space is empty; list the train args to search, or write space: auto"
             raise PlanError(msg)
-        dimensions = tuple(_dimension(k, v, dict(train_args)) for k, v in section.space.items())  # type: ignore[union-attr]
-    models = next((d.choices for d in dimensions if d.key == "model_name"), (current_value("model_name", train_args),))
+        dimensions = tuple(_dimension(k, v, dict(train_args)) for k, v in section.space.items())
+    models = next(
+        (d.choices for d in dimensions if d.key == "model_name" and d.choices is not None),
+        (current_value("model_name", train_args),),
+    )
     for dimension in dimensions:
         if dimension.model is not None and dimension.model not in models:
             msg = (

@@ -343,14 +343,13 @@ def test_slim_install_without_torch_scores_model_tar_gz_as_torch_does(project, t
 def test_patchcore_tail_with_an_inverted_file_equals_the_torch_scorer(project, monkeypatch):
     """The exported runtime's bank search (bounds, exact peaks, inverted-file maps) gives the torch scorer's."""
     from vad.models.factory import load
-    from vad.models.patchcore import search, settings
+    from vad.models.patchcore import settings
 
     trained = _train(project, "patchcore", export=[])
-    monkeypatch.setattr(search, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
-    for module in (search, settings):
-        monkeypatch.setattr(module, "EXACT_MAP_ROWS", 50)  # and its maps come from it, in both runtimes
+    monkeypatch.setattr(settings, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
+    monkeypatch.setattr(settings, "EXACT_MAP_ROWS", 50)  # and its maps come from it, in both runtimes
     model = load(trained["models"] / "train")
-    assert model.model.search.ivf is not None
+    assert model.model.bank_tail.index.index is not None
     images = sorted(str(p) for p in (trained["root"] / "data" / "train").rglob("*.png"))
     folder = trained["models"] / "train"
     manifest = export_module.export_model(model.model, model.spec, model.calibration, images, folder)

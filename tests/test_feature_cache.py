@@ -16,7 +16,7 @@ from vad.models.base import FitData, FitOptions
 from vad.models.factory import build_model
 from vad.models.feature_cache import ByteBoundedMemo, backbone_features, fingerprint
 from vad.models.patchcore import model as patchcore_model
-from vad.models.patchcore import search
+from vad.models.patchcore import settings
 
 LOGGER = logging.getLogger("assets.test")
 SIZE = 32  # 4 x 4 patches at resnet18's layer2
@@ -107,7 +107,7 @@ def test_the_memo_is_off_by_default_and_off_again_after_its_block():
 def test_cached_fits_and_scores_are_bit_identical_and_a_second_fit_runs_no_backbone(images, model_name, monkeypatch):
     train, valid = images
     monkeypatch.setattr(patchcore_model, "CHUNK_PATCHES", 64)  # chunks of the streamed coreset, with tiny images
-    monkeypatch.setattr(search, "BOUND_MIN_ROWS", 64)  # and a bank large enough to be clustered
+    monkeypatch.setattr(settings, "BOUND_MIN_ROWS", 64)  # and a bank large enough to be clustered
     probe = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     alone, _ = fitted(model_name, train, valid)
     expected_scores, expected_maps = alone.score(probe)

@@ -89,9 +89,9 @@ def test_backbone_trains_saves_and_scores(tmp_path, backbone, model_name):
 def test_blocked_nearest_neighbours_match_anomalib(k, monkeypatch):
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from vad.models.patchcore import search
+    from vad.models.patchcore import settings
 
-    monkeypatch.setattr(search, "QUERY_BLOCK", 100)  # several blocks, the last one partial
+    monkeypatch.setattr(settings, "QUERY_BLOCK", 100)  # several blocks, the last one partial
     generator = torch.Generator().manual_seed(0)
     model = build_model(make_spec("patchcore", "resnet18", ["layer2"]), False)
     model.memory_bank = torch.randn(700, 32, generator=generator) * 3 + 1
@@ -134,9 +134,9 @@ def test_coreset_bank_does_not_depend_on_batch_size_and_merges_in_groups(monkeyp
 
 @pytest.mark.slow
 def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_path, monkeypatch):
-    from vad.models.patchcore import search
+    from vad.models.patchcore import settings
 
-    monkeypatch.setattr(search, "EXACT_MAP_ROWS", 512)  # a 4,000-row bank then gets inverted-file maps
+    monkeypatch.setattr(settings, "EXACT_MAP_ROWS", 512)  # a 4,000-row bank then gets inverted-file maps
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(40, 16, generator=generator) * 4
     bank = centres[torch.randint(40, (4000,), generator=generator)] + torch.randn(4000, 16, generator=generator)
@@ -144,7 +144,7 @@ def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_p
     _, model = _patchcore()
     model.memory_bank = bank
     model.build_search_index(seed=0)
-    assert model.search_centroids.shape == (4000 // search.ROWS_PER_LIST, 16)
+    assert model.search_centroids.shape == (4000 // settings.ROWS_PER_LIST, 16)
     approx, approx_index = model.nearest_neighbors(queries, 1)
     exact, exact_index = model.exact_nearest_neighbors(queries, 1)
     assert float((approx_index == exact_index).float().mean()) > 0.9  # recall of the true nearest row
@@ -154,7 +154,7 @@ def test_inverted_file_search_is_close_to_exact_and_survives_save_and_load(tmp_p
     save(model, CALIBRATION, {}, tmp_path)
     again = load(tmp_path).model  # the plain-torch scorer, built from the saved bank and centroids
     assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["search_centroids"], model.search_centroids)
-    assert torch.equal(again.search.nearest(queries)[0], approx)
+    assert torch.equal(again.bank_tail.nearest(queries)[0], approx)
     _, exact_model = _patchcore(search="exact")
     exact_model.memory_bank = bank
     exact_model.build_search_index(seed=0)
@@ -278,21 +278,23 @@ def test_fastflow_loss_monitor_keeps_the_lowest_loss():
     assert len(weights) == 7 and kept["epoch"] == 4 and final == weights[3]
 
 
-def test_flat_search_finds_the_exact_nearest_rows():
-    from vad.models.patchcore.search import FlatSearch, exact_nearest
+@pytest.mark.parametrize("queries", [700, 3000])  # the blocked product, then faiss's brute force
+def test_bank_index_finds_the_exact_nearest_rows(queries):
+    from vad.models.patchcore.search import BankIndex
+    from vad.models.patchcore.torch_tail import exact_nearest
 
     generator = torch.Generator().manual_seed(2)
-    bank, queries = torch.randn(3000, 40, generator=generator), torch.randn(700, 40, generator=generator)
-    distances, indices = FlatSearch(bank).nearest(queries)
-    expected_distances, expected_indices = exact_nearest(bank, queries, 1)
-    assert torch.equal(indices, expected_indices)
-    assert torch.allclose(distances, expected_distances, rtol=1e-4, atol=1e-4)
+    bank, found = torch.randn(3000, 40, generator=generator), torch.randn(queries, 40, generator=generator)
+    distances, indices = BankIndex(bank.numpy(), np.zeros((0, 40), np.float32)).exact_rows(found.numpy())
+    expected_distances, expected_indices = exact_nearest(bank, found, 1)
+    assert np.array_equal(indices, expected_indices.numpy())
+    np.testing.assert_allclose(distances, expected_distances.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_image_scores_are_exact_with_inverted_file_bounds_and_need_few_exact_patches(tmp_path, monkeypatch):
-    from vad.models.patchcore import search
+    from vad.models.patchcore import settings
 
-    monkeypatch.setattr(search, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
+    monkeypatch.setattr(settings, "BOUND_MIN_ROWS", 100)  # the small test bank gets an inverted file
     rng = np.random.default_rng(7)
     _, model = _patchcore()
     model.fit_bank(iter([batch(rng, 8)]), 8, 0.5, 0, LOGGER)
@@ -300,9 +302,9 @@ def test_image_scores_are_exact_with_inverted_file_bounds_and_need_few_exact_pat
     images = torch.cat([batch(rng, 3), batch(rng, 3, bad=True)])
     exact_scores, exact_maps = model.score(images)  # a small bank's maps are searched exactly
     searched = []
-    bank_search = model._bank_search()
-    exact = bank_search.exact
-    monkeypatch.setattr(bank_search, "exact", lambda queries: (searched.append(len(queries)), exact(queries))[1])
+    index = model.bank_tail().index
+    exact = index.exact
+    monkeypatch.setattr(index, "exact", lambda queries: (searched.append(len(queries)), exact(queries))[1])
     bounded_scores, no_maps = model.score(images, maps=False)
     assert no_maps is None
     np.testing.assert_allclose(bounded_scores, exact_scores, rtol=1e-5, atol=1e-5)

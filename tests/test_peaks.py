@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from vad.models.maps import UpsampleBlur, separable_blur
-from vad.models.patchcore.peaks import peak_scores
+from vad.models.patchcore.peaks import GridBlur, peak_maps
 
 
 def gaussian_kernel(sigma: float = 4.0) -> torch.Tensor:
@@ -41,41 +42,42 @@ def test_upsample_blur_equals_interpolation_then_separable_blur(mode, grid, size
 class LooseSearch:
     """True patch distances behind bounds that overstate them by a random factor (never understate)."""
 
-    def __init__(self, truth: torch.Tensor, slack: torch.Tensor) -> None:
+    def __init__(self, truth: np.ndarray, slack: np.ndarray) -> None:
         self.truth = truth  # the query "embedding" is its own index
         self.slack = slack
         self.searched = 0
         self.refined = 0
 
-    def distances(self, queries: torch.Tensor, maps: bool) -> tuple[torch.Tensor, bool]:
+    def distances(self, queries: np.ndarray, maps: bool) -> tuple[np.ndarray, bool]:
         del maps
-        rows = queries[:, 0].long()
+        rows = queries[:, 0].astype(int)
         return self.truth[rows] * self.slack[rows], False
 
-    def refine(self, queries: torch.Tensor) -> torch.Tensor:
-        rows = queries[:, 0].long()
+    def refine(self, queries: np.ndarray) -> np.ndarray:
+        rows = queries[:, 0].astype(int)
         self.refined += len(queries)
-        return self.truth[rows] * self.slack[rows].sqrt()  # tighter than the first bounds, still never below
+        return self.truth[rows] * np.sqrt(self.slack[rows])  # tighter than the first bounds, still never below
 
-    def exact(self, queries: torch.Tensor) -> torch.Tensor:
+    def exact(self, queries: np.ndarray) -> np.ndarray:
         self.searched += len(queries)
-        return self.truth[queries[:, 0].long()]
+        return self.truth[queries[:, 0].astype(int)]
 
 
 @pytest.mark.parametrize("spread", [0.0, 0.05, 0.5, 3.0])
-def test_peak_scores_are_exact_whatever_the_bounds(spread):
-    generator = torch.Generator().manual_seed(3)
+def test_peak_maps_are_exact_whatever_the_bounds(spread):
+    rng = np.random.default_rng(3)
     batch, height, width, size = 5, 16, 16, (128, 128)
-    truth = torch.rand(batch * height * width, generator=generator) + 1.0
+    truth = (rng.random(batch * height * width) + 1.0).astype(np.float32)
     truth[37] = 4.0  # a clear defect in the first image, and a flat last image
     truth[-height * width :] = 1.5
-    slack = 1.0 + spread * torch.rand(len(truth), generator=generator)
+    slack = (1.0 + spread * rng.random(len(truth))).astype(np.float32)
     search = LooseSearch(truth, slack)
-    blur = UpsampleBlur((height, width), size, gaussian_kernel())
-    queries = torch.arange(len(truth), dtype=torch.float32).unsqueeze(1)
-    scores, maps = peak_scores(queries, (batch, height, width), search, blur, maps=False)  # type: ignore[arg-type]
-    expected = blur(truth.reshape(batch, height, width)).amax(dim=(1, 2))
-    torch.testing.assert_close(scores, expected, rtol=1e-6, atol=1e-6)
+    operator = UpsampleBlur((height, width), size, gaussian_kernel())
+    blur = GridBlur(operator.rows.numpy(), operator.columns_t.numpy())
+    queries = np.arange(len(truth), dtype=np.float32).reshape(batch, height, width, 1)
+    scores, maps = peak_maps(queries, search, blur, maps=False)
+    expected = blur(truth.reshape(batch, height, width)).max(axis=(1, 2))
+    np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-6)
     assert maps is None
     assert search.searched <= len(truth)
     if spread == 0.05:

@@ -16,11 +16,10 @@ from vad.coreset import k_center_greedy
 from vad.models.base import FitData, FitOptions, VadModel, training_passes
 from vad.models.blur import SeparableGaussianBlur2d
 from vad.models.feature_cache import backbone_features, memoised
-from vad.models.maps import UpsampleBlur
 from vad.models.patchcore import PatchcoreParams
-from vad.models.patchcore.head import embedding_descriptors, head_offsets
-from vad.models.patchcore.peaks import peak_scores
-from vad.models.patchcore.search import BankSearch, cluster_bank, exact_nearest
+from vad.models.patchcore.head import embedding_descriptors
+from vad.models.patchcore.search import cluster_bank
+from vad.models.patchcore.torch_tail import TorchTail, exact_nearest
 from vad.models.spec import ModelSpec
 from vad.supervision import LinearHead
 
@@ -66,9 +65,8 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         self.head_bias: torch.Tensor
         self.register_buffer("head_weights", torch.empty(0))
         self.register_buffer("head_bias", torch.empty(0))
-        self._search: BankSearch | None = None
-        self._search_key: tuple | None = None
-        self._blurs: dict[tuple, UpsampleBlur] = {}
+        self._tail: TorchTail | None = None  # the scoring after the embedding, for the current bank and head
+        self._tail_key: tuple | None = None
         self.fit_descriptors: np.ndarray | None = None  # of the images the bank was built from (not saved)
         # NHWC convolutions: oneDNN runs MobileNetV2 at 256 px 1.6x faster than in NCHW on this CPU.
         self.feature_extractor.to(memory_format=torch.channels_last)
@@ -131,7 +129,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         """
         with torch.inference_mode():
             embedding = self._embedding_map(images.to(self.device).type(self.memory_bank.dtype))
-            return embedding_descriptors(embedding.permute(0, 2, 3, 1))
+            return torch.from_numpy(embedding_descriptors(embedding.permute(0, 2, 3, 1).float().cpu().numpy()))
 
     def training_descriptors(self) -> np.ndarray | None:
         """See :meth:`VadModel.training_descriptors`: kept while the bank was built.
@@ -180,23 +178,13 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         return self._peak_scores(images.contiguous(memory_format=torch.channels_last), maps)
 
     def _peak_scores(self, images: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Map-peak image scores (exact, :func:`peak_scores`) and maps on request, of a channels-last batch."""
+        """Map-peak image scores (exact) and maps on request, of a channels-last batch (:class:`TorchTail`)."""
         if self.memory_bank.size(0) == 0:
             msg = "memory bank is empty: fit the model before scoring"
             raise ValueError(msg)
         with torch.no_grad():
             embedding = self._embedding_map(images.type(self.memory_bank.dtype))
-            batch, _, height, width = embedding.shape
-            key = (height, width, tuple(images.shape[-2:]), embedding.device)
-            if key not in self._blurs:
-                kernel = self.anomaly_map_generator.blur.kernel.to(embedding.device)
-                self._blurs[key] = UpsampleBlur((height, width), key[2], kernel)
-            queries = self.reshape_embedding(embedding)
-            grid = (batch, height, width)
-            scores, anomaly_maps = peak_scores(queries, grid, self._bank_search(), self._blurs[key], maps)
-            if len(self.head_weights):
-                scores = scores + head_offsets(embedding.permute(0, 2, 3, 1), self.head_weights, self.head_bias)
-            return scores, anomaly_maps
+            return self.bank_tail()(embedding.permute(0, 2, 3, 1), maps)
 
     def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest memory-bank rows of each query, as anomalib's method returns them.
@@ -213,7 +201,8 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             Distances (N,) or (N, k) and memory-bank indices of the same shape.
         """
         if n_neighbors == 1:
-            return self._bank_search().nearest(embedding)
+            distances, rows = self.bank_tail().nearest(embedding)
+            return distances.to(embedding.device), rows.to(embedding.device)
         return self.exact_nearest_neighbors(embedding, n_neighbors)
 
     def exact_nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +225,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
     def build_search_index(self, seed: int) -> None:
         """Cluster the memory bank for the inverted-file search (kept in the state dict as centroids).
 
-        The inverted file bounds the patch distances of image scores (:func:`peak_scores`) and answers the
+        The inverted file bounds the patch distances of image scores (:func:`.peaks.peak_maps`) and answers the
         maps of banks of ``EXACT_MAP_ROWS`` rows or more; ``search: exact`` and small banks have none.
         Inside :func:`feature_cache.enabled` a bank clustered before with the same seed gets the same centroids.
 
@@ -247,15 +236,29 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             self.search_centroids = torch.empty(0)
             return
         bank = self.memory_bank
-        self.search_centroids = memoised("cluster_bank", [bank], (seed,), lambda: cluster_bank(bank, seed))
 
-    def _bank_search(self) -> BankSearch:
-        """The bank's searches, built again only when the bank or its centroids change."""
-        bank, centroids = self.memory_bank, self.search_centroids
-        key = (bank.data_ptr(), tuple(bank.shape), bank.device, centroids.data_ptr(), tuple(centroids.shape))
-        if self._search is None or self._search_key != key:
-            self._search, self._search_key = BankSearch(bank, centroids, exact_only=self.search == "exact"), key
-        return self._search
+        def clustered() -> torch.Tensor:
+            found = cluster_bank(bank.detach().float().cpu().numpy(), seed, threads=torch.get_num_threads())
+            return torch.from_numpy(found).to(bank.device) if len(found) else torch.empty(0, device=bank.device)
+
+        self.search_centroids = memoised("cluster_bank", [bank], (seed,), clustered)
+
+    def bank_tail(self) -> TorchTail:
+        """The scoring after the embedding (:class:`TorchTail`), built again when the bank, centroids or head change.
+
+        Returns:
+            The tail.
+        """
+        tensors = (self.memory_bank, self.search_centroids, self.head_weights, self.head_bias)
+        key = tuple((tensor.data_ptr(), tuple(tensor.shape), tensor.device) for tensor in tensors)
+        if self._tail is None or self._tail_key != key:
+            head = (self.head_weights, self.head_bias) if len(self.head_weights) else None
+            kernel = self.anomaly_map_generator.blur.kernel
+            tail = TorchTail(
+                self.memory_bank, self.search_centroids, kernel, self.spec.input_size, head, self.search == "exact"
+            )
+            self._tail, self._tail_key = tail, key
+        return self._tail
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of a batch, shape (batch * h * w, dims), as in anomalib's forward.
@@ -313,10 +316,11 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         buffered = seen = chunks = 0
         pending: list[torch.Tensor] = []  # chunk picks not yet merged
         parts: list[torch.Tensor] = []  # finished pieces of the bank
-        described: list[torch.Tensor] = []
+        described: list[np.ndarray] = []
         for images in batches:
             embedding = self.embed(images)
-            described.append(embedding_descriptors(embedding.reshape(len(images), 1, -1, embedding.shape[-1])))
+            patches = embedding.reshape(len(images), -1, embedding.shape[-1])
+            described.append(embedding_descriptors(patches.float().cpu().numpy()))
             buffer.append(embedding)
             buffered += len(embedding)
             seen += len(embedding)
@@ -350,7 +354,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             )
             parts.append(union[_select(union, size_left, seed, logger)] if len(union) > size_left else union)
         self.memory_bank = torch.cat(parts).contiguous()
-        self.fit_descriptors = torch.cat(described).double().cpu().numpy()
+        self.fit_descriptors = np.concatenate(described)
         self.build_search_index(seed)
 
 

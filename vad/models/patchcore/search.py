@@ -1,247 +1,168 @@
-"""Nearest memory-bank rows: exact blocked search, and faiss's inverted-file index (plain torch and faiss).
+"""Nearest memory-bank rows in numpy and faiss: exact search, and faiss's inverted file (no torch here).
 
-:class:`BankSearch` holds both for one bank. Image scores never depend on the inverted file: it only gives
-upper bounds of the patch distances, and :func:`vad.models.patchcore.peaks.peak_scores` searches
-exactly every patch that could hold the map's peak.
+:class:`BankIndex` holds both for one bank. It is the one search every PatchCore scoring path uses on the CPU:
+the model while it validates, the torch scorer of a loaded model and the exported runtime's tail
+(:mod:`.tail`). Image scores never depend on the inverted file: it only gives upper bounds of the patch
+distances, and :func:`.peaks.peak_maps` searches exactly every patch that could hold the map's peak.
+The thresholds below live in :mod:`.settings` and are read when an index is built.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from vad.models.patchcore.settings import (
-    BOUND_MIN_ROWS,
-    BOUND_PROBES,
-    EXACT_MAP_ROWS,
-    FAISS_MIN_QUERIES,
-    IVF_PROBES,
-    MAX_LISTS,
-    QUERY_BLOCK,
-    REFINE_PROBES,
-    ROWS_PER_LIST,
-)
+from vad.models.patchcore import settings
 
 
-def exact_nearest(bank: torch.Tensor, queries: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact nearest bank rows of each query, as anomalib's ``nearest_neighbors`` returns them.
-
-    anomalib materialises the full query x bank distance matrix and takes its square root
-    everywhere; here each block of queries is one ``addmm`` against the bank and its squared norms,
-    the minimum is taken on squared distances, and only the winners get the query norm and the
-    square root.
-
-    Args:
-        bank: Memory bank (M, D).
-        queries: Query embeddings (N, D).
-        n_neighbors: Neighbours to return per query.
-
-    Returns:
-        Distances (N,) or (N, k) and bank indices of the same shape.
-    """
-    bank_squared = (bank * bank).sum(dim=1)  # ~D x bank rows: nothing beside the addmm's N x that
-    distances, indices = [], []
-    for block in queries.split(QUERY_BLOCK):
-        squared = torch.addmm(bank_squared.unsqueeze(0), block, bank.T, beta=1.0, alpha=-2.0)
-        if n_neighbors == 1:
-            value, index = squared.min(dim=1)
-            value = value + (block * block).sum(dim=1)
-        else:
-            value, index = squared.topk(k=n_neighbors, largest=False, dim=1)
-            value = value + (block * block).sum(dim=1, keepdim=True)
-        distances.append(value.clamp_min_(0).sqrt_())
-        indices.append(index)
-    return torch.cat(distances), torch.cat(indices)
-
-
-def _faiss_nearest(
-    faiss: object, index: object, queries: torch.Tensor, params: object = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance and row of each query's nearest neighbour in a faiss index, on torch's thread count."""
-    faiss.omp_set_num_threads(torch.get_num_threads())  # type: ignore[attr-defined]
-    matrix = np.ascontiguousarray(queries.float().numpy())
-    squared, rows = index.search(matrix, 1, params=params)  # type: ignore[attr-defined]
-    return torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_(), torch.from_numpy(rows[:, 0])
-
-
-class FlatSearch:
-    """Exact nearest bank row of each query with faiss's brute-force ``knn`` on the bank's own memory (no copy).
-
-    One BLAS product per block of queries with the minimum fused in: 1.6-2.3x faster on this CPU than the
-    blocked product of :func:`exact_nearest` in torch on 4,096 queries, slower on a few hundred (the same rows,
-    distances within float rounding; tested).
-    """
-
-    def __init__(self, bank: torch.Tensor) -> None:
-        import faiss
-
-        self.faiss = faiss
-        self.bank = np.ascontiguousarray(bank.detach().float().cpu().numpy())  # a view of a float32 CPU bank
-
-    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One nearest bank row per query.
-
-        Args:
-            queries: Query embeddings (N, D), on the CPU.
-
-        Returns:
-            Distances (N,) and bank indices (N,).
-        """
-        self.faiss.omp_set_num_threads(torch.get_num_threads())
-        squared, rows = self.faiss.knn(np.ascontiguousarray(queries.float().numpy()), self.bank, 1)
-        return torch.from_numpy(squared[:, 0]).clamp_min_(0).sqrt_(), torch.from_numpy(rows[:, 0])
-
-
-def cluster_bank(bank: torch.Tensor, seed: int) -> torch.Tensor:
+def cluster_bank(bank: np.ndarray, seed: int, threads: int | None = None) -> np.ndarray:
     """k-means centroids of a bank for its inverted file (about ``ROWS_PER_LIST`` rows per list), or none.
 
     Args:
         bank: Memory bank (M, D).
         seed: Seed of the clustering.
+        threads: faiss's thread count (None: faiss's default).
 
     Returns:
-        Centroids (lists, D) on the bank's device; empty for banks under ``BOUND_MIN_ROWS`` rows.
+        Centroids (lists, D), float32; empty (0, D) for banks under ``BOUND_MIN_ROWS`` rows.
     """
     import faiss
 
     rows, dims = bank.shape
-    if rows < BOUND_MIN_ROWS:
-        return torch.empty(0, device=bank.device)
-    faiss.omp_set_num_threads(torch.get_num_threads())
-    kmeans = faiss.Kmeans(dims, min(MAX_LISTS, rows // ROWS_PER_LIST), niter=20, seed=seed, max_points_per_centroid=256)
-    kmeans.train(np.ascontiguousarray(bank.float().cpu().numpy()))
-    return torch.from_numpy(kmeans.centroids.copy()).to(bank.device)
+    if rows < settings.BOUND_MIN_ROWS:
+        return np.zeros((0, dims), dtype=np.float32)
+    if threads is not None:
+        faiss.omp_set_num_threads(threads)
+    lists = min(settings.MAX_LISTS, rows // settings.ROWS_PER_LIST)
+    kmeans = faiss.Kmeans(dims, lists, niter=20, seed=seed, max_points_per_centroid=256)
+    kmeans.train(np.ascontiguousarray(bank, dtype=np.float32))
+    return kmeans.centroids.copy()
 
 
-class IvfSearch:
-    """faiss's inverted-file index over a bank clustered by ``centroids``.
-
-    A query gets exact distances to the rows of its ``probes`` nearest lists: its distance to the nearest of
-    those rows, never less than its distance to the nearest bank row.
-    """
-
-    def __init__(self, bank: torch.Tensor, centroids: torch.Tensor) -> None:
-        import faiss  # only models whose bank is large enough to be clustered need it
-
-        self.faiss = faiss
-        self.bank = bank
-        self.quantizer = faiss.IndexFlatL2(centroids.shape[1])
-        self.quantizer.add(np.ascontiguousarray(centroids.float().cpu().numpy()))
-        self.index = faiss.IndexIVFFlat(self.quantizer, centroids.shape[1], centroids.shape[0], faiss.METRIC_L2)
-        self.index.add(np.ascontiguousarray(bank.float().cpu().numpy()))
-        self.lists = centroids.shape[0]
-        self.centroids = centroids  # what an export rebuilds the same index from
-
-    def nearest(self, queries: torch.Tensor, probes: int = IVF_PROBES) -> tuple[torch.Tensor, torch.Tensor]:
-        """One nearest bank row per query among its visited lists (all lists empty: answered exactly).
-
-        Args:
-            queries: Query embeddings (N, D), on the CPU.
-            probes: Lists visited per query.
-
-        Returns:
-            Distances (N,) and bank indices (N,).
-        """
-        params = self.faiss.SearchParametersIVF(nprobe=min(probes, self.lists))
-        distances, indices = _faiss_nearest(self.faiss, self.index, queries, params)
-        missing = indices < 0
-        if bool(missing.any()):
-            distances[missing], indices[missing] = exact_nearest(self.bank, queries[missing], 1)
-        return distances, indices
-
-
-class BankSearch:
+class BankIndex:
     """Every search of one memory bank: exact rows, and inverted-file distances (upper bounds) where they pay.
 
-    - Banks under ``BOUND_MIN_ROWS`` rows, ``exact_only`` models and banks off the CPU: always exact.
-    - Exact distances come from :class:`FlatSearch` for ``FAISS_MIN_QUERIES`` queries or more on the CPU,
-      else from the blocked product of :func:`exact_nearest`.
+    - Without centroids every search is exact.
+    - Exact distances come from faiss's brute-force ``knn`` for ``FAISS_MIN_QUERIES`` queries or more (one BLAS
+      product per block with the minimum fused in: 1.6-2.3x faster on this CPU on 4,096 queries), else from a
+      blocked product against the bank.
     - Maps of banks under ``EXACT_MAP_ROWS`` rows are exact; of larger banks, inverted-file distances with
-      ``IVF_PROBES`` probes. Bounds for image scores use ``BOUND_PROBES``.
+      ``IVF_PROBES`` probes. Bounds for image scores use ``BOUND_PROBES``; :meth:`refine` ``REFINE_PROBES``.
     """
 
-    def __init__(self, bank: torch.Tensor, centroids: torch.Tensor, exact_only: bool = False) -> None:
-        """Prepare the searches (the flat and inverted-file indexes are built here, once).
+    def __init__(self, bank: np.ndarray, centroids: np.ndarray, threads: int | None = None) -> None:
+        """Build the indexes, once.
 
         Args:
-            bank: Memory bank (M, D).
-            centroids: Its k-means centroids (:func:`cluster_bank`); empty: clustered here when the bank is
-                large enough (models saved before the bounds).
-            exact_only: Never use the inverted file (``search: exact``).
+            bank: Memory bank (M, D); a float32 C-contiguous array is used as it is (no copy).
+            centroids: The inverted file's centroids (lists, D); empty: every search is exact.
+            threads: faiss's thread count for each search (None: faiss's default).
         """
-        self.bank = bank
-        rows = len(bank)
-        on_cpu = bank.device.type == "cpu"
-        self.flat = FlatSearch(bank) if on_cpu else None
-        self.ivf: IvfSearch | None = None
-        if on_cpu and not exact_only and rows >= BOUND_MIN_ROWS:
-            self.ivf = IvfSearch(bank, centroids if centroids.numel() else cluster_bank(bank, seed=0))
-        self.exact_maps = self.ivf is None or rows < EXACT_MAP_ROWS
+        import faiss
 
-    def exact(self, queries: torch.Tensor) -> torch.Tensor:
+        self.faiss = faiss
+        self.threads = threads
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.bank_squared = np.einsum("ij,ij->i", self.bank, self.bank)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32).reshape(-1, self.bank.shape[1])
+        self.index = None
+        if len(self.centroids):
+            self.quantizer = faiss.IndexFlatL2(self.centroids.shape[1])  # the index refers to it: kept alive here
+            self.quantizer.add(self.centroids)
+            self.index = faiss.IndexIVFFlat(self.quantizer, self.centroids.shape[1], len(self.centroids))
+            self.index.add(self.bank)
+        self.exact_maps = self.index is None or len(self.bank) < settings.EXACT_MAP_ROWS
+
+    def _threads(self) -> None:
+        if self.threads is not None:
+            self.faiss.omp_set_num_threads(self.threads)
+
+    def exact_rows(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact nearest bank row of each query.
+
+        Args:
+            queries: (N, D) float32.
+
+        Returns:
+            Distances (N,) float32 and rows (N,) int64.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(queries) >= settings.FAISS_MIN_QUERIES:
+            self._threads()
+            squared, rows = self.faiss.knn(queries, self.bank, 1)
+            return np.sqrt(np.maximum(squared[:, 0], 0.0)), rows[:, 0]
+        distances, found = [], []
+        for start in range(0, len(queries), settings.QUERY_BLOCK):
+            block = queries[start : start + settings.QUERY_BLOCK]
+            products = (block * np.float32(-2.0)) @ self.bank.T  # the bank transposed in place: no copy of it
+            products += self.bank_squared
+            rows = products.argmin(axis=1)
+            squared = products[np.arange(len(block)), rows] + np.einsum("ij,ij->i", block, block)
+            distances.append(np.sqrt(np.maximum(squared, 0.0)))
+            found.append(rows)
+        if not distances:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        return np.concatenate(distances).astype(np.float32), np.concatenate(found).astype(np.int64)
+
+    def exact(self, queries: np.ndarray) -> np.ndarray:
         """Exact distance of each query to its nearest bank row.
 
         Args:
-            queries: Query embeddings (N, D).
+            queries: (N, D) float32.
 
         Returns:
             Distances (N,).
         """
-        return self._exact_rows(queries)[0]
+        return self.exact_rows(queries)[0]
 
-    def refine(self, queries: torch.Tensor) -> torch.Tensor:
-        """Tighter upper bounds of the patch distances than :meth:`distances` gives: more lists visited.
+    def _ivf(self, queries: np.ndarray, probes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest row among each query's ``probes`` nearest lists (a query whose lists are empty: exact)."""
+        self._threads()
+        params = self.faiss.SearchParametersIVF(nprobe=min(probes, len(self.centroids)))
+        squared, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1, params=params)  # type: ignore[union-attr]
+        distances, rows = np.sqrt(np.maximum(squared[:, 0], 0.0)), rows[:, 0]
+        missing = rows < 0
+        if missing.any():
+            distances[missing], rows[missing] = self.exact_rows(queries[missing])
+        return distances, rows
+
+    def refine(self, queries: np.ndarray) -> np.ndarray:
+        """Tighter upper bounds than :meth:`distances` gives (more lists visited), or exact without an index.
 
         Args:
-            queries: Query embeddings (N, D), on the CPU (only banks with an inverted file are refined).
+            queries: (N, D).
 
         Returns:
             Distances (N,), never below the exact ones and never above the first bounds.
         """
-        if self.ivf is None:
+        if self.index is None:
             return self.exact(queries)
-        return self.ivf.nearest(queries, REFINE_PROBES)[0]
+        return self._ivf(queries, settings.REFINE_PROBES)[0]
 
-    def _exact_rows(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact nearest rows: faiss's brute force for many queries on the CPU, else the blocked product."""
-        if self.flat is not None and queries.device.type == "cpu" and len(queries) >= FAISS_MIN_QUERIES:
-            return self.flat.nearest(queries)
-        return exact_nearest(self.bank.to(queries.device), queries, 1)
-
-    def maps_are_exact(self, queries: torch.Tensor) -> bool:
-        """Whether :meth:`nearest` searches these queries exactly.
-
-        Args:
-            queries: Query embeddings (N, D).
-
-        Returns:
-            True unless the inverted file answers them.
-        """
-        return self.exact_maps or queries.device.type != "cpu"
-
-    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest bank row of each query as maps use them (see the class).
 
         Args:
-            queries: Query embeddings (N, D).
+            queries: (N, D).
 
         Returns:
-            Distances (N,) and bank indices (N,).
+            Distances (N,) and rows (N,).
         """
-        if not self.maps_are_exact(queries):
-            return self.ivf.nearest(queries, IVF_PROBES)  # type: ignore[union-attr]
-        return self._exact_rows(queries)
+        if self.exact_maps:
+            return self.exact_rows(queries)
+        return self._ivf(queries, settings.IVF_PROBES)
 
-    def distances(self, queries: torch.Tensor, maps: bool) -> tuple[torch.Tensor, bool]:
+    def distances(self, queries: np.ndarray, maps: bool) -> tuple[np.ndarray, bool]:
         """Patch distances: exact, or upper bounds from the inverted file.
 
         Args:
-            queries: Query embeddings (N, D).
+            queries: (N, D).
             maps: Whether the distances make a map (else they only bound the image score).
 
         Returns:
             Distances (N,) and whether they are exact.
         """
-        if maps or self.ivf is None or queries.device.type != "cpu":
-            return self.nearest(queries)[0], self.maps_are_exact(queries)
-        return self.ivf.nearest(queries, BOUND_PROBES)[0], False
+        if self.index is None:
+            return self.exact(queries), True
+        if maps:
+            return self.nearest(queries)[0], self.exact_maps
+        return self._ivf(queries, settings.BOUND_PROBES)[0], False

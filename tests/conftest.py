@@ -177,3 +177,29 @@ def _independent_logging():
 
     for name in ("alo", "assets"):
         logging.getLogger(name).propagate = True
+
+
+def asgi_get(app, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One GET through an ASGI app in this process (no server, no client library): status, headers and body."""
+    import asyncio
+
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80),
+             "client": ("127.0.0.1", 1), "root_path": ""}  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    answer_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return (
+        start["status"],
+        answer_headers,
+        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+    )

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import (
     ROOT,
+    asgi_get,
     trained_project,
     wait_ready,
 )
@@ -182,23 +183,7 @@ def test_uploaded_phone_photo_is_scored_upright(project, server, tmp_path):
 
 def _asgi_get(app, path: str, token: str | None = None) -> tuple[int, dict]:
     """One GET through an ASGI app in this process: its status and JSON body."""
-    import asyncio
-
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80),
-             "client": ("127.0.0.1", 1), "root_path": ""}  # fmt: skip
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    status, _, body = asgi_get(app, path, token)
     return status, json.loads(body)
 
 

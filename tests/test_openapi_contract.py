@@ -10,7 +10,6 @@ over every operation in all its phases, with a fixed seed and a bounded number o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, trained_project, wait_ready
+from conftest import ROOT, asgi_get, trained_project, wait_ready
 
 from benchmarks.redis_server import free_port
 
@@ -61,19 +60,7 @@ def scored(base: str, token: str | None) -> float:
 
 def openapi_of(app) -> dict:
     """``GET /openapi.json`` through an ASGI app in this process."""
-    scope = {"type": "http", "method": "GET", "path": "/openapi.json", "raw_path": b"/openapi.json",
-             "query_string": b"", "headers": [], "http_version": "1.1", "scheme": "http",
-             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "root_path": ""}  # fmt: skip
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    return json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    return json.loads(asgi_get(app, "/openapi.json")[2])
 
 
 def test_the_document_describes_the_bodies_content_types_errors_and_the_token():

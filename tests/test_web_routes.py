@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
+
+from conftest import asgi_get
 
 from apps.http import api
 from apps.web import pages, state, ui_api
 from apps.web.app import UiContext, add_ui
-
-
-def _get(app, path: str) -> tuple[int, dict[str, str], bytes]:
-    """One GET through an ASGI app: status, headers and body."""
-    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [], "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80),
-             "client": ("127.0.0.1", 1), "root_path": ""}  # fmt: skip
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    headers = {k.decode(): v.decode() for k, v in start["headers"]}
-    return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
 def _calls(route) -> set:
@@ -58,13 +40,13 @@ def test_a_route_added_later_needs_the_token_and_the_page_is_not_in_the_api_docu
         app = api.create_app(lambda: None, api.ServeSettings(token="t"))
         inner = app.app.app  # the FastAPI app inside the body limit and the metrics
         add_ui(inner, inner.state.batcher, UiContext(tmp_path, tmp_path / "plan.yaml", tmp_path, None), "t", 4, "1")
-        status, _, body = _get(app, "/ui/api/added-later")
+        status, _, body = asgi_get(app, "/ui/api/added-later")
         assert status == 401 and "token" in json.loads(body)["error"]
-        status, headers, _ = _get(app, "/ui/added-later")
+        status, headers, _ = asgi_get(app, "/ui/added-later")
         assert status == 303 and headers["location"] == "/ui/login"
-        status, headers, _ = _get(app, "/ui/login")
+        status, headers, _ = asgi_get(app, "/ui/login")
         assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
-        document = json.loads(_get(app, "/openapi.json")[2])
+        document = json.loads(asgi_get(app, "/openapi.json")[2])
         assert not [path for path in document["paths"] if path.startswith("/ui") or path == "/"]
     finally:
         ui_api.router.routes[:] = [r for r in ui_api.router.routes if not r.path.endswith("/added-later")]

@@ -30,7 +30,7 @@ def worker_bare(data: Path, model: str) -> dict:
     settings = PATCHCORE if model == "patchcore" else FASTFLOW
     spec = model_spec(model, settings["backbone"], settings["layers"], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     net = build_model(spec, pretrained=model == "patchcore")
-    extractor = net.feature_extractor
+    extractor = net.get_submodule("feature_extractor")
     paths = sorted((data / "test").glob("*.jpg"))
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE)), dtype=np.float32) / 255.0 for p in paths]
     tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
@@ -44,13 +44,13 @@ def worker_bare(data: Path, model: str) -> dict:
                 forward(batch)
             return time.perf_counter() - started
 
-    row = {"images": len(tensor)}
+    row: dict[str, float] = {"images": len(tensor)}
     for layout, name in ((torch.contiguous_format, "seconds"), (torch.channels_last, "channels_last_seconds")):
         extractor.to(memory_format=layout)
         batches = [batch.contiguous(memory_format=layout) for batch in tensor.split(BATCH)]
         row[name] = seconds(extractor, batches)
     # the same channels-last backbone with its batch norms folded into the convolutions, as ours runs it
-    inner = extractor.feature_extractor if model == "patchcore" else extractor
+    inner = extractor.get_submodule("feature_extractor") if model == "patchcore" else extractor
     row["folded_seconds"] = seconds(fold_batch_norms(inner, batches[0][:1]), batches)
     return row | {"peak_rss_mb": peak_rss_mb()}
 
@@ -73,9 +73,13 @@ def worker_work(data: Path, model: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vad.models.factory import build_model
+    from vad.models.fastflow.model import OfflineFastflow
 
     spec = model_spec(model, FASTFLOW["backbone"], FASTFLOW["layers"], (0.5,) * 3, (0.5,) * 3)
     net = build_model(spec, pretrained=False)
+    if not isinstance(net, OfflineFastflow):
+        msg = f"the work per image is FastFlow's, not {model}'s"
+        raise TypeError(msg)
     image = torch.zeros(1, 3, SIZE, SIZE)
     with torch.no_grad():  # the FLOP counter's module hooks do not work under inference_mode
         features = net.extract(image)

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from benchmarks.harness.paths import RESULTS
+
+if TYPE_CHECKING:
+    from vad.models import ModelSpec
+
+
+class PatchcoreSettings(TypedDict):
+    """PatchCore's backbone, feature layers and coreset sampling ratio."""
+
+    backbone: str
+    layers: list[str]
+    ratio: float
+
+
+class FastflowSettings(TypedDict):
+    """FastFlow's backbone and feature layers."""
+
+    backbone: str
+    layers: list[str]
+
 
 WORK = RESULTS / "speed"
 LOG = RESULTS / "speed-rows.jsonl"
 SIZE = 256
 BATCH = 8
-PATCHCORE = {"backbone": "mobilenetv2_100", "layers": ["blocks.2", "blocks.4"], "ratio": 0.1}
-FASTFLOW = {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"]}
+PATCHCORE: PatchcoreSettings = {"backbone": "mobilenetv2_100", "layers": ["blocks.2", "blocks.4"], "ratio": 0.1}
+FASTFLOW: FastflowSettings = {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"]}
 
 
-def model_spec(model: str, backbone: str, layers: list[str], mean: tuple, std: tuple) -> Any:
+def model_spec(
+    model: str, backbone: str, layers: list[str], mean: tuple[float, ...], std: tuple[float, ...]
+) -> ModelSpec:
     """A model spec at the benchmark's size, the model's other parameters at their defaults.
 
     Args:

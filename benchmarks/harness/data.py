@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from benchmarks.harness.paths import ROOT
@@ -129,7 +130,5 @@ def build(
             target = folder / (product if sample == 0 else f"{product}-s{sample}")
             seed = product_seed(product, sample)
             stamp = {"product": product, "seed": seed, **counts}
-            made[product, sample] = stamped(
-                target, stamp, lambda path, seed=seed, product=product: generate(path, seed, counts, product)
-            )
+            made[product, sample] = stamped(target, stamp, partial(generate, seed=seed, counts=counts, product=product))
     return made

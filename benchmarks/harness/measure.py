@@ -162,7 +162,11 @@ def rss_mb(pid: int) -> float:
         Its ``VmRSS``.
     """
     text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+    found = re.search(r"VmRSS:\s+(\d+)", text)
+    if found is None:  # a process that has exited (a zombie) has no resident set line
+        msg = f"process {pid} has no VmRSS in /proc/{pid}/status"
+        raise RuntimeError(msg)
+    return int(found.group(1)) / 1024
 
 
 def percentile(values: list[float], share: float) -> float:

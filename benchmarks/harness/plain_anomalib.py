@@ -10,9 +10,18 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-RAW = {"post_processor": False, "evaluator": False, "visualizer": False}
+
+class RawOutput(TypedDict):
+    """The options that leave a model's scores raw: no post-processor, evaluator or visualiser."""
+
+    post_processor: bool
+    evaluator: bool
+    visualizer: bool
+
+
+RAW: RawOutput = {"post_processor": False, "evaluator": False, "visualizer": False}
 
 
 def quiet() -> None:

@@ -187,7 +187,12 @@ def anomalib_openvino_scores(
     seconds = time.perf_counter() - started
 
     scores = [float(np.asarray(prediction.pred_score).reshape(-1)[0]) for prediction in predictions]
-    map_max = [float(np.max(prediction.anomaly_map)) for prediction in predictions]
+    map_max: list[float] = []
+    for prediction in predictions:
+        if prediction.anomaly_map is None:
+            msg = f"anomalib's OpenVINO model gave no anomaly map for an image of {folder}"
+            raise ValueError(msg)
+        map_max.append(float(np.max(prediction.anomaly_map)))
     if not np.isfinite(scores).all() or not np.isfinite(map_max).all():
         msg = f"anomalib's OpenVINO scores of {folder} are not all finite"
         raise ValueError(msg)

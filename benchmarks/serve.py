@@ -140,7 +140,11 @@ class Loop:
         self.sent += 1
         start = time.perf_counter()
         self.client.rpush("request_inference", json.dumps(message))
-        answer = json.loads(self.client.blpop(["inference_summary"], timeout=600)[1])
+        popped = self.client.blpop(["inference_summary"], timeout=600)
+        if popped is None:  # BLPOP's timeout passed with no answer
+            msg = f"request {message['request_id']} had no answer in 600 s"
+            raise TimeoutError(msg)
+        answer = json.loads(popped[1])
         elapsed = time.perf_counter() - start
         if answer["status"] != "success":
             msg = f"request {answer['request_id']} failed: {answer['message']}"
@@ -165,15 +169,17 @@ def paired(plan: Path, images: list[Path], count: int, fsync: str) -> dict:
         stdout=subprocess.PIPE,
         text=True,
     )
+    stdin, stdout = worker.stdin, worker.stdout
+    assert stdin is not None and stdout is not None  # both are pipes (PIPE above)
     with tempfile.TemporaryDirectory() as folder:
         edge = Loop(plan, Path(folder), fsync)
         try:
-            assert worker.stdout.readline().strip() == "ready"
+            assert stdout.readline().strip() == "ready"
 
             def predict(image: Path) -> float:
-                worker.stdin.write(f"{image}\n")
-                worker.stdin.flush()
-                return float(worker.stdout.readline())
+                stdin.write(f"{image}\n")
+                stdin.flush()
+                return float(stdout.readline())
 
             ours: list[float] = []
             theirs: list[float] = []
@@ -185,7 +191,7 @@ def paired(plan: Path, images: list[Path], count: int, fsync: str) -> dict:
                     theirs.append(remote)
         finally:
             edge.close()
-            worker.stdin.close()
+            stdin.close()
             worker.wait(timeout=60)
     return {"in-process": {**summary_ms(ours), "heatmaps": heat}, "loop": {**summary_ms(theirs), "fsync": fsync}}
 

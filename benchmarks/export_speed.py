@@ -27,6 +27,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -82,7 +83,7 @@ def worker_runtimes(models: Path, test: Path) -> dict:
     from vad.export.runtime import ExportedModel
 
     files, is_ng = _labelled_test(test)
-    detectors = {}
+    detectors: dict[str, Detector | str] = {}  # a runtime that failed to load: its error
     for runtime, precision in RUNTIMES:
         name = runtime if precision is None else f"{runtime} {precision}"
         try:
@@ -140,7 +141,7 @@ def _refused_int8(models: Path, files: list[str], is_ng: list[bool]) -> dict:
     plan = yaml.safe_load((models.parent.parent / "experimental_plan.yaml").read_text())
     ok = [str(path) for path in ok_training_images(Path(plan["external_path"][0]["load_train_data_path"]))]
     fp32 = ExportedModel.load(models / "train", "openvino", "fp32")  # its tail (PatchCore's bank search) is int8's
-    size = tuple(fp32.spec.input_size)
+    size = fp32.spec.input_size
     graph = quantize_int8(openvino.Core().read_model(str(models / "export" / "model.xml")), ok, size)
     scorer = ExportedScorer(OpenvinoRunner(graph), size, fp32.model.tail)
     raw, seconds = [], float("inf")
@@ -174,7 +175,7 @@ def worker_r18_ours(models: Path, train: Path, test: Path) -> dict:
     from vad.images import read_image
 
     fp32 = ExportedModel.load(models / "train", "openvino", "fp32")
-    size = tuple(fp32.spec.input_size)
+    size = fp32.spec.input_size
     ok_train = sorted(str(p) for p in (train / "good").glob("*.jpg"))[:100]
     started = time.perf_counter()
     graph = quantize_int8(openvino.Core().read_model(str(models / "export" / "model.xml")), ok_train, size)
@@ -365,7 +366,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         kind, *rest = args.worker
-        workers = {"runtimes": worker_runtimes, "r18-ours": worker_r18_ours, "r18-anomalib": worker_r18_anomalib}
+        workers: dict[str, Callable[..., dict]] = {
+            "runtimes": worker_runtimes,
+            "r18-ours": worker_r18_ours,
+            "r18-anomalib": worker_r18_anomalib,
+        }
         answer(args.out, workers[kind](*(Path(value) for value in rest)))
         return
     WORK.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,10 @@ def main() -> None:
     add_report_options(parser, "Tracking overhead")
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
-    off, new_store, existing_store, background = [], [], [], []
+    off: list[float] = []
+    new_store: list[float] = []
+    existing_store: list[float] = []
+    background: list[float] = []
     for pair in range(args.pairs):
         off.append(seconds(plan_in(WORK / f"off-{pair}", False))[0])
         tracked = plan_in(WORK / f"on-{pair}", True)
@@ -88,16 +91,19 @@ def main() -> None:
             background.append(after)
         assert (WORK / f"on-{pair}" / "mlruns" / "mlflow.db").is_file()
         assert not (WORK / f"off-{pair}" / "mlruns").exists()
-    row = {
+    medians = {
         "off_s": statistics.median(off),
         "new_store_s": statistics.median(new_store),
         "existing_store_s": statistics.median(existing_store),
         "background_s": statistics.median(background),
+    }
+    row = {
+        **medians,
         "runs": {"off": off, "new_store": new_store, "existing_store": existing_store, "background": background},
         "finished": utc_stamp(),
     }
     append_rows(RESULTS / "tracking-overhead-rows.jsonl", [row])
-    pct = {key: 100 * (row[key] / row["off_s"] - 1) for key in ("new_store_s", "existing_store_s")}
+    pct = {key: 100 * (medians[key] / medians["off_s"] - 1) for key in ("new_store_s", "existing_store_s")}
     lines = [
         f"Command: `python -m benchmarks.tracking_overhead --pairs {args.pairs}`",
         "",
@@ -110,8 +116,8 @@ def main() -> None:
         "| tracking off s | on, new store s | on, existing store s | overhead, new store | overhead, existing store "
         "| background logger after exit s |",
         "|---|---|---|---|---|---|",
-        f"| {row['off_s']:.1f} | {row['new_store_s']:.1f} | {row['existing_store_s']:.1f} | "
-        f"{pct['new_store_s']:+.1f}% | {pct['existing_store_s']:+.1f}% | {row['background_s']:.1f} |",
+        f"| {medians['off_s']:.1f} | {medians['new_store_s']:.1f} | {medians['existing_store_s']:.1f} | "
+        f"{pct['new_store_s']:+.1f}% | {pct['existing_store_s']:+.1f}% | {medians['background_s']:.1f} |",
     ]
     write_section(args.benchmarks_file, args.section, "\n".join(lines))
 

@@ -38,7 +38,7 @@ train: $(STAMP)
 inference: $(STAMP)
 	$(PY) main.py --mode inference --config $(PLAN)
 
-lint: $(STAMP) docs
+lint: $(STAMP) docs typecheck
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports

@@ -74,9 +74,10 @@ def _snapshot(
             relative = f"files/{index}/{Path(name).name}"
             _link_tree(path, job / relative)
             artifacts[name] = relative
-    model = f"model/{report.model.name}" if report.model is not None and report.model.is_dir() else None
-    if model is not None:
-        _link_tree(report.model, job / model)  # type: ignore[arg-type]
+    model = None
+    if report.model is not None and report.model.is_dir():
+        model = f"model/{report.model.name}"
+        _link_tree(report.model, job / model)
     payload = {
         "settings": asdict(settings),
         "reporter": reporter,

@@ -25,7 +25,7 @@ import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from alo.errors import one_line
 from apps.http.auth import TOKEN_ENV, check_token
@@ -146,7 +147,7 @@ def _row(name: str, prediction: Prediction, heatmap: bool) -> PredictRow:
     picture = None
     if heatmap and prediction.heatmap is not None:
         picture = base64.b64encode(encode_png(np.asarray(prediction.heatmap))).decode("ascii")
-    return PredictRow(image=name, **prediction.result_row(), heatmap_png=picture)
+    return PredictRow.model_validate({"image": name, **prediction.result_row(), "heatmap_png": picture})
 
 
 @v1.get("/model", summary="The resident model")
@@ -229,20 +230,17 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _document_no_token(app: FastAPI) -> None:
-    """A server without a token asks for none: its ``/openapi.json`` names no bearer token and no 401."""
-    generate = app.openapi
+    """A server without a token asks for none: its ``/openapi.json`` names no bearer token and no 401.
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = generate()
-            document.get("components", {}).pop("securitySchemes", None)
-            for operations in document.get("paths", {}).values():
-                for operation in operations.values():
-                    operation.pop("security", None)
-                    operation.get("responses", {}).pop("401", None)
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    FastAPI builds the document once and keeps it (``app.openapi_schema``); it is built here, after every route,
+    and edited in place.
+    """
+    document = app.openapi()
+    document.get("components", {}).pop("securitySchemes", None)
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            operation.pop("security", None)
+            operation.get("responses", {}).pop("401", None)
 
 
 def create_app(
@@ -250,7 +248,7 @@ def create_app(
     settings: ServeSettings,
     batcher: Batcher | None = None,
     extensions: Sequence[Extension] = (),
-) -> FastAPI:
+) -> ASGIApp:
     """The API around a detector: the :data:`v1` and :data:`ops` routers, the metrics and the body limit.
 
     Args:
@@ -282,12 +280,11 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(v1)
     app.include_router(ops)
-    if settings.token is None:
-        _document_no_token(app)
     # the metrics' route labels: the API's own paths (the page's routes count as "other")
     routes = {str(getattr(route, "path", "")) for router in (v1, ops, app.router) for route in router.routes}
     for extend in extensions:
         extend(app, batcher)
     app.router.on_shutdown.append(batcher.close)
-    observed = Observe(app, (requests, latency, errors), routes)
-    return BodyLimit(observed, settings.max_body_bytes)  # type: ignore[return-value]
+    if settings.token is None:
+        _document_no_token(app)
+    return BodyLimit(Observe(app, (requests, latency, errors), routes), settings.max_body_bytes)

@@ -105,7 +105,7 @@ class Batcher:
         self._thread.join(timeout=60)
 
     def _work(self) -> None:
-        held: _Job | None = None
+        held: _Job | _Resolve | None = None  # a job taken from the queue that starts the next batch
         while True:
             job = held or self._jobs.get()
             held = None

@@ -14,6 +14,9 @@ from alo.errors import one_line
 from apps.http.errors import ApiError
 
 logger = logging.getLogger("apps.http")
+# Read and drop at most this much of a body declared over the limit before answering 413: a client still sending
+# it would otherwise lose the answer to a broken pipe (the server closes the connection on an unread body).
+DRAIN_BYTES = 16 * 1024 * 1024
 
 
 class HttpMiddleware:
@@ -50,6 +53,8 @@ class BodyLimit(HttpMiddleware):
         """Pass the request on, counting its body; answer 413 once it is over the limit."""
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            if int(declared) <= self.limit + DRAIN_BYTES:
+                await _drain(receive)
             await _too_large(self.limit, send)
             return
         seen = 0
@@ -111,6 +116,14 @@ class Observe(HttpMiddleware):
 
 class _BodyTooLargeError(Exception):
     pass
+
+
+async def _drain(receive: Receive) -> None:
+    """Read a request's body to its end (the caller bounds its declared size), dropping it."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _too_large(limit: int, send: Send) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from alo.errors import AloError, one_line
 from apps.http.errors import ApiError
@@ -31,7 +32,7 @@ async def request_images(request: Request, max_images: int, data_root: Path | No
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form(max_files=max_images, max_fields=16)
-        uploads = [item for item in form.getlist("files") if hasattr(item, "read")]
+        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
         if not uploads:
             raise ApiError(400, "no images: send them as multipart form field 'files'")
         _check_count(len(uploads), max_images)

@@ -63,7 +63,7 @@ def sweep_view(run: RunInfo) -> dict[str, Any] | None:
             table = list(csv.DictReader(handle))
     except (OSError, csv.Error):
         return None
-    rows = []
+    rows, thresholds = [], []
     for entry in table:
         try:
             values = {key: float(entry[key]) for key in ("threshold", "precision", "recall", "f1", "accuracy")}
@@ -71,9 +71,10 @@ def sweep_view(run: RunInfo) -> dict[str, Any] | None:
         except (KeyError, ValueError):
             return None
         rows.append({**values, **counts, "inference_threshold": normalized_threshold(calibration, values["threshold"])})
+        thresholds.append(values["threshold"])
     if not rows:
         return None
-    trained = int(np.argmin([abs(row["threshold"] - calibration.threshold) for row in rows]))
+    trained = int(np.argmin([abs(threshold - calibration.threshold) for threshold in thresholds]))
     images = []
     for row in output_rows(run):
         try:

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from alo.runner import train_id_of
 from apps.http.errors import ApiError
@@ -102,7 +103,7 @@ async def threshold(page: PageDep, run_id: str) -> dict[str, Any]:
     """A train run's validation sweep, as the explorer shows it."""
     run = await run_in_threadpool(runs.find_run, page.context.project, "train", run_id)
     view = await run_in_threadpool(explorer.sweep_view, run) if run is not None else None
-    if view is None:
+    if run is None or view is None:
         raise UiError(404, f"train run {run_id} has no threshold sweep (it needs validation images)")
     served = train_id_of(page.context.models)
     return {**view, "run": run.as_dict(), "served": served == run_id, "plan": page.context.plan_path.name}
@@ -199,7 +200,7 @@ async def _inspect_images(request: Request, data_root: Path | None, max_images: 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form(max_files=max_images, max_fields=4)
-        uploads = [item for item in form.getlist("files") if hasattr(item, "read")]
+        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
         if not uploads:
             raise UiError(400, "no images: drop or choose image files")
         names = [str(upload.filename or f"upload-{i}") for i, upload in enumerate(uploads)]
@@ -210,7 +211,8 @@ async def _inspect_images(request: Request, data_root: Path | None, max_images: 
         if not files:
             raise UiError(404, "that folder holds no images")
         files = files[:max_images]
-        names = [p.relative_to(data_root.resolve()).as_posix() for p in files]  # type: ignore[union-attr]
+        root = folder if data_root is None else data_root.resolve()  # inside() refused a server without one
+        names = [p.relative_to(root).as_posix() for p in files]
         contents = await run_in_threadpool(lambda: [p.read_bytes() for p in files])
     try:
         return names, await run_in_threadpool(decode_all, names, contents)

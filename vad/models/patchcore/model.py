@@ -81,7 +81,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         Returns:
             The model.
         """
-        params: PatchcoreParams = spec.params  # type: ignore[assignment]
+        params = spec.params_as(PatchcoreParams)
         return cls(spec.backbone, spec.layers, params.num_neighbors, params.search, params.image_score)
 
     def fit(self, train: FitData, valid: FitData, options: FitOptions, logger: logging.Logger) -> dict[str, float]:
@@ -97,7 +97,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             No fit metrics.
         """
         batches, total = training_passes(train, self.spec, options)
-        params: PatchcoreParams = self.spec.params  # type: ignore[assignment]
+        params = self.spec.params_as(PatchcoreParams)
         self.fit_bank(
             (images.to(self.device) for images in batches), total, params.coreset_sampling_ratio, options.seed, logger
         )
@@ -279,11 +279,11 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         :func:`feature_cache.enabled` its features come from the memo where it holds them.
         """
         images = images.contiguous(memory_format=torch.channels_last)
-        extractor = self.feature_extractor
-        backbone = self.scoring_backbone()
-        features = dict(zip(extractor.layers, backbone_features(backbone, extractor.layers, images), strict=True))
-        features = {layer: self.feature_pooler(feature) for layer, feature in features.items()}
-        return self.generate_embedding(features)
+        layers = [str(layer) for layer in self.feature_extractor.layers]  # anomalib types them str | int
+        maps = backbone_features(self.scoring_backbone(), layers, images)
+        return self.generate_embedding(
+            {layer: self.feature_pooler(feature) for layer, feature in zip(layers, maps, strict=True)}
+        )
 
     def fit_bank(
         self,

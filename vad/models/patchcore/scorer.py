@@ -11,6 +11,7 @@ from torch import nn
 
 from vad.models.maps import concat_layers
 from vad.models.ort_backbone import OrtBackbone, ort_backbone
+from vad.models.patchcore import PatchcoreParams
 from vad.models.patchcore.torch_tail import TorchTail
 from vad.models.scorer import GraphScorer, in_graph_runtime
 from vad.models.spec import ModelSpec
@@ -38,7 +39,7 @@ class PatchcoreScorer(GraphScorer):
         weights, bias = head if head is not None else (torch.empty(0), torch.empty(0))
         self.register_buffer("head_weights", weights)  # the supervised mode's head (empty: none)
         self.register_buffer("head_bias", bias)
-        exact_only = spec.params.search == "exact"  # type: ignore[attr-defined]
+        exact_only = spec.params_as(PatchcoreParams).search == "exact"
         self.bank_tail = TorchTail(bank, centroids, kernel, spec.input_size, head, exact_only)
         self.embedding_runtime: OrtBackbone | None = None  # backbone + embedding in ONNX Runtime (:meth:`prepare`)
 
@@ -52,7 +53,7 @@ class PatchcoreScorer(GraphScorer):
         Returns:
             True for ``image_score: map_max``.
         """
-        return spec.params.image_score == "map_max"  # type: ignore[attr-defined]
+        return spec.params_as(PatchcoreParams).image_score == "map_max"
 
     STATE_KEYS: ClassVar[dict[str, str]] = {
         "bank": "memory_bank",
@@ -124,7 +125,7 @@ class PatchcoreScorer(GraphScorer):
         Returns:
             The arrays of :class:`~vad.models.patchcore.tail.PatchcoreTail` (:meth:`~.tail.PatchcoreTail.arrays`).
         """
-        return self.bank_tail.tail(embedding.shape[1:3]).arrays()
+        return self.bank_tail.tail((int(embedding.shape[1]), int(embedding.shape[2]))).arrays()
 
     def forward(self, images: torch.Tensor, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image scores (B,) and anomaly maps (B, 1, H, W), as the model computes them (:class:`TorchTail`).

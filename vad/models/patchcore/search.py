@@ -35,6 +35,9 @@ def cluster_bank(bank: np.ndarray, seed: int, threads: int | None = None) -> np.
     lists = min(settings.MAX_LISTS, rows // settings.ROWS_PER_LIST)
     kmeans = faiss.Kmeans(dims, lists, niter=20, seed=seed, max_points_per_centroid=256)
     kmeans.train(np.ascontiguousarray(bank, dtype=np.float32))
+    if kmeans.centroids is None:  # set by train; faiss types it as optional
+        msg = "faiss k-means trained without centroids"
+        raise RuntimeError(msg)
     return kmeans.centroids.copy()
 
 
@@ -116,9 +119,12 @@ class BankIndex:
 
     def _ivf(self, queries: np.ndarray, probes: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest row among each query's ``probes`` nearest lists (a query whose lists are empty: exact)."""
+        if self.index is None:
+            return self.exact_rows(queries)
         self._threads()
-        params = self.faiss.SearchParametersIVF(nprobe=min(probes, len(self.centroids)))
-        squared, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1, params=params)  # type: ignore[union-attr]
+        # faiss's generated stub omits the keyword arguments its Python wrapper accepts
+        params = self.faiss.SearchParametersIVF(nprobe=min(probes, len(self.centroids)))  # type: ignore[call-arg]
+        squared, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1, params=params)
         distances, rows = np.sqrt(np.maximum(squared[:, 0], 0.0)), rows[:, 0]
         missing = rows < 0
         if missing.any():

@@ -113,7 +113,7 @@ class PatchcoreTail:
             The file written.
         """
         path = folder / TAIL_FILE
-        np.savez(path, **{name: np.ascontiguousarray(value) for name, value in arrays.items()})
+        np.savez(path, allow_pickle=False, **{name: np.ascontiguousarray(value) for name, value in arrays.items()})
         return path
 
     @classmethod

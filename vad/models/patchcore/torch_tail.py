@@ -164,8 +164,9 @@ class TorchTail:
         batch, height, width, dims = embedding.shape
         tail = self.tail((height, width))
         if embedding.device.type == "cpu":
-            scores, found = tail(embedding.detach().float().numpy(), maps)
-            return torch.from_numpy(scores), torch.from_numpy(found).unsqueeze(1) if found is not None else None
+            found_scores, found_maps = tail(embedding.detach().float().numpy(), maps)
+            cpu_maps = torch.from_numpy(found_maps).unsqueeze(1) if found_maps is not None else None
+            return torch.from_numpy(found_scores), cpu_maps
         device = embedding.device
         queries = embedding.reshape(-1, dims).float()
         distances = exact_nearest(self._bank_on(device), queries, 1)[0].reshape(batch, height, width)
@@ -174,5 +175,5 @@ class TorchTail:
         scores = anomaly_maps.amax(dim=(1, 2))
         if len(tail.head_weights):
             offsets = tail.head(embedding.detach().float().cpu().numpy())
-            scores = scores + torch.from_numpy(offsets).to(device=device, dtype=scores.dtype)
+            scores = scores + torch.from_numpy(offsets).to(device).to(scores.dtype)
         return scores, anomaly_maps.unsqueeze(1) if maps else None

@@ -48,7 +48,7 @@ class Control(BaseModel):
     interface_mode: str = "memory"
     save_inference_format: str = "tar.gz"
     check_resource: bool = False
-    tracking: bool = True  # every run logged to MLflow (alo/tracking.py); false: nothing written
+    tracking: bool = True  # every run logged to MLflow (alo/tracking/); false: nothing written
     tracking_uri: str | None = None  # default: the SQLite store in mlruns/ beside the plan
     tracking_experiment: str | None = None  # default: the plan's name
 

@@ -134,7 +134,7 @@ def _dimension(key: str, value: list[Any] | Range, base: dict[str, Any]) -> Dime
     if key.startswith("model_parameters."):
         name = key.split(".", 1)[1]
         if name not in model_parameters_class().model_fields:
-            msg = f"plan error: {where}: '{name}' is not a model parameter; see model_parameters in the README"
+            msg = f"plan error: {where}: '{name}' is not a model parameter; see model_parameters in docs/plan.md"
             raise PlanError(msg)
     if isinstance(value, list):
         if not value:

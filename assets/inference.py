@@ -5,11 +5,14 @@ artifacts, promoted only when the run succeeds), so a long run shows its results
 holds no anomaly maps beyond the current batch. Heatmap files are deferred writes (``ctx.defer``): the
 runner writes them after the steps, and after the edge loop has answered with the summary, before the run's
 artifacts are promoted (a few pictures are held at a time). With labels, metrics are computed on the
-labelled rows (``output/inference_score.csv``).
+labelled rows (``output/inference_score.csv``). The first ``save_output_images`` scored images are copied into
+``output/`` beside ``output.csv`` (:mod:`vad.output_images`: the edge result's picture, and retraining data), also
+deferred writes.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,6 +26,7 @@ from vad.calibration import DEFAULT_INFERENCE_THRESHOLD
 from vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
 from vad.detector import PredictionBatch, resident_detector
 from vad.heatmaps import UNKNOWN_LABEL, heatmap_name, save_heatmap
+from vad.output_images import MANIFEST, choose_output_images, save_output_image, write_manifest
 from vad.pixel_metrics import PixelRows
 from vad.runtime import use_all_cores
 
@@ -36,6 +40,7 @@ class InferenceArgs(StepArgs):
     save_anomaly_maps: bool = False
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
+    save_output_images: int = Field(1, ge=0)  # the first N scored images, copied into output/ (edge picture)
 
 
 class InferenceStep(Asset):
@@ -89,6 +94,7 @@ class InferenceStep(Asset):
                     label = labels[position] if labels else UNKNOWN_LABEL
                     path = folder / heatmap_name(label, prediction.label, files[position])
                     ctx.defer(save_heatmap, prediction.heatmap, path)  # after the edge loop's answer
+        self._keep_output_images(ctx, files, args.save_output_images)
         predictions = rows.assign(**{name: np.concatenate(parts) for name, parts in scored.items()})  # input order
         is_anomalous = np.concatenate(flags)
         summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(is_anomalous.sum())}
@@ -105,6 +111,19 @@ class InferenceStep(Asset):
             "inference_threshold": args.inference_threshold,
         }
         return data, config
+
+    @staticmethod
+    def _keep_output_images(ctx: StepContext, files: list[str], limit: int) -> None:
+        """Copy the first ``limit`` scored images into ``output/`` (deferred) and list them in its manifest."""
+        kept = choose_output_images(files, limit)
+        if not kept:
+            return
+        folder = ctx.artifacts / "output"
+        for image in kept:
+            ctx.defer(save_output_image, Path(image.source), folder / image.name)  # after the edge loop's answer
+        write_manifest(kept, ctx.artifact_path("output", MANIFEST))
+        shown = ", ".join(image.name for image in kept[:3]) + (", ..." if len(kept) > 3 else "")
+        ctx.logger.info(f"{len(kept)} of {len(files)} scored image(s) kept in output/ ({shown})")
 
     @staticmethod
     def _labelled_scores(

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def test_a_request_is_answered_with_the_summary_of_a_batch_run(trained, server, 
     assert code == 0, output[-2000:]
     assert answer["status"] == "success" and answer["request_id"] == "first"
     assert archived == answer and (artifacts / "inference_artifacts.tar.gz").is_file()
+    with tarfile.open(artifacts / "inference_artifacts.tar.gz") as tar:  # the request's picture, as sent
+        picture = tar.extractfile(f"output/{image.name}")
+        assert picture is not None and picture.read() == image.read_bytes()
     summary = answer["message"]
     assert summary.pop("version") == "2.5"  # metadata_version
     assert {k: v for k, v in summary.items() if k != "date"} == {

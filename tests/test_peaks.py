@@ -82,3 +82,21 @@ def test_peak_maps_are_exact_whatever_the_bounds(spread):
     assert search.searched <= len(truth)
     if spread == 0.05:
         assert search.searched < len(truth) // 2  # tight bounds: most patches are never searched exactly
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_the_exact_torch_search_a_gpu_scores_with_gives_the_tails_scores_and_maps(head):
+    """The off-CPU path (exact torch search) and the tail every CPU runtime uses agree, head included."""
+    from vad.models.patchcore.torch_tail import TorchTail
+
+    generator = torch.Generator().manual_seed(5)
+    bank = torch.randn(300, 24, generator=generator)
+    embedding = torch.randn(3, 8, 8, 24, generator=generator)
+    weights = (torch.randn(48, generator=generator), torch.tensor([0.25])) if head else None
+    tail = TorchTail(bank, torch.empty(0), gaussian_kernel(), (64, 64), weights, exact_only=False)
+    scores, maps = tail(embedding, maps=True)  # the CPU: the numpy tail
+    torch_scores, torch_maps = tail.exact_in_torch(embedding, maps=True)
+    torch.testing.assert_close(torch_scores, scores, rtol=1e-4, atol=1e-4)
+    assert maps is not None and torch_maps is not None and torch_maps.shape == maps.shape == (3, 1, 64, 64)
+    torch.testing.assert_close(torch_maps, maps, rtol=1e-4, atol=1e-4)
+    assert tail.exact_in_torch(embedding, maps=False)[1] is None

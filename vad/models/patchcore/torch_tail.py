@@ -161,12 +161,28 @@ class TorchTail:
         Returns:
             Scores and maps, on the embedding's device.
         """
+        if embedding.device.type != "cpu":
+            return self.exact_in_torch(embedding, maps)
+        tail = self.tail((embedding.shape[1], embedding.shape[2]))
+        found_scores, found_maps = tail(embedding.detach().float().numpy(), maps)
+        cpu_maps = torch.from_numpy(found_maps).unsqueeze(1) if found_maps is not None else None
+        return torch.from_numpy(found_scores), cpu_maps
+
+    def exact_in_torch(self, embedding: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every patch searched exactly in torch, on the embedding's device (how a GPU scores).
+
+        The same map as the tail's exact search (the same blur matrices, the same head), without the inverted
+        file's bounds: a GPU searches a whole batch's patches in one product.
+
+        Args:
+            embedding: Patch embeddings (B, h, w, D).
+            maps: Return the maps.
+
+        Returns:
+            Scores (B,) and maps (B, 1, H, W) or None, on the embedding's device.
+        """
         batch, height, width, dims = embedding.shape
         tail = self.tail((height, width))
-        if embedding.device.type == "cpu":
-            found_scores, found_maps = tail(embedding.detach().float().numpy(), maps)
-            cpu_maps = torch.from_numpy(found_maps).unsqueeze(1) if found_maps is not None else None
-            return torch.from_numpy(found_scores), cpu_maps
         device = embedding.device
         queries = embedding.reshape(-1, dims).float()
         distances = exact_nearest(self._bank_on(device), queries, 1)[0].reshape(batch, height, width)

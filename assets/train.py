@@ -8,6 +8,7 @@ whatever the registry (:mod:`vad.models`) names: this step never branches on it.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pandas as pd
@@ -95,14 +96,17 @@ class TrainStep(Asset):
             "validation": metrics,
         }
         save(model, calibration, training, ctx.model_dir / "train")
+        spec = model.spec
+        del model  # the export loads the saved model: the fitted one (its memory bank and search index) goes first
         if args.export:  # each graph proven on the validation images, or refused (logged)
+            gc.collect()
             export_saved(ctx.model_dir / "train", valid.files, args.export, args.precision, valid.is_ng, train.files)
         ctx.logger.info(
             f"trained in {fit_seconds:.1f}s; raw threshold {calibration.threshold:.5g} ({method}); "
             f"validation image AUROC {metrics.get('auroc', float('nan')):.4f}"
         )
         data["validation"] = output
-        config["train"] = {"spec": model.spec, "calibration": calibration, "metrics": metrics}
+        config["train"] = {"spec": spec, "calibration": calibration, "metrics": metrics}
         return data, config
 
     @staticmethod

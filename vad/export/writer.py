@@ -28,6 +28,7 @@ succeeds without it.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -91,38 +92,167 @@ def _save_openvino(model: Any, path: Path) -> None:
 
 @dataclass
 class GateInputs:
-    """What every graph of one export is gated on.
+    """What every graph of one export is gated on: the torch scorer's results, never the scorer itself.
 
     Attributes:
-        scorer: The torch scorer.
         spec: The model's spec.
         calibration: The fp32 calibration.
         validation: Validation image files.
         pictures: The first :data:`GATE_IMAGES` of them, read.
         is_ng: Their labels (None: none).
         train_images: OK training image files (int8 calibration).
-        tail: The numpy tail after the graph, or None.
         target: ``models/export``.
+        graph: The traced ONNX graph.
+        tail_name: The model whose numpy tail follows the graph (its arrays saved in ``target``), or None.
+        tail: That tail, read back from ``target`` once the torch scorer is gone (None before, and without one).
         reference: Torch's raw scores and per-batch maps of ``pictures``.
         torch_speed: Torch's images/s in batches and one-image milliseconds.
+        int8_reference: Torch's raw scores of the int8 gate's validation images where they are more than
+            ``pictures`` (None: the reference's), or the exception that scoring them raised (the int8 gate's).
     """
 
-    scorer: GraphScorer
     spec: Any
     calibration: Calibration
     validation: list[str]
     pictures: list[Image.Image]
     is_ng: np.ndarray | None
     train_images: Sequence[str]
-    tail: Any
     target: Path
+    graph: bytes
+    tail_name: str | None = None
+    tail: Any = None
     reference: tuple[np.ndarray, list[np.ndarray]] = (np.empty(0), [])
     torch_speed: dict[str, float] = field(default_factory=dict)
+    int8_reference: np.ndarray | Exception | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         """The model's input (height, width)."""
         return tuple(self.spec.input_size)
+
+
+class _Export:
+    """One export in two phases, so that the torch scorer can be released before the graphs are gated.
+
+    :meth:`trace` is all that needs the torch scorer: the ONNX trace, the tail's arrays (written to
+    ``models/export``) and torch's reference scores (for the int8 gate also those of its validation images).
+    :meth:`gate` reads the numpy tail back and runs each graph in its runtime, one at a time. A caller that owns the
+    scorer drops it in between (:func:`export_saved`): the scorer's memory bank and search index are then never in
+    memory beside the tail's (with a 2,000-image PatchCore bank, 167 MB each, and as much again for each index).
+    """
+
+    def __init__(
+        self,
+        spec: Any,
+        calibration: Calibration,
+        validation: Sequence[str],
+        folder: Path,
+        formats: Sequence[str],
+        precision: str,
+        is_ng: Sequence[bool] | np.ndarray | None,
+        train_images: Sequence[str],
+    ) -> None:
+        self.spec, self.calibration, self.folder = spec, calibration, folder
+        self.validation, self.is_ng, self.train_images = list(validation), is_ng, train_images
+        self.target = export_dir(folder)
+        self.target.mkdir(parents=True, exist_ok=True)
+        for kind in KINDS.values():  # an earlier export's graphs do not outlive this one
+            _remove_graph(self.target, kind)
+        for leftover in self.target.glob("*.npz"):
+            leftover.unlink()
+        size = tuple(spec.input_size)
+        self.kinds = [KINDS[name] for name in FORMATS if name in formats]
+        if precision == "int8" and OPENVINO in self.kinds:
+            self.kinds.append(OPENVINO_INT8)
+        self.manifest: dict[str, Any] = {
+            "opset": OPSET,
+            "model_name": spec.model_name,
+            "input": {"name": INPUT_NAME, "shape": ["batch", size[0], size[1], 3], "dtype": "uint8", "layout": "NHWC"},
+            "outputs": list(OUTPUT_NAMES),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "exports": {},
+        }
+        self.parities: dict[str, Any] = {}
+        self.inputs: GateInputs | None = None
+        self.started = time.perf_counter()
+
+    def trace(self, scorer: GraphScorer) -> None:
+        """Everything the gates need from the torch scorer; it is not kept (a failure refuses every graph).
+
+        Args:
+            scorer: The model's torch scorer.
+        """
+        try:
+            self.inputs = self._trace(scorer)
+        except Exception as exc:  # the trace itself failed: every graph refused, training goes on
+            self.parities = {kind.name: _failed(exc) for kind in self.kinds}
+
+    def _trace(self, scorer: GraphScorer) -> GateInputs:
+        spec = self.spec
+        graph, arrays = onnx_bytes(scorer, spec.mean, spec.std, tuple(spec.input_size))
+        tail_name = scorer.TAIL if arrays is not None else None  # arrays come with a tail only
+        if arrays is not None and tail_name is not None:
+            model_entry(tail_name).tail_class().save(self.target, arrays)
+            self.manifest.update(tail=tail_name, outputs=[EMBEDDING_NAME])
+        del arrays  # views of the scorer's bank
+        names = self.validation
+        pictures = [read_image(path) for path in names[:GATE_IMAGES]]
+        if not pictures:
+            msg = "no validation images to prove the export on"
+            raise ValueError(msg)
+        labels = None if self.is_ng is None else np.asarray(self.is_ng, dtype=bool)
+        gate = GateInputs(spec, self.calibration, names, pictures, labels, self.train_images, self.target, graph)
+        gate.tail_name = tail_name
+        torch_score = torch_scores(scorer, spec)
+        raw, maps, per_s = score_batches(torch_score, pictures)
+        gate.reference = (raw, maps)
+        gate.torch_speed = {"torch_images_per_s": per_s, "torch_one_image_ms": one_image_ms(torch_score, pictures[0])}
+        if OPENVINO_INT8 in self.kinds and len(names) > len(pictures):  # the int8 gate scores more of them
+            try:
+                every = [read_image(path) for path in names[:INT8_VALIDATION_IMAGES]]
+                gate.int8_reference = score_batches(torch_score, every)[0]
+            except Exception as exc:  # refuses the int8 graph only, as when it is gated (no frames kept)
+                gate.int8_reference = exc.with_traceback(None)
+        return gate
+
+    def gate(self) -> dict[str, Any]:
+        """Read the tail back, gate each graph, write ``manifest.json`` and ``parity.json``.
+
+        Returns:
+            The manifest written.
+        """
+        inputs, kinds, target = self.inputs, self.kinds, self.target
+        if inputs is not None:
+            try:
+                if inputs.tail_name is not None:
+                    inputs.tail = load_tail(inputs.tail_name, target)
+                prepared: dict[str, Any] = {}
+                for kind in kinds:
+                    try:
+                        self.parities[kind.name] = _export_one(kind, inputs.graph, prepared, inputs)
+                    except Exception as exc:  # this graph's exporter or runtime cannot take the model: others go on
+                        self.parities[kind.name] = _failed(exc)
+            except Exception as exc:  # the tail cannot be read back: every graph refused, training goes on
+                self.parities = {kind.name: _failed(exc) for kind in kinds}
+        manifest, parities = self.manifest, self.parities
+        for kind in kinds:
+            figures = parities[kind.name]
+            entry: dict[str, Any] = {"file": kind.file, "runtime": kind.runtime, "precision": kind.precision}
+            entry["accepted"] = bool(figures["accepted"])
+            if not figures["accepted"]:
+                entry["reason"] = figures["reason"]
+                _remove_graph(target, kind)
+            manifest["exports"][kind.name] = entry
+            _log_verdict(kind, figures, target, self.folder)
+        accepted = [name for name, entry in manifest["exports"].items() if entry["accepted"]]
+        manifest.update(accepted=bool(accepted), export_seconds=round(time.perf_counter() - self.started, 2))
+        if not accepted:
+            manifest["reason"] = "; ".join(f"{name}: {entry['reason']}" for name, entry in manifest["exports"].items())
+            for leftover in target.glob("*.npz"):
+                leftover.unlink()
+        (target / PARITY_FILE).write_text(json.dumps(parities, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return manifest
 
 
 def export_model(
@@ -137,6 +267,9 @@ def export_model(
     train_images: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Export a trained model to ``models/export`` and gate each graph; a refused graph is not left behind.
+
+    The scorer stays in memory until the graphs are gated (the caller holds it); :func:`export_saved` releases
+    its own before the exported tail and the runtimes load theirs.
 
     Args:
         scorer: The model's torch scorer (loaded from ``folder``).
@@ -153,70 +286,9 @@ def export_model(
     Returns:
         The manifest written (``exports``: each graph's entry; ``accepted``: whether any graph passed).
     """
-    target = export_dir(folder)
-    target.mkdir(parents=True, exist_ok=True)
-    for kind in KINDS.values():  # an earlier export's graphs do not outlive this one
-        _remove_graph(target, kind)
-    for leftover in target.glob("*.npz"):
-        leftover.unlink()
-    size = tuple(spec.input_size)
-    kinds = [KINDS[name] for name in FORMATS if name in formats]
-    if precision == "int8" and OPENVINO in kinds:
-        kinds.append(OPENVINO_INT8)
-    manifest: dict[str, Any] = {
-        "opset": OPSET,
-        "model_name": spec.model_name,
-        "input": {"name": INPUT_NAME, "shape": ["batch", size[0], size[1], 3], "dtype": "uint8", "layout": "NHWC"},
-        "outputs": list(OUTPUT_NAMES),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "exports": {},
-    }
-    parities: dict[str, Any] = {}
-    started = time.perf_counter()
-    try:
-        model, arrays = onnx_bytes(scorer, spec.mean, spec.std, size)
-        tail = None
-        if arrays is not None and (tail_name := scorer.TAIL) is not None:  # arrays come with a tail only
-            model_entry(tail_name).tail_class().save(target, arrays)
-            tail = load_tail(tail_name, target)
-            manifest.update(tail=tail_name, outputs=[EMBEDDING_NAME])
-        names = list(validation)
-        pictures = [read_image(path) for path in names[:GATE_IMAGES]]
-        if not pictures:
-            msg = "no validation images to prove the export on"
-            raise ValueError(msg)
-        labels = None if is_ng is None else np.asarray(is_ng, dtype=bool)
-        gate = GateInputs(scorer, spec, calibration, names, pictures, labels, train_images, tail, target)
-        torch_score = torch_scores(scorer, spec)
-        raw, maps, per_s = score_batches(torch_score, pictures)
-        gate.reference = (raw, maps)
-        gate.torch_speed = {"torch_images_per_s": per_s, "torch_one_image_ms": one_image_ms(torch_score, pictures[0])}
-        prepared: dict[str, Any] = {}
-        for kind in kinds:
-            try:
-                parities[kind.name] = _export_one(kind, model, prepared, gate)
-            except Exception as exc:  # this graph's exporter or runtime cannot take the model: the others go on
-                parities[kind.name] = _failed(exc)
-    except Exception as exc:  # the trace itself failed: every graph refused, training goes on
-        parities = {kind.name: _failed(exc) for kind in kinds}
-    for kind in kinds:
-        figures = parities[kind.name]
-        entry: dict[str, Any] = {"file": kind.file, "runtime": kind.runtime, "precision": kind.precision}
-        entry["accepted"] = bool(figures["accepted"])
-        if not figures["accepted"]:
-            entry["reason"] = figures["reason"]
-            _remove_graph(target, kind)
-        manifest["exports"][kind.name] = entry
-        _log_verdict(kind, figures, target, folder)
-    accepted = [name for name, entry in manifest["exports"].items() if entry["accepted"]]
-    manifest.update(accepted=bool(accepted), export_seconds=round(time.perf_counter() - started, 2))
-    if not accepted:
-        manifest["reason"] = "; ".join(f"{name}: {entry['reason']}" for name, entry in manifest["exports"].items())
-        for leftover in target.glob("*.npz"):
-            leftover.unlink()
-    (target / PARITY_FILE).write_text(json.dumps(parities, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return manifest
+    export = _Export(spec, calibration, validation, folder, formats, precision, is_ng, train_images)
+    export.trace(scorer)
+    return export.gate()
 
 
 def _failed(exc: Exception) -> dict[str, Any]:
@@ -255,9 +327,11 @@ def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
     """Quantise in each int8 scope in turn and keep the first graph that passes the accuracy gate."""
     every = gate.pictures
     fp32_raw = gate.reference[0]
-    if len(gate.validation) > len(gate.pictures):
+    if isinstance(gate.int8_reference, Exception):
+        raise gate.int8_reference
+    if gate.int8_reference is not None:  # torch scored more validation images than the fp32 gate's
         every = [read_image(path) for path in gate.validation[:INT8_VALIDATION_IMAGES]]
-        fp32_raw = score_batches(torch_scores(gate.scorer, gate.spec), every)[0]
+        fp32_raw = gate.int8_reference
     labels = None if gate.is_ng is None else gate.is_ng[: len(every)]
     path = gate.target / OPENVINO_INT8.file
     attempts: list[dict[str, Any]] = []
@@ -334,6 +408,8 @@ def export_saved(
     if not isinstance(trained.model, GraphScorer):
         logger.warning("export skipped: this model scores through anomalib (saved without its backbone graph)")
         return None
-    return export_model(
-        trained.model, trained.spec, trained.calibration, validation, folder, formats, precision, is_ng, train_images
-    )
+    export = _Export(trained.spec, trained.calibration, validation, folder, formats, precision, is_ng, train_images)
+    export.trace(trained.model)
+    del trained  # the torch scorer (its bank, search index and backbone) goes before the tail and the runtimes load
+    gc.collect()
+    return export.gate()

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.harness.data import generate, stamped
 from benchmarks.harness.measure import main_py
@@ -130,7 +131,7 @@ def measure(counts: Sequence[int] = COUNTS, work: Path = WORK, checkout: Path = 
         counts: OK image counts, the smallest first (the ratio is the last's peak over the first's).
         work: The folder of the data and the runs.
         checkout: Whose ``main.py`` runs.
-        code: The rows' label for that checkout.
+        code: The rows' label for that checkout (also names its run folders: letters, digits, ``-``, ``_``).
 
     Returns:
         ``rows`` (one per count: ``images``, ``code`` and :func:`train_peak`'s figures) and ``ratio`` (NaN when
@@ -139,7 +140,8 @@ def measure(counts: Sequence[int] = COUNTS, work: Path = WORK, checkout: Path = 
     rows = []
     for count in counts:
         data = build_data(count, work / "data")
-        row = {"images": count, "code": code, **train_peak(data, work / "runs" / f"{code}-{count}", checkout)}
+        row: dict[str, Any] = {"images": count, "code": code, "checkout": str(checkout)}
+        row.update(train_peak(data, work / "runs" / f"{code}-{count}", checkout))
         row["finished"] = utc_stamp(minutes=True)
         rows.append(row)
     failed = any("error" in row for row in rows)
@@ -181,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", nargs="+", type=int, default=list(COUNTS), help="OK image counts, smallest first")
     parser.add_argument("--max-ratio", type=float, default=MAX_RATIO, help="largest peak / smallest peak allowed")
-    parser.add_argument("--baseline", type=Path, help="another checkout to train the same counts with (reported)")
+    parser.add_argument("--baseline", type=Path, help="another checkout to train the counts with (rows 'baseline')")
     parser.add_argument(
         "--section", nargs="?", const=SECTION, help=f"write the table to this BENCHMARKS.md section ({SECTION!r})"
     )
@@ -190,7 +192,7 @@ def main() -> None:
     counts = sorted(args.counts)
     results = []
     if args.baseline is not None:
-        results.append(measure(counts, WORK, args.baseline.resolve(), code=f"baseline ({args.baseline})"))
+        results.append(measure(counts, WORK, args.baseline.resolve(), code="baseline"))
         append_rows(ROWS_LOG, results[-1]["rows"])
     results.append(measure(counts, WORK))
     append_rows(ROWS_LOG, results[-1]["rows"])
@@ -201,8 +203,9 @@ def main() -> None:
     if args.section:
         body = (
             f"Command: `{command_line('benchmarks.train_memory')}`\n\n"
-            f"`main.py --mode train` in its own process per count, the bundled plan's defaults, OK gravel images "
-            f"without a split column. Ratio of this code's peaks: **{ratio:.2f}** (limit {args.max_ratio}).\n\n"
+            "`main.py --mode train` in its own process per count (peak RSS: its `ru_maxrss`), the bundled plan's\n"
+            "defaults, generated OK gravel images listed without a split column (10% held out for validation).\n"
+            f"Ratio of this code's peaks: **{ratio:.2f}** (limit {args.max_ratio}).\n\n"
             f"{text}\n"
         )
         write_section(args.benchmarks_file, args.section, body)

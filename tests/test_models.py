@@ -278,10 +278,16 @@ def test_fastflow_loss_monitor_keeps_the_lowest_loss():
     assert len(weights) == 7 and kept["epoch"] == 4 and final == weights[3]
 
 
+@pytest.mark.parametrize("block_bytes", [None, 4 * 3000 * 7])  # the default, then 7 queries a block (a big bank)
 @pytest.mark.parametrize("queries", [700, 3000])  # the blocked product, then faiss's brute force
-def test_bank_index_finds_the_exact_nearest_rows(queries):
-    from vad.models.patchcore.search import BankIndex
+def test_bank_index_finds_the_exact_nearest_rows(queries, block_bytes, monkeypatch):
+    from vad.models.patchcore import settings
+    from vad.models.patchcore.search import BankIndex, query_block
     from vad.models.patchcore.torch_tail import exact_nearest
+
+    if block_bytes is not None:
+        monkeypatch.setattr(settings, "BLOCK_BYTES", block_bytes)
+        assert query_block(3000) == 7
 
     generator = torch.Generator().manual_seed(2)
     bank, found = torch.randn(3000, 40, generator=generator), torch.randn(queries, 40, generator=generator)

@@ -41,6 +41,18 @@ def cluster_bank(bank: np.ndarray, seed: int, threads: int | None = None) -> np.
     return kmeans.centroids.copy()
 
 
+def query_block(bank_rows: int) -> int:
+    """Queries per block of a blocked exact search: ``QUERY_BLOCK``, fewer where the block would pass ``BLOCK_BYTES``.
+
+    Args:
+        bank_rows: Rows of the bank searched.
+
+    Returns:
+        The block's query count (at least 1).
+    """
+    return max(1, min(settings.QUERY_BLOCK, settings.BLOCK_BYTES // (4 * max(1, bank_rows))))
+
+
 class BankIndex:
     """Every search of one memory bank: exact rows, and inverted-file distances (upper bounds) where they pay.
 
@@ -94,8 +106,9 @@ class BankIndex:
             squared, rows = self.faiss.knn(queries, self.bank, 1)
             return np.sqrt(np.maximum(squared[:, 0], 0.0)), rows[:, 0]
         distances, found = [], []
-        for start in range(0, len(queries), settings.QUERY_BLOCK):
-            block = queries[start : start + settings.QUERY_BLOCK]
+        step = query_block(len(self.bank))
+        for start in range(0, len(queries), step):
+            block = queries[start : start + step]
             products = (block * np.float32(-2.0)) @ self.bank.T  # the bank transposed in place: no copy of it
             products += self.bank_squared
             rows = products.argmin(axis=1)

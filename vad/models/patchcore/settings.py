@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-QUERY_BLOCK = 2048  # query patches per distance block: 2048 x bank rows x 4 bytes at a time
+QUERY_BLOCK = 2048  # query patches per distance block at most: 2048 x bank rows x 4 bytes at a time
+# ... and at most this many bytes of distances per block, so a large bank's block stays small (a 288,000-row bank:
+# 58 queries a block, not 2,048, which held 2.4 GB)
+BLOCK_BYTES = 64 * 1024 * 1024
 # From this many queries faiss's brute-force search beats torch's blocked product on this CPU (4,096 queries:
 # 1.6-2.3x faster); with fewer it is slower (800 queries: 1.7-1.9x slower), so small sets stay in torch.
 FAISS_MIN_QUERIES = 2048

@@ -14,7 +14,7 @@ import torch
 from vad.models.maps import UpsampleBlur
 from vad.models.patchcore import settings
 from vad.models.patchcore.peaks import GridBlur
-from vad.models.patchcore.search import BankIndex, cluster_bank
+from vad.models.patchcore.search import BankIndex, cluster_bank, query_block
 from vad.models.patchcore.tail import PatchcoreTail
 
 
@@ -36,7 +36,7 @@ def exact_nearest(bank: torch.Tensor, queries: torch.Tensor, n_neighbors: int) -
     """
     bank_squared = (bank * bank).sum(dim=1)  # ~D x bank rows: nothing beside the addmm's N x that
     distances, indices = [], []
-    for block in queries.split(settings.QUERY_BLOCK):
+    for block in queries.split(query_block(len(bank))):
         squared = torch.addmm(bank_squared.unsqueeze(0), block, bank.T, beta=1.0, alpha=-2.0)
         if n_neighbors == 1:
             value, index = squared.min(dim=1)

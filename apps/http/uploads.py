@@ -31,13 +31,10 @@ async def request_images(request: Request, max_images: int, data_root: Path | No
     """
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        form = await request.form(max_files=max_images, max_fields=16)
-        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
-        if not uploads:
+        names, contents = await read_uploads(request, max_images, max_fields=16)
+        if not names:
             raise ApiError(400, "no images: send them as multipart form field 'files'")
-        _check_count(len(uploads), max_images)
-        names = [str(upload.filename or f"upload-{i}") for i, upload in enumerate(uploads)]
-        contents = [await upload.read() for upload in uploads]
+        _check_count(len(names), max_images)
         return names, await run_in_threadpool(decode_all, names, contents)
     if kind == "application/json":
         paths = paths_of(await request.body())
@@ -46,6 +43,23 @@ async def request_images(request: Request, max_images: int, data_root: Path | No
         contents = await run_in_threadpool(lambda: [file.read_bytes() for file in files])
         return paths, await run_in_threadpool(decode_all, paths, contents)
     raise ApiError(415, "send images as multipart/form-data (field 'files') or JSON {\"paths\": [...]}")
+
+
+async def read_uploads(request: Request, max_images: int, max_fields: int) -> tuple[list[str], list[bytes]]:
+    """The files of a multipart request's ``files`` field: their names (or ``upload-<i>``) and bytes.
+
+    Args:
+        request: A ``multipart/form-data`` request.
+        max_images: Most files the form may carry (starlette refuses more).
+        max_fields: Most other fields it may carry.
+
+    Returns:
+        The names and contents (empty when the field holds no file).
+    """
+    form = await request.form(max_files=max_images, max_fields=max_fields)
+    uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+    names = [str(upload.filename or f"upload-{i}") for i, upload in enumerate(uploads)]
+    return names, [await upload.read() for upload in uploads]
 
 
 def paths_of(body: bytes) -> list[str]:

@@ -14,12 +14,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from alo.runner import train_id_of
 from apps.http.errors import ApiError
 from apps.http.summary import batch_summary
-from apps.http.uploads import decode_all
+from apps.http.uploads import decode_all, read_uploads
 from apps.web import explorer, runs
 from apps.web.inspect import inspected, validation_scores
 from apps.web.state import PageDep, UiError, inside, require_csrf, require_login
@@ -199,20 +198,17 @@ async def _inspect_images(request: Request, data_root: Path | None, max_images: 
     """Uploads (multipart ``files``) or the images of a data folder (JSON ``{"folder": ...}``), decoded."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        form = await request.form(max_files=max_images, max_fields=4)
-        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
-        if not uploads:
+        names, contents = await read_uploads(request, max_images, max_fields=4)
+        if not names:
             raise UiError(400, "no images: drop or choose image files")
-        names = [str(upload.filename or f"upload-{i}") for i, upload in enumerate(uploads)]
-        contents = [await upload.read() for upload in uploads]
     else:
         folder = inside(data_root, str((await json_object(request)).get("folder", "")))
         files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise UiError(404, "that folder holds no images")
         files = files[:max_images]
-        root = folder if data_root is None else data_root.resolve()  # inside() refused a server without one
-        names = [p.relative_to(root).as_posix() for p in files]
+        assert data_root is not None  # inside() refuses a server without a data folder
+        names = [p.relative_to(data_root.resolve()).as_posix() for p in files]
         contents = await run_in_threadpool(lambda: [p.read_bytes() for p in files])
     try:
         return names, await run_in_threadpool(decode_all, names, contents)

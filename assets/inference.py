@@ -5,7 +5,7 @@ artifacts, promoted only when the run succeeds), so a long run shows its results
 holds no anomaly maps beyond the current batch. Heatmap files are deferred writes (``ctx.defer``): the
 runner writes them after the steps, and after the edge loop has answered with the summary, before the run's
 artifacts are promoted (a few pictures are held at a time). With labels, metrics are computed on the
-labelled rows (``output/inference_score.csv``). The first ``save_output_images`` scored images are copied into
+labelled rows (``score/inference_score.csv``). The first ``save_output_images`` scored images are copied into
 ``output/`` beside ``output.csv`` (:mod:`vad.output_images`: the edge result's picture, and retraining data), also
 deferred writes.
 """
@@ -140,9 +140,9 @@ class InferenceStep(Asset):
             is_ng, is_anomalous[labelled], predictions["raw_score"].to_numpy()[labelled]
         )
         scores.update(pixels.compute())
-        pd.DataFrame([scores]).to_csv(ctx.artifact_path("output", "inference_score.csv"), index=False)
+        pd.DataFrame([scores]).to_csv(ctx.artifact_path("score", "inference_score.csv"), index=False)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
-        ctx.logger.info(f"labels found, scores written to output/inference_score.csv: {shown}")
+        ctx.logger.info(f"labels found, scores written to score/inference_score.csv: {shown}")
         return scores
 
 

@@ -3,7 +3,7 @@
 For each product a plan is written whose train data is the product's ``train/`` folder (the threshold
 is set on its 20 OK + 10 NG validation images) and whose inference data is the held-out ``test/``
 folder (50 OK + 50 NG, with masks). Image AUROC, F1 at the trained threshold and pixel AUROC come
-from ``inference_artifacts/output/inference_score.csv``; times from each run's history record.
+from ``inference_artifacts/score/inference_score.csv``; times from each run's history record.
 
     .venv/bin/python -m benchmarks.accuracy [--products gravel brick] [--models patchcore] [--backbones ...]
         [--pairs patchcore/mobilenetv2_100 fastflow/tf_efficientnet_lite0] [--samples 3] [--reuse]
@@ -91,7 +91,7 @@ def run_one(work: Path, product_dir: Path, setting: Setting, reuse: bool = False
     result, process_s = run_timed(main_py("--mode", "all", "--config", str(work / "experimental_plan.yaml")))
     if result.returncode != 0:
         return {"error": error_tail(result, 1)}
-    scores = pd.read_csv(work / "inference_artifacts/output/inference_score.csv").iloc[0].to_dict()
+    scores = pd.read_csv(work / "inference_artifacts/score/inference_score.csv").iloc[0].to_dict()
     row = {
         "image_auroc": scores["auroc"],
         "f1": scores["f1"],

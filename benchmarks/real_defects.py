@@ -223,7 +223,7 @@ def run_plan(work: Path, split_dir: Path, plan: Plan, reuse: bool = False, fast:
         if done.returncode != 0:
             return {"error": f"{mode}: {error_tail(done, 1)}"}
         print(f"  {plan.name} {split_dir.name} {mode}: {seconds:.1f} s", flush=True)
-    scores = pd.read_csv(work / "inference_artifacts/output/inference_score.csv").iloc[0]
+    scores = pd.read_csv(work / "inference_artifacts/score/inference_score.csv").iloc[0]
     row = {
         "image_auroc": float(scores["auroc"]),
         "f1": float(scores["f1"]),

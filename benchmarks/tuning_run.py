@@ -90,7 +90,7 @@ def test_scores(plan: Path, name: str) -> dict:
     raw.pop("tuning", None)
     copy = save_plan(raw, folder)
     seconds = main_py("--mode", "all", "--config", str(copy))
-    scores = pd.read_csv(folder / "inference_artifacts" / "output" / "inference_score.csv").iloc[0]
+    scores = pd.read_csv(folder / "inference_artifacts" / "score" / "inference_score.csv").iloc[0]
     return {"test_auroc": float(scores["auroc"]), "test_f1": float(scores["f1"]), "train_and_test_s": seconds}
 
 

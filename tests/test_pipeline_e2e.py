@@ -142,11 +142,13 @@ def test_labelled_inference_scores_and_counts_predictions(project):
     pd.DataFrame({"label": labels, "image_path": names}).to_csv(folder / "inference.csv", index=False)
     assert main.main(["--mode", "all", "--config", str(write_plan(root, plan))]) == 0
     inference = root / "inference_artifacts"
-    scores = pd.read_csv(inference / "output/inference_score.csv").iloc[0]
+    scores = pd.read_csv(inference / "score/inference_score.csv").iloc[0]
     assert scores["n_ng"] == 2 and scores["n_ok"] == 3
     assert scores["auroc"] == 1.0
     output = pd.read_csv(inference / "output/output.csv")
     assert list(output["label"]) == labels
+    tables = sorted(p.name for p in (inference / "output").glob("*.csv"))
+    assert tables == ["output.csv"], "the Edge SDK's upload needs exactly one table in output/"
     summary = yaml.safe_load((inference / "score/inference_summary.yaml").read_text())
     predicted_ng = int((output["pred_label"] == "bad").sum())
     assert summary["result"] == f"good:{5 - predicted_ng},bad:{predicted_ng}"
@@ -181,7 +183,7 @@ def test_partly_labelled_inference_scores_every_row_and_measures_the_labelled_on
     inference = root / "inference_artifacts"
     output = pd.read_csv(inference / "output/output.csv")
     assert len(output) == 5 and output["pred_label"].notna().all()
-    scores = pd.read_csv(inference / "output/inference_score.csv").iloc[0]
+    scores = pd.read_csv(inference / "score/inference_score.csv").iloc[0]
     assert (scores["n_ng"], scores["n_ok"]) == (1, 2)
     labelled = output["label"].notna()
     expected = roc_auc_score(output["label"][labelled] == "bad", output["raw_score"][labelled])

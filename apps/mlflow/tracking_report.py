@@ -34,7 +34,7 @@ TRAIN_ARTIFACTS = {
 }
 INFERENCE_ARTIFACTS = {
     "summary/inference_summary.yaml": "score/inference_summary.yaml",
-    "summary/inference_score.csv": "output/inference_score.csv",
+    "summary/inference_score.csv": "score/inference_score.csv",
     "plan/experimental_plan.yaml": "log/experimental_plan.yaml",
 }
 
@@ -134,7 +134,7 @@ def inference_report(folder: Path) -> Report:
     metrics.update({f"pred.{label}": float(count) for label, count in labels.items() if label})
     if scores:
         metrics["mean_anomaly_score"] = sum(scores) / len(scores)
-    metrics.update({f"labelled.{k}": v for k, v in _first_row(folder / "output" / "inference_score.csv").items()})
+    metrics.update({f"labelled.{k}": v for k, v in _first_row(folder / "score" / "inference_score.csv").items()})
     artifacts = {name: folder / relative for name, relative in INFERENCE_ARTIFACTS.items()}
     return Report(metrics=metrics, artifacts=artifacts)
 

@@ -52,6 +52,7 @@ def worker_ours(data: Path, model: str, mode: str, epochs: int, folder: str) -> 
 
         output = plan.parent / "inference_artifacts" / "output"
         row["images"] = len(pd.read_csv(output / "output.csv"))
-        if (output / "inference_score.csv").is_file():
-            row["image_auroc"] = float(pd.read_csv(output / "inference_score.csv")["auroc"].iloc[0])
+        labelled = output.parent / "score" / "inference_score.csv"
+        if labelled.is_file():
+            row["image_auroc"] = float(pd.read_csv(labelled)["auroc"].iloc[0])
     return row

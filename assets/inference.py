@@ -26,6 +26,7 @@ from vad.calibration import DEFAULT_INFERENCE_THRESHOLD
 from vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
 from vad.detector import PredictionBatch, resident_detector
 from vad.heatmaps import UNKNOWN_LABEL, heatmap_name, save_heatmap
+from vad.ood.verdict import REJECTED_LABEL, OodAction
 from vad.output_images import MANIFEST, choose_output_images, save_output_image, write_manifest
 from vad.pixel_metrics import PixelRows
 from vad.runtime import use_all_cores
@@ -41,6 +42,7 @@ class InferenceArgs(StepArgs):
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
     save_output_images: int = Field(1, ge=0)  # the first N scored images, copied into output/ (edge picture)
+    ood_action: OodAction = "flag"  # what an out-of-distribution image becomes (vad.ood.verdict)
 
 
 class InferenceStep(Asset):
@@ -61,7 +63,9 @@ class InferenceStep(Asset):
         """
         args = ctx.args_as(InferenceArgs)
         use_all_cores()
-        detector = resident_detector(ctx.model_dir, args.accelerator, args.inference_threshold, args.runtime)
+        detector = resident_detector(
+            ctx.model_dir, args.accelerator, args.inference_threshold, args.runtime, args.ood_action
+        )
         spec, calibration = detector.spec, detector.calibration
         samples: pd.DataFrame = data["samples"]
         if cols.LABEL in samples:  # NG where a label is given and is not the OK name; <NA> without a label
@@ -97,7 +101,9 @@ class InferenceStep(Asset):
         self._keep_output_images(ctx, files, args.save_output_images)
         predictions = rows.assign(**{name: np.concatenate(parts) for name, parts in scored.items()})  # input order
         is_anomalous = np.concatenate(flags)
-        summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(is_anomalous.sum())}
+        judged_ng = is_anomalous & (predictions["pred_label"] != REJECTED_LABEL).to_numpy()  # rejected: no verdict
+        summary: dict[str, object] = {"n_images": len(files), "n_pred_ng": int(judged_ng.sum())}
+        summary["n_ood"] = self._count_ood(ctx, predictions, args.ood_action) if detector.has_ood_check else None
         if cols.IS_NG in samples:
             summary["labelled_scores"] = self._labelled_scores(ctx, samples, predictions, is_anomalous, pixels)
         data["samples"] = samples
@@ -111,6 +117,18 @@ class InferenceStep(Asset):
             "inference_threshold": args.inference_threshold,
         }
         return data, config
+
+    @staticmethod
+    def _count_ood(ctx: StepContext, predictions: pd.DataFrame, action: str) -> int:
+        """How many scored images are out of distribution (logged as a warning when any are)."""
+        outside = int((~predictions["in_distribution"].astype(bool)).sum())
+        if outside:
+            became = "rejected (pred_label rejected)" if action == "reject" else "flagged (in_distribution False)"
+            ctx.logger.warning(
+                f"{outside} of {len(predictions)} image(s) are out of distribution, not the kind of image the model "
+                f"was trained on: {became}; check the camera, the light and the product, or retrain with such images"
+            )
+        return outside
 
     @staticmethod
     def _keep_output_images(ctx: StepContext, files: list[str], limit: int) -> None:

@@ -37,6 +37,8 @@ class OutputStep(Asset):
             f"{info['model_name']}: {info['n_images']} image(s), {info['n_pred_ng']} {info['ng_name']} "
             f"at threshold {info['inference_threshold']}"
         )
+        if info.get("n_ood") is not None:
+            note += f", {info['n_ood']} out of distribution"
         summary = build_summary(
             result=result,
             score=score,

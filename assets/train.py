@@ -24,6 +24,8 @@ from vad.images import read_image
 from vad.models import epochs, feature_cache
 from vad.models.base import FitData, FitOptions, VadModel
 from vad.models.factory import build_model, make_spec, save
+from vad.ood.check import MIN_IMAGES
+from vad.ood.fitting import fit_check
 from vad.pixel_metrics import PixelRows
 from vad.runtime import resolve_device, seed_everything, use_all_cores
 from vad.supervised_fit import fit_supervised
@@ -96,6 +98,7 @@ class TrainStep(Asset):
             "validation": metrics,
         }
         save(model, calibration, training, ctx.model_dir / "train")
+        self._fit_ood_check(ctx, model, train, valid, args)
         spec = model.spec
         del model  # the export loads the saved model: the fitted one (its memory bank and search index) goes first
         if args.export:  # each graph proven on the validation images, or refused (logged)
@@ -130,6 +133,22 @@ class TrainStep(Asset):
             f"input {spec.input_size[0]}x{spec.input_size[1]}, on {model.device}"
         )
         return model
+
+    @staticmethod
+    def _fit_ood_check(ctx: StepContext, model: VadModel, train: FitData, valid: FitData, args: TrainArgs) -> None:
+        """Fit the out-of-distribution check on the OK images and save it with the model (before any export)."""
+        valid_ok = [file for file, is_ng in zip(valid.files, valid.is_ng, strict=True) if not is_ng]
+        check = fit_check(model.describe, train.files, valid_ok, model.spec, args.batch_size, args.experiment_seed)
+        if check is None:
+            ctx.logger.warning(
+                f"no out-of-distribution check: {len(train.files)} OK training image(s), it needs {MIN_IMAGES}"
+            )
+            return
+        check.save(ctx.model_dir / "train")
+        ctx.logger.info(
+            f"out-of-distribution check fitted on {check.images['train']} OK image(s), its threshold set on "
+            f"{check.images['held_out']} held out"
+        )
 
     @staticmethod
     def _augmentation(args: TrainArgs) -> RandomAugment | None:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from alo.summary import MAX_RESULT
+from vad.ood.verdict import REJECTED_LABEL
 
 
 def summarize(
@@ -14,8 +15,8 @@ def summarize(
     """Result, score and probability of the summary.
 
     One image: its predicted label, its certainty and {OK: 1-p, NG: p}. Several: counts per
-    label (``good:12,bad:3``; ``OK:12,NG:3`` when the names do not fit 32 characters), the mean
-    certainty and the mean probabilities.
+    label (``good:12,bad:3``; ``OK:12,NG:3`` when the names do not fit 32 characters; with ``ood_action:
+    reject``, ``,rejected:N`` for the images withheld), the mean certainty and the mean probabilities.
 
     Args:
         predictions: ``output.csv`` rows.
@@ -31,9 +32,11 @@ def summarize(
     probability = {ok_name: 1.0 - p, ng_name: p}
     if len(predictions) == 1:
         return str(predictions["pred_label"].iloc[0])[:MAX_RESULT], score, probability
-    n_ng = int(np.count_nonzero(is_anomalous))
-    n_ok = len(predictions) - n_ng
-    result = f"{ok_name}:{n_ok},{ng_name}:{n_ng}"
+    n_rejected = int(np.count_nonzero(predictions["pred_label"] == REJECTED_LABEL))
+    n_ng = int(np.count_nonzero(is_anomalous)) - n_rejected  # a rejected image counts as anomalous, not as NG
+    n_ok = len(predictions) - n_ng - n_rejected
+    rejected = f",{REJECTED_LABEL}:{n_rejected}" if n_rejected else ""
+    result = f"{ok_name}:{n_ok},{ng_name}:{n_ng}{rejected}"
     if len(result) > MAX_RESULT:
-        result = f"OK:{n_ok},NG:{n_ng}"
+        result = f"OK:{n_ok},NG:{n_ng}" + (f",REJ:{n_rejected}" if n_rejected else "")
     return result, score, probability

@@ -33,6 +33,7 @@ from vad.export.runtime import ExportedModel, choose_runtime
 from vad.heatmaps import render
 from vad.images import read_image, to_rgb
 from vad.models import ModelSpec
+from vad.ood.verdict import OodAction, apply_ood
 
 if TYPE_CHECKING:
     from vad.models.factory import TrainedModel
@@ -40,7 +41,15 @@ if TYPE_CHECKING:
 ImageInput = str | Path | Image.Image | np.ndarray
 ImageT = TypeVar("ImageT", bound=ImageInput)  # the images of a list, of one kind or several
 DEFAULT_BATCH_SIZE = 8
-RESULT_COLUMNS = ("raw_score", "anomaly_score", "pred_label", "certainty", "is_anomalous")
+RESULT_COLUMNS = (
+    "raw_score",
+    "anomaly_score",
+    "pred_label",
+    "certainty",
+    "is_anomalous",
+    "ood_score",
+    "in_distribution",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,9 @@ class Prediction:
         certainty: ``1 - H2(anomaly_score)``: 1 when sure, 0 at the threshold.
         anomaly_map: The normalised anomaly map at the model's input size (on request).
         heatmap: The picture original | overlay | predicted region at the original size (on request).
+        ood_score: Distance to the training images over the out-of-distribution threshold (None: the model has no
+            check).
+        in_distribution: False when ``ood_score`` reaches 1: not the kind of image the model was trained on.
     """
 
     source: str | None
@@ -66,8 +78,10 @@ class Prediction:
     certainty: float
     anomaly_map: np.ndarray | None = None
     heatmap: Image.Image | None = None
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
-    def result_row(self) -> dict[str, float | str | bool]:
+    def result_row(self) -> dict[str, float | str | bool | None]:
         """The image's result columns as ``output.csv``, the HTTP API and the MLflow model answer them.
 
         Returns:
@@ -79,6 +93,8 @@ class Prediction:
             "pred_label": self.label,
             "certainty": self.certainty,
             "is_anomalous": self.is_anomalous,
+            "ood_score": self.ood_score,
+            "in_distribution": self.in_distribution,
         }
 
 
@@ -120,12 +136,18 @@ def _as_image(item: ImageInput) -> Image.Image:
 class Detector:
     """A trained model and its calibration, ready to score."""
 
-    def __init__(self, trained: TrainedModel | ExportedModel, inference_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        trained: TrainedModel | ExportedModel,
+        inference_threshold: float | None = None,
+        ood_action: OodAction = "flag",
+    ) -> None:
         self.trained = trained
         calibration = trained.calibration
         if inference_threshold is not None:
             calibration = calibration.with_inference_threshold(inference_threshold)
         self.calibration: Calibration = calibration
+        self.ood_action: OodAction = ood_action
         self._workdir: tempfile.TemporaryDirectory | None = None
 
     @classmethod
@@ -135,6 +157,7 @@ class Detector:
         accelerator: str = "cpu",
         inference_threshold: float | None = None,
         runtime: str = "auto",
+        ood_action: OodAction = "flag",
     ) -> Detector:
         """Load a trained model once, with everything scoring needs prepared.
 
@@ -144,6 +167,7 @@ class Detector:
             inference_threshold: Normalised score from which an image is NG (default 0.5, the trained threshold).
             runtime: ``torch``, ``openvino`` or ``onnxruntime`` (an exported model, no torch imported) or ``auto``
                 (see :func:`vad.export.runtime.choose_runtime`).
+            ood_action: What an out-of-distribution image becomes: ``flag`` or ``reject`` (:mod:`vad.ood.verdict`).
 
         Returns:
             The detector.
@@ -170,7 +194,7 @@ class Detector:
             device = resolve_device(accelerator)
             use_all_cores()
             trained = load(folder, device)
-        detector = cls(trained, inference_threshold)
+        detector = cls(trained, inference_threshold, ood_action)
         detector._workdir = workdir  # the extracted files live as long as the detector
         return detector
 
@@ -184,16 +208,23 @@ class Detector:
         """The registered model name."""
         return self.trained.spec.model_name
 
-    def with_threshold(self, inference_threshold: float) -> Detector:
-        """A detector sharing this one's model that decides NG at another normalised score.
+    @property
+    def has_ood_check(self) -> bool:
+        """Whether the model checks that images are the kind it was trained on (models trained since it exists)."""
+        return self.trained.ood is not None
+
+    def with_threshold(self, inference_threshold: float | None, ood_action: OodAction | None = None) -> Detector:
+        """A detector sharing this one's model that decides NG at another normalised score (or OOD otherwise).
 
         Args:
-            inference_threshold: Normalised score in [0, 1].
+            inference_threshold: Normalised score in [0, 1] (None: this detector's).
+            ood_action: ``flag`` or ``reject`` (None: this detector's).
 
         Returns:
             The detector.
         """
-        return Detector(self.trained, inference_threshold)
+        threshold = self.calibration.inference_threshold if inference_threshold is None else inference_threshold
+        return Detector(self.trained, threshold, ood_action or self.ood_action)
 
     @overload
     def predict(self, images: ImageInput, maps: bool = False, heatmaps: bool = False) -> Prediction: ...
@@ -247,8 +278,10 @@ class Detector:
         for start in range(0, len(images), batch_size):
             items = images[start : start + batch_size]
             pictures = [_as_image(item) for item in items]
-            raw_scores, found = self.trained.score_images(pictures, maps or heatmaps or raw_maps)
-            scored = self.calibration.apply(raw_scores)
+            raw_scores, found, descriptors = self.trained.score_described(pictures, maps or heatmaps or raw_maps)
+            check = self.trained.ood
+            ood = check.scores(descriptors) if check is not None and descriptors is not None else None
+            scored = apply_ood(self.calibration.apply(raw_scores), ood, self.ood_action)
             columns = scored.columns
             predictions = []
             for i, (item, picture) in enumerate(zip(items, pictures, strict=True)):
@@ -265,6 +298,8 @@ class Detector:
                         heatmap=render(picture, normalized, self.calibration.inference_threshold)
                         if heatmaps and normalized is not None
                         else None,
+                        ood_score=float(ood[i]) if ood is not None else None,
+                        in_distribution=bool(columns["in_distribution"][i]) if ood is not None else None,
                     )
                 )
             if progress is not None:
@@ -291,7 +326,11 @@ def _fingerprint(folder: Path, prefix: str = "") -> tuple:
 
 
 def resident_detector(
-    path: Path, accelerator: str = "cpu", inference_threshold: float | None = None, runtime: str = "auto"
+    path: Path,
+    accelerator: str = "cpu",
+    inference_threshold: float | None = None,
+    runtime: str = "auto",
+    ood_action: OodAction = "flag",
 ) -> Detector:
     """A detector kept in memory between runs of a long-running process (the edge loop, the HTTP service).
 
@@ -303,9 +342,10 @@ def resident_detector(
         accelerator: ``cpu``, ``gpu`` or ``auto``.
         inference_threshold: Normalised score from which an image is NG.
         runtime: ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (see :meth:`Detector.load`).
+        ood_action: ``flag`` or ``reject`` (see :mod:`vad.ood.verdict`).
 
     Returns:
-        The detector, with this threshold.
+        The detector, with this threshold and action.
     """
     folder = path / "train" if (path / "train").is_dir() else path
     key = (str(folder.resolve()), accelerator, runtime, _fingerprint(folder))
@@ -316,4 +356,6 @@ def resident_detector(
         while len(_resident) > RESIDENT_MODELS:
             _resident.popitem(last=False)
     detector = _resident[key]
-    return detector if inference_threshold is None else detector.with_threshold(inference_threshold)
+    if inference_threshold is None and ood_action == detector.ood_action:
+        return detector
+    return detector.with_threshold(inference_threshold, ood_action)

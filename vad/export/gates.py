@@ -67,6 +67,30 @@ def parity(
     return figures
 
 
+def with_ood_parity(figures: dict[str, Any], reference: np.ndarray, exported: np.ndarray) -> dict[str, Any]:
+    """Add the out-of-distribution check's parity to an fp32 gate's figures: the same flag on every image.
+
+    Args:
+        figures: :func:`parity`'s figures.
+        reference: Torch's ``ood_score`` of the gate's images.
+        exported: The export's, of the same images.
+
+    Returns:
+        The figures with ``ood_max_abs_difference`` and ``ood_flags_identical``; refused when a flag differs.
+    """
+    if len(reference) != len(exported):
+        same, difference = False, float("nan")
+    else:
+        same = bool(np.array_equal(reference >= 1.0, exported >= 1.0))
+        difference = float(np.max(np.abs(reference - exported))) if len(reference) else 0.0
+    updated = {**figures, "ood_max_abs_difference": difference, "ood_flags_identical": same}
+    if not same:
+        reason = "the out-of-distribution flags differ from torch's"
+        updated["reason"] = f"{figures['reason']}; {reason}" if "reason" in figures else reason
+        updated["accepted"] = False
+    return updated
+
+
 def fidelity(fp32_raw: np.ndarray, int8_raw: np.ndarray) -> dict[str, float]:
     """How closely int8 scores follow fp32 ones, without labels: rank correlation, largest difference / fp32 range.
 

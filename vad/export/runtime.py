@@ -32,6 +32,7 @@ from vad.calibration import Calibration
 from vad.images import model_pixels
 from vad.models import ModelSpec, entry
 from vad.models.saved import read_saved
+from vad.ood import OodCheck
 from vad.runtime import cores
 
 logger = logging.getLogger("assets.exported")
@@ -44,6 +45,7 @@ INT8_CALIBRATION_FILE = "calibration_int8.json"
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("scores", "maps")
 EMBEDDING_NAME = "embedding"  # the output of a graph whose model finishes in a numpy tail
+DESCRIPTOR_NAME = "descriptor"  # the out-of-distribution descriptor (graphs exported since the check exists)
 
 
 @dataclass(frozen=True)
@@ -258,17 +260,19 @@ def runner(kind: ExportKind, path: Path | bytes | Any, threads: int | None = Non
 class ExportedScorer:
     """The exported scoring graph: pictures in, raw image scores and raw anomaly maps out."""
 
-    def __init__(self, runner: Any, input_size: tuple[int, int], tail: Any = None) -> None:
+    def __init__(self, runner: Any, input_size: tuple[int, int], tail: Any = None, described: bool = True) -> None:
         """Wrap a session.
 
         Args:
             runner: An ONNX Runtime session of the graph.
             input_size: The model's (height, width).
             tail: The model's numpy tail when the graph ends at an embedding (PatchCore's bank search), else None.
+            described: Whether the graph outputs the out-of-distribution descriptor (exports before it did not).
         """
         self.runner = runner
         self.input_size = input_size
         self.tail = tail
+        self.described = described
 
     def score_pixels(self, pixels: np.ndarray, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw scores and maps of model-size pixels.
@@ -280,12 +284,32 @@ class ExportedScorer:
         Returns:
             Scores (B,) and maps (B, H, W) or None, float32.
         """
+        scores, found, _ = self.score_described_pixels(pixels, maps, describe=False)
+        return scores, found
+
+    def score_described_pixels(
+        self, pixels: np.ndarray, maps: bool = True, describe: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Raw scores, maps and out-of-distribution descriptors of model-size pixels, in one run of the graph.
+
+        Args:
+            pixels: uint8 (B, H, W, 3).
+            maps: Return the maps (else None).
+            describe: Return the descriptors (None also where the graph has none).
+
+        Returns:
+            Scores (B,), maps (B, H, W) or None, descriptors (B, D) or None.
+        """
         feed = {INPUT_NAME: np.ascontiguousarray(pixels)}
+        extra = [DESCRIPTOR_NAME] if describe and self.described else []
         if self.tail is not None:
-            (embedding,) = self.runner.run([EMBEDDING_NAME], feed)
-            return self.tail(embedding, maps)
-        scores, found = self.runner.run(list(OUTPUT_NAMES), feed)
-        return scores.astype(np.float32, copy=False), found.astype(np.float32, copy=False) if maps else None
+            embedding, *described = self.runner.run([EMBEDDING_NAME, *extra], feed)
+            scores, found = self.tail(embedding, maps)
+        else:
+            scores, found, *described = self.runner.run([*OUTPUT_NAMES, *extra], feed)
+            scores = scores.astype(np.float32, copy=False)
+            found = found.astype(np.float32, copy=False) if maps else None
+        return scores, found, described[0].astype(np.float32, copy=False) if described else None
 
     def score_images(self, pictures: Sequence[Image.Image], maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw scores and maps of RGB pictures (resized here exactly as the torch runtime resizes them).
@@ -297,7 +321,24 @@ class ExportedScorer:
         Returns:
             Scores (B,) and maps (B, H, W) or None.
         """
-        return self.score_pixels(np.stack([model_pixels(p, self.input_size) for p in pictures]), maps)
+        return self.score_pixels(self._pixels(pictures), maps)
+
+    def score_described(
+        self, pictures: Sequence[Image.Image], maps: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """:meth:`score_images` and the pictures' out-of-distribution descriptors (None where the graph has none).
+
+        Args:
+            pictures: RGB images of any size.
+            maps: Return the maps.
+
+        Returns:
+            Scores (B,), maps (B, H, W) or None, descriptors (B, D) or None.
+        """
+        return self.score_described_pixels(self._pixels(pictures), maps)
+
+    def _pixels(self, pictures: Sequence[Image.Image]) -> np.ndarray:
+        return np.stack([model_pixels(p, self.input_size) for p in pictures])
 
 
 @dataclass(frozen=True)
@@ -312,6 +353,8 @@ class ExportedModel:
         training: Facts of the train run.
         runtime: ``openvino`` or ``onnxruntime``.
         precision: ``fp32`` or ``int8``.
+        ood: The model's out-of-distribution check, or None (saved without one, or a graph exported before graphs
+            gave the descriptor).
     """
 
     model: ExportedScorer
@@ -320,6 +363,7 @@ class ExportedModel:
     training: dict[str, Any]
     runtime: str = "onnxruntime"
     precision: str = "fp32"
+    ood: OodCheck | None = None
 
     @property
     def label(self) -> str:
@@ -370,12 +414,14 @@ class ExportedModel:
                 calibration = Calibration.from_dict(values)
             graph = runner(kind, target / kind.file)
             tail = load_tail(tail_name, target) if tail_name else None
+            described = DESCRIPTOR_NAME in manifest.get("outputs", [])
+            ood = OodCheck.load(folder) if described else None
         except Exception as exc:  # the runtimes raise their own types for a damaged graph
             detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
             msg = f"model error: the exported model in {target} cannot be loaded ({detail}); export again"
             raise ModelError(msg) from None
-        scorer = ExportedScorer(graph, saved.spec.input_size, tail)
-        return cls(scorer, saved.spec, calibration, saved.training, kind.runtime, kind.precision)
+        scorer = ExportedScorer(graph, saved.spec.input_size, tail, described)
+        return cls(scorer, saved.spec, calibration, saved.training, kind.runtime, kind.precision, ood)
 
     def score_images(self, pictures: Sequence[Image.Image], maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw scores and maps of pictures (see :meth:`ExportedScorer.score_images`).
@@ -388,6 +434,22 @@ class ExportedModel:
             Scores and maps or None.
         """
         return self.model.score_images(pictures, maps)
+
+    def score_described(
+        self, pictures: Sequence[Image.Image], maps: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Raw scores, maps and, where the model has a check, descriptors (see :meth:`ExportedScorer.score_described`).
+
+        Args:
+            pictures: RGB images.
+            maps: Return the maps.
+
+        Returns:
+            Scores, maps or None, descriptors or None.
+        """
+        if self.ood is None:
+            return (*self.model.score_images(pictures, maps), None)
+        return self.model.score_described(pictures, maps)
 
 
 def load_tail(name: str, folder: Path) -> Any:

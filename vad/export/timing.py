@@ -46,19 +46,55 @@ def one_image_ms(score: Callable[[list[Image.Image]], Any], picture: Image.Image
     return round(1000 * statistics.median(timings), 2)
 
 
-def torch_scores(scorer: GraphScorer, spec: Any) -> Callable[[list[Image.Image]], tuple[np.ndarray, np.ndarray | None]]:
+def torch_scores(scorer: GraphScorer, spec: Any, described: bool = False) -> Callable[[list[Image.Image]], Any]:
     """A function scoring a batch of pictures through the torch scorer, as the exported graphs are scored.
 
     Args:
         scorer: The torch scorer.
         spec: The model's spec (input size, normalisation).
+        described: Return the out-of-distribution descriptors too (a third value).
 
     Returns:
-        Pictures -> (raw scores, raw maps).
+        Pictures -> (raw scores, raw maps), or (raw scores, raw maps, descriptors).
     """
     size = tuple(spec.input_size)
 
-    def score(batch: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
-        return scorer.score(torch.stack([to_tensor(p, size, spec.mean, spec.std) for p in batch]), True)
+    def score(batch: list[Image.Image]) -> Any:
+        images = torch.stack([to_tensor(p, size, spec.mean, spec.std) for p in batch])
+        return scorer.score_described(images, True) if described else scorer.score(images, True)
 
     return score
+
+
+class Described:
+    """A scoring function that also gives descriptors, called as :func:`score_batches` calls one; keeps them.
+
+    Args:
+        score: Pictures -> (scores, maps, descriptors or None).
+    """
+
+    def __init__(self, score: Callable[[list[Image.Image]], tuple[np.ndarray, np.ndarray | None, Any]]) -> None:
+        self.score = score
+        self.kept: list[np.ndarray] = []
+
+    def __call__(self, batch: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Score a batch, keeping its descriptors.
+
+        Args:
+            batch: Pictures.
+
+        Returns:
+            Scores and maps.
+        """
+        scores, maps, descriptors = self.score(batch)
+        if descriptors is not None:
+            self.kept.append(descriptors)
+        return scores, maps
+
+    def descriptors(self) -> np.ndarray:
+        """The descriptors kept so far, in call order.
+
+        Returns:
+            (N, D); empty (0, 0) when no call gave any.
+        """
+        return np.concatenate(self.kept) if self.kept else np.zeros((0, 0), dtype=np.float32)

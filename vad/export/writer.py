@@ -46,6 +46,7 @@ from vad.calibration import Calibration
 from vad.export import gates, int8
 from vad.export.runtime import (
     DEFAULT_FORMATS,
+    DESCRIPTOR_NAME,
     EMBEDDING_NAME,
     FORMATS,
     INPUT_NAME,
@@ -64,11 +65,12 @@ from vad.export.runtime import (
     load_tail,
     runner,
 )
-from vad.export.timing import one_image_ms, score_batches, torch_scores
+from vad.export.timing import Described, one_image_ms, score_batches, torch_scores
 from vad.export.trace import OPSET, onnx_bytes
 from vad.images import read_image
 from vad.models import entry as model_entry
 from vad.models.scorer import GraphScorer
+from vad.ood import OodCheck
 
 logger = logging.getLogger("vad.export")
 
@@ -109,6 +111,8 @@ class GateInputs:
         torch_speed: Torch's images/s in batches and one-image milliseconds.
         int8_reference: Torch's raw scores of the int8 gate's validation images where they are more than
             ``pictures`` (None: the reference's), or the exception that scoring them raised (the int8 gate's).
+        ood: The model's out-of-distribution check (None: it has none).
+        ood_reference: Torch's ``ood_score`` of ``pictures`` (with a check).
     """
 
     spec: Any
@@ -124,6 +128,8 @@ class GateInputs:
     reference: tuple[np.ndarray, list[np.ndarray]] = (np.empty(0), [])
     torch_speed: dict[str, float] = field(default_factory=dict)
     int8_reference: np.ndarray | Exception | None = None
+    ood: OodCheck | None = None
+    ood_reference: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -168,7 +174,7 @@ class _Export:
             "opset": OPSET,
             "model_name": spec.model_name,
             "input": {"name": INPUT_NAME, "shape": ["batch", size[0], size[1], 3], "dtype": "uint8", "layout": "NHWC"},
-            "outputs": list(OUTPUT_NAMES),
+            "outputs": [*OUTPUT_NAMES, DESCRIPTOR_NAME],
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "exports": {},
         }
@@ -193,7 +199,7 @@ class _Export:
         tail_name = scorer.TAIL if arrays is not None else None  # arrays come with a tail only
         if arrays is not None and tail_name is not None:
             model_entry(tail_name).tail_class().save(self.target, arrays)
-            self.manifest.update(tail=tail_name, outputs=[EMBEDDING_NAME])
+            self.manifest.update(tail=tail_name, outputs=[EMBEDDING_NAME, DESCRIPTOR_NAME])
         del arrays  # views of the scorer's bank
         names = self.validation
         pictures = [read_image(path) for path in names[:GATE_IMAGES]]
@@ -204,8 +210,12 @@ class _Export:
         gate = GateInputs(spec, self.calibration, names, pictures, labels, self.train_images, self.target, graph)
         gate.tail_name = tail_name
         torch_score = torch_scores(scorer, spec)
-        raw, maps, per_s = score_batches(torch_score, pictures)
+        gate.ood = OodCheck.load(self.folder)
+        described = Described(torch_scores(scorer, spec, described=True))
+        raw, maps, per_s = score_batches(described if gate.ood is not None else torch_score, pictures)
         gate.reference = (raw, maps)
+        if gate.ood is not None:
+            gate.ood_reference = gate.ood.scores(described.descriptors())
         gate.torch_speed = {"torch_images_per_s": per_s, "torch_one_image_ms": one_image_ms(torch_score, pictures[0])}
         if OPENVINO_INT8 in self.kinds and len(names) > len(pictures):  # the int8 gate scores more of them
             try:
@@ -314,8 +324,11 @@ def _export_one(kind: ExportKind, model: bytes, prepared: dict[str, Any], gate: 
         )
     except ImportError as exc:
         return {"accepted": False, "reason": f"{exc.name or 'its runtime'} is not installed"}
-    raw, maps, per_s = score_batches(exported.score_images, gate.pictures)
+    described = Described(exported.score_described)
+    raw, maps, per_s = score_batches(described if gate.ood is not None else exported.score_images, gate.pictures)
     figures = gates.parity(gate.reference, (raw, maps), gate.calibration)
+    if gate.ood is not None and gate.ood_reference is not None:
+        figures = gates.with_ood_parity(figures, gate.ood_reference, gate.ood.scores(described.descriptors()))
     speed = {
         "export_images_per_s": per_s,
         "export_one_image_ms": one_image_ms(exported.score_images, gate.pictures[0]),

@@ -21,6 +21,7 @@ from vad.models.folding import fold_batch_norms
 from vad.models.maps import as_arrays
 from vad.models.spec import ModelSpec
 from vad.models.weight_cache import WeightKeyedCache
+from vad.ood.descriptor import global_descriptor
 
 if TYPE_CHECKING:
     from vad.supervision import LinearHead
@@ -237,6 +238,35 @@ class VadModel(torch.nn.Module):
         """
         output = self(images)
         return output.pred_score, output.anomaly_map if maps else None
+
+    def describe(self, images: torch.Tensor) -> np.ndarray:
+        """Each image's out-of-distribution descriptor (:mod:`vad.ood.descriptor`): a pass of the scoring backbone.
+
+        Args:
+            images: Normalised images (B, 3, H, W), on any device.
+
+        Returns:
+            (B, D) float32 descriptors.
+        """
+        self.eval()
+        with torch.inference_mode():
+            features = list(self.scoring_backbone()(images.to(self.device)))
+            return global_descriptor(features).float().cpu().numpy()
+
+    def score_described(
+        self, images: torch.Tensor, maps: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """:meth:`score` and the images' descriptors (a second backbone pass: only models saved without a graph).
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+            maps: Whether the maps are wanted.
+
+        Returns:
+            Scores (B,), maps (B, H, W) or None, and descriptors (B, D).
+        """
+        scores, found = self.score(images, maps)
+        return scores, found, self.describe(images)
 
     def score(self, images: torch.Tensor, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw image scores and raw anomaly maps of a batch.

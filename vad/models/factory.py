@@ -27,6 +27,7 @@ from vad.models.base import VadModel
 from vad.models.graph import GRAPH_FILE, export_graph, load_graph
 from vad.models.saved import CONFIG_FILE, FORMAT, WEIGHTS_FILE, read_saved
 from vad.models.scorer import GraphScorer
+from vad.ood import OodCheck
 
 logger = logging.getLogger("assets.models")
 
@@ -42,6 +43,7 @@ class TrainedModel:
         calibration: Threshold, normalisation and class names.
         training: Facts of the train run (weights source, fit time and metrics, validation metrics).
         runtime: ``torch``.
+        ood: Its out-of-distribution check, or None where it was saved without one.
     """
 
     model: VadModel | GraphScorer
@@ -49,6 +51,7 @@ class TrainedModel:
     calibration: Calibration
     training: dict[str, Any]
     runtime: str = "torch"
+    ood: OodCheck | None = None
 
     @property
     def label(self) -> str:
@@ -65,9 +68,28 @@ class TrainedModel:
         Returns:
             Scores (B,) and maps (B, H, W) or None, float32.
         """
+        return self.model.score(self._tensor(pictures), maps)
+
+    def score_described(
+        self, pictures: Sequence[Image.Image], maps: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """:meth:`score_images` and the pictures' out-of-distribution descriptors (None without a check).
+
+        Args:
+            pictures: RGB images of any size.
+            maps: Return the maps.
+
+        Returns:
+            Scores (B,), maps (B, H, W) or None, descriptors (B, D) or None.
+        """
+        tensor = self._tensor(pictures)
+        if self.ood is None:
+            return (*self.model.score(tensor, maps), None)
+        return self.model.score_described(tensor, maps)
+
+    def _tensor(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
         spec = self.spec
-        tensor = torch.stack([to_tensor(picture, spec.input_size, spec.mean, spec.std) for picture in pictures])
-        return self.model.score(tensor, maps)
+        return torch.stack([to_tensor(picture, spec.input_size, spec.mean, spec.std) for picture in pictures])
 
 
 def make_spec(model_name: str, params: ModelParams, img_size: int | list[int], reference: tuple[int, int]) -> ModelSpec:
@@ -180,8 +202,9 @@ def load(folder: Path, device: torch.device | str = "cpu") -> TrainedModel:
             model.load_state_dict(load_file(str(weights_path)), strict=True)
             model.to(device)
             model.prepare()
+        ood = OodCheck.load(folder)
     except (ValueError, KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
         detail = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         msg = f"model error: the model in {folder} cannot be loaded ({detail}); train again"
         raise ModelError(msg) from None
-    return TrainedModel(model.eval(), spec, calibration, saved.training)
+    return TrainedModel(model.eval(), spec, calibration, saved.training, ood=ood)

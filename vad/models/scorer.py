@@ -17,6 +17,7 @@ from torch import nn
 from vad.models.maps import as_arrays
 from vad.models.ort_backbone import OrtBackbone, ort_backbone
 from vad.models.spec import ModelSpec
+from vad.ood.descriptor import descriptor_tap, global_descriptor, tap
 
 
 def in_graph_runtime(images: torch.Tensor) -> bool:
@@ -95,8 +96,11 @@ class GraphScorer(nn.Module):
             One map per layer.
         """
         if self.runtime is not None and in_graph_runtime(images):
-            return self.runtime(images)
-        return list(self.backbone(images.to(self.device).contiguous(memory_format=torch.channels_last)))
+            found = list(self.runtime(images))
+        else:
+            found = list(self.backbone(images.to(self.device).contiguous(memory_format=torch.channels_last)))
+        tap(found)  # the out-of-distribution descriptor, where a caller collects it
+        return found
 
     @property
     def device(self) -> torch.device:
@@ -170,3 +174,22 @@ class GraphScorer(nn.Module):
         """
         with torch.inference_mode():
             return as_arrays(*self.scores_and_maps(images, maps))
+
+    def score_described(
+        self, images: torch.Tensor, maps: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """:meth:`score` and each image's out-of-distribution descriptor, from the same backbone pass.
+
+        Args:
+            images: Normalised images (B, 3, H, W).
+            maps: Whether the maps are wanted (else None).
+
+        Returns:
+            Scores (B,), maps (B, H, W) or None, and descriptors (B, D) float32.
+        """
+        with descriptor_tap() as tapped:
+            scores, found = self.score(images, maps)
+        if len(tapped) != 1:  # every scorer reads its features once a batch; one that did not is described apart
+            with torch.inference_mode():
+                tapped = [global_descriptor(self.features(images))]
+        return scores, found, tapped[0].float().cpu().numpy()

@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from alo.errors import PlanError
 from alo.plan import Plan, load_plan
 from alo.runner import model_dir_of, train_id_of
 from apps.http.api import MAX_BODY_BYTES, ServeSettings, create_app
@@ -17,6 +18,7 @@ from apps.http.auth import check_bind, token_from_env
 from apps.http.batcher import Batcher
 from apps.web.app import UiContext, add_ui
 from vad.detector import Detector, resident_detector
+from vad.ood.verdict import OOD_ACTIONS, OodAction
 
 logger = logging.getLogger("apps.server")
 
@@ -32,7 +34,8 @@ def serve(
 
     Args:
         plan_path: The plan (its model: ``load_model_path`` or ``train_artifacts/models``; its inference step's
-            ``accelerator`` and ``inference_threshold``; its inference data folder as the default data folder).
+            ``accelerator``, ``runtime``, ``inference_threshold`` and ``ood_action``; its inference data folder as
+            the default data folder).
         host: Address to bind (loopback unless a token is set).
         port: Port.
         data_root: The folder JSON paths must stay inside (default: the plan's inference data folder).
@@ -46,10 +49,12 @@ def serve(
         models = model_dir_of(plan, Path(workdir))
         accelerator = str(args.get("accelerator", "cpu"))
         threshold = args.get("inference_threshold")
+        ood_action = _ood_action(args.get("ood_action", "flag"))
 
         def current() -> Detector:
             threshold_value = None if threshold is None else float(threshold)
-            return resident_detector(models, accelerator, threshold_value, str(args.get("runtime", "auto")))
+            runtime = str(args.get("runtime", "auto"))
+            return resident_detector(models, accelerator, threshold_value, runtime, ood_action)
 
         batcher = Batcher(current)
         batcher.resolve().result()  # load before listening, in the thread that scores: /readyz is true at once
@@ -71,6 +76,15 @@ def serve(
 
         app = create_app(current, settings, batcher, extensions=[page])
         uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _ood_action(value: object) -> OodAction:
+    """The inference step's ``ood_action`` as written in the plan, checked (a plan error names the choices)."""
+    for action in OOD_ACTIONS:
+        if value == action:
+            return action
+    msg = f"plan error: 'inference.ood_action' is {value!r}: it must be one of {', '.join(OOD_ACTIONS)}"
+    raise PlanError(msg)
 
 
 def _page_data_root(plan: Plan) -> Path | None:

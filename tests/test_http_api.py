@@ -16,8 +16,10 @@ import yaml
 from conftest import (
     ROOT,
     asgi_get,
+    step_args,
     trained_project,
     wait_ready,
+    write_plan,
 )
 
 import main
@@ -93,10 +95,13 @@ def test_predict_one_and_several_uploads_scores_like_the_batch_run(project, serv
         assert row["raw_score"] == pytest.approx(expected["raw_score"], rel=1e-5, abs=1e-6)
         assert row["pred_label"] == expected["pred_label"]
         assert row["heatmap_png"]
+        assert row["ood_score"] == pytest.approx(expected["ood_score"], rel=1e-5, abs=1e-6)
+        assert row["in_distribution"] == bool(expected["in_distribution"])
     batch = project["root"] / "inference_artifacts/score/inference_summary.yaml"
     expected_summary = yaml.safe_load(batch.read_text())
     assert answer["summary"]["result"] == expected_summary["result"]
     assert answer["summary"]["probability"] == expected_summary["probability"]
+    assert answer["summary"]["note"] == expected_summary["note"]  # "..., N out of distribution" as the batch note
     one_body, one_kind = multipart([("ng_0.png", (folder / "ng_0.png").read_bytes())])
     status, one = call(f"{server}/v1/predict", one_body, one_kind)
     assert status == 200 and len(one["results"]) == 1 and "heatmap_png" not in one["results"][0]
@@ -179,6 +184,85 @@ def test_uploaded_phone_photo_is_scored_upright(project, server, tmp_path):
     _, plain_answer = call(f"{server}/v1/predict", plain, plain_kind)
     assert status == 200
     assert phone_answer["results"][0]["raw_score"] == pytest.approx(plain_answer["results"][0]["raw_score"], rel=1e-5)
+
+
+def stripes_png() -> bytes:
+    """A 300 x 300 picture of rows alternately black and white: nothing like the textures the model learned."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    stripes = np.zeros((300, 300), np.uint8)
+    stripes[::2] = 255
+    buffer = BytesIO()
+    Image.fromarray(stripes).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_foreign_image_answers_out_of_distribution_and_a_normal_one_in(project, server):
+    normal = (project["root"] / "data" / "inference" / "ok_0.png").read_bytes()
+    body, kind = multipart([("stripes.png", stripes_png()), ("ok_0.png", normal)])
+    status, answer = call(f"{server}/v1/predict?summary=true", body, kind)
+    assert status == 200
+    foreign, ok = answer["results"]
+    assert ok["in_distribution"] is True and ok["ood_score"] < 1.0 and ok["pred_label"] == "good"
+    assert foreign["in_distribution"] is False and foreign["ood_score"] >= 1.0
+    assert foreign["pred_label"] in ("good", "bad")  # flag (the default): the verdict is kept
+    assert answer["summary"]["note"].endswith(", 1 out of distribution")
+    status, model = call(f"{server}/v1/model")
+    assert status == 200 and model["ood_check"] is True and model["ood_action"] == "flag"
+
+
+def test_with_ood_action_reject_a_foreign_image_is_rejected_and_counted_apart(project):
+    plan = yaml.safe_load(project["plan"].read_text())
+    step_args(plan, "inference", "inference")["ood_action"] = "reject"
+    process, base = start({"plan": write_plan(project["root"], plan, "reject.yaml")})
+    try:
+        normal = (project["root"] / "data" / "inference" / "ok_0.png").read_bytes()
+        body, kind = multipart([("stripes.png", stripes_png()), ("ok_0.png", normal), ("again.png", normal)])
+        status, answer = call(f"{base}/v1/predict?summary=true", body, kind)
+        assert status == 200
+        foreign, ok, _ = answer["results"]
+        assert foreign["pred_label"] == "rejected" and foreign["certainty"] == 0.0 and foreign["is_anomalous"] is True
+        assert foreign["in_distribution"] is False and foreign["ood_score"] >= 1.0
+        assert ok["pred_label"] == "good" and ok["in_distribution"] is True
+        assert answer["summary"]["result"] == "good:2,bad:0,rejected:1"
+        assert answer["summary"]["note"].startswith("patchcore: 3 image(s), 0 bad at threshold")
+        assert call(f"{base}/v1/model")[1]["ood_action"] == "reject"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_bad_ood_action_in_the_plan_stops_serve_with_one_plan_line(project, capsys):
+    plan = yaml.safe_load(project["plan"].read_text())
+    step_args(plan, "inference", "inference")["ood_action"] = "drop"
+    path = write_plan(project["root"], plan, "bad-ood.yaml")
+    assert main.main(["--mode", "serve", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "ood_action" in error and "'drop'" in error and "flag, reject" in error
+
+
+def test_a_model_without_an_ood_check_answers_null_and_no_unasked_heatmap():
+    """The wire row: ood_score and in_distribution are null (not absent) without a check; heatmap_png is absent."""
+    from apps.http.api import _row
+    from apps.http.schemas import PredictResponse
+    from vad.detector import Prediction
+
+    plain = Prediction(None, 3.0, 0.2, False, "good", 0.6)
+    unmeasured = Prediction(None, 3.0, 0.2, True, "rejected", 0.0, ood_score=float("nan"), in_distribution=False)
+    rows = [_row("a.png", plain, heatmap=True), _row("b.png", unmeasured, heatmap=False)]
+    wire = PredictResponse(results=rows).model_dump(mode="json", exclude_unset=True)
+    assert wire == {
+        "results": [
+            {"image": "a.png", "raw_score": 3.0, "anomaly_score": 0.2, "pred_label": "good", "certainty": 0.6,
+             "is_anomalous": False, "ood_score": None, "in_distribution": None},
+            {"image": "b.png", "raw_score": 3.0, "anomaly_score": 0.2, "pred_label": "rejected", "certainty": 0.0,
+             "is_anomalous": True, "ood_score": None, "in_distribution": False},
+        ]
+    }  # fmt: skip
+    json.dumps(wire, allow_nan=False)  # a NaN distance is null: the answer stays valid JSON
 
 
 def _asgi_get(app, path: str, token: str | None = None) -> tuple[int, dict]:

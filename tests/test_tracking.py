@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import trained_project, write_plan
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 import main
 from alo.plan import load_plan
@@ -98,6 +100,16 @@ def test_the_logged_model_loaded_with_pyfunc_scores_like_the_pipeline(tracked):
     found = loaded.predict(pd.DataFrame({"image": files}))
     assert list(found["pred_label"]) == list(output["pred_label"])
     assert (found["anomaly_score"] - output["anomaly_score"]).abs().max() < 1e-5
+    assert (found["ood_score"] - output["ood_score"]).abs().max() < 1e-4
+    assert list(found["in_distribution"]) == list(output["in_distribution"])
+    outputs = {column.name: column for column in loaded.metadata.get_output_schema().inputs}
+    assert outputs["ood_score"].type.name == "double" and not outputs["ood_score"].required
+    assert outputs["in_distribution"].type.name == "boolean" and not outputs["in_distribution"].required
+    stripes = np.zeros((300, 300), np.uint8)  # rows alternately black and white: nothing like the product
+    stripes[::2] = 255
+    Image.fromarray(stripes).save(root / "stripes.png")
+    foreign = loaded.predict(pd.DataFrame({"image": [str(root / "stripes.png")]})).iloc[0]
+    assert not foreign["in_distribution"] and foreign["ood_score"] >= 1.0
     import base64
 
     encoded = [
@@ -153,6 +165,7 @@ def test_mlflow_models_serve_scores_images_like_the_pipeline(tracked):
         assert list(rows["pred_label"]) == list(output["pred_label"])
         assert (rows["anomaly_score"] - output["anomaly_score"]).abs().max() < 1e-5
         assert list(rows["is_anomalous"]) == list(output["pred_label"] != "good")
+        assert list(rows["in_distribution"]) == list(output["in_distribution"])
     finally:
         with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(server.pid, signal.SIGTERM)

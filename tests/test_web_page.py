@@ -25,6 +25,7 @@ import yaml
 from conftest import (
     ROOT,
     set_external,
+    step_args,
     trained_project,
     wait_ready,
     write_plan,
@@ -198,6 +199,80 @@ def test_several_images_and_a_rotated_phone_photo(page, server, project, tmp_pat
     assert size == [48, 80], "upright: taller than wide"
     assert f"{len(files)} image(s)" in page.locator("#summary").inner_text()
     shoot(page, "inspect-batch")
+
+
+def stripes_png() -> bytes:
+    """A 300 x 300 picture of rows alternately black and white: nothing like the textures the model learned."""
+    import io
+
+    import numpy as np
+
+    stripes = np.zeros((300, 300), np.uint8)
+    stripes[::2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(stripes).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def upload_foreign_and_normal(page, base: str, project) -> tuple:
+    """Upload the striped picture and a normal image on the Inspect page: their two cards, once shown."""
+    normal = (project["root"] / "data" / "inference" / "ok_0.png").read_bytes()
+    page.goto(f"{base}/ui/inspect")
+    page.set_input_files(
+        "#files",
+        files=[
+            {"name": "stripes.png", "mimeType": "image/png", "buffer": stripes_png()},
+            {"name": "ok_0.png", "mimeType": "image/png", "buffer": normal},
+        ],
+    )
+    page.wait_for_function("() => document.querySelectorAll('article.result').length === 2")
+    cards = page.locator("article.result")
+    return cards.nth(0), cards.nth(1)
+
+
+def test_an_out_of_distribution_image_shows_a_clear_warning_and_a_normal_one_none(page, server, project):
+    foreign, normal = upload_foreign_and_normal(page, server, project)
+    warning = foreign.locator(".ood-warning")
+    assert warning.is_visible()
+    text = warning.inner_text()
+    assert text.startswith("Out of distribution: not the kind of image this model was trained on (ood_score ")
+    assert float(text.split("ood_score ")[1].split(",")[0]) >= 1.0
+    assert "cannot be trusted" in text
+    assert foreign.get_attribute("data-in-distribution") == "false"
+    assert foreign.get_attribute("data-verdict") in ("OK", "NG")  # flag (the default): the verdict is kept
+    assert normal.locator(".ood-warning").is_hidden()
+    assert normal.get_attribute("data-in-distribution") == "true" and normal.get_attribute("data-verdict") == "OK"
+    message = page.locator("#message")
+    assert message.is_visible() and message.inner_text().startswith("1 of 2 image(s) out of distribution")
+    assert "1 out of distribution" in page.locator("#summary").inner_text()
+    shoot(page, "inspect-out-of-distribution")
+
+
+@pytest.mark.slow
+def test_with_ood_action_reject_the_page_shows_the_verdict_withheld(browser, project):
+    plan = yaml.safe_load(project["plan"].read_text())
+    step_args(plan, "inference", "inference")["ood_action"] = "reject"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "VAD_API_TOKEN"}
+    path = write_plan(project["root"], plan, "reject.yaml")
+    command = [sys.executable, "main.py", "--mode", "serve", "--config", str(path), "--port", str(port)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, base)
+        context = browser.new_context(viewport={"width": 1366, "height": 860})
+        page = context.new_page()
+        foreign, normal = upload_foreign_and_normal(page, base, project)
+        assert foreign.get_attribute("data-verdict") == "rejected"
+        assert foreign.locator(".verdict").inner_text() == "rejected: verdict withheld"
+        assert "have a person check this part" in foreign.locator(".ood-warning").inner_text()
+        assert normal.get_attribute("data-verdict") == "OK" and normal.locator(".ood-warning").is_hidden()
+        assert "rejected:1" in page.locator("#summary").inner_text()
+        shoot(page, "inspect-rejected")
+        context.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def test_a_non_image_gives_one_clear_message_and_the_page_still_works(page, server, project):

@@ -1,7 +1,8 @@
 """The HTTP scoring API (``main.py --mode serve``): FastAPI on uvicorn around the resident ``Detector``.
 
 - ``POST /v1/predict``: images as multipart uploads (field ``files``, one or many), or a JSON body
-  ``{"paths": [...]}`` of files inside the server's data folder. Per image the ``output.csv`` columns;
+  ``{"paths": [...]}`` of files inside the server's data folder. Per image the ``output.csv`` columns
+  (``ood_score`` and ``in_distribution`` null when the model has no out-of-distribution check);
   ``?heatmap=true`` adds the heatmap picture (PNG, base64), ``?summary=true`` the batch's summary in the
   ``inference_summary`` shape.
 - ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text), ``/docs``.
@@ -49,6 +50,7 @@ from apps.http.schemas import (
     PredictRow,
     Readiness,
     errors,
+    json_number,
     predict_body,
 )
 from apps.http.summary import batch_summary
@@ -116,7 +118,7 @@ ops = APIRouter()  # liveness, readiness and metrics
 @v1.post(
     "/predict",
     summary="Score images (multipart uploads 'files', or JSON {'paths': [...]})",
-    response_model_exclude_none=True,
+    response_model_exclude_unset=True,  # heatmap_png and summary absent unless asked for; ood_score null stays
     responses=errors(400, 403, 404, 413, 415, 422),
     openapi_extra=predict_body(MAX_IMAGES),
 )
@@ -144,15 +146,16 @@ async def predict(request: Request, state: ServiceDep, heatmap: bool = False, su
 
 
 def _row(name: str, prediction: Prediction, heatmap: bool) -> PredictRow:
-    picture = None
-    if heatmap and prediction.heatmap is not None:
-        picture = base64.b64encode(encode_png(np.asarray(prediction.heatmap))).decode("ascii")
-    return PredictRow.model_validate({"image": name, **prediction.result_row(), "heatmap_png": picture})
+    """One image's answer: its result columns (``ood_score`` and ``in_distribution`` null without a check)."""
+    row: dict[str, object] = {"image": name, **prediction.result_row(), "ood_score": json_number(prediction.ood_score)}
+    if heatmap and prediction.heatmap is not None:  # set only when sent: the field is absent otherwise
+        row["heatmap_png"] = base64.b64encode(encode_png(np.asarray(prediction.heatmap))).decode("ascii")
+    return PredictRow.model_validate(row)
 
 
 @v1.get("/model", summary="The resident model")
 async def model(state: ServiceDep) -> ModelInfo:
-    """The resident model's name, backbone, input size, thresholds, class names and train run."""
+    """The resident model's name, backbone, input size, thresholds, class names, train run and its OOD check."""
     current = await asyncio.wrap_future(state.batcher.resolve())
     spec, calibration = current.spec, current.calibration
     return ModelInfo(
@@ -165,6 +168,8 @@ async def model(state: ServiceDep) -> ModelInfo:
         ok_name=calibration.ok_name,
         ng_name=calibration.ng_name,
         train_id=state.settings.train_id,
+        ood_check=current.has_ood_check,
+        ood_action=current.ood_action,
     )
 
 

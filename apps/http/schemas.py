@@ -7,13 +7,28 @@ against the served API to hold the document to the wire).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from vad.ood.verdict import OodAction
+
 # The formats an upload may be (decoded by content, :func:`vad.images.decode_image`), as the parts' media types.
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp")
+
+
+def json_number(value: float | None) -> float | None:
+    """A float as JSON can carry it: None for NaN or infinity (an ``ood_score`` the check could not measure).
+
+    Args:
+        value: The float, or None.
+
+    Returns:
+        The value, or None where it is not finite.
+    """
+    return value if value is not None and math.isfinite(value) else None
 
 
 class ErrorBody(BaseModel):
@@ -38,9 +53,22 @@ class PredictRow(BaseModel):
     image: str = Field(description="The uploaded file name, or the path as sent")
     raw_score: float = Field(description="The model's own score")
     anomaly_score: float = Field(description="The score normalised so that the trained threshold is 0.5")
-    pred_label: str = Field(description="The OK class name or the NG name")
-    certainty: float = Field(description="1 when sure, 0 at the threshold")
-    is_anomalous: bool = Field(description="Whether anomaly_score reaches the inference threshold")
+    pred_label: str = Field(
+        description="The OK class name or the NG name; 'rejected' when the plan's ood_action is reject and the image "
+        "is out of distribution (the verdict is withheld: a person should look at it)"
+    )
+    certainty: float = Field(description="1 when sure, 0 at the threshold (0 for a rejected image)")
+    is_anomalous: bool = Field(
+        description="Whether anomaly_score reaches the inference threshold (true for a rejected image: never passed)"
+    )
+    ood_score: float | None = Field(
+        description="Distance to the training images over the out-of-distribution threshold: 1 or more is out of "
+        "distribution; null when the model has no out-of-distribution check (or the distance could not be measured)"
+    )
+    in_distribution: bool | None = Field(
+        description="False when the image is not the kind of image the model was trained on (ood_score 1 or more): "
+        "its verdict cannot be trusted; null when the model has no out-of-distribution check"
+    )
     heatmap_png: str | SkipJsonSchema[None] = Field(  # absent, never null, without ?heatmap=true
         default=None,
         description="With ?heatmap=true: original | overlay | predicted region, a PNG picture in base64",
@@ -53,9 +81,16 @@ class InferenceSummary(BaseModel):
 
     date: str = Field(description="UTC, '%Y-%m-%d %H:%M:%S'")
     file_path: str
-    note: str = Field(max_length=128)
+    note: str = Field(
+        max_length=128,
+        description="Model, image count, NG count and threshold; ', N out of distribution' when the model has a check",
+    )
     probability: dict[str, float] = Field(description="Label -> probability, 2 decimals, summing to 1")
-    result: str = Field(max_length=32)
+    result: str = Field(
+        max_length=32,
+        description="One image: its pred_label; several: counts per label ('good:12,bad:3', ',rejected:N' appended "
+        "for the images withheld with ood_action reject)",
+    )
     score: float = Field(ge=0.0, le=1.0)
     version: str
 
@@ -81,6 +116,11 @@ class ModelInfo(BaseModel):
     ok_name: str
     ng_name: str
     train_id: str | None = Field(description="The train run of the model (null when unknown)")
+    ood_check: bool = Field(description="Whether the model has an out-of-distribution check (ood_score answered)")
+    ood_action: OodAction = Field(
+        description="What an out-of-distribution image becomes: flag (in_distribution false, the verdict kept) or "
+        "reject (pred_label 'rejected', the verdict withheld)"
+    )
 
 
 class Health(BaseModel):

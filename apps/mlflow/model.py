@@ -5,8 +5,10 @@ It is logged as "models from code" (:mod:`apps.mlflow.pyfunc`; no pickled object
 tuner). Loading it builds a :class:`~vad.detector.Detector` (runtime ``auto``: the exported graph
 where it was proven and faster, else torch). Input: a DataFrame with a column ``image`` of file paths, or
 ``image_base64`` of base64-encoded image files (what a JSON request to ``mlflow models serve`` can carry).
-Output: per image ``raw_score``, ``anomaly_score``, ``pred_label``, ``certainty``, ``is_anomalous``, as
-``output.csv`` has them.
+Output: per image ``raw_score``, ``anomaly_score``, ``pred_label``, ``certainty``, ``is_anomalous``,
+``ood_score`` and ``in_distribution``, as ``output.csv`` has them (the last two empty, not required, for a
+model without an out-of-distribution check; ``in_distribution`` false: not the kind of image the model was
+trained on).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ RESULT_TYPES = {
     "pred_label": "string",
     "certainty": "double",
     "is_anomalous": "boolean",
+    "ood_score": "double",
+    "in_distribution": "boolean",
 }
+OPTIONAL_RESULTS = ("ood_score", "in_distribution")  # empty for a model without an out-of-distribution check
 
 
 def log_model(mlflow: Any, models: Path) -> Any:
@@ -45,7 +50,12 @@ def log_model(mlflow: Any, models: Path) -> Any:
 
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "image_base64", required=False)]),
-        outputs=Schema([ColSpec(RESULT_TYPES[column], column) for column in RESULT_COLUMNS]),
+        outputs=Schema(
+            [
+                ColSpec(RESULT_TYPES[column], column, required=column not in OPTIONAL_RESULTS)
+                for column in RESULT_COLUMNS
+            ]
+        ),
     )
     with tempfile.TemporaryDirectory(prefix="vad-code-") as code:
         packages = []

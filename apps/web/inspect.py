@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from apps.http.schemas import json_number
 from vad.detector import Prediction
+from vad.ood.verdict import REJECTED_LABEL
 from vad.png import encode_png
 
 MAX_PICTURES = 256
@@ -79,7 +81,9 @@ def inspected(name: str, image: Image.Image, prediction: Prediction, store: Pict
         store: Where the pictures go.
 
     Returns:
-        JSON for the page.
+        JSON for the page: the verdict and scores, ``in_distribution`` (False: the page warns that the image is
+        not the kind the model was trained on; None: the model has no check), ``rejected`` (the verdict was
+        withheld, ``ood_action: reject``) and the pictures' URLs.
     """
     original = store.put(encode_png(np.asarray(image.convert("RGB"))))
     overlay = None
@@ -92,6 +96,9 @@ def inspected(name: str, image: Image.Image, prediction: Prediction, store: Pict
         "anomaly_score": prediction.anomaly_score,
         "raw_score": prediction.raw_score,
         "certainty": prediction.certainty,
+        "ood_score": json_number(prediction.ood_score),
+        "in_distribution": prediction.in_distribution,
+        "rejected": prediction.label == REJECTED_LABEL,
         "width": image.width,
         "height": image.height,
         "original": f"/ui/api/picture/{original}",

@@ -96,9 +96,20 @@ function showInspected(data) {
     const card = template.content.firstElementChild.cloneNode(true);
     card.querySelector(".name").textContent = r.name;
     const verdict = card.querySelector(".verdict");
-    verdict.textContent = r.label;
-    verdict.className = r.is_anomalous ? "verdict ng" : "verdict ok";
-    card.dataset.verdict = r.is_anomalous ? "NG" : "OK";
+    verdict.textContent = r.rejected ? `${r.label}: verdict withheld` : r.label;
+    verdict.className = r.rejected ? "verdict rejected" : r.is_anomalous ? "verdict ng" : "verdict ok";
+    card.dataset.verdict = r.rejected ? "rejected" : r.is_anomalous ? "NG" : "OK";
+    card.dataset.inDistribution = r.in_distribution === null ? "unknown" : String(r.in_distribution);
+    if (r.in_distribution === false) {
+      const warning = card.querySelector(".ood-warning");
+      const distance = r.ood_score === null ? "not measurable" : fixed(r.ood_score, 2);
+      const outcome = r.rejected
+        ? "its verdict was withheld: have a person check this part."
+        : "its verdict cannot be trusted.";
+      warning.querySelector(".ood-text").textContent =
+        `not the kind of image this model was trained on (ood_score ${distance}, 1 or more is outside); ${outcome}`;
+      warning.hidden = false;
+    }
     card.querySelector(".score").textContent = fixed(r.anomaly_score);
     card.querySelector(".raw").textContent = fixed(r.raw_score);
     card.querySelector(".certainty").textContent = fixed(r.certainty, 3);
@@ -130,6 +141,8 @@ function showInspected(data) {
   }
   document.getElementById("batch").hidden = false;
   histogram(document.getElementById("histogram"), data);
+  const outside = data.results.filter((r) => r.in_distribution === false).length;
+  if (outside) say(`${outside} of ${data.results.length} image(s) out of distribution: not the kind of image this model was trained on (see the warnings below)`);
 }
 
 async function inspectFiles(files) {

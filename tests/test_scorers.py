@@ -69,6 +69,9 @@ def test_scorer_gives_the_models_scores_and_maps(tmp_path, model_name, backbone,
     assert np.allclose(scores, expected_scores, rtol=1e-4, atol=1e-5)
     assert np.allclose(maps, expected_maps, rtol=1e-4, atol=1e-5)
     assert len(np.unique(scores)) == 6
+    described_scores, _, descriptors = loaded.model.score_described(images, maps=False)
+    assert np.allclose(described_scores, scores, rtol=1e-5, atol=1e-6), "the descriptor costs no other score"
+    assert np.allclose(descriptors, model.describe(images), rtol=1e-4, atol=1e-4), "tapped from the same features"
 
 
 def test_graph_file_names_only_allowlisted_modules(tmp_path):

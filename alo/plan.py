@@ -43,6 +43,7 @@ class Control(BaseModel):
 
     backup_artifacts: bool = True
     backup_size: int = Field(default=1000, ge=1, description="history size cap in MB")
+    review_size_mb: int = Field(default=200, ge=0, description="review/ size cap in MB; 0 keeps no images to review")
     get_asset_source: str = "once"
     backup_log: bool = True
     interface_mode: str = "memory"

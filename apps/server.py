@@ -19,6 +19,7 @@ from apps.http.batcher import Batcher
 from apps.web.app import UiContext, add_ui
 from vad.detector import Detector, resident_detector
 from vad.ood.verdict import OOD_ACTIONS, OodAction
+from vad.review.store import ReviewStore
 
 logger = logging.getLogger("apps.server")
 
@@ -66,6 +67,7 @@ def serve(
             max_body_bytes=int(max_upload_mb * 1024 * 1024),
             version=plan.version,
             train_id=train_id_of(models),
+            review=ReviewStore.of_project(plan.root, plan.control.review_size_mb),
         )
         ui = UiContext(plan.root, plan.path, models, Path(data_root) if data_root else _page_data_root(plan))
         logger.info(f"serving {models} on http://{host}:{port} (data folder: {root or 'none, uploads only'})")

@@ -4,7 +4,8 @@
   ``{"paths": [...]}`` of files inside the server's data folder. Per image the ``output.csv`` columns
   (``ood_score`` and ``in_distribution`` null when the model has no out-of-distribution check);
   ``?heatmap=true`` adds the heatmap picture (PNG, base64), ``?summary=true`` the batch's summary in the
-  ``inference_summary`` shape.
+  ``inference_summary`` shape. After the answer, the scored images are kept for the page's Review queue
+  (``review/`` beside the plan, within ``control.review_size_mb``: :mod:`apps.http.review`).
 - ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text), ``/docs``.
 
 Safe by default: it binds to 127.0.0.1; another address needs a token (environment ``VAD_API_TOKEN``,
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -42,6 +43,7 @@ from apps.http.auth import TOKEN_ENV, check_token
 from apps.http.batcher import Batcher
 from apps.http.errors import ApiError
 from apps.http.middleware import BodyLimit, Observe
+from apps.http.review import keep_scored
 from apps.http.schemas import (
     Health,
     InferenceSummary,
@@ -57,6 +59,7 @@ from apps.http.summary import batch_summary
 from apps.http.uploads import request_images
 from vad.detector import Detector, Prediction
 from vad.png import encode_png
+from vad.review.store import ReviewStore
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # one request's whole body
 MAX_IMAGES = 64  # images per request
@@ -73,6 +76,7 @@ class ServeSettings:
     max_images: int = MAX_IMAGES
     version: str = "1.0.0"
     train_id: str | None = None
+    review: ReviewStore | None = None  # keeps what was scored for the page's Review queue; None: nothing kept
 
 
 @dataclass(frozen=True)
@@ -122,21 +126,26 @@ ops = APIRouter()  # liveness, readiness and metrics
     responses=errors(400, 403, 404, 413, 415, 422),
     openapi_extra=predict_body(MAX_IMAGES),
 )
-async def predict(request: Request, state: ServiceDep, heatmap: bool = False, summary: bool = False) -> PredictResponse:
+async def predict(
+    request: Request, state: ServiceDep, background: BackgroundTasks, heatmap: bool = False, summary: bool = False
+) -> PredictResponse:
     """Score the request's images; per image the ``output.csv`` columns (and the heatmap, the batch summary).
 
     The body is multipart/form-data with the images in field ``files`` (one or many), or JSON
-    ``{"paths": [...]}`` naming files inside the server's data folder.
+    ``{"paths": [...]}`` naming files inside the server's data folder. The scored images are kept for the
+    page's Review queue once the answer is sent.
     """
     batcher, settings = state.batcher, state.settings
     batcher.announce()  # a batch being formed waits for this request while it is received and decoded
     try:
-        names, images = await request_images(request, settings.max_images, settings.data_root)
+        names, contents, images = await request_images(request, settings.max_images, settings.data_root)
     except BaseException:
         batcher.withdraw()
         raise
     found: list[Prediction] = await asyncio.wrap_future(batcher.submit(images, heatmap, announced=True))
     state.images_scored.inc(len(found))
+    if settings.review is not None:  # after the answer, off its path
+        background.add_task(keep_scored, settings.review, names, contents, found, settings.train_id)
     rows = [_row(name, prediction, heatmap) for name, prediction in zip(names, found, strict=True)]
     if not summary:
         return PredictResponse(results=rows)

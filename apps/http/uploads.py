@@ -15,8 +15,10 @@ from apps.http.schemas import PathsRequest
 from vad.images import decode_image
 
 
-async def request_images(request: Request, max_images: int, data_root: Path | None) -> tuple[list[str], list]:
-    """The names and decoded images of a predict request.
+async def request_images(
+    request: Request, max_images: int, data_root: Path | None
+) -> tuple[list[str], list[bytes], list]:
+    """The names, file contents and decoded images of a predict request.
 
     Args:
         request: The request (multipart field ``files``, or JSON ``{"paths": [...]}``).
@@ -24,7 +26,7 @@ async def request_images(request: Request, max_images: int, data_root: Path | No
         data_root: The folder JSON paths must stay inside (None: uploads only).
 
     Returns:
-        The names and the images.
+        The names, the files' bytes (kept for review after the answer) and the images.
 
     Raises:
         ApiError: 400, 403, 404 or 415 with the one-line reason (a body over the limit is the middleware's 413).
@@ -35,13 +37,13 @@ async def request_images(request: Request, max_images: int, data_root: Path | No
         if not names:
             raise ApiError(400, "no images: send them as multipart form field 'files'")
         _check_count(len(names), max_images)
-        return names, await run_in_threadpool(decode_all, names, contents)
+        return names, contents, await run_in_threadpool(decode_all, names, contents)
     if kind == "application/json":
         paths = paths_of(await request.body())
         _check_count(len(paths), max_images)
         files = [inside(data_root, path) for path in paths]
         contents = await run_in_threadpool(lambda: [file.read_bytes() for file in files])
-        return paths, await run_in_threadpool(decode_all, paths, contents)
+        return paths, contents, await run_in_threadpool(decode_all, paths, contents)
     raise ApiError(415, "send images as multipart/form-data (field 'files') or JSON {\"paths\": [...]}")
 
 

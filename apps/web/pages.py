@@ -14,7 +14,11 @@ from apps.web import runs
 from apps.web.state import COOKIE, HERE, PageDep, UiError, require_page_login, same_origin
 from apps.web.training import offered_models
 
-STATIC = {"ui.js": "text/javascript; charset=utf-8", "ui.css": "text/css; charset=utf-8"}
+STATIC = {
+    "ui.js": "text/javascript; charset=utf-8",
+    "review.js": "text/javascript; charset=utf-8",
+    "ui.css": "text/css; charset=utf-8",
+}
 
 public = APIRouter(include_in_schema=False)
 pages = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(require_page_login)])
@@ -92,6 +96,12 @@ async def threshold_page(request: Request, page: PageDep, run_id: str) -> Respon
     if run is None:
         return page.render(request, "missing.html", what=f"train run {run_id}")
     return page.render(request, "threshold.html", run=run.as_dict())
+
+
+@pages.get("/review")
+async def review_page(request: Request, page: PageDep) -> Response:
+    """Mark the review queue's images OK or NG."""
+    return page.render(request, "review.html")
 
 
 @pages.get("/train")

@@ -1,4 +1,4 @@
-"""The page's JSON routes (``/ui/api``): scoring, pictures, runs, the threshold explorer and training.
+"""The page's JSON routes (``/ui/api``): scoring, pictures, runs, the threshold explorer, review and training.
 
 One module-level router whose own dependency is the token (:func:`require_login`), so no route added to it can
 go without; every POST depends on :func:`require_csrf` as well. The page's state comes through
@@ -19,12 +19,13 @@ from alo.runner import train_id_of
 from apps.http.errors import ApiError
 from apps.http.summary import batch_summary
 from apps.http.uploads import decode_all, read_uploads
-from apps.web import explorer, runs
+from apps.web import explorer, review, runs
 from apps.web.inspect import inspected, validation_scores
 from apps.web.state import PageDep, UiError, inside, require_csrf, require_login
 from apps.web.training import JobError, Trainer
 from vad.detector import Detector
 from vad.images import IMAGE_EXTENSIONS
+from vad.review.store import ReviewStore
 
 MAX_LISTED_FOLDERS = 500
 
@@ -125,6 +126,47 @@ async def use_threshold(request: Request, page: PageDep, run_id: str) -> dict[st
     except ValueError as exc:
         raise UiError(400, str(exc)) from None
     return {"plan": copy.path.name, "diff": copy.diff, "inference_threshold": value}
+
+
+@router.get("/review")
+async def review_queue(page: PageDep, limit: int = review.BATCH) -> review.ReviewBatch:
+    """A batch of the review queue: its first ``limit`` images, most informative first.
+
+    With the queue's length, the verdicts waiting for the next update, and the served model's names and threshold.
+    """
+    calibration = (await asyncio.wrap_future(page.batcher.resolve())).calibration
+    store = ReviewStore.of_project(page.context.project)
+    return await run_in_threadpool(
+        review.queue_batch,
+        store,
+        page.context.models,
+        calibration.ok_name,
+        calibration.ng_name,
+        calibration.inference_threshold,
+        limit,
+    )
+
+
+@router.get("/review/image/{review_id}")
+async def review_image(page: PageDep, review_id: str) -> Response:
+    """A kept image by its review id (never by a path)."""
+    path = await run_in_threadpool(ReviewStore.of_project(page.context.project).image_file, review_id)
+    if path is None:
+        raise UiError(404, "no such image to review (pruned, or never kept)")
+    return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/review", dependencies=POST)
+async def review_verdicts(page: PageDep, given: review.VerdictsIn) -> review.VerdictsOut:
+    """Write a batch's verdicts (OK or NG per review id) to ``review/feedback.csv``."""
+    calibration = (await asyncio.wrap_future(page.batcher.resolve())).calibration
+    store = ReviewStore.of_project(page.context.project)
+    try:
+        return await run_in_threadpool(
+            review.submit, store, page.context.models, given, calibration.ok_name, calibration.ng_name
+        )
+    except review.UnknownImageError as exc:
+        raise UiError(404, str(exc)) from None
 
 
 @router.get("/train")

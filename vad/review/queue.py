@@ -119,5 +119,5 @@ def _reason(entry: ReviewEntry, ok_name: str, threshold: float) -> str:
         return f"labelled {entry.label} but predicted {entry.pred_label}"
     if tier == OUT_OF_DISTRIBUTION:
         distance = "not measurable" if entry.ood_score is None else f"{entry.ood_score:.2f}"
-        return f"out of distribution (ood_score {distance}): not the kind of image the model was trained on"
+        return f"out of distribution (ood_score {distance})"
     return f"{abs(entry.anomaly_score - threshold):.3f} from the threshold {threshold:g}"

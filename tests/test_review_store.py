@@ -196,3 +196,24 @@ def test_verdicts_write_the_train_data_format_and_a_later_one_supersedes(tmp_pat
     for relative in latest["image_path"]:
         assert (store.folder / relative).is_file(), "image_path is relative to the CSV's folder, as train data"
     assert read_feedback(tmp_path / "nothing").empty
+
+
+def test_the_index_read_so_far_is_reread_when_the_file_is_rewritten_or_replaced(tmp_path):
+    store = ReviewStore(tmp_path / "review")
+    kept = [keep_one(store, seed).kept[0] for seed in range(3)]
+    index = store.folder / INDEX
+    assert [e.id for e in store.entries()] == [e.id for e in kept]
+    lines = index.read_text().splitlines(keepends=True)
+    with index.open("r+") as handle:  # rewritten in place (same file) without its first line
+        handle.write("".join(lines[1:]))
+        handle.truncate()
+    assert [e.id for e in store.entries()] == [e.id for e in kept[1:]]
+    index.write_text(lines[2] + lines[0] + lines[1])  # same length, same file, other order
+    assert [e.id for e in store.entries()] == [kept[2].id, kept[0].id, kept[1].id]
+    replacement = index.with_name("other")
+    replacement.write_text(lines[1])
+    replacement.replace(index)
+    assert [e.id for e in store.entries()] == [kept[1].id]
+    with index.open("a") as handle:  # another process appends
+        handle.write(lines[0])
+    assert [e.id for e in store.entries()] == [kept[1].id, kept[0].id]

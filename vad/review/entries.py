@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import threading
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
-
-from vad.review.files import whole_lines
+from typing import Any, BinaryIO, Literal
 
 INDEX = "index.jsonl"
 IMAGES = "images"
@@ -92,8 +92,7 @@ class ReviewEntry:
             return None
         if not isinstance(found, dict):
             return None
-        names = [item.name for item in fields(cls)]
-        values: dict[str, Any] = {name: found.get(name) for name in names}
+        values: dict[str, Any] = {name: found.get(name) for name in _FIELD_NAMES}
         if not isinstance(values["id"], str) or not ID_PATTERN.match(values["id"]):
             return None
         if not isinstance(values["image"], str) or not isinstance(values["anomaly_score"], int | float):
@@ -103,13 +102,35 @@ class ReviewEntry:
         return cls(**values)
 
 
+_FIELD_NAMES = tuple(item.name for item in fields(ReviewEntry))
+
+
 def _finite(value: Any) -> Any:
     """A value for JSON: a NaN or infinite float as None (JSON has no NaN)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+@dataclass
+class _ReadSoFar:
+    """What :func:`read_index` parsed of one index file: its identity, how far, its last line, the entries."""
+
+    identity: tuple[int, int]
+    offset: int
+    last_line: bytes
+    entries: list[ReviewEntry]
+
+
+_READ: dict[str, _ReadSoFar] = {}
+_READ_LOCK = threading.Lock()
+
+
 def read_index(folder: Path) -> list[ReviewEntry]:
     """The entries of ``folder/index.jsonl`` in the order they were kept (a torn or damaged line is left out).
+
+    The index only grows by whole lines, or is replaced whole (a new file: pruning), so what was parsed is kept
+    and only the lines appended since are read: the scoring service keeps images after every request. The
+    parsed part is trusted while the file is the same one (device and inode) and its last parsed line still ends
+    where it did (a rewrite that dropped an earlier line moves it).
 
     Args:
         folder: The review folder.
@@ -117,8 +138,38 @@ def read_index(folder: Path) -> list[ReviewEntry]:
     Returns:
         The entries, oldest first.
     """
-    entries = [ReviewEntry.from_line(line) for line in whole_lines(folder / INDEX) if line.strip()]
-    return [entry for entry in entries if entry is not None]
+    path = folder / INDEX
+    try:
+        with path.open("rb") as handle:
+            status = os.fstat(handle.fileno())
+            identity = (status.st_dev, status.st_ino)
+            with _READ_LOCK:
+                known = _READ.get(str(path))
+            if known is None or known.identity != identity or not _still_ends(handle, known):
+                known = _ReadSoFar(identity, 0, b"", [])
+            handle.seek(known.offset)
+            added = handle.read()
+    except FileNotFoundError:
+        return []
+    end = added.rfind(b"\n") + 1  # the part after the last newline: a torn write, read again next time
+    if end:
+        lines = added[:end].decode("utf-8", errors="replace").split("\n")[:-1]
+        parsed = [ReviewEntry.from_line(line) for line in lines if line.strip()]
+        last = added[: end - 1].rsplit(b"\n", 1)[-1] + b"\n"
+        found = [*known.entries, *(entry for entry in parsed if entry is not None)]
+        known = _ReadSoFar(identity, known.offset + end, last, found)
+    with _READ_LOCK:
+        _READ[str(path)] = known
+    return list(known.entries)
+
+
+def _still_ends(handle: BinaryIO, known: _ReadSoFar) -> bool:
+    """Whether the file still holds the last parsed line where it ended."""
+    start = known.offset - len(known.last_line)
+    if start < 0:
+        return False
+    handle.seek(start)
+    return handle.read(len(known.last_line)) == known.last_line
 
 
 def utc_now() -> datetime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,7 +78,8 @@ def _csv_line(cells: Sequence[object]) -> str:
 def read_feedback(folder: Path) -> pd.DataFrame:
     """The verdicts of ``feedback.csv``, the latest per ``review_id`` (in file order).
 
-    A torn last line (a write cut short) is left out.
+    A torn last line (a write cut short) is left out. The table read is kept while the file's identity, size and
+    modification time stay the same (the scoring service asks after every request).
 
     Args:
         folder: The review folder.
@@ -85,7 +87,29 @@ def read_feedback(folder: Path) -> pd.DataFrame:
     Returns:
         A table with :data:`COLUMNS` (empty when there are no verdicts).
     """
-    lines = whole_lines(folder / FEEDBACK)
+    path = folder / FEEDBACK
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return pd.DataFrame(columns=list(COLUMNS))
+    stamp = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    with _READ_LOCK:
+        known = _READ.get(str(path))
+    if known is not None and known[0] == stamp:
+        return known[1].copy()
+    table = _read_table(path)
+    with _READ_LOCK:
+        _READ[str(path)] = (stamp, table)
+    return table.copy()
+
+
+_READ: dict[str, tuple[tuple[int, int, int, int], pd.DataFrame]] = {}
+_READ_LOCK = threading.Lock()
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """``feedback.csv`` read whole: its complete lines, the latest verdict per ``review_id``."""
+    lines = whole_lines(path)
     if len(lines) < 2:
         return pd.DataFrame(columns=list(COLUMNS))
     table = pd.read_csv(io.StringIO("\n".join(lines) + "\n"), dtype={"label": str, "review_id": str})

@@ -26,7 +26,9 @@ from conftest import ROOT, set_external, trained_project, wait_ready, write_plan
 
 import main
 from alo.errors import PlanError
-from alo.plan import parse_plan
+from alo.plan import load_plan, parse_plan
+from alo.runner import prepare, run_pipeline
+from alo.solution_metadata import parse_metadata
 from benchmarks.redis_server import free_port
 from vad.review.entries import read_index
 from vad.review.feedback import COLUMNS, read_feedback
@@ -106,6 +108,21 @@ def test_a_second_run_keeps_no_copy_and_a_cap_of_zero_keeps_nothing(project, tmp
     assert len(read_index(root / "review")) == before
     with pytest.raises(PlanError, match=r"^plan error: 'control.review_size_mb' is -1: .*greater than or equal to 0$"):
         parse_plan({**plan, "control": [{"review_size_mb": -1}]}, tmp_path / "plan.yaml")
+
+
+def test_a_request_of_the_edge_loop_keeps_its_image_as_loop(project):
+    """A loop request's run: the plan as the request's solution metadata changed it, with the resident model."""
+    root = project["root"]
+    request = root / "data" / "request-1"
+    request.mkdir()
+    shutil.copy(root / "data" / "train" / "good" / "g031.png", request / "shot.png")
+    metadata = parse_metadata({"pipeline": [{"type": "inference", "dataset_uri": str(request)}]})
+    plan = metadata.apply(load_plan(project["plan"]))
+    models = root / "train_artifacts" / "models"
+    run_pipeline(plan, "inference", prepare(plan, "inference", "assets"), "assets", resident_model=models)
+    (entry,) = [e for e in read_index(root / "review") if e.source == str(request / "shot.png")]
+    assert entry.origin == "loop" and entry.train_id == _train_id(root)
+    assert (root / "review" / entry.image).read_bytes() == (request / "shot.png").read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -217,3 +217,19 @@ def test_the_index_read_so_far_is_reread_when_the_file_is_rewritten_or_replaced(
     with index.open("a") as handle:  # another process appends
         handle.write(lines[0])
     assert [e.id for e in store.entries()] == [kept[1].id, kept[0].id]
+
+
+def test_verdicts_wait_until_a_model_has_learnt_them(tmp_path):
+    import json
+
+    from apps.web.review import learnt_ids, waiting
+
+    store = ReviewStore(tmp_path / "review")
+    first, second = (keep_one(store, seed).kept[0] for seed in range(2))
+    write_verdicts(store.folder, [Verdict(first, False), Verdict(second, True)], "good", "bad")
+    models = tmp_path / "models"
+    assert learnt_ids(models) == set() and waiting(store, models) == 2, "a model trained from its data alone"
+    (models / "train").mkdir(parents=True)
+    config = {"model_name": "patchcore", "training": {"update": {"ok": 1, "ng": 0, "review_ids": [first.id]}}}
+    (models / "train" / "train_config.json").write_text(json.dumps(config))
+    assert learnt_ids(models) == {first.id} and waiting(store, models) == 1

@@ -99,7 +99,7 @@ def keep_for_review(
     """
     try:
         report = store.keep(images, origin, train_id)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a full disk, a read-only folder, a damaged file: never the run's error
         logger.warning(f"scored images not kept for review in {store.folder} ({exc.__class__.__name__}: {exc})")
         return
     logger.info(

@@ -233,3 +233,18 @@ def test_verdicts_wait_until_a_model_has_learnt_them(tmp_path):
     config = {"model_name": "patchcore", "training": {"update": {"ok": 1, "ng": 0, "review_ids": [first.id]}}}
     (models / "train" / "train_config.json").write_text(json.dumps(config))
     assert learnt_ids(models) == {first.id} and waiting(store, models) == 1
+
+
+def test_a_hand_edited_feedback_csv_with_broken_rows_is_read_around(tmp_path):
+    store = ReviewStore(tmp_path / "review")
+    first, second = (keep_one(store, seed).kept[0] for seed in range(2))
+    write_verdicts(store.folder, [Verdict(first, True)], "good", "bad")
+    with (store.folder / FEEDBACK).open("a") as handle:
+        handle.write('good,"images/x.png\n')  # an unclosed quote: pandas would stop here
+        handle.write("good,images/y.png,2026-12-07,id-y,good,not-a-number,extra-cell\n")
+        handle.write(",images/z.png,2026-12-07,id-z,good,0.1\n")  # no label
+    latest = read_feedback(store.folder)
+    assert list(latest["review_id"]) == [first.id] and latest["anomaly_score"].dtype.kind == "f"
+    assert len(keep_one(store, 9).kept) == 1, "keeping goes on"
+    write_verdicts(store.folder, [Verdict(second, False)], "good", "bad")
+    assert list(read_feedback(store.folder)["review_id"]) == [first.id, second.id]

@@ -51,7 +51,7 @@ def keep_scored(
     ]
     try:
         report = store.keep(images, "http", train_id)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a full disk, a read-only folder, a damaged file: never the run's error
         logger.warning(f"scored images not kept for review in {store.folder} ({exc.__class__.__name__}: {exc})")
         return
     if report.no_room:

@@ -108,13 +108,20 @@ _READ_LOCK = threading.Lock()
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    """``feedback.csv`` read whole: its complete lines, the latest verdict per ``review_id``."""
-    lines = whole_lines(path)
-    if len(lines) < 2:
+    """``feedback.csv`` read whole: the latest verdict per ``review_id`` of its complete, well-formed rows.
+
+    A row without a label or a review id, or with another number of cells than the header (a hand edit gone
+    wrong), is left out rather than stopping whatever reads the verdicts.
+    """
+    rows = [next(csv.reader([line]), []) for line in whole_lines(path)]  # one line a row: a stray quote stays in it
+    if len(rows) < 2:
         return pd.DataFrame(columns=list(COLUMNS))
-    table = pd.read_csv(io.StringIO("\n".join(lines) + "\n"), dtype={"label": str, "review_id": str})
-    table = table.dropna(subset=["review_id", "label"])
-    return table.drop_duplicates("review_id", keep="last").reset_index(drop=True)[list(COLUMNS)]
+    header = rows[0]
+    records = [dict(zip(header, row, strict=True)) for row in rows[1:] if len(row) == len(header)]
+    table = pd.DataFrame(records, columns=header).reindex(columns=list(COLUMNS))
+    table = table[table["review_id"].fillna("").ne("") & table["label"].fillna("").ne("")]
+    table["anomaly_score"] = pd.to_numeric(table["anomaly_score"], errors="coerce")
+    return table.drop_duplicates("review_id", keep="last").reset_index(drop=True)
 
 
 def reviewed_ids(folder: Path) -> set[str]:

@@ -97,7 +97,7 @@ class ReviewEntry:
             return None
         if not isinstance(values["image"], str) or not isinstance(values["anomaly_score"], int | float):
             return None
-        values["bytes"] = int(values["bytes"] or 0)
+        values["bytes"] = values["bytes"] if isinstance(values["bytes"], int) else 0
         values["sha256"] = str(values["sha256"] or "")
         return cls(**values)
 

@@ -219,12 +219,13 @@ class ArtifactStore:
             (self.staging / sub).mkdir(parents=True, exist_ok=True)
         return self.staging
 
-    def promote(self, backup: bool, backup_size_mb: int) -> Path:
+    def promote(self, backup: bool, backup_size_mb: int, keep_runs: int | None = None) -> Path:
         """Make the staged run the current artifacts, keeping the old ones in history.
 
         Args:
             backup: Keep the replaced artifacts under ``history/``.
             backup_size_mb: Cap of the whole ``history/`` folder in MB (oldest pruned first).
+            keep_runs: Cap of this pipeline's runs in ``history/`` (oldest pruned first); None: no cap.
 
         Returns:
             The promoted artifacts folder.
@@ -237,14 +238,17 @@ class ArtifactStore:
                 self._archive(self.previous, _run_id_of(self.previous))
             else:
                 shutil.rmtree(self.previous, ignore_errors=True)
+        if keep_runs is not None:
+            prune_count(self.history, keep_runs)
         prune_history(self.root / "history", backup_size_mb)
         return self.final
 
-    def fail(self, backup_size_mb: int) -> Path | None:
+    def fail(self, backup_size_mb: int, keep_runs: int | None = None) -> Path | None:
         """Keep a failed run's staging folder as ``history/{pipeline}/{id}-error``.
 
         Args:
             backup_size_mb: Cap of the whole ``history/`` folder in MB.
+            keep_runs: Cap of this pipeline's runs in ``history/`` (the failed run is kept); None: no cap.
 
         Returns:
             Where the failed run was kept, or None if nothing was staged.
@@ -252,6 +256,8 @@ class ArtifactStore:
         if not self.staging.exists():
             return None
         kept = self._archive(self.staging, f"{self.run_id}-error")
+        if keep_runs is not None:
+            prune_count(self.history, keep_runs, keep=kept)
         prune_history(self.root / "history", backup_size_mb, keep=kept)
         return kept
 
@@ -266,6 +272,37 @@ class ArtifactStore:
         folder.replace(target)
         _note_change(self.history, before, added=target)
         return target
+
+
+def prune_count(folder: Path, cap: int, keep: Path | None = None) -> list[Path]:
+    """Delete the oldest runs of one ``history/{pipeline}`` folder until it holds at most ``cap`` runs.
+
+    Args:
+        folder: The pipeline's history folder.
+        cap: Most runs kept.
+        keep: A run never to delete (the failed run just kept, for its logs).
+
+    Returns:
+        The folders deleted.
+    """
+    if not folder.is_dir():
+        return []
+    runs = _pipeline_runs(str(folder))
+    over = len(runs) - cap
+    if over <= 0:
+        return []
+    removed: list[Path] = []
+    for name in heapq.nsmallest(over + 1, runs, key=lambda path: path.rpartition(os.sep)[2]):
+        run = Path(name)
+        if run == keep or len(removed) == over:
+            continue
+        before = _mtime(folder)
+        shutil.rmtree(run, ignore_errors=True)
+        _note_change(folder, before, removed=run)
+        _RUN_SIZES.pop(name, None)
+        removed.append(run)
+    logger.debug(f"history/{folder.name} holds over {cap} runs: removed the {len(removed)} oldest")
+    return removed
 
 
 def prune_history(history: Path, cap_mb: int, keep: Path | None = None) -> list[Path]:

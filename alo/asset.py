@@ -25,6 +25,26 @@ Data = dict[str, Any]
 Config = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class DeferredFile:
+    """A file a run may write after it is promoted (a heatmap picture): the bytes ``produce(*args)`` returns.
+
+    Attributes:
+        path: Where it goes in the staged artifacts.
+        produce: Makes the file's content.
+        args: Its arguments.
+    """
+
+    path: Path
+    produce: Callable[..., bytes]
+    args: tuple[Any, ...]
+
+    def write(self) -> None:
+        """Make the file and write it at ``path`` (its folder created)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_bytes(self.produce(*self.args))
+
+
 class DeferredWork:
     """Writes into the staged artifacts that a run's answer does not depend on (heatmap files, say).
 
@@ -32,6 +52,10 @@ class DeferredWork:
     sends the inference summary first, the artifacts after), and always before the run's artifacts are
     promoted: a run is only finished, and only successful, once they are done. At most ``limit`` wait at a
     time; beyond that the oldest runs at once, so a long run holds no more than ``limit`` in memory.
+
+    A resident process may take the sheddable files (:meth:`StepContext.defer_file`) off the run instead
+    (:meth:`take_files`), to write them into the promoted run from a background thread; it sets ``background``
+    first, and those files are then queued without a limit (a step makes them cheap to hold: no pictures).
     """
 
     def __init__(self, limit: int = 8) -> None:
@@ -42,9 +66,31 @@ class DeferredWork:
         """
         self.limit = limit
         self._queue: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        self._files: deque[DeferredFile] = deque()
+        self.background = False
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._files)
+
+    def add_file(self, file: DeferredFile) -> None:
+        """Queue a sheddable file; write the oldest queued one at once if the files' queue is full.
+
+        Args:
+            file: The file.
+        """
+        self._files.append(file)
+        while len(self._files) > self.limit and not self.background:
+            self._files.popleft().write()
+
+    def take_files(self) -> list[DeferredFile]:
+        """The sheddable files still queued, removed from the queue (the caller writes them, or not).
+
+        Returns:
+            The files, oldest first.
+        """
+        files = list(self._files)
+        self._files.clear()
+        return files
 
     def add(self, function: Callable[..., object], *args: Any) -> None:
         """Queue ``function(*args)``; run the oldest queued item if the queue is full.
@@ -58,9 +104,11 @@ class DeferredWork:
             self._run_one()
 
     def run(self) -> None:
-        """Run everything queued, oldest first (the first failure is raised; the rest stay queued)."""
+        """Run everything queued, oldest first, then write the files (the first failure is raised)."""
         while self._queue:
             self._run_one()
+        while self._files:
+            self._files.popleft().write()
 
     def _run_one(self) -> None:
         function, args = self._queue.popleft()
@@ -128,6 +176,36 @@ class StepContext:
             function(*args)
         else:
             self.deferred.add(function, *args)
+
+    @property
+    def files_in_background(self) -> bool:
+        """Whether :meth:`defer_file` files are made by a background thread after the run (the edge loop).
+
+        A step can then make them from scratch there (score the image again for its map) rather than hold what
+        they need; a one-shot run makes them before promotion, from what the step held.
+
+        Returns:
+            True in a resident process's run whose files go to its background thread.
+        """
+        return self.deferred is not None and self.deferred.background
+
+    def defer_file(self, path: Path, produce: Callable[..., bytes], *args: Any) -> None:
+        """Write a file the run's answer and verdict do not need, which a resident process may shed (a picture).
+
+        A one-shot run writes it, as :meth:`defer` does, before promotion. The edge loop writes it from a
+        low-priority background thread into the promoted run's folder, and drops it when the line is faster than
+        that thread (:mod:`alo.background`).
+
+        Args:
+            path: Where the file goes, inside ``artifacts``.
+            produce: Makes the file's bytes.
+            *args: Its arguments.
+        """
+        file = DeferredFile(path, produce, args)
+        if self.deferred is None:
+            file.write()
+        else:
+            self.deferred.add_file(file)
 
     def artifact_path(self, *parts: str) -> Path:
         """Return a path inside the staged artifacts, creating its parent folder.

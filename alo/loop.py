@@ -21,6 +21,11 @@ any other failure while the pipeline runs, E161 no summary written); a failure a
 Redis going away is waited out with a capped
 backoff, logged once.
 SIGTERM / SIGINT finish the request in flight, then the loop returns.
+
+At line rate (docs/edge.md): the session is one MLflow run (:mod:`alo.tracking.session`), opened at boot, with
+the figures of :mod:`alo.loop_metrics` logged every ``loop_metrics_every`` requests, never a run per request;
+``history/inference`` keeps the ``loop_history_keep`` newest request runs; heatmap pictures are scored, drawn
+and written by one background thread after promotion (:mod:`alo.background`), never on a request's path.
 """
 
 from __future__ import annotations
@@ -38,12 +43,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alo.artifacts import project_lock
+from alo.background import BackgroundFiles
 from alo.errors import AloError, DataError, PlanError, one_line
 from alo.logs import FRAMEWORK_LOGGER
+from alo.loop_metrics import RequestRows, SessionMetrics, read_rows
 from alo.plan import Plan, load_plan
-from alo.runner import PreparedStep, model_dir_of, prepare, run_pipeline
+from alo.runner import PreparedStep, ResidentRun, model_dir_of, prepare, run_pipeline, train_id_of
 from alo.solution_metadata import SolutionMetadata, parse_metadata
 from alo.summary import read_summary
+from alo.tracking import settings_of
+from alo.tracking.session import TrackingSession
 
 logger = logging.getLogger(f"{FRAMEWORK_LOGGER}.loop")
 
@@ -58,6 +67,8 @@ BACKOFF = (0.1, 5.0)  # first and longest wait between attempts to reach Redis
 SUMMARY_FILE = Path("score") / "inference_summary.yaml"
 ARCHIVE = "inference_artifacts.tar.gz"
 PREPARED_KEPT = 16  # validated step lists kept, one per distinct set of step arguments seen in requests
+OUTPUT_TABLE = Path("output") / "output.csv"
+CLOSE_WAIT_S = 30.0  # most seconds the pictures still queued, then the session's run, are waited for at the end
 
 T = TypeVar("T")
 
@@ -79,6 +90,8 @@ class Request:
     raw: str
     request_id: str
     answer: str | None = None
+    answered_s: float | None = None
+    rows: RequestRows | None = None
 
 
 class RequestError(Exception):
@@ -146,6 +159,11 @@ class EdgeLoop:
         self._models: dict[tuple, Path] = {}
         self._steps: dict[str, list[PreparedStep]] = {}
         self.served = 0
+        self.background = BackgroundFiles()
+        self.metrics = SessionMetrics(self.plan.control.loop_metrics_every)
+        self.metrics.sources.append(self._picture_figures)
+        self.session: TrackingSession | None = None
+        self._ng_name: str | None = None
 
     # ------------------------------------------------------------------ Redis, with reconnection
 
@@ -181,7 +199,8 @@ class EdgeLoop:
         started = time.perf_counter()
         try:
             with project_lock(self.plan.root):
-                run_pipeline(self.plan, "inference", steps, self.package, resident_model=models, reporter=self.reporter)
+                resident = self._resident(self.plan)
+                run_pipeline(self.plan, "inference", steps, self.package, resident_model=models, resident=resident)
             logger.info(f"warm-up run on the plan's data done in {time.perf_counter() - started:.1f}s")
         except DataError as exc:  # no data at boot is normal on an edge device: the model alone is loaded
             logger.warning(f"warm-up skipped: {exc}")
@@ -189,7 +208,36 @@ class EdgeLoop:
             if preload is not None:
                 inference = {step.name: step.args for step in self.plan.pipelines["inference"]}
                 preload(models, inference.get("inference", {}))
+        self._open_session(steps, models)
         self._status("waiting")
+
+    def _resident(self, plan: Plan) -> ResidentRun:
+        """How a request's run differs from a batch run: not a tracked run of its own, history capped by count."""
+        return ResidentRun(tracked=False, history_keep=plan.control.loop_history_keep, background=self.background)
+
+    def _open_session(self, steps: list[PreparedStep], models: Path) -> None:
+        """Open the session's one MLflow run (tracking on); a failure is one WARNING and the loop serves untracked."""
+        settings = settings_of(self.plan)
+        if not settings.enabled:
+            return
+        params = {step.name: step.args.model_dump(mode="json") for step in steps}
+        train_id = train_id_of(models)
+        try:
+            self.session = TrackingSession(settings, "loop", params, {"train_id": train_id} if train_id else {})
+        except Exception as exc:
+            logger.warning(f"session not tracked ({one_line(f'{exc.__class__.__name__}: {exc}')[:200]})")
+
+    def _picture_figures(self) -> dict[str, float]:
+        """The background pictures' counts, logged with the session's figures."""
+        files = self.background
+        return {"pictures_written": files.written, "pictures_dropped": files.dropped, "pictures_failed": files.failed}
+
+    def _log_metrics(self, force: bool = False) -> None:
+        """Log the session's figures when a step is due (``force``: whatever was counted since the last)."""
+        if self.session is None or not (self.metrics.due() or (force and self.metrics.pending)):
+            return
+        step, figures = self.metrics.take()
+        self.session.log(figures, step)
 
     def serve(self, max_requests: int | None = None) -> int:
         """Serve requests until stopped (SIGTERM, SIGINT) or ``max_requests`` are answered.
@@ -214,6 +262,8 @@ class EdgeLoop:
                 )
                 if moved is not None:
                     self.handle(self._stamp(_text(moved)))
+                else:
+                    self._log_metrics()  # a quiet line: the last figures go out within SECONDS
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -269,7 +319,7 @@ class EdgeLoop:
                 metadata = parse_metadata(message["solution_metadata"])
             except PlanError as exc:
                 raise RequestError("E111", exc) from None
-            archive = self.run_request(metadata, lambda staging: self._answer_summary(request, staging))
+            archive = self.run_request(metadata, lambda staging: self._answer_summary(request, staging, started))
             if archive is not None and (answer := request.answer) is not None:
                 self._redis(lambda: self.redis.rpush(ARTIFACTS, answer), "answer")
             status = "success"
@@ -285,17 +335,26 @@ class EdgeLoop:
         self._redis(lambda: self.redis.lrem(PROCESSING, 1, raw), "remove the answered request")
         self.served += 1
         self._status("waiting")
-        logger.info(f"request {request.request_id}: {status} in {time.perf_counter() - started:.3f}s")
+        elapsed = time.perf_counter() - started
+        self.metrics.add(request.answered_s or elapsed, request.rows, failed=status == "fail")
+        self._log_metrics()
+        logger.info(f"request {request.request_id}: {status} in {elapsed:.3f}s")
 
-    def _answer_summary(self, request: Request, staging: Path) -> None:
+    def _answer_summary(self, request: Request, staging: Path, started: float) -> None:
         """Answer a request with its run's summary (every step has succeeded; the artifacts are not final yet)."""
         path = staging / SUMMARY_FILE
         if not path.is_file():
             msg = f"the inference pipeline wrote no {SUMMARY_FILE.as_posix()}; its last step must write the summary"
             raise RequestError("E161", RuntimeError(msg))
-        answer = {"status": "success", "message": read_summary(path), "request_id": request.request_id}
+        summary = read_summary(path)
+        answer = {"status": "success", "message": summary, "request_id": request.request_id}
         text = request.answer = json.dumps(answer, default=str)
         self._redis(lambda: self.redis.rpush(SUMMARY, text), "answer")
+        request.answered_s = time.perf_counter() - started
+        try:
+            request.rows, self._ng_name = read_rows(staging / OUTPUT_TABLE, summary, self._ng_name)
+        except (OSError, ValueError) as exc:  # the figures miss one request; the request is fine
+            logger.debug(f"no figures for request {request.request_id}: {exc}")
 
     def _fail(self, exc: BaseException, request_id: str, code: str) -> dict[str, Any]:
         if isinstance(exc, AloError):
@@ -327,7 +386,13 @@ class EdgeLoop:
         models = self._models_for(plan)
         with project_lock(plan.root):
             run_pipeline(
-                plan, "inference", steps, self.package, resident_model=models, answer=answer, reporter=self.reporter
+                plan,
+                "inference",
+                steps,
+                self.package,
+                resident_model=models,
+                answer=answer,
+                resident=self._resident(plan),
             )
         destination = plan.resolve(plan.external_path.save_inference_artifacts_path)
         archive = destination / ARCHIVE if destination is not None else None
@@ -356,7 +421,12 @@ class EdgeLoop:
         return self._models[key]
 
     def close(self) -> None:
-        """Drop the extracted models and the Redis connection."""
+        """Write the pictures still queued, log the last figures and end the session's run, then let go of all."""
+        self.background.close(CLOSE_WAIT_S)
+        if self.session is not None:
+            self._log_metrics(force=True)
+            if not self.session.close(timeout=CLOSE_WAIT_S):
+                logger.warning(f"the session's MLflow run was not ended in {CLOSE_WAIT_S:.0f}s; it is ended at exit")
         self.redis.close()
         self._workdir.cleanup()
 

@@ -52,6 +52,8 @@ class Control(BaseModel):
     tracking: bool = True  # every run logged to MLflow (alo/tracking/); false: nothing written
     tracking_uri: str | None = None  # default: the SQLite store in mlruns/ beside the plan
     tracking_experiment: str | None = None  # default: the plan's name
+    loop_history_keep: int = Field(default=100, ge=1, description="request runs the edge loop keeps in history")
+    loop_metrics_every: int = Field(default=100, ge=1, description="requests between the loop's tracked metrics")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ every step succeeded (see :mod:`alo.artifacts`). A failed run is kept in history
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import json
@@ -18,14 +19,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from alo.archive import extract_archive, make_archive
 from alo.args import StepArgs, validate_args
 from alo.artifacts import ArtifactStore, project_lock
-from alo.asset import Asset, DeferredWork, StepContext, load_asset
+from alo.asset import Asset, DeferredFile, DeferredWork, StepContext, load_asset
+from alo.background import BackgroundFiles
 from alo.errors import DataError, ModelError, PlanError
 from alo.history import hash_code, hash_files, hash_object, new_run_id, write_record
 from alo.logs import FILE_ONLY, FRAMEWORK_LOGGER, PIPELINE_LOGGER, log_files
@@ -45,6 +47,25 @@ class PreparedStep:
     name: str
     asset: type[Asset]
     args: StepArgs
+
+
+@dataclass(frozen=True)
+class ResidentRun:
+    """How a resident process (the edge loop) runs a request's pipeline, unlike a one-shot run.
+
+    Attributes:
+        tracked: Log the run to MLflow as a run of its own (the loop tracks its session as one run instead).
+        history_keep: Most runs of the pipeline kept in ``history/`` (oldest pruned first), beside
+            ``backup_size``; None: ``backup_size`` only.
+        background: Writes the run's sheddable files (heatmap pictures) into the promoted run off the answer's
+            path; None: they are written before promotion, as in a one-shot run. Not used for a run that
+            archives its artifacts (``save_inference_artifacts_path``: the archive holds them all) nor one whose
+            replaced artifacts are not kept (``backup_artifacts: false``).
+    """
+
+    tracked: bool = True
+    history_keep: int | None = None
+    background: BackgroundFiles | None = None
 
 
 def prepare(plan: Plan, pipeline: str, package: str) -> list[PreparedStep]:
@@ -157,6 +178,7 @@ def run_pipeline(
     answer: Callable[[Path], None] | None = None,
     tracking_jobs: list[Path] | None = None,
     reporter: str | None = None,
+    resident: ResidentRun | None = None,
 ) -> Path:
     """Run one pipeline and promote its artifacts.
 
@@ -173,10 +195,12 @@ def run_pipeline(
             (:func:`alo.tracking.start_logger`); None: this run's logger starts when it ends.
         reporter: The tracking plugin, a module with ``report`` and ``log_model`` (:class:`alo.tracking.Tracker`);
             None: runs are tracked with their record and parameters only.
+        resident: How a resident process's request run differs (see :class:`ResidentRun`); None: a one-shot run.
 
     Returns:
         The promoted artifacts folder.
     """
+    options = resident or ResidentRun()
     run_id = new_run_id(plan.name)
     store = ArtifactStore(plan.root, pipeline, run_id)
     staging = store.begin()
@@ -190,7 +214,12 @@ def run_pipeline(
         "start_time": datetime.now(UTC).isoformat(),
     }
     failed = True
-    tracker = Tracker(tracking_settings(plan), reporter, resident=resident_model is not None)
+    settings = tracking_settings(plan)
+    if not options.tracked:
+        settings = dataclasses.replace(settings, enabled=False)
+    tracker = Tracker(settings, reporter, resident=resident_model is not None)
+    background = _background_of(plan, pipeline, options)
+    sheddable: list[DeferredFile] = []
     params = {step.name: step.args.model_dump(mode="json") for step in steps}
     with log_files(staging / "log"):
         try:
@@ -207,6 +236,7 @@ def run_pipeline(
             data: dict[str, object] = {}
             config: dict[str, object] = {}
             deferred = DeferredWork()
+            deferred.background = background is not None
             for step in steps:
                 ctx = StepContext(
                     pipeline=pipeline,
@@ -227,6 +257,7 @@ def run_pipeline(
             if answer is not None:
                 answer(staging)
             _keep_plan(plan, staging / "log" / "experimental_plan.yaml")  # for the record only: after the answer
+            sheddable = deferred.take_files() if background is not None else []
             if deferred:
                 started = time.perf_counter()
                 count = len(deferred)
@@ -250,15 +281,26 @@ def run_pipeline(
             write_record(staging / "log" / "experimental_history.json", record)
             shutil.rmtree(model_work, ignore_errors=True)
             if failed:
-                kept = store.fail(plan.control.backup_size)
+                kept = store.fail(plan.control.backup_size, options.history_keep)
                 if kept is not None:
                     logger.info(f"failed run kept in {kept}; the previous {pipeline}_artifacts are unchanged")
                 tracker.finish(record, kept or staging, params, tracking_jobs)
-    final = store.promote(plan.control.backup_artifacts, plan.control.backup_size)
+    final = store.promote(plan.control.backup_artifacts, plan.control.backup_size, options.history_keep)
+    if background is not None and sheddable:
+        background.submit(final, [(PurePosixPath(f.path.relative_to(staging).as_posix()), f) for f in sheddable])
     logger.info(f"{pipeline} pipeline {run_id} succeeded: artifacts in {final}")
     _save_archives(plan, pipeline, final)
     tracker.finish(record, final, params, tracking_jobs)
     return final
+
+
+def _background_of(plan: Plan, pipeline: str, options: ResidentRun) -> BackgroundFiles | None:
+    """The background writer a run's sheddable files go to, or None: written before promotion."""
+    if options.background is None or not plan.control.backup_artifacts:  # a replaced run would be deleted
+        return None
+    if plan.resolve(getattr(plan.external_path, f"save_{pipeline}_artifacts_path")) is not None:
+        return None  # the archive, written at promotion, holds every file
+    return options.background
 
 
 # The plan-as-run texts already written, by the plan's values: the edge loop applies each request's metadata to

@@ -2,12 +2,13 @@
 
 Rows of ``output/output.csv`` are appended batch by batch as images are scored (in the staged
 artifacts, promoted only when the run succeeds), so a long run shows its results as it goes and
-holds no anomaly maps beyond the current batch. Heatmap files are deferred writes (``ctx.defer``): the
-runner writes them after the steps, and after the edge loop has answered with the summary, before the run's
-artifacts are promoted (a few pictures are held at a time). With labels, metrics are computed on the
-labelled rows (``score/inference_score.csv``). The first ``save_output_images`` scored images are copied into
-``output/`` beside ``output.csv`` (:mod:`vad.output_images`: the edge result's picture, and retraining data), also
-deferred writes.
+holds no anomaly maps beyond the current batch. Heatmap pictures are deferred files (``ctx.defer_file``): in a
+batch run they are drawn from the maps scored with the images and written after the steps, before promotion (a
+few maps are held at a time); in the edge loop the images are scored without maps (the answer does not wait for
+them) and the loop's background thread scores each again with its map, draws and writes the picture. With
+labels, metrics are computed on the labelled rows (``score/inference_score.csv``). The first
+``save_output_images`` scored images are copied into ``output/`` beside ``output.csv`` (:mod:`vad.output_images`:
+the edge result's picture, and retraining data), also deferred writes.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from vad import metrics
 from vad import samples as cols
 from vad.calibration import DEFAULT_INFERENCE_THRESHOLD
 from vad.csv_rows import CsvRows, column_cells, frame_text, rows_text
-from vad.detector import PredictionBatch, resident_detector
-from vad.heatmaps import UNKNOWN_LABEL, heatmap_name, save_heatmap
+from vad.detector import Detector, PredictionBatch, resident_detector
+from vad.heatmaps import UNKNOWN_LABEL, heatmap_name, heatmap_png
 from vad.ood.verdict import REJECTED_LABEL, OodAction
 from vad.output_images import MANIFEST, choose_output_images, save_output_image, write_manifest
 from vad.pixel_metrics import PixelRows
+from vad.png import encode_png
 from vad.runtime import use_all_cores
 
 BATCH_SIZE = 8
@@ -84,8 +86,11 @@ class InferenceStep(Asset):
         cells = _row_cells(rows)
         scored: dict[str, list[np.ndarray]] = {}
         flags = []
+        threshold = calibration.inference_threshold  # the region drawn on the heatmap pictures
+        later = args.save_anomaly_maps and ctx.files_in_background  # the edge loop: maps scored after the answer
+        maps_now = args.save_anomaly_maps and not later
         for batch in detector.iter_predict(
-            files, BATCH_SIZE, heatmaps=args.save_anomaly_maps, progress_logger=ctx.logger, raw_maps=pixels.wanted
+            files, BATCH_SIZE, maps=maps_now, progress_logger=ctx.logger, raw_maps=pixels.wanted
         ):
             if batch.raw_maps is not None:
                 pixels.update(batch.positions, batch.raw_maps)
@@ -94,10 +99,13 @@ class InferenceStep(Asset):
                 scored.setdefault(name, []).append(values)
             flags.append(batch.scored.is_anomalous)
             for position, prediction in zip(batch.positions, batch.predictions, strict=True):
-                if prediction.heatmap is not None:  # save_heatmap creates the folder
+                if later or prediction.anomaly_map is not None:  # the picture is drawn after the answer
                     label = labels[position] if labels else UNKNOWN_LABEL
                     path = folder / heatmap_name(label, prediction.label, files[position])
-                    ctx.defer(save_heatmap, prediction.heatmap, path)  # after the edge loop's answer
+                    if prediction.anomaly_map is None:
+                        ctx.defer_file(path, _scored_heatmap_png, detector, files[position])
+                    else:
+                        ctx.defer_file(path, heatmap_png, files[position], prediction.anomaly_map, threshold)
         self._keep_output_images(ctx, files, args.save_output_images)
         predictions = rows.assign(**{name: np.concatenate(parts) for name, parts in scored.items()})  # input order
         is_anomalous = np.concatenate(flags)
@@ -162,6 +170,15 @@ class InferenceStep(Asset):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
         ctx.logger.info(f"labels found, scores written to score/inference_score.csv: {shown}")
         return scores
+
+
+def _scored_heatmap_png(detector: Detector, source: str) -> bytes:
+    """An image's heatmap picture as PNG bytes, scored again with its map (the edge loop's background thread)."""
+    picture = detector.predict(source, heatmaps=True).heatmap
+    if picture is None:
+        msg = f"the model drew no heatmap for {source}"
+        raise RuntimeError(msg)
+    return encode_png(np.asarray(picture))
 
 
 def _row_cells(rows: pd.DataFrame) -> list[list[object]] | None:

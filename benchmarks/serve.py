@@ -122,12 +122,12 @@ def _plan_heatmaps(plan: Path) -> bool:
 class Loop:
     """``main.py --mode inference --loop`` on its own ``redis-server``, and a client that waits for each answer."""
 
-    def __init__(self, plan: Path, folder: Path, fsync: str) -> None:
+    def __init__(self, plan: Path, folder: Path, fsync: str, checkout: Path = ROOT) -> None:
         self.server = RedisServer(folder, fsync=fsync).start()
         self.client = self.server.client()
         system = json.dumps({"edgeapp_interface": {"redis_server_uri": self.server.uri}})
         self.process = subprocess.Popen(
-            main_py("--mode", "inference", "--loop", "--config", str(plan), "--system", system),
+            main_py("--mode", "inference", "--loop", "--config", str(plan), "--system", system, checkout=checkout),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,3 +327,94 @@ def test_a_run_keeps_the_plan_as_the_request_changed_it(trained):
     assert again.pipelines["train"] == loaded.pipelines["train"] and again.name == loaded.name
     unchanged = run_pipeline(loaded, "inference", prepare(loaded, "inference", "assets"), "assets")
     assert (unchanged / "log" / "experimental_plan.yaml").read_bytes() == trained["plan"].read_bytes()
+
+
+def test_a_resident_run_is_promoted_without_waiting_for_its_pictures(trained, tmp_path):
+    import threading
+    from pathlib import PurePosixPath
+
+    from alo.asset import DeferredFile
+    from alo.background import BackgroundFiles
+    from alo.plan import load_plan
+    from alo.runner import ResidentRun, prepare, run_pipeline
+
+    root = trained["root"]
+    plan = copy.deepcopy(trained["raw_plan"])
+    step_args(plan, "inference", "inference")["save_anomaly_maps"] = True
+    loaded = load_plan(write_plan(root, plan, "pictures.yaml"))
+    files = BackgroundFiles(nice=0)
+    busy, release = threading.Event(), threading.Event()
+
+    def slow() -> bytes:
+        busy.set()
+        release.wait(60)
+        return b""
+
+    files.submit(tmp_path, [(PurePosixPath("busy"), DeferredFile(tmp_path, slow, ()))])
+    assert busy.wait(30)  # the background thread is held: nothing of this run can be written by it yet
+    resident = ResidentRun(tracked=False, history_keep=5, background=files)
+    models = root / "train_artifacts" / "models"
+    final = run_pipeline(
+        loaded, "inference", prepare(loaded, "inference", "assets"), "assets", resident_model=models, resident=resident
+    )
+    folder = final / "extra_output" / "inference" / "images"
+    assert (final / "score" / "inference_summary.yaml").is_file() and not list(folder.glob("*.png"))
+    release.set()
+    assert files.drain(60)
+    files.close(5)
+    assert len(list(folder.glob("*.png"))) == len(list((root / "data" / "inference").glob("*.png")))
+    assert files.failed == 0 and files.dropped == 0
+
+
+def test_a_loop_session_is_one_mlflow_run_with_figures_over_time_and_history_capped_by_count(trained, server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from alo.plan import load_plan
+    from alo.tracking import settings_of
+    from vad.heatmaps import heatmap_name
+
+    root = tmp_path / "line"
+    root.mkdir()
+    shutil.copytree(trained["root"] / "train_artifacts", root / "train_artifacts")
+    plan = copy.deepcopy(trained["raw_plan"])
+    for key in ("load_train_data_path", "load_inference_data_path"):
+        set_external(plan, key, str(trained["root"] / "data" / ("train" if "train" in key else "inference")))
+    step_args(plan, "inference", "inference")["save_anomaly_maps"] = True
+    plan["control"] = [
+        *[entry for entry in plan["control"] if "tracking" not in entry],
+        {"tracking": True},
+        {"loop_metrics_every": 2},
+        {"loop_history_keep": 3},
+    ]
+    path = write_plan(root, plan)
+    images = sorted((trained["root"] / "data" / "inference").glob("*.png"))
+    client = server.client()
+    for i, image in enumerate(images):
+        client.rpush("request_inference", request(image, f"part-{i}"))
+    loop = start_loop({**trained, "plan": path}, server)
+    got = answers(server, len(images))
+    code, output = stop(loop)
+    assert code == 0, output[-2000:]
+    assert [a["status"] for a in got] == ["success"] * len(images)
+    settings = settings_of(load_plan(path))
+    store = MlflowClient(settings.uri)
+    experiment = store.get_experiment_by_name(settings.experiment)
+    runs = store.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, [run.data.tags.get("mlflow.runName") for run in runs]  # no run per request
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["alo.session"] == "loop" and run.data.tags["train_id"]
+    assert run.data.params["inference.save_anomaly_maps"] == "True"
+    served = store.get_metric_history(run.info.run_id, "requests")
+    assert [(m.step, m.value) for m in served] == [(2, 2), (4, 4), (5, 5)]  # every 2 requests, and at the end
+    for name in ("latency_p50_ms", "latency_p95_ms", "score_p50", "score_p95", "ng_rate", "pictures_written"):
+        assert [m.step for m in store.get_metric_history(run.info.run_id, name)] == [2, 4, 5], name
+    figures = run.data.metrics
+    assert figures["failures"] == 0 and 0 <= figures["ng_images"] <= figures["images"] == len(images)
+    # the warm-up's and each request's pictures, written after the answers; the newest is never dropped
+    made = figures["pictures_written"], figures["pictures_dropped"], figures["pictures_failed"]
+    assert sum(made) == 2 * len(images) and made[0] >= 1, made  # dropped: pruned, or queued beyond the capacity
+    history = list((root / "history" / "inference").iterdir())
+    assert len(history) == 3  # 6 runs (the warm-up and 5 requests) replaced 5: the 3 newest kept
+    latest = root / "inference_artifacts" / "extra_output" / "inference" / "images"
+    assert [p.name for p in latest.glob("*.png")] == [heatmap_name("unknown", got[-1]["message"]["result"], images[-1])]
+    assert not list(root.rglob("*.part")) and not list((root / "mlruns" / ".pending").glob("*/job.json"))

@@ -14,7 +14,8 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from vad.png import write_png
+from vad.images import read_image
+from vad.png import encode_png, write_png
 
 UNKNOWN_LABEL = "unknown"  # the label part of heatmap file names of images without a label
 
@@ -146,3 +147,19 @@ def save_heatmap(picture: Image.Image, path: Path) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(np.asarray(picture if picture.mode == "RGB" else picture.convert("RGB")), path)
+
+
+def heatmap_png(source: str | Path, anomaly_map: np.ndarray, threshold: float) -> bytes:
+    """The heatmap picture of an image file as PNG bytes: read, drawn (:func:`render`) and encoded.
+
+    The inference step has it made after the answer (a deferred file), off the request's path.
+
+    Args:
+        source: The scored image file.
+        anomaly_map: Its normalised anomaly map.
+        threshold: Normalised value from which a pixel belongs to the predicted region.
+
+    Returns:
+        The PNG file's bytes.
+    """
+    return encode_png(np.asarray(render(read_image(source), anomaly_map, threshold)))

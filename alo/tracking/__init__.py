@@ -14,14 +14,16 @@ a default run on this machine's two cores over 5% (1.4 s of a 25 s run): a one-s
 (``main.py --mode train|inference|all``) starts one ``python -m alo.tracking JOB...`` in its own session for
 all its runs' jobs; a resident process (the edge loop) keeps MLflow loaded and logs in one background
 thread, so that a request never waits for it (at exit it logs what is queued for up to 30 s; the rest stays on
-disk). A logger logs each job once (a file lock), then removes it, and also logs the complete jobs earlier
-loggers left; a job that failed stays for the next logger, up to three attempts. Errors go to
+disk); it logs its session as one run (:mod:`~alo.tracking.session`), not a run per request. A logger logs
+each job once (a file lock), then removes it, and also logs the complete jobs earlier loggers left; a job that
+failed stays for the next logger, up to three attempts. Errors go to
 ``tracking-errors.log`` in the jobs folder, and the next run repeats them as a WARNING.
 
 One job per module: :mod:`~alo.tracking.settings` (where runs are tracked), :mod:`~alo.tracking.store` (opening
 MLflow), :mod:`~alo.tracking.spool` (the jobs folder), :mod:`~alo.tracking.jobs` (snapshotting a run),
 :mod:`~alo.tracking.tracker` (one run's tracking), :mod:`~alo.tracking.spawn` (the background logger process),
-:mod:`~alo.tracking.resident` (the resident logging thread), :mod:`~alo.tracking.writer` (logging jobs into
+:mod:`~alo.tracking.resident` (the resident logging thread), :mod:`~alo.tracking.session` (a resident
+session's one run), :mod:`~alo.tracking.writer` (logging jobs into
 MLflow) and ``__main__`` (the background logger's command).
 """
 

@@ -1,4 +1,4 @@
-"""A resident process's logging thread (the edge loop): MLflow opened once, jobs logged off the request path."""
+"""A resident process's logging thread (the edge loop): MLflow opened once, jobs and calls run off the request path."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from alo.tracking.settings import TrackingSettings
@@ -27,7 +28,7 @@ class ResidentLogger:
     """
 
     def __init__(self, settings: TrackingSettings) -> None:
-        self.jobs: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[Path | Callable[[], object]] = queue.SimpleQueue()
         pending = Path(settings.jobs) / PENDING
         sweep(pending)
         for left in complete_jobs(pending):
@@ -42,7 +43,28 @@ class ResidentLogger:
         """
         self.jobs.put(job)
 
-    def _next(self, deadline: float | None) -> Path | None:
+    def call(self, work: Callable[[], object]) -> None:
+        """Queue a call for the thread, in order with the jobs (a session's metrics, say).
+
+        Args:
+            work: What to run; an exception it raises is one WARNING.
+        """
+        self.jobs.put(work)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far has run.
+
+        Args:
+            timeout: Most seconds to wait.
+
+        Returns:
+            False when the thread had not got there after ``timeout``.
+        """
+        done = threading.Event()
+        self.jobs.put(done.set)
+        return done.wait(timeout)
+
+    def _next(self, deadline: float | None) -> Path | Callable[[], object] | None:
         """The next job; None once the process has ended and the queue is empty or the exit wait is over."""
         import time
 
@@ -63,11 +85,17 @@ class ResidentLogger:
             warnings.filterwarnings("ignore", module=rf"{module}(\..*)?$")
         deadline = None
         while (job := self._next(deadline)) is not None:
-            try:
-                log_job(job)
-            except BaseException as exc:  # one WARNING a job; the thread goes on
-                error_line(job.parent, job, exc)
-                logger.warning(f"tracking of {job.name} failed ({exc.__class__.__name__}: {str(exc)[:200]})")
+            if isinstance(job, Path):
+                try:
+                    log_job(job)
+                except BaseException as exc:  # one WARNING a job; the thread goes on
+                    error_line(job.parent, job, exc)
+                    logger.warning(f"tracking of {job.name} failed ({exc.__class__.__name__}: {str(exc)[:200]})")
+            else:
+                try:
+                    job()
+                except Exception as exc:  # one WARNING a call; the thread goes on
+                    logger.warning(f"tracking failed ({exc.__class__.__name__}: {str(exc)[:200]})")
             if deadline is None and not threading.main_thread().is_alive():
                 deadline = time.monotonic() + EXIT_WAIT_S
 

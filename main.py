@@ -1,4 +1,7 @@
-"""Command line entry point: ``python main.py --mode train|inference|all|serve|export|tune [--config PLAN]``.
+"""Command line entry point: ``python main.py --mode train|inference|all|serve|export|tune|update [--config PLAN]``.
+
+``--mode update`` improves the active model from the page's verdicts as a new version; ``--mode rollback --version
+N`` makes a kept version active again (:mod:`apps.update_command`).
 
 ``--mode inference --loop [--system SOLUTION_METADATA]`` keeps the inference pipeline resident and serves
 requests from Redis (ALO's edge protocol, :mod:`alo.loop`).
@@ -31,11 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Visual anomaly detection pipeline (PatchCore / FastFlow).")
     parser.add_argument(
         "--mode",
-        choices=["train", "inference", "all", "serve", "export", "tune"],
+        choices=["train", "inference", "all", "serve", "export", "tune", "update", "rollback"],
         default="all",
         help="which pipeline(s) to run (default: all = train, then inference), serve: the HTTP scoring API, "
-        "export: export the trained model (ONNX, with its parity gate), tune: search the plan's tuning: space",
+        "export: export the trained model (ONNX, with its parity gate), tune: search the plan's tuning: space, "
+        "update: improve the model from the Review tab's verdicts (a new model version), rollback: make the "
+        "model version --version active again",
     )
+    parser.add_argument("--version", type=int, help="rollback: the model version to make active")
     parser.add_argument("--config", default="experimental_plan.yaml", help="the plan file (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="show DEBUG messages and tracebacks")
     parser.add_argument(
@@ -53,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--loop runs the inference pipeline: use it with --mode inference")
     if args.system and not args.loop:
         parser.error("--system is read by the loop: add --loop")
+    if (args.mode == "rollback") != (args.version is not None):
+        parser.error("--mode rollback needs --version N (model_versions/versions.json lists them), and only it")
     return args
 
 
@@ -84,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             from apps.export_command import run_export
 
             run_export(args.config)
+        elif args.mode == "update":
+            from apps.update_command import run_update
+
+            run_update(args.config, SOLUTION, REPORTER)
+        elif args.mode == "rollback":
+            from apps.update_command import run_rollback
+
+            run_rollback(args.config, args.version)
         elif args.mode == "tune":
             from vad.tuning.study import run_tune
 

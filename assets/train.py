@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+from safetensors.torch import load_file
 
 from alo import Asset, Config, Data, PlanError, StepContext
 from vad import samples as cols
@@ -20,12 +26,17 @@ from vad.augment import RandomAugment, build_augmentation
 from vad.backbones import BackboneError
 from vad.calibration import Calibration
 from vad.export.writer import export_saved
+from vad.feedback_rows import add_verdicts, read_verdicts
 from vad.images import read_image
 from vad.models import epochs, feature_cache
 from vad.models.base import FitData, FitOptions, VadModel
 from vad.models.factory import build_model, make_spec, save
+from vad.models.saved import WEIGHTS_FILE, read_saved
+from vad.models.spec import ModelSpec
+from vad.ood import OodCheck
 from vad.ood.check import MIN_IMAGES
-from vad.ood.fitting import fit_check
+from vad.ood.descriptor import descriptor_tap
+from vad.ood.fitting import FIT_IMAGES, capped, describe_files
 from vad.pixel_metrics import PixelRows
 from vad.runtime import resolve_device, seed_everything, use_all_cores
 from vad.supervised_fit import fit_supervised
@@ -33,6 +44,21 @@ from vad.train_reports import save_heatmaps, score_validation, write_reports
 from vad.train_settings import TrainArgs
 
 __all__ = ["TrainArgs", "TrainStep"]
+
+
+@dataclass
+class OodInputs:
+    """Descriptors the out-of-distribution check can be fitted on without a pass of its own.
+
+    Attributes:
+        fitted: Of the images the fit (or update) read, where the model gives them.
+        incremental: Whether the model was updated (its new images only were read).
+        validation: Of every validation image, in order, from the validation scoring (None: not given).
+    """
+
+    fitted: np.ndarray | None
+    incremental: bool
+    validation: np.ndarray | None = None
 
 
 class TrainStep(Asset):
@@ -56,10 +82,19 @@ class TrainStep(Asset):
         samples: pd.DataFrame = data["samples"]
         seed_everything(args.experiment_seed)
         use_all_cores()
+        feedback: dict[str, object] = {}
+        new_ok: list[str] = []
+        if args.feedback_csv:  # the engineer's verdicts: rows of this run only, never the user's data
+            verdicts = read_verdicts(ctx.plan.resolve(args.feedback_csv) or Path(args.feedback_csv))
+            rows = add_verdicts(samples, data["dataframe"], verdicts, readiness, ctx.logger)
+            samples, data["dataframe"], data["samples"] = rows.samples, rows.frame, rows.samples
+            seen = self._verdicts_learnt(ctx, args)  # OK images an updated model holds already
+            new_ok = [file for file, i in zip(rows.ok_files, rows.ok_ids, strict=True) if i not in seen]
+            feedback = {"ok": len(new_ok), "ng": rows.ng, "review_ids": rows.review_ids}
         valid_rows = samples[samples[cols.SPLIT] == cols.VALID]
         train = FitData(list(samples[(samples[cols.SPLIT] == cols.TRAIN) & ~samples[cols.IS_NG]][cols.FILE]))
         valid = FitData(list(valid_rows[cols.FILE]), valid_rows[cols.IS_NG].to_numpy(dtype=bool))
-        model = self._build(ctx, args, train.files[0])
+        spec = self._spec(args, train.files[0])
         method = readiness["threshold_method"]
         options = FitOptions(
             batch_size=args.batch_size,
@@ -70,10 +105,24 @@ class TrainStep(Asset):
             on_epoch=epochs.reporter(),  # the tuner's pruning, when a study runs this fit
         )
         started = time.perf_counter()
-        fit_metrics = model.fit(train, valid, options, ctx.logger)
+        passes = 2 if options.augment is not None else 1  # a one-pass fit reads each image once more augmented
+        with descriptor_tap() as fitted:  # the out-of-distribution descriptors of what the fit reads
+            model = self._updated(ctx, args, spec, FitData(new_ok), options) if args.update_from else None
+            if model is not None:
+                fit_metrics: dict[str, Any] = {"updated_with": len(new_ok)}
+                update = {"from": str(args.update_from), "incremental": True, **feedback}
+                read = len(new_ok) * passes
+            else:
+                model = self._build(ctx, args, spec)
+                fit_metrics = model.fit(train, valid, options, ctx.logger)
+                update = {"from": str(args.update_from), "incremental": False, **feedback} if args.update_from else {}
+                read = len(train.files) * passes
         fit_seconds = time.perf_counter() - started
-        with feature_cache.suspended():  # the validation images/s the tuner ranks ties by: never from a memo
+        fit_descriptors = model.fit_pass_descriptors(fitted, read) if read else None
+        described = OodInputs(fit_descriptors, bool(update.get("incremental")))
+        with feature_cache.suspended(), descriptor_tap() as validated:  # never from a memo: the tuner's images/s
             raw, pixels = score_validation(model, valid.files, PixelRows(valid_rows), args.batch_size, ctx.logger)
+        described.validation = torch.cat(validated).float().cpu().numpy() if validated else None
         scoring_seconds = time.perf_counter() - started - fit_seconds
         supervised = None
         if args.supervised:  # the head learns from the NG images too; validation is then scored out of fold
@@ -97,8 +146,10 @@ class TrainStep(Asset):
             "supervised": supervised.record if supervised is not None else {"used": False, "reason": "off"},
             "validation": metrics,
         }
+        if update or feedback:
+            training["update"] = update or {"from": None, "incremental": False, **feedback}
         save(model, calibration, training, ctx.model_dir / "train")
-        self._fit_ood_check(ctx, model, train, valid, args)
+        self._fit_ood_check(ctx, model, train, valid, args, described)
         spec = model.spec
         del model  # the export loads the saved model: the fitted one (its memory bank and search index) goes first
         if args.export:  # each graph proven on the validation images, or refused (logged)
@@ -113,17 +164,61 @@ class TrainStep(Asset):
         return data, config
 
     @staticmethod
-    def _build(ctx: StepContext, args: TrainArgs, first_file: str) -> VadModel:
-        """The untrained model the plan describes (plan errors for bad backbones, layers or devices)."""
+    def _spec(args: TrainArgs, first_file: str) -> ModelSpec:
+        """The spec of the model the plan describes (plan errors for bad backbones or layers)."""
         params = args.model_parameters
         reference = read_image(first_file)
         try:
-            spec = make_spec(
+            return make_spec(
                 args.model_name,
                 params.for_model(args.model_name),
                 args.input_size(),
                 (reference.height, reference.width),
             )
+        except (BackboneError, ValueError) as exc:
+            raise PlanError(f"plan error: {exc}") from None
+
+    @staticmethod
+    def _verdicts_learnt(ctx: StepContext, args: TrainArgs) -> set[str]:
+        """The review ids the ``update_from`` model was updated with already (none without one)."""
+        if not args.update_from:
+            return set()
+        base = ctx.plan.resolve(args.update_from) or Path(args.update_from)
+        folder = base / "train" if (base / "train").is_dir() else base
+        return set(read_saved(folder).training.get("update", {}).get("review_ids", []))
+
+    @staticmethod
+    def _updated(
+        ctx: StepContext, args: TrainArgs, spec: ModelSpec, new: FitData, options: FitOptions
+    ) -> VadModel | None:
+        """The model of ``update_from`` with the new OK images added, or None where it cannot be updated (logged)."""
+        base = ctx.plan.resolve(args.update_from) or Path(str(args.update_from))
+        folder = base / "train" if (base / "train").is_dir() else base
+        saved = read_saved(folder)
+        if saved.spec != spec:
+            ctx.logger.warning(
+                f"the plan's model ({spec.model_name}, {spec.backbone}, {spec.input_size}) is not the one in {folder} "
+                f"({saved.spec.model_name}, {saved.spec.backbone}, {saved.spec.input_size}): trained from scratch"
+            )
+            return None
+        model = build_model(saved.spec, pretrained=False)
+        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        model.weights_source = str(saved.training.get("weights_source", model.weights_source))
+        model.to(resolve_device(args.accelerator))
+        if not new.files:
+            ctx.logger.info(f"no new OK images: the model of {folder} is kept as it is, its threshold derived again")
+            return model
+        if not model.update(new, options, ctx.logger):
+            ctx.logger.info(f"{spec.model_name} cannot be updated in place: trained again with the new images added")
+            return None
+        ctx.logger.info(f"{spec.model_name} updated with {len(new.files)} new OK image(s) (not trained from scratch)")
+        return model
+
+    @staticmethod
+    def _build(ctx: StepContext, args: TrainArgs, spec: ModelSpec) -> VadModel:
+        """The untrained model the plan describes (plan errors for bad weights or devices)."""
+        params = args.model_parameters
+        try:
             model = build_model(spec, params.pretrained, ctx.plan.resolve(params.backbone_weights))
         except (BackboneError, ValueError) as exc:
             raise PlanError(f"plan error: {exc}") from None
@@ -135,10 +230,38 @@ class TrainStep(Asset):
         return model
 
     @staticmethod
-    def _fit_ood_check(ctx: StepContext, model: VadModel, train: FitData, valid: FitData, args: TrainArgs) -> None:
-        """Fit the out-of-distribution check on the OK images and save it with the model (before any export)."""
-        valid_ok = [file for file, is_ng in zip(valid.files, valid.is_ng, strict=True) if not is_ng]
-        check = fit_check(model.describe, train.files, valid_ok, model.spec, args.batch_size, args.experiment_seed)
+    def _fit_ood_check(
+        ctx: StepContext, model: VadModel, train: FitData, valid: FitData, args: TrainArgs, described: OodInputs
+    ) -> None:
+        """Fit the out-of-distribution check on the OK images and save it with the model (before any export).
+
+        The descriptors come from the passes the fit and the validation scoring made where they can; an update
+        adds its new images' to those its model's check was fitted on. Where none can, a pass describes the images.
+        """
+        fitted = described.fitted
+        if described.incremental and args.update_from:
+            base = ctx.plan.resolve(args.update_from) or Path(args.update_from)
+            check = OodCheck.load(base / "train" if (base / "train").is_dir() else base)
+            kept = check.descriptors if check is not None else None
+            if kept is None:  # a check saved without its descriptors: described again below
+                fitted = None
+            elif fitted is not None:
+                fitted = np.concatenate([kept, fitted])
+            else:
+                fitted = kept
+        if fitted is None:
+            chosen = train.files
+            if len(chosen) > FIT_IMAGES:
+                chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, FIT_IMAGES).round().astype(int)]
+            fitted = describe_files(model.describe, chosen, model.spec, args.batch_size)
+        ok = ~valid.is_ng
+        validation = described.validation
+        if validation is None or len(validation) != len(valid.files):
+            ok_files = [file for file, keep in zip(valid.files, ok, strict=True) if keep]
+            validation = describe_files(model.describe, ok_files, model.spec, args.batch_size)
+        else:
+            validation = validation[ok]
+        check = OodCheck.fit(capped(fitted), validation if len(validation) else None, args.experiment_seed)
         if check is None:
             ctx.logger.warning(
                 f"no out-of-distribution check: {len(train.files)} OK training image(s), it needs {MIN_IMAGES}"

@@ -93,7 +93,7 @@ def test_single_image_inference_and_model_archive(project, tmp_path_factory):
     assert "train/model.safetensors" in names
     assert "export/model.onnx" in names, "the exported model travels with it"
     assert "export/model.xml" in names and "export/model.bin" in names
-    data_only = (".json", ".safetensors", ".onnx", ".npz", ".xml", ".bin")
+    data_only = (".json", ".safetensors", ".onnx", ".npz", ".npy", ".xml", ".bin")  # numpy files: allow_pickle=False
     assert all(name.endswith(data_only) for name in names), "data only: no pickles"
 
     elsewhere = tmp_path_factory.mktemp("edge")

@@ -44,6 +44,8 @@ class TrainArgs(StepArgs):
     export: list[ExportFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
     precision: Literal["fp32", "int8"] = "fp32"
     supervised: bool = False
+    update_from: str | None = None  # a models folder: update that model with the new OK images (main.py --mode update)
+    feedback_csv: str | None = None  # verdicts (review/feedback.csv): OK rows join training, NG rows validation
 
     @model_validator(mode="after")
     def _check_precision(self) -> TrainArgs:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from vad.models.folding import fold_batch_norms
 from vad.models.maps import as_arrays
 from vad.models.spec import ModelSpec
 from vad.models.weight_cache import WeightKeyedCache
-from vad.ood.descriptor import global_descriptor
+from vad.ood.descriptor import descriptor_tap, global_descriptor
 
 if TYPE_CHECKING:
     from vad.supervision import LinearHead
@@ -146,6 +146,24 @@ class VadModel(torch.nn.Module):
         """
         raise NotImplementedError
 
+    def update(self, new: FitData, options: FitOptions, logger: logging.Logger) -> bool:
+        """Add OK images to the fitted model without fitting it again from scratch, where the model allows it.
+
+        A hook: the default cannot (the caller then fits the model again on every image). A model that can
+        (PatchCore merges the new images' patches into its memory bank through the same coreset; PaDiM updates
+        its Gaussians) returns True.
+
+        Args:
+            new: OK images the model has not seen.
+            options: Batch size, seed, augmentation (as the first fit had them).
+            logger: Progress logger.
+
+        Returns:
+            True when the model was updated, False when it cannot be.
+        """
+        del new, options, logger
+        return False
+
     folded_backbone: WeightKeyedCache[torch.nn.Module]
 
     def frozen_backbone(self) -> torch.nn.Module:
@@ -256,7 +274,7 @@ class VadModel(torch.nn.Module):
     def score_described(
         self, images: torch.Tensor, maps: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """:meth:`score` and the images' descriptors (a second backbone pass: only models saved without a graph).
+        """:meth:`score` and the images' descriptors, tapped from the same backbone pass (else a second pass).
 
         Args:
             images: Normalised images (B, 3, H, W).
@@ -265,8 +283,33 @@ class VadModel(torch.nn.Module):
         Returns:
             Scores (B,), maps (B, H, W) or None, and descriptors (B, D).
         """
-        scores, found = self.score(images, maps)
+        with descriptor_tap() as tapped:
+            scores, found = self.score(images, maps)
+        if len(tapped) == 1 and len(tapped[0]) == len(images):
+            return scores, found, tapped[0].float().cpu().numpy()
         return scores, found, self.describe(images)
+
+    FIT_DESCRIBES_TRAINING: ClassVar[bool] = False  # whether fit and update read each training image's features once
+
+    def fit_pass_descriptors(self, tapped: list[torch.Tensor], images: int) -> np.ndarray | None:
+        """The out-of-distribution descriptors of the training images, from a tap open while fitting (a hook).
+
+        A model whose fit reads each training image's features once (:attr:`FIT_DESCRIBES_TRAINING`: PatchCore,
+        PaDiM) gives them, the augmented pass's too: images the model learnt. Others (trained in epochs, their
+        validation scored between them) give None, and the caller describes the training images in a pass of its
+        own.
+
+        Args:
+            tapped: What the tap collected during the fit.
+            images: How many images the fit read (augmented ones counted).
+
+        Returns:
+            (N, D) descriptors, or None.
+        """
+        if not self.FIT_DESCRIBES_TRAINING or not tapped:
+            return None
+        found = torch.cat(tapped).float().cpu().numpy()
+        return found if len(found) == images else None
 
     def score(self, images: torch.Tensor, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw image scores and raw anomaly maps of a batch.

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from vad.models.weight_cache import weights_key
+from vad.ood.descriptor import tap
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 RESULTS_SHARE = 16  # results derived from features (coreset picks, centroids) get 1/16 of the budget: they are small
@@ -259,6 +260,13 @@ def backbone_features(backbone: nn.Module, layers: Sequence[str], images: torch.
     Returns:
         One feature tensor per layer, (B, ...).
     """
+    features = _features(backbone, layers, images)
+    tap(features)  # the out-of-distribution descriptor, where a caller collects it (vad.ood.descriptor)
+    return features
+
+
+def _features(backbone: nn.Module, layers: Sequence[str], images: torch.Tensor) -> list[torch.Tensor]:
+    """:func:`backbone_features` without the tap."""
     cache = _active
     if cache is None:
         with torch.no_grad():

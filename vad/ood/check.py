@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 OOD_FILE = "ood_check.json"
+DESCRIPTORS_FILE = "ood_descriptors.npy"  # the training descriptors it was fitted on: an update adds to them
 FORMAT = 1
 MARGIN = 1.5  # threshold = MARGIN x the 99th percentile of held-out OK distances
 QUANTILE = 0.99
@@ -67,12 +68,14 @@ class OodCheck:
         scale: Per-dimension spread (D,), floored.
         threshold: The distance from which an image is out of distribution.
         images: How many OK images it was fitted on (training) and its threshold set on (held out).
+        descriptors: The training descriptors it was fitted on (float32), or None where not kept.
     """
 
     center: np.ndarray
     scale: np.ndarray
     threshold: float
     images: dict[str, int]
+    descriptors: np.ndarray | None = None
 
     @classmethod
     def fit(cls, train: np.ndarray, held_out: np.ndarray | None = None, seed: int = 0) -> OodCheck | None:
@@ -96,7 +99,8 @@ class OodCheck:
         pooled = np.concatenate(distances)
         threshold = MARGIN * float(np.quantile(pooled, QUANTILE))
         counts = {"train": len(train), "held_out": len(pooled)}
-        return cls(center, scale, max(threshold, float(np.finfo(np.float32).tiny)), counts)
+        kept = train.astype(np.float32)
+        return cls(center, scale, max(threshold, float(np.finfo(np.float32).tiny)), counts, kept)
 
     def scores(self, descriptors: np.ndarray) -> np.ndarray:
         """``ood_score`` of images: the distance over the threshold (out of distribution from 1).
@@ -133,6 +137,8 @@ class OodCheck:
         }
         path = folder / OOD_FILE
         path.write_text(json.dumps(values) + "\n", encoding="utf-8")
+        if self.descriptors is not None:
+            np.save(folder / DESCRIPTORS_FILE, self.descriptors.astype(np.float32), allow_pickle=False)
         return path
 
     @classmethod
@@ -161,4 +167,10 @@ class OodCheck:
         if center.shape != scale.shape or center.ndim != 1 or not (scale > 0).all() or not threshold > 0:
             msg = f"{OOD_FILE} holds inconsistent values (centre {center.shape}, scale {scale.shape})"
             raise ValueError(msg)
-        return cls(center, scale, threshold, dict(values.get("images", {})))
+        descriptors = None
+        if (folder / DESCRIPTORS_FILE).is_file():
+            descriptors = np.load(folder / DESCRIPTORS_FILE, allow_pickle=False)
+            if descriptors.ndim != 2 or descriptors.shape[1] != len(center):
+                msg = f"{DESCRIPTORS_FILE} holds {descriptors.shape} descriptors, {OOD_FILE} {len(center)} values each"
+                raise ValueError(msg)
+        return cls(center, scale, threshold, dict(values.get("images", {})), descriptors)

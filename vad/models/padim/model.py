@@ -33,6 +33,8 @@ REGULARISATION = 0.01  # added to the covariance diagonal, as anomalib does
 class OfflinePadim(VadModel, PadimModel):
     """anomalib's PaDiM whose backbone weights come from offline sources."""
 
+    FIT_DESCRIBES_TRAINING = True  # one pass over the training images (see VadModel.fit_pass_descriptors)
+
     def __init__(
         self,
         backbone: str,

@@ -36,6 +36,8 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
     The state dict (``feature_extractor.*``, ``memory_bank``) is anomalib's own.
     """
 
+    FIT_DESCRIBES_TRAINING = True  # one pass over the training images (see VadModel.fit_pass_descriptors)
+
     def __init__(
         self,
         backbone: str,
@@ -103,6 +105,36 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         )
         del valid
         return {}
+
+    def update(self, new: FitData, options: FitOptions, logger: logging.Logger) -> bool:
+        """See :meth:`VadModel.update`: the new images' patches reduced by the same coreset, added to the bank.
+
+        The bank of a fit is the union of coreset picks of chunks of the training patches (merge and reduce): the
+        new images' picks at the same sampling ratio join it as one more piece, which is the bank a fit on every
+        image would have built from one more chunk. A model with a supervised head cannot (the head was fitted on
+        the old bank's scores).
+
+        Args:
+            new: OK images the bank has not seen.
+            options: Batch size, seed, augmentation.
+            logger: Progress logger.
+
+        Returns:
+            False with a supervised head, else True.
+        """
+        if len(self.head_weights):
+            return False
+        batches, total = training_passes(new, self.spec, options)
+        params = self.spec.params_as(PatchcoreParams)
+        self.fit_bank(
+            (images.to(self.device) for images in batches),
+            total,
+            params.coreset_sampling_ratio,
+            options.seed,
+            logger,
+            base=self.memory_bank,
+        )
+        return True
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """Models saved before the supervised mode have no head: they load with an empty one."""
@@ -292,6 +324,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
         sampling_ratio: float,
         seed: int,
         logger: logging.Logger,
+        base: torch.Tensor | None = None,
     ) -> None:
         """Build the memory bank from normal images, holding only one chunk of embeddings at a time.
 
@@ -309,6 +342,7 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
             sampling_ratio: Share of patch embeddings kept by the coreset.
             seed: Seed of the coreset selection.
             logger: Progress logger.
+            base: A bank these images' picks are added to (:meth:`update`), or None: a new bank.
         """
         self.eval()
         progress = Progress(logger, "feature extraction", total)
@@ -353,6 +387,9 @@ class OfflinePatchcore(VadModel, PatchcoreModel):
                 f"{chunks} chunk(s), {len(parts) + 1} merge pass(es))"
             )
             parts.append(union[_select(union, size_left, seed, logger)] if len(union) > size_left else union)
+        if base is not None:
+            logger.info(f"memory bank: {len(base)} rows kept, {sum(len(part) for part in parts)} added")
+            parts.insert(0, base.to(parts[0].device, parts[0].dtype))
         self.memory_bank = torch.cat(parts).contiguous()
         self.fit_descriptors = np.concatenate(described)
         self.build_search_index(seed)

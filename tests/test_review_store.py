@@ -113,12 +113,13 @@ def test_a_torn_last_line_is_ignored_and_cut_off_by_the_next_write(tmp_path):
     with index.open("a") as handle:
         handle.write('["not", "an", "entry"]\n{"id":"../x","image":"a.png","anomaly_score":0.5}\n')
         handle.write('{"id":"20261207T000000-abcdef00","image":"images/a.png","anomaly_score":"high","bytes":"x"}\n')
+        handle.write('{"id":"20261207T000000-abcdef02","image":"images/b.png","anomaly_score":0.1,"source":5}\n')
         handle.write('{"id":"20261207T000000-abcdef01","ti')  # a process killed mid-write
     assert [e.id for e in store.entries()] == [first.id]
     second = keep_one(store, 1).kept[0]
     assert [e.id for e in store.entries()] == [first.id, second.id]
     lines = index.read_text().splitlines()
-    assert len(lines) == 5 and '"ti' not in lines[3] and lines[-1].startswith(f'{{"id":"{second.id}"'), "torn tail cut"
+    assert len(lines) == 6 and '"ti' not in lines[4] and lines[-1].startswith(f'{{"id":"{second.id}"'), "torn tail cut"
     write_verdicts(store.folder, [Verdict(first, True)], "good", "bad")
     with (store.folder / FEEDBACK).open("a") as handle:
         handle.write("good,images/x.png,2026-")

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from pydantic import TypeAdapter, ValidationError
+
 INDEX = "index.jsonl"
 IMAGES = "images"
 ORIGINS = ("inference", "loop", "http")
@@ -95,14 +97,16 @@ class ReviewEntry:
         values: dict[str, Any] = {name: found.get(name) for name in _FIELD_NAMES}
         if not isinstance(values["id"], str) or not ID_PATTERN.match(values["id"]):
             return None
-        if not isinstance(values["image"], str) or not isinstance(values["anomaly_score"], int | float):
-            return None
         values["bytes"] = values["bytes"] if isinstance(values["bytes"], int) else 0
         values["sha256"] = str(values["sha256"] or "")
-        return cls(**values)
+        try:
+            return _CHECKED.validate_python(values)  # every field of its type (a number as a float)
+        except ValidationError:
+            return None
 
 
 _FIELD_NAMES = tuple(item.name for item in fields(ReviewEntry))
+_CHECKED = TypeAdapter(ReviewEntry)
 
 
 def _finite(value: Any) -> Any:

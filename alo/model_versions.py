@@ -94,7 +94,7 @@ class VersionIndex:
             if version.number == number:
                 return version
         kept = ", ".join(str(v.number) for v in self.versions) or "none yet"
-        msg = f"plan error: there is no model version {number} (versions kept: {kept}); see model_versions/versions.json"
+        msg = f"plan error: there is no model version {number} (versions kept: {kept}); see {VERSIONS_DIR}/{INDEX_FILE}"
         raise PlanError(msg)
 
 

@@ -14,13 +14,27 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, load_default_plan, make_dataset, make_inference_folder, set_external, step_args, write_plan
+import torch
+from conftest import (
+    ROOT,
+    load_default_plan,
+    make_dataset,
+    make_inference_folder,
+    set_external,
+    step_args,
+    texture,
+    write_plan,
+)
+from PIL import Image
 from safetensors.numpy import load_file
 
 import main
 from alo.errors import DataError, ModelError, PlanError
 from alo.model_versions import activate, read_index, recover, register_active
 from vad.feedback_rows import add_verdicts, read_verdicts
+from vad.models import ModelSpec, entry
+from vad.models.base import FitData, FitOptions
+from vad.models.factory import build_model
 from vad.ood.check import DESCRIPTORS_FILE
 
 LOGGER = logging.getLogger("test")
@@ -58,7 +72,12 @@ def test_verdicts_join_training_and_validation_and_leave_the_users_rows_alone(tm
     for name in ("a.png", "b.png"):
         (folder / name).write_bytes(b"png")
     samples = pd.DataFrame(
-        {"_file": ["/d/x.png", "/d/y.png"], "_label": ["good", "bad"], "_is_ng": [False, True], "_split": ["train", "valid"]}
+        {
+            "_file": ["/d/x.png", "/d/y.png"],
+            "_label": ["good", "bad"],
+            "_is_ng": [False, True],
+            "_split": ["train", "valid"],
+        }
     )
     frame = pd.DataFrame({"label": ["good", "bad"], "image_path": ["x.png", "y.png"], "split": ["train", "valid"]})
     verdicts = pd.DataFrame(
@@ -211,6 +230,37 @@ def test_rollback_needs_a_version_and_an_unknown_one_is_one_line(tmp_path, capsy
     path = write_plan(tmp_path, plan)
     assert main.main(["--mode", "rollback", "--version", "3", "--config", str(path)]) != 0
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
-    assert errors == ["ERROR: plan error: there is no model version 3 (versions kept: 1); see model_versions/versions.json"]
+    assert errors == [
+        "ERROR: plan error: there is no model version 3 (versions kept: 1); see model_versions/versions.json"
+    ]
     assert main.main(["--mode", "update", "--config", str(path)]) != 0
     assert "no verdicts yet" in capsys.readouterr().err
+
+
+def test_padim_updated_with_more_images_has_the_gaussians_of_one_fit_on_all_of_them(tmp_path):
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(12):
+        path = tmp_path / f"t{i}.png"
+        Image.fromarray(texture(rng)).save(path)
+        files.append(str(path))
+    params = entry("padim").params(backbone="mobilenetv2_100", layers=["blocks.2", "blocks.4"])
+    spec = ModelSpec("padim", (64, 64), (0.5,) * 3, (0.5,) * 3, params)
+    options = FitOptions(batch_size=4, max_epochs=1, seed=0, monitor="image_AUROC")
+
+    def fitted(images):
+        torch.manual_seed(0)
+        model = build_model(spec, pretrained=True)
+        model.fit(FitData(images), FitData([]), options, LOGGER)
+        return model
+
+    whole, part = fitted(files), fitted(files[:7])
+    assert part.update(FitData(files[7:]), options, LOGGER)
+    assert float(part.fit_images) == float(whole.fit_images) == 12
+    assert torch.allclose(part.gaussian.mean, whole.gaussian.mean, atol=1e-5)
+    assert torch.allclose(part.gaussian.inv_covariance, whole.gaussian.inv_covariance, rtol=1e-3, atol=1e-3)
+    images = torch.stack([torch.from_numpy(((texture(rng) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1).astype(np.float32))])
+    assert np.allclose(part.score(images)[0], whole.score(images)[0], rtol=1e-3)
+    unknown = fitted(files[:7])
+    unknown.fit_images = torch.zeros((), dtype=torch.float64)  # a model saved before the count was kept
+    assert not unknown.update(FitData(files[7:]), options, LOGGER)

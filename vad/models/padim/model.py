@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from anomalib.data import InferenceBatch
@@ -64,6 +65,14 @@ class OfflinePadim(VadModel, PadimModel):
         )
         self.gaussian = MultiVariateGaussian()
         self.memory_bank: list[torch.Tensor] = []
+        # how many images the Gaussians were estimated from (0: unknown, a model saved before updates existed)
+        self.fit_images: torch.Tensor
+        self.register_buffer("fit_images", torch.zeros((), dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Models saved before updates existed have no image count: they load with 0 (they train again)."""
+        state_dict.setdefault(f"{prefix}fit_images", torch.zeros((), dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> OfflinePadim:
@@ -139,6 +148,41 @@ class OfflinePadim(VadModel, PadimModel):
         self.fit_gaussians(*training_passes(train, self.spec, options), logger)
         return {}
 
+    def update(self, new: FitData, options: FitOptions, logger: logging.Logger) -> bool:
+        """See :meth:`VadModel.update`: the Gaussians of the old and the new images together, exactly as one fit.
+
+        The old covariance is read back from the saved inverse (the regularisation taken off), its scatter combined
+        with the new images' (the parallel formula of Chan et al.), and inverted again. A model saved before the
+        image count was kept cannot (it trains again).
+
+        Args:
+            new: OK images the Gaussians have not seen.
+            options: Batch size, augmentation.
+            logger: Progress logger.
+
+        Returns:
+            True, or False without the image count.
+        """
+        old = float(self.fit_images)
+        if old < 2:
+            return False
+        count, sums, products = self._moments(*training_passes(new, self.spec, options), logger)
+        identity = torch.eye(sums.shape[0], dtype=torch.float64, device=sums.device)
+        inverse = self.gaussian.inv_covariance.double()
+        old_covariance = torch.linalg.inv(inverse) - (REGULARISATION + 1e-5) * identity
+        old_mean = self.gaussian.mean.double()
+        new_mean = sums / count
+        scatter = (
+            (old - 1) * old_covariance
+            + products
+            - count * torch.einsum("dp,ep->pde", new_mean, new_mean)
+            + (old * count / (old + count)) * torch.einsum("dp,ep->pde", old_mean - new_mean, old_mean - new_mean)
+        )
+        total = old + count
+        self._set_gaussians((old * old_mean + sums) / total, scatter, total)
+        logger.info(f"PaDiM: Gaussians updated with {count} images ({int(total)} in all)")
+        return True
+
     def fit_gaussians(self, batches: Iterable[torch.Tensor], total: int, logger: logging.Logger) -> None:
         """Mean and inverse covariance per patch position, accumulated batch by batch (float64 sums).
 
@@ -150,13 +194,27 @@ class OfflinePadim(VadModel, PadimModel):
             total: Number of images (for progress).
             logger: Progress logger.
         """
+        count, sums, products = self._moments(batches, total, logger)
+        if count < 2:
+            msg = "PaDiM needs at least 2 training images to estimate a covariance"
+            raise ValueError(msg)
+        mean = sums / count  # (D, P)
+        self._set_gaussians(mean, products - count * torch.einsum("dp,ep->pde", mean, mean), count)
+        logger.info(
+            f"PaDiM: Gaussians of {mean.shape[0]} channels at {mean.shape[1]} patch positions from {count} images"
+        )
+
+    def _moments(
+        self, batches: Iterable[torch.Tensor], total: int, logger: logging.Logger
+    ) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Image count, sums (D, P) and sums of outer products (P, D, D) of the embeddings, in float64."""
         self.eval()
         progress = Progress(logger, "feature extraction", total)
         count = 0
         sums: torch.Tensor | None = None
         products: torch.Tensor | None = None
         for images in batches:
-            embedding = self.embed(images).double()
+            embedding = self.embed(images.to(self.device)).double()
             vectors = embedding.flatten(2)  # (B, D, P)
             if sums is None or products is None:
                 sums = torch.zeros(vectors.shape[1:], dtype=torch.float64, device=vectors.device)
@@ -167,16 +225,15 @@ class OfflinePadim(VadModel, PadimModel):
             products += torch.einsum("bdp,bep->pde", vectors, vectors)
             count += len(images)
             progress.update(len(images))
-        if count < 2 or sums is None or products is None:
-            msg = "PaDiM needs at least 2 training images to estimate a covariance"
+        if sums is None or products is None:
+            msg = "PaDiM was given no images"
             raise ValueError(msg)
-        mean = sums / count  # (D, P)
-        centred = products - count * torch.einsum("dp,ep->pde", mean, mean)
+        return count, sums, products
+
+    def _set_gaussians(self, mean: torch.Tensor, scatter: torch.Tensor, count: float) -> None:
+        """The Gaussians from a mean (D, P) and a scatter (P, D, D) of ``count`` images (unbiased, regularised)."""
         identity = torch.eye(mean.shape[0], dtype=torch.float64, device=mean.device)
-        covariance = centred / (count - 1) + REGULARISATION * identity
-        inverse = torch.linalg.inv(covariance + 1e-5 * identity)
+        covariance = scatter / (count - 1) + REGULARISATION * identity
         self.gaussian.mean = mean.float()
-        self.gaussian.inv_covariance = inverse.float()
-        logger.info(
-            f"PaDiM: Gaussians of {mean.shape[0]} channels at {mean.shape[1]} patch positions from {count} images"
-        )
+        self.gaussian.inv_covariance = torch.linalg.inv(covariance + 1e-5 * identity).float()
+        self.fit_images = torch.tensor(float(count), dtype=torch.float64, device=mean.device)

@@ -11,6 +11,9 @@ file so as to spend at most ``share`` of its time making files, and at most ``ca
 when the line is faster than the thread, the oldest waiting request's pictures are dropped and counted
 (:attr:`BackgroundFiles.dropped`), so the loop never waits for a picture. The pictures of a run pruned from
 ``history/`` before the thread got to them are dropped too.
+
+The thread also deletes the runs the loop prunes from ``history/`` (:meth:`BackgroundFiles.remove`), before any
+picture: the loop only moves them aside.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -60,6 +64,7 @@ class BackgroundFiles:
         self.dropped = 0
         self.failed = 0
         self._queue: deque[_Batch] = deque()
+        self._removals: deque[Path] = deque()
         self._busy = False
         self._closing = False
         self._draining = False
@@ -89,6 +94,16 @@ class BackgroundFiles:
                 os.close(old.folder_fd)
             self._cond.notify_all()
 
+    def remove(self, folder: Path) -> None:
+        """Queue a folder to delete (never dropped; deleted before the pictures waiting).
+
+        Args:
+            folder: The folder, already moved where nothing else looks.
+        """
+        with self._cond:
+            self._removals.append(folder)
+            self._cond.notify_all()
+
     def drain(self, timeout: float) -> bool:
         """Wait until every queued file is written (a process that stops calls it before it exits).
 
@@ -102,7 +117,7 @@ class BackgroundFiles:
             self._draining = True
             self._cond.notify_all()
             try:
-                return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+                return self._cond.wait_for(lambda: not self._queue and not self._removals and not self._busy, timeout)
             finally:
                 self._draining = False
 
@@ -129,11 +144,17 @@ class BackgroundFiles:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                self._cond.wait_for(lambda: self._queue or self._closing)
-                if self._closing and not self._queue:
+                self._cond.wait_for(lambda: self._queue or self._removals or self._closing)
+                if self._removals:
+                    removal: Path | None = self._removals.popleft()
+                elif self._closing and not self._queue:
                     return
-                batch = self._queue.popleft()
+                else:
+                    removal, batch = None, self._queue.popleft()
                 self._busy = True
+            if removal is not None:
+                shutil.rmtree(removal, ignore_errors=True)
+                continue
             try:
                 for done, (relative, work) in enumerate(batch.files):
                     if os.fstat(batch.folder_fd).st_nlink == 0:  # the run was pruned from history: nothing to do

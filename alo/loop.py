@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alo.artifacts import project_lock
+from alo.artifacts import TRASH, project_lock
 from alo.background import BackgroundFiles
 from alo.errors import AloError, DataError, PlanError, one_line
 from alo.logs import FRAMEWORK_LOGGER
@@ -209,6 +209,9 @@ class EdgeLoop:
                 inference = {step.name: step.args for step in self.plan.pipelines["inference"]}
                 preload(models, inference.get("inference", {}))
         self._open_session(steps, models)
+        trash = self.plan.root / ".alo" / TRASH
+        for left in sorted(trash.iterdir()) if trash.is_dir() else []:  # pruned by a loop that stopped before
+            self.background.remove(left)
         self._status("waiting")
 
     def _resident(self, plan: Plan) -> ResidentRun:

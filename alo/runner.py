@@ -58,7 +58,8 @@ class ResidentRun:
         history_keep: Most runs of the pipeline kept in ``history/`` (oldest pruned first), beside
             ``backup_size``; None: ``backup_size`` only.
         background: Writes the run's sheddable files (heatmap pictures) into the promoted run off the answer's
-            path; None: they are written before promotion, as in a one-shot run. Not used for a run that
+            path, and deletes the runs ``history_keep`` prunes; None: both before the run ends, as in a one-shot
+            run. Not used for a run that
             archives its artifacts (``save_inference_artifacts_path``: the archive holds them all) nor one whose
             replaced artifacts are not kept (``backup_artifacts: false``).
     """
@@ -219,6 +220,7 @@ def run_pipeline(
         settings = dataclasses.replace(settings, enabled=False)
     tracker = Tracker(settings, reporter, resident=resident_model is not None)
     background = _background_of(plan, pipeline, options)
+    remove = options.background.remove if options.background is not None else None  # pruned runs deleted there
     sheddable: list[DeferredFile] = []
     params = {step.name: step.args.model_dump(mode="json") for step in steps}
     with log_files(staging / "log"):
@@ -281,11 +283,11 @@ def run_pipeline(
             write_record(staging / "log" / "experimental_history.json", record)
             shutil.rmtree(model_work, ignore_errors=True)
             if failed:
-                kept = store.fail(plan.control.backup_size, options.history_keep)
+                kept = store.fail(plan.control.backup_size, options.history_keep, remove)
                 if kept is not None:
                     logger.info(f"failed run kept in {kept}; the previous {pipeline}_artifacts are unchanged")
                 tracker.finish(record, kept or staging, params, tracking_jobs)
-    final = store.promote(plan.control.backup_artifacts, plan.control.backup_size, options.history_keep)
+    final = store.promote(plan.control.backup_artifacts, plan.control.backup_size, options.history_keep, remove)
     if background is not None and sheddable:
         background.submit(final, [(PurePosixPath(f.path.relative_to(staging).as_posix()), f) for f in sheddable])
     logger.info(f"{pipeline} pipeline {run_id} succeeded: artifacts in {final}")

@@ -418,3 +418,4 @@ def test_a_loop_session_is_one_mlflow_run_with_figures_over_time_and_history_cap
     latest = root / "inference_artifacts" / "extra_output" / "inference" / "images"
     assert [p.name for p in latest.glob("*.png")] == [heatmap_name("unknown", got[-1]["message"]["result"], images[-1])]
     assert not list(root.rglob("*.part")) and not list((root / "mlruns" / ".pending").glob("*/job.json"))
+    assert not list((root / ".alo" / "trash").iterdir())  # the pruned runs, deleted by the background thread

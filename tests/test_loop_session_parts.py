@@ -140,3 +140,17 @@ def test_the_pictures_of_a_run_pruned_before_the_thread_got_to_them_are_dropped(
     release.set()
     files.close(30)
     assert (files.written, files.dropped, files.failed) == (1, 2, 0) and not pruned.exists()
+
+
+def test_a_resident_process_moves_pruned_runs_aside_and_its_thread_deletes_them(tmp_path):
+    inference = tmp_path / "history" / "inference"
+    _runs(inference, [f"2026010{i}T000000Z-a-vad" for i in range(3)])
+    handed: list[Path] = []
+    removed = prune_count(inference, 2, remove=handed.append)
+    trash = tmp_path / ".alo" / "trash"
+    assert [p.name for p in removed] == ["20260100T000000Z-a-vad"] and not removed[0].exists()
+    assert handed == [trash / "inference-20260100T000000Z-a-vad"] and handed[0].is_dir()  # one rename, not deleted
+    files = BackgroundFiles(nice=0)
+    files.remove(handed[0])
+    assert files.drain(30) and not handed[0].exists() and len(list(inference.iterdir())) == 2
+    files.close(5)

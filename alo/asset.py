@@ -33,11 +33,13 @@ class DeferredFile:
         path: Where it goes in the staged artifacts.
         produce: Makes the file's content.
         args: Its arguments.
+        first: Kept before the others when a background thread must drop some (an NG image's picture).
     """
 
     path: Path
     produce: Callable[..., bytes]
     args: tuple[Any, ...]
+    first: bool = False
 
     def write(self) -> None:
         """Make the file and write it at ``path`` (its folder created)."""
@@ -189,7 +191,7 @@ class StepContext:
         """
         return self.deferred is not None and self.deferred.background
 
-    def defer_file(self, path: Path, produce: Callable[..., bytes], *args: Any) -> None:
+    def defer_file(self, path: Path, produce: Callable[..., bytes], *args: Any, first: bool = False) -> None:
         """Write a file the run's answer and verdict do not need, which a resident process may shed (a picture).
 
         A one-shot run writes it, as :meth:`defer` does, before promotion. The edge loop writes it from a
@@ -200,8 +202,9 @@ class StepContext:
             path: Where the file goes, inside ``artifacts``.
             produce: Makes the file's bytes.
             *args: Its arguments.
+            first: Keep it before the others when the background thread must drop some (an NG image's picture).
         """
-        file = DeferredFile(path, produce, args)
+        file = DeferredFile(path, produce, args, first)
         if self.deferred is None:
             file.write()
         else:

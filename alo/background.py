@@ -9,8 +9,9 @@ written under a temporary name and renamed: a file is complete or absent, never 
 The CPU it takes is bounded: the thread runs at a lower priority than the loop (``nice``), it rests after each
 file so as to spend at most ``share`` of its time making files, and at most ``capacity`` requests wait for it;
 when the line is faster than the thread, the oldest waiting request's pictures are dropped and counted
-(:attr:`BackgroundFiles.dropped`), so the loop never waits for a picture. The pictures of a run pruned from
-``history/`` before the thread got to them are dropped too.
+(:attr:`BackgroundFiles.dropped`), those of a request with a picture to keep first (an NG image's) last, so the
+loop never waits for a picture. The pictures of a run pruned from ``history/`` before the thread got to them are
+dropped too.
 
 The thread also deletes the runs the loop prunes from ``history/`` (:meth:`BackgroundFiles.remove`), before any
 picture: the loop only moves them aside.
@@ -89,7 +90,8 @@ class BackgroundFiles:
         with self._cond:
             self._queue.append(_Batch(descriptor, files))
             while len(self._queue) > self.capacity:
-                old = self._queue.popleft()
+                old = next((b for b in self._queue if not any(f.first for _, f in b.files)), self._queue[0])
+                self._queue.remove(old)
                 self.dropped += len(old.files)
                 os.close(old.folder_fd)
             self._cond.notify_all()

@@ -102,10 +102,11 @@ class InferenceStep(Asset):
                 if later or prediction.anomaly_map is not None:  # the picture is drawn after the answer
                     label = labels[position] if labels else UNKNOWN_LABEL
                     path = folder / heatmap_name(label, prediction.label, files[position])
+                    ng = prediction.is_anomalous  # an NG part's picture is kept first when some must be dropped
                     if prediction.anomaly_map is None:
-                        ctx.defer_file(path, _scored_heatmap_png, detector, files[position])
+                        ctx.defer_file(path, _scored_heatmap_png, detector, files[position], first=ng)
                     else:
-                        ctx.defer_file(path, heatmap_png, files[position], prediction.anomaly_map, threshold)
+                        ctx.defer_file(path, heatmap_png, files[position], prediction.anomaly_map, threshold, first=ng)
         self._keep_output_images(ctx, files, args.save_output_images)
         predictions = rows.assign(**{name: np.concatenate(parts) for name, parts in scored.items()})  # input order
         is_anomalous = np.concatenate(flags)

@@ -154,3 +154,22 @@ def test_a_resident_process_moves_pruned_runs_aside_and_its_thread_deletes_them(
     files.remove(handed[0])
     assert files.drain(30) and not handed[0].exists() and len(list(inference.iterdir())) == 2
     files.close(5)
+
+
+def test_an_ng_parts_picture_is_kept_before_ok_ones_when_the_thread_must_drop(tmp_path):
+    files = BackgroundFiles(capacity=1, nice=0)
+    busy, release = threading.Event(), threading.Event()
+
+    def slow() -> bytes:
+        busy.set()
+        release.wait(30)
+        return b"b"
+
+    files.submit(tmp_path, [(PurePosixPath("busy.png"), DeferredFile(tmp_path, slow, ()))])
+    assert busy.wait(30)
+    for name, ng in (("ng", True), ("ok", False), ("ok2", False)):
+        files.submit(tmp_path, [(PurePosixPath(f"{name}.png"), DeferredFile(tmp_path, bytes, (b"x",), first=ng))])
+    release.set()
+    files.close(30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.png", "ng.png"]
+    assert (files.written, files.dropped) == (2, 2)

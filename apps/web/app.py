@@ -3,7 +3,8 @@
 Pages (server-rendered, one script and one style sheet served by the app: no CDN, no build step):
 ``/ui/inspect`` (score uploads or a server folder), ``/ui/runs`` and ``/ui/runs/{pipeline}/{id}``,
 ``/ui/threshold/{id}`` (the validation sweep; "use this threshold" writes a plan copy), ``/ui/review`` (mark the
-review queue's images OK or NG: ``review/feedback.csv``), ``/ui/train``.
+review queue's images OK or NG: ``review/feedback.csv``), ``/ui/versions`` (the model versions: update the
+model from the verdicts, make a version active), ``/ui/train``.
 
 Safe by default: where the service has a token, every page and ``/ui/api`` route needs it (``Authorization:
 Bearer`` or the cookie ``/ui/login`` sets, HttpOnly and SameSite=Strict). Every POST needs the page's

@@ -17,6 +17,7 @@ from apps.web.training import offered_models
 STATIC = {
     "ui.js": "text/javascript; charset=utf-8",
     "review.js": "text/javascript; charset=utf-8",
+    "versions.js": "text/javascript; charset=utf-8",
     "ui.css": "text/css; charset=utf-8",
 }
 
@@ -108,3 +109,9 @@ async def review_page(request: Request, page: PageDep) -> Response:
 async def train_page(request: Request, page: PageDep) -> Response:
     """Start a train run."""
     return page.render(request, "train.html", models=offered_models())
+
+
+@pages.get("/versions")
+async def versions_page(request: Request, page: PageDep) -> Response:
+    """The model versions: update the model from the verdicts, make a version active."""
+    return page.render(request, "versions.html")

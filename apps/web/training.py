@@ -1,9 +1,12 @@
-"""Train runs started from the page: one at a time, in a child ``main.py --mode train``, with live progress.
+"""Jobs started from the page: one at a time, in a child ``main.py``, with live progress.
 
-The child runs a plan copy (the user's plan with the chosen data folder, model and arguments; see
-:mod:`vad.plan_edit`), so a run from the page is the same run as from the console, under the same project lock.
-Its console lines are kept as they arrive. Cancel sends SIGINT to the child's process group: the pipeline
-stops, its staged run is moved to ``history/train/{id}-error`` and the previous ``train_artifacts`` stay.
+Two kinds: a train run (``main.py --mode train``) and a model update from the verdicts (``main.py --mode
+update``, :mod:`apps.update_command`). A train run's child runs a plan copy (the user's plan with the chosen data
+folder, model and arguments; see :mod:`vad.plan_edit`), an update's the user's plan itself, so a job from the page
+is the same run as from the console, under the same project lock. Its console lines are kept as they arrive.
+Cancel sends SIGINT to the child's process group: the pipeline stops, its staged run is moved to
+``history/train/{id}-error`` and the previous ``train_artifacts`` (the active model version) stay.
+:meth:`Trainer.exclusive` lets quick in-process work (a rollback) run only while no job does.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from vad.models import MODELS as REGISTERED
-from vad.plan_edit import Change, PlanCopy, write_copy
+from vad.plan_edit import Change, write_copy
 
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 MAX_LINES = 5000
@@ -34,7 +40,7 @@ def offered_models() -> tuple[str, ...]:
 
 
 class JobError(Exception):
-    """A train run that cannot start (one runs already, bad choice): the message is for the page."""
+    """A job that cannot start (one runs already, bad choice): the message is for the page."""
 
     def __init__(self, status: int, message: str) -> None:
         """Keep the HTTP status with the message."""
@@ -42,45 +48,71 @@ class JobError(Exception):
         self.status = status
 
 
+JobKind = Literal["train", "update"]
+JobState = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+class JobView(BaseModel):
+    """A job as the page shows it, with its console lines from a given line on."""
+
+    job: int = Field(description="the job's number in this server process (1, 2, ...)")
+    kind: JobKind = Field(description="train: main.py --mode train; update: main.py --mode update")
+    state: JobState
+    returncode: int | None = Field(description="the child's exit status once it ended")
+    plan: str = Field(description="the plan the child runs (a train run's plan copy, or the user's plan)")
+    diff: str = Field(description="a train run's changes to the user's plan (empty for an update)")
+    seconds: float = Field(description="seconds since it started")
+    next: int = Field(description="the line number to ask for next (since=...)")
+    lines: list[str] = Field(description="console lines from the asked-for line on")
+
+
 @dataclass
 class TrainJob:
-    """One train run started from the page."""
+    """One job started from the page (a train run or a model update)."""
 
     number: int
-    plan: PlanCopy
+    kind: JobKind
+    plan: Path
+    diff: str
     process: subprocess.Popen
     started: float = field(default_factory=time.time)
     lines: deque = field(default_factory=lambda: deque(maxlen=MAX_LINES))
     first_line: int = 0  # the number of the oldest line kept
-    state: str = "running"
+    state: JobState = "running"
     cancelled: bool = False
     returncode: int | None = None
 
-    def view(self, since: int = 0) -> dict[str, Any]:
-        """The job as JSON, with the console lines from line ``since`` on.
+    def view(self, since: int = 0) -> JobView:
+        """The job as the page shows it, with the console lines from line ``since`` on.
 
         Args:
             since: The first line number wanted.
 
         Returns:
-            State, return code, diff of the plan copy, and lines.
+            Kind, state, return code, plan and its diff, and lines.
         """
         kept = list(self.lines)
         start = max(since, self.first_line)
-        return {
-            "job": self.number,
-            "state": self.state,
-            "returncode": self.returncode,
-            "plan": self.plan.path.name,
-            "diff": self.plan.diff,
-            "seconds": round(time.time() - self.started, 1),
-            "next": self.first_line + len(kept),
-            "lines": kept[start - self.first_line :],
-        }
+        return JobView(
+            job=self.number,
+            kind=self.kind,
+            state=self.state,
+            returncode=self.returncode,
+            plan=self.plan.name,
+            diff=self.diff,
+            seconds=round(time.time() - self.started, 1),
+            next=self.first_line + len(kept),
+            lines=kept[start - self.first_line :],
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the child still runs."""
+        return self.state == "running"
 
 
 class Trainer:
-    """Starts, watches and cancels the page's train runs (one at a time)."""
+    """Starts, watches and cancels the page's jobs, train runs and model updates (one at a time)."""
 
     def __init__(self, plan_path: Path, data_root: Path | None) -> None:
         """Set the plan to copy and the folder train data must come from.
@@ -136,8 +168,7 @@ class Trainer:
         if not (1 <= max_epochs <= 1000 and 1 <= batch_size <= 256):
             raise JobError(400, "max_epochs must be 1..1000 and batch_size 1..256")
         with self.lock:
-            if self.job is not None and self.job.state == "running":
-                raise JobError(409, f"train run {self.job.number} is running; wait for it or cancel it")
+            self._refuse_while_running()
             changes = [
                 Change(("external_path", "load_train_data_path"), str(self.data_root / folder)),
                 Change(("train", "train", "model_name"), model),
@@ -145,20 +176,56 @@ class Trainer:
                 Change(("train", "train", "batch_size"), batch_size),
             ]
             copy = write_copy(self.plan_path, changes, "train")
-            command = [sys.executable, str(MAIN), "--mode", "train", "--config", str(copy.path)]
-            process = subprocess.Popen(  # our own interpreter and main.py, arguments as a list
-                command,
-                cwd=self.plan_path.parent,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: cancel reaches the data loaders too
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            self.count += 1
-            self.job = TrainJob(self.count, copy, process)
-            threading.Thread(target=self._follow, args=(self.job,), daemon=True, name="ui-train").start()
-            return self.job
+            return self._launch("train", copy.path, copy.diff)
+
+    def start_update(self) -> TrainJob:
+        """Start ``main.py --mode update`` on the user's plan (the verdicts not yet learnt, as a new version).
+
+        Returns:
+            The job.
+
+        Raises:
+            JobError: A job runs already.
+        """
+        with self.lock:
+            self._refuse_while_running()
+            return self._launch("update", self.plan_path, "")
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off new jobs while quick in-process work runs (a rollback); refused while a job runs.
+
+        Yields:
+            Nothing.
+
+        Raises:
+            JobError: A job runs.
+        """
+        with self.lock:
+            self._refuse_while_running()
+            yield
+
+    def _refuse_while_running(self) -> None:
+        if self.job is not None and self.job.running:
+            what = "train run" if self.job.kind == "train" else "model update"
+            raise JobError(409, f"{what} {self.job.number} is running; wait for it or cancel it")
+
+    def _launch(self, kind: JobKind, plan: Path, diff: str) -> TrainJob:
+        """Start the child ``main.py --mode {kind} --config {plan}`` (call it holding :attr:`lock`)."""
+        command = [sys.executable, str(MAIN), "--mode", kind, "--config", str(plan)]
+        process = subprocess.Popen(  # our own interpreter and main.py, arguments as a list
+            command,
+            cwd=self.plan_path.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: cancel reaches the data loaders too
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.count += 1
+        self.job = TrainJob(self.count, kind, plan, diff, process)
+        threading.Thread(target=self._follow, args=(self.job,), daemon=True, name=f"ui-{kind}").start()
+        return self.job
 
     def _follow(self, job: TrainJob) -> None:
         assert job.process.stdout is not None
@@ -170,17 +237,17 @@ class Trainer:
         job.state = "cancelled" if job.cancelled else ("succeeded" if job.returncode == 0 else "failed")
 
     def cancel(self) -> TrainJob:
-        """Stop the running train run (SIGINT to its process group; SIGKILL after a grace period).
+        """Stop the running job (SIGINT to its process group; SIGKILL after a grace period).
 
         Returns:
             The job.
 
         Raises:
-            JobError: No run is running.
+            JobError: No job is running.
         """
         job = self.job
-        if job is None or job.state != "running":
-            raise JobError(409, "no train run is running")
+        if job is None or not job.running:
+            raise JobError(409, "no train run or model update is running")
         job.cancelled = True
         try:
             os.killpg(job.process.pid, signal.SIGINT)
@@ -199,7 +266,7 @@ class Trainer:
 
     def close(self) -> None:
         """Stop a running child when the server stops."""
-        if self.job is not None and self.job.state == "running":
+        if self.job is not None and self.job.running:
             self.cancel()
             try:
                 self.job.process.wait(CANCEL_GRACE_S)

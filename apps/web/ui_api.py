@@ -1,4 +1,6 @@
-"""The page's JSON routes (``/ui/api``): scoring, pictures, runs, the threshold explorer, review and training.
+"""The page's JSON routes (``/ui/api``): scoring, pictures, runs, threshold explorer, review, training, versions.
+
+The versions routes list the kept model versions, start an update from the verdicts and make a version active.
 
 One module-level router whose own dependency is the token (:func:`require_login`), so no route added to it can
 go without; every POST depends on :func:`require_csrf` as well. The page's state comes through
@@ -15,14 +17,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from alo.errors import ModelError
 from alo.runner import train_id_of
 from apps.http.errors import ApiError
 from apps.http.summary import batch_summary
 from apps.http.uploads import decode_all, read_uploads
-from apps.web import explorer, review, runs
+from apps.web import explorer, review, runs, versions
 from apps.web.inspect import inspected, validation_scores
 from apps.web.state import PageDep, UiError, inside, require_csrf, require_login
-from apps.web.training import JobError, Trainer
+from apps.web.training import JobError, JobView, Trainer
 from vad.detector import Detector
 from vad.images import IMAGE_EXTENSIONS
 from vad.review.store import ReviewStore
@@ -57,6 +60,7 @@ async def inspect(request: Request, page: PageDep) -> dict[str, Any]:
             "validation": validation_scores(run.folder if run else None, calibration.ok_name),
             "ok_name": calibration.ok_name,
             "ng_name": calibration.ng_name,
+            "model_version": versions.served_version(page.context.project, page.context.models),
         }
 
     return await run_in_threadpool(build)
@@ -173,7 +177,7 @@ async def review_verdicts(page: PageDep, given: review.VerdictsIn) -> review.Ver
 async def train_status(page: PageDep, since: int = 0) -> dict[str, Any]:
     """The page's train run (its console lines from line ``since`` on), or ``idle``."""
     job = page.trainer.job
-    return {"state": "idle"} if job is None else job.view(since)
+    return {"state": "idle"} if job is None else job.view(since).model_dump()
 
 
 @router.post("/train", dependencies=POST)
@@ -192,14 +196,48 @@ async def train_start(request: Request, page: PageDep) -> dict[str, Any]:
         raise UiError(400, f"bad train settings: {exc}") from None
     except JobError as exc:
         raise UiError(exc.status, str(exc)) from None
-    return job.view()
+    return job.view().model_dump()
 
 
 @router.post("/train/cancel", dependencies=POST)
 async def train_cancel(page: PageDep) -> dict[str, Any]:
     """Cancel the running train run (its staged run is kept as a failed run)."""
     try:
-        return page.trainer.cancel().view()
+        return page.trainer.cancel().view().model_dump()
+    except JobError as exc:
+        raise UiError(exc.status, str(exc)) from None
+
+
+@router.get("/versions")
+async def version_list(page: PageDep, since: int = 0) -> versions.VersionsView:
+    """The kept model versions (newest first), the active one, and whether an update can start.
+
+    With the page's latest job (a train run or an update) and its console lines from line ``since`` on.
+    """
+    context = page.context
+    try:
+        return await run_in_threadpool(versions.versions_view, context.project, context.models, page.trainer, since)
+    except ModelError as exc:
+        raise UiError(500, str(exc)) from None
+
+
+@router.post("/versions/update", dependencies=POST)
+async def version_update(page: PageDep) -> JobView:
+    """Start ``main.py --mode update`` (the verdicts not yet learnt, as a new version); 409 while a job runs."""
+    try:
+        return await run_in_threadpool(versions.start_update, page.context.project, page.trainer)
+    except JobError as exc:
+        raise UiError(exc.status, str(exc)) from None
+
+
+@router.post("/versions/{number}/activate", dependencies=POST)
+async def version_activate(page: PageDep, number: int) -> versions.ActivatedOut:
+    """Make a kept version the active model (a rollback); 404 for an unknown version, 409 while a job runs."""
+    context = page.context
+    try:
+        return await run_in_threadpool(versions.make_active, context.project, context.plan_path, page.trainer, number)
+    except versions.UnknownVersionError as exc:
+        raise UiError(404, str(exc)) from None
     except JobError as exc:
         raise UiError(exc.status, str(exc)) from None
 

@@ -139,6 +139,9 @@ function showInspected(data) {
     summary.appendChild(el("dt", {}, key));
     summary.appendChild(el("dd", {}, shown(value)));
   }
+  const version = document.getElementById("model-version");
+  version.textContent = data.model_version === null ? "scored by a model not kept as a version yet" : `scored by model version ${data.model_version}`;
+  version.dataset.version = data.model_version === null ? "" : String(data.model_version);
   document.getElementById("batch").hidden = false;
   histogram(document.getElementById("histogram"), data);
   const outside = data.results.filter((r) => r.in_distribution === false).length;
@@ -363,7 +366,7 @@ async function initTrain() {
       log.scrollTop = log.scrollHeight;
       next = data.next;
       state.textContent = data.state;
-      document.getElementById("train-plan").textContent = `(plan copy ${data.plan})`;
+      document.getElementById("train-plan").textContent = data.kind === "update" ? `(model update on ${data.plan}: see Versions)` : `(plan copy ${data.plan})`;
       const running = data.state === "running";
       cancel.disabled = !running;
       start.disabled = running;

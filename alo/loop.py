@@ -25,7 +25,9 @@ SIGTERM / SIGINT finish the request in flight, then the loop returns.
 At line rate (docs/edge.md): the session is one MLflow run (:mod:`alo.tracking.session`), opened at boot, with
 the figures of :mod:`alo.loop_metrics` logged every ``loop_metrics_every`` requests, never a run per request;
 ``history/inference`` keeps the ``loop_history_keep`` newest request runs; heatmap pictures are scored, drawn
-and written by one background thread after promotion (:mod:`alo.background`), never on a request's path.
+and written by one background thread after promotion (:mod:`alo.background`), never on a request's path. The
+solution's optional score watch (:mod:`alo.score_watch`: drift) judges each answered request's scores; an alert is
+published once on ``alo_drift`` and logged as a WARNING.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +52,7 @@ from alo.logs import FRAMEWORK_LOGGER
 from alo.loop_metrics import RequestRows, SessionMetrics, read_rows
 from alo.plan import Plan, load_plan
 from alo.runner import PreparedStep, ResidentRun, model_dir_of, prepare, run_pipeline, train_id_of
+from alo.score_watch import ScoreWatch
 from alo.solution_metadata import SolutionMetadata, parse_metadata
 from alo.summary import read_summary
 from alo.tracking import settings_of
@@ -62,6 +66,7 @@ SUMMARY = "inference_summary"
 ARTIFACTS = "inference_artifacts"
 STATUS = "alo_status"
 FAIL = "alo_fail"
+DRIFT = "alo_drift"
 WAIT_SECONDS = 1  # BLMOVE timeout (whole seconds): how often the loop looks at its stop flag
 BACKOFF = (0.1, 5.0)  # first and longest wait between attempts to reach Redis
 SUMMARY_FILE = Path("score") / "inference_summary.yaml"
@@ -162,6 +167,10 @@ class EdgeLoop:
         self.background = BackgroundFiles()
         self.metrics = SessionMetrics(self.plan.control.loop_metrics_every)
         self.metrics.sources.append(self._picture_figures)
+        self.watch = self._score_watch()
+        if self.watch is not None:
+            self.metrics.sources.append(self.watch.figures)
+        self.models_in_use: Path | None = None  # the models folder of the last request run
         self.session: TrackingSession | None = None
         self._ng_name: str | None = None
 
@@ -229,6 +238,25 @@ class EdgeLoop:
             self.session = TrackingSession(settings, "loop", params, {"train_id": train_id} if train_id else {})
         except Exception as exc:
             logger.warning(f"session not tracked ({one_line(f'{exc.__class__.__name__}: {exc}')[:200]})")
+
+    def _score_watch(self) -> ScoreWatch | None:
+        """The solution's score watch (its optional ``score_watch(plan)`` hook), or None."""
+        hook = getattr(importlib.import_module(self.package), "score_watch", None)
+        return hook(self.plan) if hook is not None else None
+
+    def _watch_scores(self, rows: RequestRows | None) -> None:
+        """Hand a request's scored images to the watch; publish and log each alert it raises."""
+        if self.watch is None or rows is None or self.models_in_use is None:
+            return
+        try:
+            alerts = self.watch.observe(self.models_in_use, rows.measures())
+        except Exception as exc:  # a statistic never stops the line
+            logger.warning(f"scores not watched for drift ({one_line(f'{exc.__class__.__name__}: {exc}')[:200]})")
+            return
+        for alert in alerts:
+            text = alert.text
+            logger.warning(f"{DRIFT} {text}")
+            self._redis(partial(self.redis.publish, DRIFT, text), "publish the drift alert")
 
     def _picture_figures(self) -> dict[str, float]:
         """The background pictures' counts, logged with the session's figures."""
@@ -340,6 +368,7 @@ class EdgeLoop:
         self._status("waiting")
         elapsed = time.perf_counter() - started
         self.metrics.add(request.answered_s or elapsed, request.rows, failed=status == "fail")
+        self._watch_scores(request.rows)
         self._log_metrics()
         logger.info(f"request {request.request_id}: {status} in {elapsed:.3f}s")
 
@@ -386,7 +415,7 @@ class EdgeLoop:
             steps = self._prepared(plan)
         except PlanError as exc:
             raise RequestError("E112", exc) from None
-        models = self._models_for(plan)
+        models = self.models_in_use = self._models_for(plan)
         with project_lock(plan.root):
             run_pipeline(
                 plan,

@@ -24,6 +24,7 @@ SECONDS = 60.0  # figures are logged at least this often while requests come
 SCORE = "anomaly_score"
 PREDICTED = "pred_label"
 IN_DISTRIBUTION = "in_distribution"
+OOD_SCORE = "ood_score"
 
 
 @dataclass
@@ -34,11 +35,21 @@ class RequestRows:
         scores: Each image's ``anomaly_score``.
         ng: How many images are predicted NG.
         ood: How many images are out of distribution (``in_distribution`` False; 0 without the column).
+        ood_scores: Each image's ``ood_score`` (None where the table has none).
     """
 
     scores: list[float] = field(default_factory=list)
     ng: int = 0
     ood: int = 0
+    ood_scores: list[float | None] = field(default_factory=list)
+
+    def measures(self) -> dict[str, list[float | None]]:
+        """The images' values by column, as a score watch (:mod:`alo.score_watch`) takes them.
+
+        Returns:
+            ``anomaly_score`` and ``ood_score`` of each image.
+        """
+        return {SCORE: list(self.scores), OOD_SCORE: list(self.ood_scores)}
 
 
 def read_rows(table: Path, summary: Mapping[str, object], ng_name: str | None) -> tuple[RequestRows, str | None]:
@@ -66,6 +77,7 @@ def read_rows(table: Path, summary: Mapping[str, object], ng_name: str | None) -
                 continue
             labels.append(str(row.get(PREDICTED)))
             rows.ood += row.get(IN_DISTRIBUTION) == "False"
+            rows.ood_scores.append(_number(row.get(OOD_SCORE)))
     probability = summary.get("probability")
     if ng_name is None and isinstance(probability, Mapping) and len(probability) == 2 and rows.scores:
         mean = sum(rows.scores) / len(rows.scores)
@@ -74,6 +86,14 @@ def read_rows(table: Path, summary: Mapping[str, object], ng_name: str | None) -
             ng_name = gaps[0][1]
     rows.ng = sum(label == ng_name for label in labels) if ng_name is not None else 0
     return rows, ng_name
+
+
+def _number(text: str | None) -> float | None:
+    """A table cell as a number (None when empty or not a number)."""
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _quantile(values: list[float], q: float) -> float:

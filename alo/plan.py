@@ -54,6 +54,8 @@ class Control(BaseModel):
     tracking_experiment: str | None = None  # default: the plan's name
     loop_history_keep: int = Field(default=100, ge=1, description="request runs the edge loop keeps in history")
     loop_metrics_every: int = Field(default=100, ge=1, description="requests between the loop's tracked metrics")
+    drift_window: int = Field(default=200, ge=10, description="recent images the drift statistic compares")
+    drift_limit: float = Field(default=0.3, gt=0, le=1, description="KS statistic from which the scores have drifted")
 
 
 @dataclass(frozen=True)

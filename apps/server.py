@@ -16,8 +16,10 @@ from alo.runner import model_dir_of, train_id_of
 from apps.http.api import MAX_BODY_BYTES, ServeSettings, create_app
 from apps.http.auth import check_bind, token_from_env
 from apps.http.batcher import Batcher
+from apps.http.drift import ServedDrift
 from apps.web.app import UiContext, add_ui
 from vad.detector import Detector, resident_detector
+from vad.drift import DriftSettings, DriftWatch
 from vad.ood.verdict import OOD_ACTIONS, OodAction
 from vad.review.store import ReviewStore
 
@@ -61,6 +63,7 @@ def serve(
         batcher.resolve().result()  # load before listening, in the thread that scores: /readyz is true at once
         folder = Path(data_root) if data_root else plan.resolve(plan.external_path.load_inference_data_path)
         root = folder if folder is not None and folder.is_dir() else None
+        drift = DriftWatch(DriftSettings.of(plan.control.drift_window, plan.control.drift_limit))
         settings = ServeSettings(
             data_root=root,
             token=token,
@@ -68,6 +71,7 @@ def serve(
             version=plan.version,
             train_id=train_id_of(models),
             review=ReviewStore.of_project(plan.root, plan.control.review_size_mb),
+            drift=ServedDrift(drift, models),
         )
         ui = UiContext(plan.root, plan.path, models, Path(data_root) if data_root else _page_data_root(plan))
         logger.info(f"serving {models} on http://{host}:{port} (data folder: {root or 'none, uploads only'})")

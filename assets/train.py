@@ -1,8 +1,8 @@
 """Train step: fit the chosen model on the OK images, calibrate it on validation, report, save.
 
-Writes ``models/train/`` (weights, ``train_config.json``, ``calibration.json``), ``output/output.csv``
-for the validation rows, the validation reports when validation holds NG images, the threshold sweep
-table and plot, and heatmaps of the ok->ng, ng->ok and ng->ng validation cases. The model is
+Writes ``models/train/`` (weights, ``train_config.json``, ``calibration.json``, ``drift_reference.json``),
+``output/output.csv`` for the validation rows, the validation reports when validation holds NG images, the
+threshold sweep table and plot, and heatmaps of the ok->ng, ng->ok and ng->ng validation cases. The model is
 whatever the registry (:mod:`vad.models`) names: this step never branches on it.
 """
 
@@ -25,6 +25,7 @@ from vad import threshold_policy
 from vad.augment import RandomAugment, build_augmentation
 from vad.backbones import BackboneError
 from vad.calibration import Calibration
+from vad.drift.reference import save_drift_reference
 from vad.export.writer import export_saved
 from vad.feedback_rows import add_verdicts, read_verdicts
 from vad.images import read_image
@@ -150,6 +151,7 @@ class TrainStep(Asset):
             training["update"] = update or {"from": None, "incremental": False, **feedback}
         save(model, calibration, training, ctx.model_dir / "train")
         self._fit_ood_check(ctx, model, train, valid, args, described)
+        save_drift_reference(ctx.model_dir / "train", scored, valid.is_ng, described.validation)
         spec = model.spec
         del model  # the export loads the saved model: the fitted one (its memory bank and search index) goes first
         if args.export:  # each graph proven on the validation images, or refused (logged)

@@ -6,7 +6,8 @@
   ``?heatmap=true`` adds the heatmap picture (PNG, base64), ``?summary=true`` the batch's summary in the
   ``inference_summary`` shape. After the answer, the scored images are kept for the page's Review queue
   (``review/`` beside the plan, within ``control.review_size_mb``: :mod:`apps.http.review`).
-- ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text), ``/docs``.
+- ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text, the drift gauges of
+  :mod:`apps.http.drift` included), ``/docs``.
 
 Safe by default: it binds to 127.0.0.1; another address needs a token (environment ``VAD_API_TOKEN``,
 sent as ``Authorization: Bearer``), and a token, once set, is required on every ``/v1`` route and on
@@ -41,6 +42,7 @@ from starlette.types import ASGIApp
 from alo.errors import one_line
 from apps.http.auth import TOKEN_ENV, check_token
 from apps.http.batcher import Batcher
+from apps.http.drift import DriftCollector, ServedDrift
 from apps.http.errors import ApiError
 from apps.http.middleware import BodyLimit, Observe
 from apps.http.review import keep_scored
@@ -77,6 +79,7 @@ class ServeSettings:
     version: str = "1.0.0"
     train_id: str | None = None
     review: ReviewStore | None = None  # keeps what was scored for the page's Review queue; None: nothing kept
+    drift: ServedDrift | None = None  # watches what is scored for drift; None: not watched
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ async def predict(
     state.images_scored.inc(len(found))
     if settings.review is not None:  # after the answer, off its path
         background.add_task(keep_scored, settings.review, names, contents, found, settings.train_id)
+    if settings.drift is not None:
+        background.add_task(settings.drift.observe, found)
     rows = [_row(name, prediction, heatmap) for name, prediction in zip(names, found, strict=True)]
     if not summary:
         return PredictResponse(results=rows)
@@ -215,7 +220,7 @@ async def readyz(state: ServiceDep) -> Response | Readiness:
     },
 )
 async def metrics(state: ServiceDep) -> Response:
-    """Request counts and latencies by route, images scored, errors by status (Prometheus text)."""
+    """Request counts and latencies by route, images scored, errors by status, drift (Prometheus text)."""
     return PlainTextResponse(generate_latest(state.registry).decode("utf-8"), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -286,6 +291,8 @@ def create_app(
     )
     images_scored = Counter("vad_images_scored", "Images scored", registry=registry)
     errors = Counter("vad_errors", "Requests that ended in an error, by status", ["status"], registry=registry)
+    if settings.drift is not None:
+        registry.register(DriftCollector(settings.drift.watch))
     batcher = batcher or Batcher(detector)
     app.state.batcher = batcher
     app.state.service = Service(batcher, settings, registry, images_scored)

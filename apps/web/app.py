@@ -4,7 +4,8 @@ Pages (server-rendered, one script and one style sheet served by the app: no CDN
 ``/ui/inspect`` (score uploads or a server folder), ``/ui/runs`` and ``/ui/runs/{pipeline}/{id}``,
 ``/ui/threshold/{id}`` (the validation sweep; "use this threshold" writes a plan copy), ``/ui/review`` (mark the
 review queue's images OK or NG: ``review/feedback.csv``), ``/ui/versions`` (the model versions: update the
-model from the verdicts, make a version active), ``/ui/train``.
+model from the verdicts, make a version active), ``/ui/train``, ``/ui/monitoring`` (the drift of what the API
+scored, over time).
 
 Safe by default: where the service has a token, every page and ``/ui/api`` route needs it (``Authorization:
 Bearer`` or the cookie ``/ui/login`` sets, HttpOnly and SameSite=Strict). Every POST needs the page's
@@ -24,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from apps.http.batcher import Batcher
-from apps.web import pages, ui_api
+from apps.web import monitoring, pages, ui_api
 from apps.web.state import SECURITY_HEADERS, LoginNeededError, Page, UiContext, UiError
 from apps.web.training import Trainer
 
@@ -49,7 +50,7 @@ def add_ui(
     app.add_exception_handler(UiError, _ui_error)
     app.add_exception_handler(LoginNeededError, _login)
     app.router.on_shutdown.append(trainer.close)
-    for router in (pages.public, pages.pages, ui_api.router):
+    for router in (pages.public, pages.pages, ui_api.router, monitoring.pages, monitoring.api):
         app.include_router(router)
 
 

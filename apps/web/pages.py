@@ -18,6 +18,7 @@ STATIC = {
     "ui.js": "text/javascript; charset=utf-8",
     "review.js": "text/javascript; charset=utf-8",
     "versions.js": "text/javascript; charset=utf-8",
+    "monitoring.js": "text/javascript; charset=utf-8",
     "ui.css": "text/css; charset=utf-8",
 }
 

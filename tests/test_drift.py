@@ -144,3 +144,54 @@ def test_the_drift_keys_default_and_take_the_plans_values(tmp_path):
     control = load_plan(write_plan(tmp_path, plan)).control
     assert (control.drift_window, control.drift_limit) == (20, 1.0)
     assert DriftSettings.of(control.drift_window, control.drift_limit).min_window == 20
+
+
+def test_without_scipy_the_loop_watches_no_drift_and_says_so(tmp_path, monkeypatch, caplog):
+    import sys
+
+    import assets
+
+    for name in [name for name in sys.modules if name.startswith("vad.drift")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # the slim edge install has no SciPy
+    plan = load_plan(write_plan(tmp_path, load_default_plan()))
+    with caplog.at_level("WARNING", logger="vad.drift"):
+        assert assets.score_watch(plan) is None
+    assert "drift not watched" in caplog.text and "install scipy" in caplog.text
+
+
+def test_the_page_route_and_metrics_need_the_token_and_show_the_watch(tmp_path):
+    from conftest import asgi_get
+
+    from apps.http import api
+    from apps.http.drift import ServedDrift
+    from apps.web.app import UiContext, add_ui
+
+    models = models_folder(tmp_path, reference())
+    watch = DriftWatch(DriftSettings(window=60, limit=0.3, min_window=50))
+    app = api.create_app(lambda: None, api.ServeSettings(token="t", drift=ServedDrift(watch, models)))
+    inner = app.app.app  # the FastAPI app inside the body limit and the metrics
+    add_ui(inner, inner.state.batcher, UiContext(tmp_path, tmp_path / "plan.yaml", models, None), "t", 4, "1")
+    assert asgi_get(app, "/ui/api/drift")[0] == 401
+    assert asgi_get(app, "/ui/monitoring")[1]["location"] == "/ui/login"
+    assert asgi_get(app, "/metrics")[0] == 401
+    state = json.loads(asgi_get(app, "/ui/api/drift", "t")[2])
+    assert not state["available"] and state["reason"] == "no image scored yet"
+    assert "vad_drift_available 0.0" in asgi_get(app, "/metrics", "t")[2].decode()
+    watch.observe(models, {"ood_score": [3.0] * 50, "anomaly_score": [0.3] * 10})
+    metrics = asgi_get(app, "/metrics", "t")[2].decode()
+    for line in (
+        "vad_drift_available 1.0",
+        "vad_drift_limit 0.3",
+        'vad_drift_statistic{measure="ood_score"} 1.0',
+        'vad_drift_window_images{measure="ood_score"} 50.0',
+        'vad_drift_window_images{measure="anomaly_score"} 10.0',
+        'vad_drift_crossed{measure="ood_score"} 1.0',
+        'vad_drift_crossed{measure="anomaly_score"} 0.0',
+    ):
+        assert line in metrics.splitlines(), line
+    assert 'vad_drift_statistic{measure="anomaly_score"}' not in metrics  # not judged yet: no value
+    state = json.loads(asgi_get(app, "/ui/api/drift", "t")[2])
+    assert state["crossed"] and state["measures"]["ood_score"]["crossed"]
+    status, _, page = asgi_get(app, "/ui/monitoring", "t")
+    assert status == 200 and b'<svg id="drift-chart"' in page and b"/ui/static/monitoring.js" in page

@@ -40,7 +40,8 @@ def test_the_page_starts_only_main_py_with_our_interpreter_and_no_shell():
     text = (ROOT / "apps/web/training.py").read_text(encoding="utf-8")
     calls = re.findall(r"subprocess\.(\w+)\(", text)
     assert calls == ["Popen"], calls
-    assert 'command = [sys.executable, str(MAIN), "--mode", "train", "--config", str(copy.path)]' in text
+    assert 'command = [sys.executable, str(MAIN), "--mode", kind, "--config", str(plan)]' in text
+    assert 'JobKind = Literal["train", "update"]' in text, "the page starts train runs and updates, nothing else"
     assert "shell" not in text.split("subprocess.Popen(")[1].split(")")[0]
 
 

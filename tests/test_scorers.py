@@ -72,6 +72,9 @@ def test_scorer_gives_the_models_scores_and_maps(tmp_path, model_name, backbone,
     described_scores, _, descriptors = loaded.model.score_described(images, maps=False)
     assert np.allclose(described_scores, scores, rtol=1e-5, atol=1e-6), "the descriptor costs no other score"
     assert np.allclose(descriptors, model.describe(images), rtol=1e-4, atol=1e-4), "tapped from the same features"
+    if getattr(loaded.model, "embedding_runtime", None) is not None:  # PatchCore's backbone + embedding graph
+        loaded.model.features = lambda _: pytest.fail("the descriptor took a second backbone pass")
+        assert np.allclose(loaded.model.score_described(images, maps=False)[2], descriptors, rtol=1e-5, atol=1e-5)
 
 
 def test_graph_file_names_only_allowlisted_modules(tmp_path):

@@ -56,6 +56,16 @@ def tap(features: Sequence[torch.Tensor]) -> None:
     Args:
         features: One (B, C, H, W) map per layer.
     """
+    if getattr(_taps, "open", None) is not None:
+        tap_descriptor(global_descriptor(features))
+
+
+def tap_descriptor(descriptor: torch.Tensor) -> None:
+    """Hand a batch's descriptor, computed elsewhere (inside a graph), to this thread's open tap.
+
+    Args:
+        descriptor: (B, D) descriptors (:func:`global_descriptor` of the batch's feature maps).
+    """
     collected = getattr(_taps, "open", None)
     if collected is not None:
-        collected.append(global_descriptor(features))
+        collected.append(descriptor)

@@ -15,6 +15,7 @@ from vad.models.patchcore import PatchcoreParams
 from vad.models.patchcore.torch_tail import TorchTail
 from vad.models.scorer import GraphScorer, in_graph_runtime
 from vad.models.spec import ModelSpec
+from vad.ood.descriptor import descriptor_tap, global_descriptor, tap_descriptor
 
 
 class PatchcoreScorer(GraphScorer):
@@ -101,7 +102,9 @@ class PatchcoreScorer(GraphScorer):
             The embeddings.
         """
         if self.embedding_runtime is not None and in_graph_runtime(images):
-            return self.embedding_runtime(images)[0]
+            embedding, descriptor = self.embedding_runtime(images)
+            tap_descriptor(descriptor)  # the graph's own: no second backbone pass for the OOD check
+            return embedding
         return self.graph_embedding(images)
 
     def graph_embedding(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,12 +145,14 @@ class PatchcoreScorer(GraphScorer):
 
 
 class _Embedding(nn.Module):
-    """A scorer's backbone and patch embedding as one module (what ONNX Runtime runs)."""
+    """A scorer's backbone and patch embedding as one module (what ONNX Runtime runs), and the OOD descriptor."""
 
     def __init__(self, scorer: PatchcoreScorer) -> None:
         super().__init__()
         self.scorer = scorer
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
-        """``(embedding,)`` of a batch."""
-        return (self.scorer.graph_embedding(images),)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, descriptor)`` of a batch (the descriptor from the same feature maps)."""
+        with descriptor_tap() as tapped:
+            embedding = self.scorer.graph_embedding(images)
+        return embedding, tapped[0] if len(tapped) == 1 else global_descriptor(self.scorer.features(images))

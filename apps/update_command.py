@@ -22,7 +22,7 @@ from alo.errors import DataError
 from alo.model_versions import ModelVersion, activate, register_active
 from alo.plan import load_plan
 from alo.runner import PreparedStep, prepare, run_pipeline
-from vad.feedback_rows import read_verdicts
+from vad.feedback_rows import learnt_review_ids, read_verdicts
 from vad.models.saved import read_saved
 
 logger = logging.getLogger("alo.update")
@@ -53,7 +53,7 @@ def run_update(plan_path: str | Path, package: str = "assets", reporter: str | N
     steps = prepare(plan, "train", package)
     with project_lock(root):
         base = register_active(root)
-        learnt = set(read_saved(base.folder(root) / "train").training.get("update", {}).get("review_ids", []))
+        learnt = learnt_review_ids(read_saved(base.folder(root) / "train").training)
         new = [i for i in read_verdicts(feedback)["review_id"] if i not in learnt]
         if not new:
             logger.info(f"no verdicts since model version {base.number} learnt its own: nothing to update")

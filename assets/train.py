@@ -27,7 +27,7 @@ from vad.backbones import BackboneError
 from vad.calibration import Calibration
 from vad.drift.reference import save_drift_reference
 from vad.export.writer import export_saved
-from vad.feedback_rows import add_verdicts, read_verdicts
+from vad.feedback_rows import add_verdicts, learnt_review_ids, read_verdicts
 from vad.images import read_image
 from vad.models import epochs, feature_cache
 from vad.models.base import FitData, FitOptions, VadModel
@@ -37,7 +37,7 @@ from vad.models.spec import ModelSpec
 from vad.ood import OodCheck
 from vad.ood.check import MIN_IMAGES
 from vad.ood.descriptor import descriptor_tap
-from vad.ood.fitting import FIT_IMAGES, capped, describe_files
+from vad.ood.fitting import capped, describe_files, evenly_spaced
 from vad.pixel_metrics import PixelRows
 from vad.runtime import resolve_device, seed_everything, use_all_cores
 from vad.supervised_fit import fit_supervised
@@ -181,21 +181,25 @@ class TrainStep(Asset):
             raise PlanError(f"plan error: {exc}") from None
 
     @staticmethod
-    def _verdicts_learnt(ctx: StepContext, args: TrainArgs) -> set[str]:
-        """The review ids the ``update_from`` model was updated with already (none without one)."""
+    def _base_folder(ctx: StepContext, args: TrainArgs) -> Path | None:
+        """The ``models/train`` folder of ``update_from`` (a models folder or its train subfolder), or None."""
         if not args.update_from:
-            return set()
+            return None
         base = ctx.plan.resolve(args.update_from) or Path(args.update_from)
-        folder = base / "train" if (base / "train").is_dir() else base
-        return set(read_saved(folder).training.get("update", {}).get("review_ids", []))
+        return base / "train" if (base / "train").is_dir() else base
 
-    @staticmethod
+    def _verdicts_learnt(self, ctx: StepContext, args: TrainArgs) -> set[str]:
+        """The review ids the ``update_from`` model was updated with already (none without one)."""
+        folder = self._base_folder(ctx, args)
+        return learnt_review_ids(read_saved(folder).training) if folder is not None else set()
+
     def _updated(
-        ctx: StepContext, args: TrainArgs, spec: ModelSpec, new: FitData, options: FitOptions
+        self, ctx: StepContext, args: TrainArgs, spec: ModelSpec, new: FitData, options: FitOptions
     ) -> VadModel | None:
         """The model of ``update_from`` with the new OK images added, or None where it cannot be updated (logged)."""
-        base = ctx.plan.resolve(args.update_from) or Path(str(args.update_from))
-        folder = base / "train" if (base / "train").is_dir() else base
+        folder = self._base_folder(ctx, args)
+        if folder is None:
+            return None
         saved = read_saved(folder)
         if saved.spec != spec:
             ctx.logger.warning(
@@ -231,9 +235,8 @@ class TrainStep(Asset):
         )
         return model
 
-    @staticmethod
     def _fit_ood_check(
-        ctx: StepContext, model: VadModel, train: FitData, valid: FitData, args: TrainArgs, described: OodInputs
+        self, ctx: StepContext, model: VadModel, train: FitData, valid: FitData, args: TrainArgs, described: OodInputs
     ) -> None:
         """Fit the out-of-distribution check on the OK images and save it with the model (before any export).
 
@@ -241,9 +244,9 @@ class TrainStep(Asset):
         adds its new images' to those its model's check was fitted on. Where none can, a pass describes the images.
         """
         fitted = described.fitted
-        if described.incremental and args.update_from:
-            base = ctx.plan.resolve(args.update_from) or Path(args.update_from)
-            check = OodCheck.load(base / "train" if (base / "train").is_dir() else base)
+        base = self._base_folder(ctx, args)
+        if described.incremental and base is not None:
+            check = OodCheck.load(base)
             kept = check.descriptors if check is not None else None
             if kept is None:  # a check saved without its descriptors: described again below
                 fitted = None
@@ -252,9 +255,7 @@ class TrainStep(Asset):
             else:
                 fitted = kept
         if fitted is None:
-            chosen = train.files
-            if len(chosen) > FIT_IMAGES:
-                chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, FIT_IMAGES).round().astype(int)]
+            chosen = [train.files[i] for i in evenly_spaced(len(train.files))]
             fitted = describe_files(model.describe, chosen, model.spec, args.batch_size)
         ok = ~valid.is_ng
         validation = described.validation

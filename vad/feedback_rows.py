@@ -7,6 +7,7 @@ is re-derived on them). The rows are added to the run's tables only: the user's 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,44 +15,55 @@ import pandas as pd
 
 from alo.errors import DataError
 from vad import samples as cols
+from vad.review.feedback import read_feedback_file
 
 FEEDBACK_COLUMNS = ("label", "image_path", "verdict_time", "review_id")
 
 
 def read_verdicts(path: Path) -> pd.DataFrame:
-    """The latest verdict per reviewed image, with absolute image paths.
+    """The latest verdict per reviewed image (:func:`vad.review.feedback.read_feedback_file`), image paths absolute.
 
     Args:
         path: The feedback CSV (columns :data:`FEEDBACK_COLUMNS`, image paths relative to its folder).
 
     Returns:
-        Columns ``label``, ``file`` (absolute), ``verdict_time``, ``review_id``, in verdict order.
+        Columns ``label``, ``file`` (absolute), ``verdict_time``, ``review_id``, in file order.
 
     Raises:
         DataError: The file is missing, unreadable or lacks a column.
     """
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        header = pd.read_csv(path, nrows=0).columns
+        latest = read_feedback_file(path)
     except (OSError, ValueError) as exc:
         msg = f"data error: the feedback file {path} cannot be read ({exc.__class__.__name__}); review images first"
         raise DataError(msg) from None
-    missing = [column for column in FEEDBACK_COLUMNS if column not in table.columns]
+    missing = [column for column in FEEDBACK_COLUMNS if column not in header]
     if missing:
-        msg = (
-            f"data error: the feedback file {path} lacks the column(s) {', '.join(missing)}; it is written by the page"
-        )
+        msg = f"data error: the feedback file {path} lacks the column(s) {', '.join(missing)}; the page writes it"
         raise DataError(msg)
-    latest = table.assign(order=range(len(table))).sort_values(["verdict_time", "order"])
-    latest = latest.drop_duplicates("review_id", keep="last").sort_values("order")
-    files = [str((path.parent / name).resolve()) for name in latest["image_path"]]
     return pd.DataFrame(
         {
             "label": latest["label"].str.strip().to_numpy(),
-            "file": files,
+            "file": [str((path.parent / name).resolve()) for name in latest["image_path"]],
             "verdict_time": latest["verdict_time"].to_numpy(),
             "review_id": latest["review_id"].to_numpy(),
         }
     )
+
+
+def learnt_review_ids(training: Mapping[str, object]) -> set[str]:
+    """The review ids a model learnt by ``main.py --mode update`` (none for a model trained from its data alone).
+
+    Args:
+        training: The model's training facts (``train_config.json``'s ``training``).
+
+    Returns:
+        The ids of ``training.update.review_ids``.
+    """
+    update = training.get("update")
+    ids = update.get("review_ids") if isinstance(update, dict) else None
+    return {str(i) for i in ids} if isinstance(ids, list) else set()
 
 
 @dataclass(frozen=True)

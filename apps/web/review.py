@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from vad.feedback_rows import learnt_review_ids
 from vad.review.entries import ReviewEntry
 from vad.review.feedback import Verdict, read_feedback, reviewed_ids, write_verdicts
 from vad.review.queue import QueueItem, review_queue
@@ -174,6 +175,5 @@ def learnt_ids(models: Path) -> set[str]:
         found = json.loads((models / "train" / "train_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    update = found.get("training", {}).get("update") if isinstance(found, dict) else None
-    ids = update.get("review_ids") if isinstance(update, dict) else None
-    return {str(i) for i in ids} if isinstance(ids, list) else set()
+    training = found.get("training") if isinstance(found, dict) else None
+    return learnt_review_ids(training) if isinstance(training, dict) else set()

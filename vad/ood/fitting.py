@@ -12,8 +12,23 @@ from vad.batches import InputSpec, loader
 FIT_IMAGES = 500  # training descriptors a check is fitted on at most (evenly spaced): its cost and file stay small
 
 
+def evenly_spaced(count: int, limit: int = FIT_IMAGES) -> np.ndarray:
+    """Positions of at most ``limit`` of ``count`` items, evenly spaced (all of them when fewer).
+
+    Args:
+        count: How many items there are.
+        limit: The most positions kept.
+
+    Returns:
+        The positions, ascending.
+    """
+    if count <= limit:
+        return np.arange(count)
+    return np.linspace(0, count - 1, limit).round().astype(int)
+
+
 def capped(descriptors: np.ndarray, limit: int = FIT_IMAGES) -> np.ndarray:
-    """At most ``limit`` rows, evenly spaced (all of them when fewer).
+    """At most ``limit`` rows, evenly spaced (:func:`evenly_spaced`).
 
     Args:
         descriptors: (N, D).
@@ -22,9 +37,7 @@ def capped(descriptors: np.ndarray, limit: int = FIT_IMAGES) -> np.ndarray:
     Returns:
         (min(N, limit), D).
     """
-    if len(descriptors) <= limit:
-        return descriptors
-    return descriptors[np.linspace(0, len(descriptors) - 1, limit).round().astype(int)]
+    return descriptors[evenly_spaced(len(descriptors), limit)]
 
 
 def describe_files(

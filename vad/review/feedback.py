@@ -97,7 +97,7 @@ def read_feedback(folder: Path) -> pd.DataFrame:
         known = _READ.get(str(path))
     if known is not None and known[0] == stamp:
         return known[1].copy()
-    table = _read_table(path)
+    table = read_feedback_file(path)
     with _READ_LOCK:
         _READ[str(path)] = (stamp, table)
     return table.copy()
@@ -107,11 +107,17 @@ _READ: dict[str, tuple[tuple[int, int, int, int], pd.DataFrame]] = {}
 _READ_LOCK = threading.Lock()
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """``feedback.csv`` read whole: the latest verdict per ``review_id`` of its complete, well-formed rows.
+def read_feedback_file(path: Path) -> pd.DataFrame:
+    """A feedback CSV read whole: the latest verdict per ``review_id`` of its complete, well-formed rows.
 
     A row without a label or a review id, or with another number of cells than the header (a hand edit gone
     wrong), is left out rather than stopping whatever reads the verdicts.
+
+    Args:
+        path: The file.
+
+    Returns:
+        A table with :data:`COLUMNS`, in file order.
     """
     rows = [next(csv.reader([line]), []) for line in whole_lines(path)]  # one line a row: a stray quote stays in it
     if len(rows) < 2:

@@ -5,8 +5,9 @@ the export inside; else ``train_artifacts/models``). The formats and precision a
 (``export``, ``precision``; an empty ``export`` list means the default formats here: the user asked for an
 export). The gates score the train run's validation images (its ``train_artifacts/output/output.csv`` rows
 under the plan's train data folder, with their labels) when they are still there, else the images of the
-plan's inference data folder (unlabelled: enough for the fp32 parity gate, not for int8's accuracy gate).
-int8 is calibrated on the train data's OK images that are not validation images.
+plan's inference data folder (enough for the fp32 parity gate; int8 also needs OK training images). int8 is
+calibrated and gated on the train data's OK images that are not validation images, split by
+:func:`vad.export.int8.split_images`.
 """
 
 from __future__ import annotations

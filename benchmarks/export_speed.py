@@ -337,11 +337,12 @@ def tables(rows: list[dict]) -> str:
         if "error" in row:
             lines.append(f"| {row['name']} | error: {row['error'][:200]} | | | | |")
         gate = row.get("int8_gate") or {}
-        if "auroc_drop" in gate:
+        if "rank_correlation" in gate:
             verdict = "kept" if gate["accepted"] else "refused"
             lines.append(
-                f"| {row['name']} | int8 gate (validation) | AUROC {gate['fp32_auroc']:.4f} to "
-                f"{gate['int8_auroc']:.4f}, F1 {gate['fp32_f1']:.3f} to {gate['int8_f1']:.3f}: {verdict} | | | |"
+                f"| {row['name']} | int8 fidelity gate ({gate.get('scope', '')}) | rank correlation "
+                f"{gate['rank_correlation']:.4f}, largest difference {gate['largest_difference']:.3f}: {verdict} "
+                "| | | |"
             )
     if r18 is not None:
         lines += ["", "| FastFlow ResNet-18 (anomalib's configuration, random weights) | images/s | vs anomalib |"]

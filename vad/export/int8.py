@@ -1,7 +1,8 @@
 """int8 quantisation of an OpenVINO graph by NNCF, in scopes that keep more of the graph in fp32 each.
 
-Calibrated on OK training images only; :mod:`vad.export.writer` tries the scopes of :data:`INT8_SCOPES` in turn and
-keeps the first graph that passes the int8 gate (:func:`vad.export.gates.int8_gate`).
+Calibrated on OK training images only, and never on the ones the int8 gate judges it on (:func:`split_images`);
+:mod:`vad.export.writer` tries the scopes of :data:`INT8_SCOPES` in turn and keeps the first graph that passes the
+fidelity gate (:func:`vad.export.gates.int8_gate`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any
 
 from vad.export.runtime import decline_telemetry
 from vad.images import model_pixels, read_image
+from vad.ood.fitting import evenly_spaced
 
 CALIBRATION_IMAGES = 300  # OK training images the quantiser sees at most
-# int8 quantisation scopes, tried in this order until one passes the accuracy gate, each keeping more in fp32 and
+HOLD_OUT_EVERY = 4  # every 4th OK training image (the 4th, 8th, ...) is held out of calibration for the gate
+GATE_TRAINING_IMAGES = 100  # held-out OK training images the gate scores at most (evenly spaced)
+# int8 quantisation scopes, tried in this order until one passes the fidelity gate, each keeping more in fp32 and
 # following the fp32 graph more closely: the whole graph (the fastest), the backbone only (the model's own scoring
 # after it, such as FastFlow's flows, in fp32), then the backbone's dense convolutions only (its depthwise ones in
 # fp32 too: on the generated products the product FastFlow's largest int8-to-fp32 score difference falls from
@@ -85,12 +89,32 @@ def int8_ignored_scope(nncf: Any, scope: str) -> Any:
     return nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], types=types, validate=False)
 
 
+def split_images(train_images: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split the OK training images into the quantiser's calibration set and the gate's held-out images (disjoint).
+
+    Every :data:`HOLD_OUT_EVERY`-th image (the 4th, 8th, ...) is held out for the gate (at most
+    :data:`GATE_TRAINING_IMAGES` of them, evenly spaced), the others calibrate (at most :data:`CALIBRATION_IMAGES`,
+    the first ones). Deterministic: the same files give the same split.
+
+    Args:
+        train_images: OK training image files.
+
+    Returns:
+        (calibration files, held-out files).
+    """
+    files = list(train_images)
+    held = [path for i, path in enumerate(files) if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1]
+    calibration = [path for i, path in enumerate(files) if i % HOLD_OUT_EVERY != HOLD_OUT_EVERY - 1]
+    return calibration[:CALIBRATION_IMAGES], [held[i] for i in evenly_spaced(len(held), GATE_TRAINING_IMAGES)]
+
+
 def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int, int], scope: str = "graph") -> Any:
     """NNCF's post-training int8 quantisation of an OpenVINO graph, calibrated on OK training images.
 
     Args:
         model: The fp32 ``openvino.Model``.
-        calibration_images: OK training image files (the first :data:`CALIBRATION_IMAGES`).
+        calibration_images: OK training image files (the first :data:`CALIBRATION_IMAGES`; the train step passes
+            :func:`split_images`' calibration set).
         size: Input (height, width).
         scope: ``graph`` (every operation NNCF quantises), ``backbone`` (the model's own scoring after the
             backbone stays fp32) or ``dense`` (the backbone's depthwise convolutions stay fp32 too).

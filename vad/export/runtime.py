@@ -5,8 +5,9 @@
 
 - ``onnx``: ``model.onnx`` (fp32), run by ONNX Runtime;
 - ``openvino``: ``model.xml`` + ``model.bin`` (fp32 weights, run at f32 precision), run by OpenVINO;
-- ``openvino_int8``: ``model_int8.xml`` + ``.bin`` (NNCF post-training quantisation) with its own
-  ``calibration_int8.json``: threshold and normalisation re-derived on the int8 model's validation scores.
+- ``openvino_int8``: ``model_int8.xml`` + ``.bin`` (NNCF post-training quantisation), kept only when it follows
+  the fp32 model closely enough to share its calibration (``calibration.json``). Graphs exported before that gate
+  carry their own ``calibration_int8.json``, which is still read.
 
 Each graph takes images already resized to the model's input size (uint8 RGB, ``B x H x W x 3``: the resize is
 :func:`vad.images.model_pixels`, the same code the torch runtime uses) and does the rest inside:
@@ -41,7 +42,7 @@ EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
-INT8_CALIBRATION_FILE = "calibration_int8.json"
+INT8_CALIBRATION_FILE = "calibration_int8.json"  # written by exports before the int8 fidelity gate
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("scores", "maps")
 EMBEDDING_NAME = "embedding"  # the output of a graph whose model finishes in a numpy tail
@@ -75,7 +76,7 @@ ExportFormat = Literal["openvino", "onnx"]
 FORMATS: tuple[ExportFormat, ...] = ("openvino", "onnx")  # the plan's ``export`` values
 # OpenVINO for Intel edge boxes; ONNX for the smallest edge install
 DEFAULT_FORMATS: tuple[ExportFormat, ...] = ("openvino", "onnx")
-# The graphs a runtime may run, the preferred first (int8 only exists when it passed its accuracy gate).
+# The graphs a runtime may run, the preferred first (int8 only exists when it passed its fidelity gate).
 RUNTIME_KINDS = {"openvino": (OPENVINO_INT8, OPENVINO), "onnxruntime": (ONNX,)}
 AUTO_ORDER = ("openvino", "onnxruntime")  # the exported runtimes ``auto`` tries, in this order
 
@@ -409,9 +410,9 @@ class ExportedModel:
         target = export_dir(folder)
         try:
             calibration = saved.calibration
-            if kind.precision == "int8":
-                values = json.loads((target / INT8_CALIBRATION_FILE).read_text(encoding="utf-8"))
-                calibration = Calibration.from_dict(values)
+            own = target / INT8_CALIBRATION_FILE  # an int8 graph exported before the fidelity gate
+            if kind.precision == "int8" and own.is_file():
+                calibration = Calibration.from_dict(json.loads(own.read_text(encoding="utf-8")))
             graph = runner(kind, target / kind.file)
             tail = load_tail(tail_name, target) if tail_name else None
             described = DESCRIPTOR_NAME in manifest.get("outputs", [])

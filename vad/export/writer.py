@@ -14,13 +14,14 @@ and through the exported graph; ``models/export/parity.json`` gets, per export:
   from the inverted file; the exported graph searches exactly);
 - speed of both on the same images (:mod:`vad.export.timing`): images/s in batches and one image with its map (ms).
 
-**int8 accuracy gate** (``openvino_int8``, train arg ``precision: int8``; :mod:`vad.export.int8`): NNCF's
-post-training quantisation of the OpenVINO graph, calibrated on OK training images only. Its scores are not the
-fp32 ones, so its threshold and normalisation are re-derived on its own validation scores
-(``calibration_int8.json``, by the method the fp32 calibration used) and it is kept only when validation image AUROC
-and F1 at the trained threshold drop by at most the gate's limits. The scopes are tried in turn, each keeping more
-of the graph in fp32; ``parity.json`` lists every attempt with its drops and, label-free, how closely its scores
-follow the fp32 ones.
+**int8 fidelity gate** (``openvino_int8``, train arg ``precision: int8``; :mod:`vad.export.int8`): NNCF's
+post-training quantisation of the OpenVINO graph, calibrated on OK training images. Every 4th OK training image is
+held out of that calibration (:func:`vad.export.int8.split_images`); those and the validation images are the gate
+images, scored through torch and through the int8 graph. The graph is kept when it follows the accepted fp32 model
+on them (:func:`vad.export.gates.int8_gate`: rank correlation, largest normalised-score difference, verdicts at the
+trained threshold), and then scores with the fp32 model's calibration. The scopes are tried in turn, each keeping
+more of the graph in fp32; ``parity.json`` lists every attempt with its fidelity figures, and the labelled AUROC
+and F1 of both graphs on the validation images as information (with the resolution their count allows).
 
 A refused export leaves no graph (``manifest.json`` says why, the log warns) and the training run still
 succeeds without it.
@@ -75,7 +76,7 @@ from vad.ood import OodCheck
 logger = logging.getLogger("vad.export")
 
 GATE_IMAGES = 64  # validation images the fp32 gate scores at most (the first ones)
-INT8_VALIDATION_IMAGES = 1000  # validation images the int8 gate scores at most
+INT8_VALIDATION_IMAGES = 1000  # validation images the int8 gate scores at most (the first ones)
 
 
 def _remove_graph(target: Path, kind: ExportKind) -> None:
@@ -102,15 +103,17 @@ class GateInputs:
         validation: Validation image files.
         pictures: The first :data:`GATE_IMAGES` of them, read.
         is_ng: Their labels (None: none).
-        train_images: OK training image files (int8 calibration).
+        train_images: OK training image files (int8 calibration and the int8 gate's held-out images).
         target: ``models/export``.
         graph: The traced ONNX graph.
         tail_name: The model whose numpy tail follows the graph (its arrays saved in ``target``), or None.
         tail: That tail, read back from ``target`` once the torch scorer is gone (None before, and without one).
         reference: Torch's raw scores and per-batch maps of ``pictures``.
         torch_speed: Torch's images/s in batches and one-image milliseconds.
-        int8_reference: Torch's raw scores of the int8 gate's validation images where they are more than
-            ``pictures`` (None: the reference's), or the exception that scoring them raised (the int8 gate's).
+        int8_images: The int8 gate's images: held-out OK training images, then validation images.
+        int8_is_validation: True for those that are validation images.
+        int8_reference: Torch's raw scores of ``int8_images`` and their ``ood_score`` (None without a check), or
+            the exception that scoring them raised (it refuses the int8 graph only).
         ood: The model's out-of-distribution check (None: it has none).
         ood_reference: Torch's ``ood_score`` of ``pictures`` (with a check).
     """
@@ -127,7 +130,9 @@ class GateInputs:
     tail: Any = None
     reference: tuple[np.ndarray, list[np.ndarray]] = (np.empty(0), [])
     torch_speed: dict[str, float] = field(default_factory=dict)
-    int8_reference: np.ndarray | Exception | None = None
+    int8_images: list[str] = field(default_factory=list)
+    int8_is_validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    int8_reference: tuple[np.ndarray, np.ndarray | None] | Exception | None = None
     ood: OodCheck | None = None
     ood_reference: np.ndarray | None = None
 
@@ -217,10 +222,14 @@ class _Export:
         if gate.ood is not None:
             gate.ood_reference = gate.ood.scores(described.descriptors())
         gate.torch_speed = {"torch_images_per_s": per_s, "torch_one_image_ms": one_image_ms(torch_score, pictures[0])}
-        if OPENVINO_INT8 in self.kinds and len(names) > len(pictures):  # the int8 gate scores more of them
+        if OPENVINO_INT8 in self.kinds:
+            _, held_out = int8.split_images(self.train_images)
+            gate.int8_images = [*held_out, *names[:INT8_VALIDATION_IMAGES]]
+            gate.int8_is_validation = np.arange(len(gate.int8_images)) >= len(held_out)
             try:
-                every = [read_image(path) for path in names[:INT8_VALIDATION_IMAGES]]
-                gate.int8_reference = score_batches(torch_score, every)[0]
+                gate.int8_reference = _scored_described(
+                    torch_scores(scorer, spec, described=True), gate.int8_images, gate.ood
+                )[:2]
             except Exception as exc:  # refuses the int8 graph only, as when it is gated (no frames kept)
                 gate.int8_reference = exc.with_traceback(None)
         return gate
@@ -307,7 +316,7 @@ def _failed(exc: Exception) -> dict[str, Any]:
 
 
 def _export_one(kind: ExportKind, model: bytes, prepared: dict[str, Any], gate: GateInputs) -> dict[str, Any]:
-    """Write one graph and gate it (fp32: parity with torch; int8: the accuracy gate)."""
+    """Write one graph and gate it (fp32: parity with torch; int8: the fidelity gate)."""
     try:
         if kind is ONNX:
             (gate.target / kind.file).write_bytes(model)
@@ -336,34 +345,56 @@ def _export_one(kind: ExportKind, model: bytes, prepared: dict[str, Any], gate: 
     return {**figures, **gate.torch_speed, **speed}
 
 
+def _scored_described(
+    score: Any, files: Sequence[str], ood: OodCheck | None
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Raw scores of image files (read a few at a time), their ``ood_score`` (with a check) and images/s scored."""
+    described = Described(score)
+    raw: list[np.ndarray] = []
+    seconds = 0.0
+    step = 16
+    for start in range(0, len(files), step):
+        found, _, per_s = score_batches(described, [read_image(path) for path in files[start : start + step]])
+        raw.append(found)
+        seconds += len(found) / per_s if per_s > 0 else 0.0
+    scores = np.concatenate(raw) if raw else np.zeros(0, dtype=np.float32)
+    images_per_s = round(len(scores) / seconds, 1) if seconds > 0 else 0.0
+    return scores, (ood.scores(described.descriptors()) if ood is not None else None), images_per_s
+
+
 def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
-    """Quantise in each int8 scope in turn and keep the first graph that passes the accuracy gate."""
-    every = gate.pictures
-    fp32_raw = gate.reference[0]
+    """Quantise in each int8 scope in turn and keep the first graph that passes the fidelity gate."""
     if isinstance(gate.int8_reference, Exception):
         raise gate.int8_reference
-    if gate.int8_reference is not None:  # torch scored more validation images than the fp32 gate's
-        every = [read_image(path) for path in gate.validation[:INT8_VALIDATION_IMAGES]]
-        fp32_raw = gate.int8_reference
-    labels = None if gate.is_ng is None else gate.is_ng[: len(every)]
+    if gate.int8_reference is None:
+        msg = "the int8 gate images were not scored through torch"
+        raise ValueError(msg)
+    fp32_raw, fp32_ood = gate.int8_reference
+    calibration_files, _ = int8.split_images(gate.train_images)
+    labels = None if gate.is_ng is None else gate.is_ng[:INT8_VALIDATION_IMAGES]
     path = gate.target / OPENVINO_INT8.file
+    pictures = [read_image(path) for path in gate.validation[:1]]
     attempts: list[dict[str, Any]] = []
     figures: dict[str, Any] = {}
     for scope in int8.INT8_SCOPES:
         if not int8.scope_differs(fp32_graph, scope):
             continue  # nothing more to keep in fp32: the same graph again
-        _save_openvino(int8.quantize_int8(fp32_graph, gate.train_images, gate.size, scope), path)
-        exported = ExportedScorer(runner(OPENVINO_INT8, path), gate.size, gate.tail)
-        raw, _, per_s = score_batches(exported.score_images, every)
-        figures, own = gates.int8_gate(fp32_raw, raw, labels, gate.calibration)
-        speed = {"export_images_per_s": per_s, "export_one_image_ms": one_image_ms(exported.score_images, every[0])}
+        _save_openvino(int8.quantize_int8(fp32_graph, calibration_files, gate.size, scope), path)
+        exported = ExportedScorer(runner(OPENVINO_INT8, path), gate.size, gate.tail, gate.ood is not None)
+        raw, ood_scores, per_s = _scored_described(exported.score_described, gate.int8_images, gate.ood)
+        figures = gates.int8_gate(fp32_raw, raw, gate.int8_is_validation, gate.calibration, labels)
+        if fp32_ood is not None and ood_scores is not None:
+            figures = gates.with_int8_ood(figures, fp32_ood, ood_scores)
+        speed = {
+            "export_images_per_s": per_s,
+            "export_one_image_ms": one_image_ms(exported.score_images, pictures[0]),
+            "calibration_images": len(calibration_files),
+            "held_out_training_files": gate.int8_images[: int(np.sum(~gate.int8_is_validation))],
+        }
         figures.update(scope=scope, **gate.torch_speed, **speed)
-        keys = ("scope", "accepted", "auroc_drop", "f1_drop", "rank_correlation", "largest_relative_difference")
-        attempts.append({key: figures.get(key) for key in (*keys, "reason")})
-        if own is not None:
-            own.save(gate.target, INT8_CALIBRATION_FILE)
-            break
-        if "auroc_drop" not in figures:  # not measurable (no NG validation images): no other scope can pass
+        keys = ("scope", "accepted", "rank_correlation", "largest_difference", "verdict_changes", "reason")
+        attempts.append({key: figures.get(key) for key in keys})
+        if figures["accepted"]:
             break
     figures["attempts"] = attempts
     if not figures["accepted"] and len(attempts) > 1:
@@ -382,10 +413,16 @@ def _log_verdict(kind: ExportKind, figures: dict[str, Any], target: Path, folder
         f"{figures['export_one_image_ms']} ms against {figures['torch_one_image_ms']}"
     )
     if kind.precision == "int8":
+        labelled = (
+            f"; validation AUROC {figures['int8_auroc']:.4f} against fp32's {figures['fp32_auroc']:.4f} (information)"
+            if "int8_auroc" in figures
+            else ""
+        )
         logger.info(
-            f"exported to {where} ({label}, {figures['scope']} quantised): validation AUROC "
-            f"{figures['int8_auroc']:.4f} against fp32's {figures['fp32_auroc']:.4f}, F1 {figures['int8_f1']:.4f} "
-            f"against {figures['fp32_f1']:.4f}, its own threshold; {speed}"
+            f"exported to {where} ({label}, {int8.SCOPE_NAMES[figures['scope']]} quantised): follows fp32 on "
+            f"{figures['images']} gate image(s), rank correlation {figures['rank_correlation']:.4f}, normalised "
+            f"scores within {figures['largest_difference']:.3f}, {figures['verdict_changes']} verdict change(s) near "
+            f"the threshold{labelled}; {speed}"
         )
         return
     logger.info(

@@ -193,13 +193,15 @@ def test_int8_that_fails_its_fidelity_gate_is_refused_with_its_figures(project, 
     entry = manifest["exports"]["openvino_int8"]
     parity = json.loads((export / "parity.json").read_text())["openvino_int8"]
     assert entry["accepted"] is False
-    assert [attempt["scope"] for attempt in parity["attempts"]] == ["graph", "backbone", "dense"], "every scope tried"
+    assert [attempt["scope"] for attempt in parity["attempts"]] == list(int8_module.INT8_SCOPES), "every scope tried"
     held_out = parity["held_out_training_images"]
     assert held_out == 6 and parity["validation_images"] == 14 and parity["images"] == 20, parity
     assert entry["reason"].startswith("quantising the graph: its scores rank the 20 gate images with correlation ")
     assert "quantising the backbone: its scores rank" in entry["reason"]
+    assert "quantising the graph but its stem: its scores rank" in entry["reason"]
     assert (
-        "quantising the dense convolutions: its scores rank the 20 gate images with correlation " in (entry["reason"])
+        "quantising the dense convolutions but the stem: its scores rank the 20 gate images with correlation "
+        in (entry["reason"])
     )
     assert f"correlation {parity['rank_correlation']:.4f} to fp32's (at least 1.5 needed)" in entry["reason"]
     for attempt in parity["attempts"]:  # each attempt's fidelity, reported
@@ -238,7 +240,7 @@ def test_a_damaged_int8_graph_is_refused_by_the_fidelity_gate(project, monkeypat
     monkeypatch.setattr(gates_module, "MIN_RANK_CORRELATION", -1.0)  # only the score difference can refuse it
     trained = _train(project, "fastflow", export=["openvino"], precision="int8")
     parity = json.loads((trained["models"] / "export" / "parity.json").read_text())["openvino_int8"]
-    assert not parity["accepted"] and len(parity["attempts"]) == 3
+    assert not parity["accepted"] and len(parity["attempts"]) == len(int8_module.INT8_SCOPES)
     for attempt in parity["attempts"]:
         assert attempt["largest_difference"] > 0.05 and "a normalised score differs from fp32's by" in attempt["reason"]
     assert not (trained["models"] / "export" / "model_int8.xml").exists()

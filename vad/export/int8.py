@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,49 @@ from vad.ood.fitting import evenly_spaced
 CALIBRATION_IMAGES = 300  # OK training images the quantiser sees at most
 HOLD_OUT_EVERY = 4  # every 4th OK training image (the 4th, 8th, ...) is held out of calibration for the gate
 GATE_TRAINING_IMAGES = 100  # held-out OK training images the gate scores at most (evenly spaced)
-# int8 quantisation scopes, tried in this order until one passes the fidelity gate, each keeping more in fp32 and
-# following the fp32 graph more closely: the whole graph (the fastest), the backbone only (the model's own scoring
-# after it, such as FastFlow's flows, in fp32), then the backbone's dense convolutions only (its depthwise ones in
-# fp32 too: on the generated products the product FastFlow's largest int8-to-fp32 score difference falls from
-# 0.29-0.38 of the fp32 score range to 0.04, at 1.1-1.2x fp32's speed instead of the whole graph's 1.8-2.2x;
-# BENCHMARKS.md "int8: quantisation settings").
-INT8_SCOPES = ("graph", "backbone", "dense")
-SCOPE_NAMES = {"graph": "the graph", "backbone": "the backbone", "dense": "the dense convolutions"}  # in messages
 DEPTHWISE = "GroupConvolution"  # OpenVINO's operation for grouped (here: depthwise) convolutions
+WEIGHTED = ("Convolution", "GroupConvolution", "MatMul")  # the operations whose weights NNCF quantises
 # The model's own scoring after the backbone, by the names the ONNX trace gives its operations (``/scorer/...`` but
 # not ``/scorer/backbone/...``; a graph that ends at the embedding has none): NNCF's ignored-scope pattern.
 OUTSIDE_BACKBONE = r"^/scorer/(?!backbone/).*"
+FIRST_LAYERS = 2  # the backbone's first weighted operations, kept fp32 by the ``-stem`` scopes
+
+
+@dataclass(frozen=True)
+class Int8Scope:
+    """What one int8 scope keeps in fp32.
+
+    Attributes:
+        name: Its name in ``parity.json``.
+        words: Its name in messages ("quantising {words}: ...").
+        scoring: The model's own scoring after the backbone (FastFlow's flows) stays fp32.
+        depthwise: The backbone's depthwise convolutions stay fp32.
+        first_layers: The backbone's first weighted operations that stay fp32 (the stem, at full resolution:
+            the thin low-contrast cracks of real cells live in small activation differences there).
+    """
+
+    name: str
+    words: str
+    scoring: bool = False
+    depthwise: bool = False
+    first_layers: int = 0
+
+
+# The scopes, tried in this order until one passes the fidelity gate: faster first, each keeping more in fp32.
+# The whole graph is the fastest (1.8-2.2x OpenVINO fp32) and, on the generated products, 0.29-0.38 of the fp32
+# score range away from it; on the real cells the stem decides most of the difference (BENCHMARKS.md "int8: the
+# fidelity gate"); the dense convolutions alone follow fp32 closest, at 1.1-1.2x.
+SCOPES = (
+    Int8Scope("graph", "the graph"),
+    Int8Scope("graph-stem", "the graph but its stem", first_layers=FIRST_LAYERS),
+    Int8Scope("backbone", "the backbone", scoring=True),
+    Int8Scope("backbone-stem", "the backbone but its stem", scoring=True, first_layers=FIRST_LAYERS),
+    Int8Scope("dense", "the dense convolutions", scoring=True, depthwise=True),
+    Int8Scope("dense-stem", "the dense convolutions but the stem", scoring=True, depthwise=True, first_layers=2),
+)
+SCOPE_BY_NAME = {scope.name: scope for scope in SCOPES}
+INT8_SCOPES = tuple(SCOPE_BY_NAME)
+SCOPE_NAMES = {scope.name: scope.words for scope in SCOPES}  # in messages
 
 
 @contextlib.contextmanager
@@ -50,43 +82,78 @@ def quiet() -> Any:
             nncf_logger.setLevel(level)
 
 
-def _outside_backbone(model: Any) -> list[str]:
-    """The weighted operations of a graph that are not in the scorer's backbone (the model's own scoring)."""
-    weighted = {"Convolution", "GroupConvolution", "MatMul"}
+def _weighted(model: Any) -> list[tuple[str, str]]:
+    """(type, name) of a graph's weighted operations, in graph order."""
     return [
-        op.get_friendly_name()
-        for op in model.get_ordered_ops()
-        if op.get_type_name() in weighted and re.match(OUTSIDE_BACKBONE, op.get_friendly_name())
+        (op.get_type_name(), op.get_friendly_name()) for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED
     ]
 
 
+def first_layers(model: Any, count: int = FIRST_LAYERS) -> list[str]:
+    """The names of the backbone's first ``count`` weighted operations, in graph order.
+
+    Args:
+        model: An ``openvino.Model`` traced by :mod:`vad.export.trace`.
+        count: How many.
+
+    Returns:
+        The operation names.
+    """
+    return [name for _, name in _weighted(model) if not re.match(OUTSIDE_BACKBONE, name)][:count]
+
+
+def kept_fp32(model: Any, scope: str) -> frozenset[str]:
+    """The weighted operations a scope keeps in fp32 (what tells two scopes' graphs apart).
+
+    Args:
+        model: The fp32 ``openvino.Model``.
+        scope: A name from :data:`INT8_SCOPES`.
+
+    Returns:
+        Operation names.
+    """
+    chosen = SCOPE_BY_NAME[scope]
+    kept = set(first_layers(model, chosen.first_layers))
+    for kind, name in _weighted(model):
+        outside = bool(re.match(OUTSIDE_BACKBONE, name))
+        if (chosen.scoring and outside) or (chosen.depthwise and kind == DEPTHWISE and not outside):
+            kept.add(name)
+    return frozenset(kept)
+
+
 def scope_differs(model: Any, scope: str) -> bool:
-    """Whether a scope keeps anything in fp32 that the scope before it quantised (else it is the same graph)."""
-    if scope == "backbone":
-        return bool(_outside_backbone(model))
-    if scope == "dense":
-        return any(
-            op.get_type_name() == DEPTHWISE and not re.match(OUTSIDE_BACKBONE, op.get_friendly_name())
-            for op in model.get_ordered_ops()
-        )
-    return True
+    """Whether a scope keeps another set of operations in fp32 than every scope before it (else: the same graph).
+
+    Args:
+        model: The fp32 ``openvino.Model``.
+        scope: A name from :data:`INT8_SCOPES`.
+
+    Returns:
+        True when its graph is new.
+    """
+    kept = kept_fp32(model, scope)
+    earlier = INT8_SCOPES[: INT8_SCOPES.index(scope)]
+    return all(kept != kept_fp32(model, name) for name in earlier)
 
 
-def int8_ignored_scope(nncf: Any, scope: str) -> Any:
+def int8_ignored_scope(nncf: Any, model: Any, scope: str) -> Any:
     """NNCF's ignored scope for one of :data:`INT8_SCOPES` (None for ``graph``: nothing is kept in fp32).
 
     Args:
         nncf: The imported ``nncf`` module.
-        scope: ``graph``, ``backbone`` (the model's own scoring after the backbone stays fp32) or ``dense`` (the
-            backbone's depthwise convolutions stay fp32 too).
+        model: The fp32 ``openvino.Model`` (its first layers are named).
+        scope: A name from :data:`INT8_SCOPES`.
 
     Returns:
         An ``nncf.IgnoredScope`` or None.
     """
-    if scope == "graph":
+    chosen = SCOPE_BY_NAME[scope]
+    names = first_layers(model, chosen.first_layers)
+    patterns = [OUTSIDE_BACKBONE] if chosen.scoring else []
+    types = [DEPTHWISE] if chosen.depthwise else []
+    if not (names or patterns or types):
         return None
-    types = [DEPTHWISE] if scope == "dense" else []
-    return nncf.IgnoredScope(patterns=[OUTSIDE_BACKBONE], types=types, validate=False)
+    return nncf.IgnoredScope(names=names, patterns=patterns, types=types, validate=False)
 
 
 def split_images(train_images: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -116,8 +183,7 @@ def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int
         calibration_images: OK training image files (the first :data:`CALIBRATION_IMAGES`; the train step passes
             :func:`split_images`' calibration set).
         size: Input (height, width).
-        scope: ``graph`` (every operation NNCF quantises), ``backbone`` (the model's own scoring after the
-            backbone stays fp32) or ``dense`` (the backbone's depthwise convolutions stay fp32 too).
+        scope: A name from :data:`INT8_SCOPES` (``graph``: every operation NNCF quantises).
 
     Returns:
         The quantised ``openvino.Model``.
@@ -132,7 +198,7 @@ def quantize_int8(model: Any, calibration_images: Sequence[str], size: tuple[int
     with quiet():
         import nncf
 
-        ignored = int8_ignored_scope(nncf, scope)
+        ignored = int8_ignored_scope(nncf, model, scope)
         options: dict[str, Any] = {} if ignored is None else {"ignored_scope": ignored}
         dataset = nncf.Dataset(files, lambda path: model_pixels(read_image(path), size)[None])
         return nncf.quantize(

@@ -203,7 +203,7 @@ def measure(target: Target, settings: list[str], graphs: Path) -> list[dict[str,
     from vad.export import gates, int8
     from vad.export.runtime import OPENVINO, OPENVINO_INT8, ExportedScorer, import_openvino, runner
     from vad.images import read_image
-    from vad.metrics import auroc
+    from vad.metrics import auroc, rank_correlation
     from vad.models.saved import read_saved
     from vad.ood import OodCheck
 
@@ -242,6 +242,9 @@ def measure(target: Target, settings: list[str], graphs: Path) -> list[dict[str,
         if fp32_ood is not None and found_ood is not None:
             figures = gates.with_int8_ood(figures, fp32_ood, found_ood)
         test_raw, _ = _scores(quick, test_pictures, None)
+        on_test = gates.fidelity(fp32_test, test_raw, calibration)
+        ok_gate = ~is_validation.copy()
+        ok_gate[is_validation] = ~target.validation_ng
         step = max(1, len(test_pictures) // SPEED_IMAGES)
         speed = _speeds({"fp32": fp32, "int8": quick}, test_pictures[::step][:SPEED_IMAGES])
         row = {
@@ -263,6 +266,10 @@ def measure(target: Target, settings: list[str], graphs: Path) -> list[dict[str,
             "test_fp32_auroc": fp32_auroc,
             "test_int8_auroc": auroc(target.test_ng, test_raw),
             "test_images": len(target.test),
+            "rank_correlation_ok_gate": rank_correlation(fp32_gate[ok_gate], raw[ok_gate]),
+            "rank_correlation_validation": rank_correlation(fp32_gate[is_validation], raw[is_validation]),
+            "test_rank_correlation": on_test["rank_correlation"],
+            "test_largest_difference": on_test["largest_difference"],
             "fp32_images_per_s": speed["fp32"],
             "int8_images_per_s": speed["int8"],
             "quantise_s": seconds,
@@ -310,6 +317,21 @@ def table(rows: list[dict[str, Any]], scopes: tuple[str, ...]) -> str:
             f"{row['test_fp32_auroc']:.4f} / {row['test_int8_auroc']:.4f} ({drop:+.4f}) | "
             f"{row['fp32_images_per_s']:.1f} / {row['int8_images_per_s']:.1f} "
             f"({row['int8_images_per_s'] / row['fp32_images_per_s']:.2f}x) |"
+        )
+    lines += [
+        "",
+        "Where the rank correlation comes from (the same graphs): the gate images split into the OK ones (held-out "
+        "training and validation OK) and the validation images; the test images, which no step sees, with their "
+        "largest normalised-score difference.",
+        "",
+        "| target | setting | gate: all | gate: OK only | gate: validation | test | test largest difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['target']} | {row['setting']} | {row['rank_correlation']:.4f} | "
+            f"{row['rank_correlation_ok_gate']:.4f} | {row['rank_correlation_validation']:.4f} | "
+            f"{row['test_rank_correlation']:.4f} | {row['test_largest_difference']:.3f} |"
         )
     kept = _ladder(rows, scopes)
     targets = list(dict.fromkeys(row["target"] for row in rows))

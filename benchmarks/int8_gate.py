@@ -11,16 +11,18 @@ through ``main.py --mode train`` (OpenVINO fp32 export, heatmaps off). Targets:
   the FastFlow runs of ``python -m benchmarks.real_defects --plans fastflow`` are reused (the same model).
 
 Then, in this process, every int8 scope of the ladder (:data:`vad.export.int8.INT8_SCOPES`) and one damaged
-graph (:data:`DAMAGED`: the last scope calibrated on NG images only) is quantised with the product's own
-code (:func:`vad.export.int8.split_images` for the calibration/gate split, :func:`vad.export.int8.quantize_int8`)
+graph (:data:`DAMAGED`: the last scope calibrated on NG images only) is quantised with the product's own code
+(:func:`vad.export.int8.split_images` for the calibration/gate split, :func:`vad.export.int8.quantize_int8`)
 and judged by the product's own gate
 (:func:`vad.export.gates.int8_gate` and :func:`vad.export.gates.with_int8_ood`) on the gate images: the
 held-out OK training images and the validation images. The reference is the OpenVINO fp32 graph, which the
 fp32 parity gate proved equal to torch within 1e-3 of the score range (the train step's gate uses torch
-itself). Reported per scope: kept or refused and why, the fidelity figures, the validation AUROC of both (with
-its resolution), the **test** image AUROC of both on images the gate never sees, and the images/s of both graphs
-on :data:`SPEED_IMAGES` of the test images (already read; resize and scoring in batches of :data:`BATCH`, the two
-graphs taking turns for :data:`ROUNDS` rounds, the best round each). The ladder keeps the first scope that passes.
+itself). A reference row comes first (:data:`NOISE`): the fp32 graph itself on the same images with invisible
+noise added, judged by the same gate: the gate's noise floor. Reported per scope: kept or refused and why, the
+fidelity figures, the validation AUROC of both (with its resolution), the **test** image AUROC of both on images
+the gate never sees, and the images/s of both graphs on :data:`SPEED_IMAGES` of the test images (already read;
+resize and scoring in batches of :data:`BATCH`, the two graphs taking turns for :data:`ROUNDS` rounds, the best
+round each). The ladder keeps the first scope that passes.
 
     .venv/bin/python -m benchmarks.int8_gate [--products gravel brick grass coffee] [--splits 3] [--reuse]
 
@@ -55,6 +57,9 @@ SPEED_IMAGES = 100  # test images the speed is measured on at most (evenly space
 OK_LABEL = "good"
 # Damaged graphs the gate must refuse: the ladder's most faithful scope, calibrated on the NG validation images only.
 DAMAGED = "damaged: dense-stem calibrated on NG images only"
+# The gate's noise floor: the fp32 graph itself, on the same images with every pixel moved by -1, 0 or +1 grey
+# level at random (invisible), judged by the same gate against its own scores of the untouched images.
+NOISE = "reference: fp32 on images with ±1 grey-level noise"
 
 
 @dataclass
@@ -177,6 +182,19 @@ def _scores(scorer: Any, pictures: list[Any], ood: Any) -> tuple[np.ndarray, np.
     return found, (ood.scores(np.concatenate(kept)) if ood is not None and kept else None)
 
 
+def _noisy(pictures: list[Any]) -> list[Any]:
+    """The pictures with every pixel moved by -1, 0 or +1 grey level at random (seeded: the same each run)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    noisy = []
+    for picture in pictures:
+        pixels = np.asarray(picture, dtype=np.int16)
+        moved = np.clip(pixels + rng.integers(-1, 2, pixels.shape), 0, 255).astype(np.uint8)
+        noisy.append(Image.fromarray(moved))
+    return noisy
+
+
 def _speeds(scorers: dict[str, Any], pictures: list[Any]) -> dict[str, float]:
     """Images/s of each scorer on the same pictures: turns, :data:`ROUNDS` rounds, the best round each."""
     best: dict[str, float] = {}
@@ -230,23 +248,32 @@ def measure(target: Target, settings: list[str], graphs: Path) -> list[dict[str,
         scope, files = (setting, calibration_files) if setting in int8.INT8_SCOPES else (int8.INT8_SCOPES[-1], ng_files)
         if setting in int8.INT8_SCOPES and not int8.scope_differs(model, setting):
             continue
-        started = time.perf_counter()
-        quantised = int8.quantize_int8(model, files, size, scope)
-        seconds = time.perf_counter() - started
-        path = graphs / f"{target.name.replace(' ', '-')}-{setting.split(':')[0].replace(' ', '-')}.xml"
-        import_openvino().save_model(quantised, str(path), compress_to_fp16=False)
-        quick = ExportedScorer(runner(OPENVINO_INT8, path), size, None, ood is not None)
-        raw, found_ood = _scores(quick, gate_pictures, ood)
+        gate_in, test_in, quick, seconds = gate_pictures, test_pictures, fp32, 0.0
+        if setting == NOISE:
+            gate_in, test_in = _noisy(gate_pictures), _noisy(test_pictures)
+        else:
+            started = time.perf_counter()
+            quantised = int8.quantize_int8(model, files, size, scope)
+            seconds = time.perf_counter() - started
+            path = graphs / f"{target.name.replace(' ', '-')}-{setting.split(':')[0].replace(' ', '-')}.xml"
+            import_openvino().save_model(quantised, str(path), compress_to_fp16=False)
+            quick = ExportedScorer(runner(OPENVINO_INT8, path), size, None, ood is not None)
+        raw, found_ood = _scores(quick, gate_in, ood)
         labels = target.validation_ng
         figures = gates.int8_gate(fp32_gate, raw, is_validation, calibration, labels)
         if fp32_ood is not None and found_ood is not None:
             figures = gates.with_int8_ood(figures, fp32_ood, found_ood)
-        test_raw, _ = _scores(quick, test_pictures, None)
+        test_raw, _ = _scores(quick, test_in, None)
         on_test = gates.fidelity(fp32_test, test_raw, calibration)
         ok_gate = ~is_validation.copy()
         ok_gate[is_validation] = ~target.validation_ng
         step = max(1, len(test_pictures) // SPEED_IMAGES)
-        speed = _speeds({"fp32": fp32, "int8": quick}, test_pictures[::step][:SPEED_IMAGES])
+        nan = float("nan")
+        speed = (
+            {"fp32": nan, "int8": nan}
+            if setting == NOISE
+            else _speeds({"fp32": fp32, "int8": quick}, test_pictures[::step][:SPEED_IMAGES])
+        )
         row = {
             "target": target.name,
             "setting": setting,
@@ -315,8 +342,12 @@ def table(rows: list[dict[str, Any]], scopes: tuple[str, ...]) -> str:
             f"{row['rank_correlation']:.4f} | {row['largest_difference']:.3f} | "
             f"{row['verdict_changes']} ({row['verdict_changes_outside_tolerance']}) | {valid} | "
             f"{row['test_fp32_auroc']:.4f} / {row['test_int8_auroc']:.4f} ({drop:+.4f}) | "
-            f"{row['fp32_images_per_s']:.1f} / {row['int8_images_per_s']:.1f} "
-            f"({row['int8_images_per_s'] / row['fp32_images_per_s']:.2f}x) |"
+            + (
+                "n/a |"
+                if row["setting"] == NOISE
+                else f"{row['fp32_images_per_s']:.1f} / {row['int8_images_per_s']:.1f} "
+                f"({row['int8_images_per_s'] / row['fp32_images_per_s']:.2f}x) |"
+            )
         )
     lines += [
         "",
@@ -346,7 +377,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", nargs="*", default=["gravel", "brick", "grass", "coffee"])
     parser.add_argument("--splits", type=int, default=3, help="real-defect splits (0: none)")
-    parser.add_argument("--settings", nargs="+", default=[*INT8_SCOPES, DAMAGED])
+    parser.add_argument("--settings", nargs="+", default=[NOISE, *INT8_SCOPES, DAMAGED])
     parser.add_argument("--reuse", action="store_true", help="reuse trained models")
     add_report_options(parser, "int8: the fidelity gate")
     args = parser.parse_args()
@@ -366,7 +397,9 @@ def main() -> None:
         "OK training image (held out of calibration) and the validation images, the reference the OpenVINO fp32 "
         "graph. Gate: rank correlation at least 0.99, largest normalised-score difference at most 0.05, no "
         "validation verdict change outside 0.05 of the threshold, no OOD flag change outside 0.1 of its line. "
-        "Validation AUROC is information only (resolution: one swapped OK/NG pair). Test: images no step saw "
+        "The first row of each target is the gate's noise floor: the fp32 graph itself on the same images with "
+        "every pixel moved by -1, 0 or +1 grey level at random (invisible), judged by the same gate against its "
+        "scores of the untouched images. Validation AUROC is information only (resolution: one swapped OK/NG pair). Test: images no step saw "
         "(generated: 50 OK + 50 NG; cells: the split's remaining cells, balanced). images/s: the test images, "
         "100 of them (evenly spaced), read beforehand, resized and scored in batches of 4, fp32 and int8 taking "
         "turns, best of 3 rounds."

@@ -100,6 +100,24 @@ def write_plan(folder: Path, plan: dict, name: str = "experimental_plan.yaml") -
     return path
 
 
+def tiny_plan(model_name: str = "patchcore", tracking: bool = False, **train: object) -> dict:
+    """The bundled plan on ``data/train`` and ``data/inference``, training a model on 64 x 64 images.
+
+    Args:
+        model_name: The model to train.
+        tracking: Experiment tracking on.
+        **train: More train args.
+
+    Returns:
+        The plan.
+    """
+    plan = copy.deepcopy(load_default_plan(tracking))
+    set_external(plan, "load_train_data_path", "data/train")
+    set_external(plan, "load_inference_data_path", "data/inference")
+    step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": model_name, **train})
+    return plan
+
+
 def trained_project(
     root: Path, model_name: str = "patchcore", tracking: bool = False, **train: object
 ) -> tuple[dict, Path]:
@@ -118,10 +136,7 @@ def trained_project(
 
     make_dataset(root / "data" / "train")
     make_inference_folder(root / "data" / "inference")
-    plan = copy.deepcopy(load_default_plan(tracking))
-    set_external(plan, "load_train_data_path", "data/train")
-    set_external(plan, "load_inference_data_path", "data/inference")
-    step_args(plan, "train", "train").update({"img_size": [64, 64], "batch_size": 8, "model_name": model_name, **train})
+    plan = tiny_plan(model_name, tracking, **train)
     path = write_plan(root, plan)
     assert main.main(["--mode", "all", "--config", str(path)]) == 0
     return plan, path

@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 from conftest import (
     ROOT,
-    load_default_plan,
     make_dataset,
     make_inference_folder,
-    set_external,
     step_args,
+    tiny_plan,
     wait_ready,
     write_plan,
 )
@@ -55,13 +54,8 @@ def trained(tmp_path_factory):
     make_dataset(root / "data" / "train", n_valid_ok=12)
     make_inference_folder(root / "data" / "inference", n_ok=3, n_ng=0, seed=6)
     normal = make_inference_folder(root / "data" / "normal", n_ok=25, n_ng=0, seed=7)
-    plan = copy.deepcopy(load_default_plan())
+    plan = tiny_plan(export=[])
     plan["control"] = [*plan["control"], {"drift_window": WINDOW}]
-    set_external(plan, "load_train_data_path", "data/train")
-    set_external(plan, "load_inference_data_path", "data/inference")
-    step_args(plan, "train", "train").update(
-        {"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore", "export": []}
-    )
     step_args(plan, "inference", "inference").update({"save_anomaly_maps": False, "save_output_images": 0})
     path = write_plan(root, plan)
     assert main.main(["--mode", "train", "--config", str(path)]) == 0

@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 import pytest
-from conftest import load_default_plan, make_dataset, make_inference_folder, set_external, step_args, write_plan
+from conftest import make_dataset, make_inference_folder, step_args, tiny_plan, write_plan
 from PIL import Image
 from test_edge_loop import answers, request, start_loop, stop
 
@@ -26,12 +26,7 @@ def trained(tmp_path_factory):
     stripes = np.zeros((64, 64, 3), np.uint8)
     stripes[::2] = 255
     Image.fromarray(stripes).save(root / "data" / "stripes.png")
-    plan = copy.deepcopy(load_default_plan())
-    set_external(plan, "load_train_data_path", "data/train")
-    set_external(plan, "load_inference_data_path", "data/inference")
-    step_args(plan, "train", "train").update(
-        {"img_size": [64, 64], "batch_size": 8, "model_name": "patchcore", "export": []}
-    )
+    plan = tiny_plan(export=[])
     step_args(plan, "inference", "inference").update({"save_anomaly_maps": False, "save_output_images": 0})
     path = write_plan(root, plan)
     assert main.main(["--mode", "train", "--config", str(path)]) == 0

@@ -92,9 +92,7 @@ def with_ood_parity(figures: dict[str, Any], reference: np.ndarray, exported: np
         difference = float(np.max(np.abs(reference - exported))) if len(reference) else 0.0
     updated = {**figures, "ood_max_abs_difference": difference, "ood_flags_identical": same}
     if not same:
-        reason = "the out-of-distribution flags differ from torch's"
-        updated["reason"] = f"{figures['reason']}; {reason}" if "reason" in figures else reason
-        updated["accepted"] = False
+        updated.update(accepted=False, reason=_joined(figures, "the out-of-distribution flags differ from torch's"))
     return updated
 
 

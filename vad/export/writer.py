@@ -103,13 +103,13 @@ class GateInputs:
         validation: Validation image files.
         pictures: The first :data:`GATE_IMAGES` of them, read.
         is_ng: Their labels (None: none).
-        train_images: OK training image files (int8 calibration and the int8 gate's held-out images).
         target: ``models/export``.
         graph: The traced ONNX graph.
         tail_name: The model whose numpy tail follows the graph (its arrays saved in ``target``), or None.
         tail: That tail, read back from ``target`` once the torch scorer is gone (None before, and without one).
         reference: Torch's raw scores and per-batch maps of ``pictures``.
         torch_speed: Torch's images/s in batches and one-image milliseconds.
+        int8_calibration: The OK training images NNCF calibrates on (disjoint from ``int8_images``).
         int8_images: The int8 gate's images: held-out OK training images, then validation images.
         int8_is_validation: True for those that are validation images.
         int8_reference: Torch's raw scores of ``int8_images`` and their ``ood_score`` (None without a check), or
@@ -123,13 +123,13 @@ class GateInputs:
     validation: list[str]
     pictures: list[Image.Image]
     is_ng: np.ndarray | None
-    train_images: Sequence[str]
     target: Path
     graph: bytes
     tail_name: str | None = None
     tail: Any = None
     reference: tuple[np.ndarray, list[np.ndarray]] = (np.empty(0), [])
     torch_speed: dict[str, float] = field(default_factory=dict)
+    int8_calibration: list[str] = field(default_factory=list)
     int8_images: list[str] = field(default_factory=list)
     int8_is_validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     int8_reference: tuple[np.ndarray, np.ndarray | None] | Exception | None = None
@@ -212,7 +212,7 @@ class _Export:
             msg = "no validation images to prove the export on"
             raise ValueError(msg)
         labels = None if self.is_ng is None else np.asarray(self.is_ng, dtype=bool)
-        gate = GateInputs(spec, self.calibration, names, pictures, labels, self.train_images, self.target, graph)
+        gate = GateInputs(spec, self.calibration, names, pictures, labels, self.target, graph)
         gate.tail_name = tail_name
         torch_score = torch_scores(scorer, spec)
         gate.ood = OodCheck.load(self.folder)
@@ -223,7 +223,7 @@ class _Export:
             gate.ood_reference = gate.ood.scores(described.descriptors())
         gate.torch_speed = {"torch_images_per_s": per_s, "torch_one_image_ms": one_image_ms(torch_score, pictures[0])}
         if OPENVINO_INT8 in self.kinds:
-            _, held_out = int8.split_images(self.train_images)
+            gate.int8_calibration, held_out = int8.split_images(self.train_images)
             gate.int8_images = [*held_out, *names[:INT8_VALIDATION_IMAGES]]
             gate.int8_is_validation = np.arange(len(gate.int8_images)) >= len(held_out)
             try:
@@ -370,7 +370,6 @@ def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
         msg = "the int8 gate images were not scored through torch"
         raise ValueError(msg)
     fp32_raw, fp32_ood = gate.int8_reference
-    calibration_files, _ = int8.split_images(gate.train_images)
     labels = None if gate.is_ng is None else gate.is_ng[:INT8_VALIDATION_IMAGES]
     path = gate.target / OPENVINO_INT8.file
     first = read_image(gate.validation[0])  # the one-image latency
@@ -379,7 +378,7 @@ def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
     for scope in int8.INT8_SCOPES:
         if not int8.scope_differs(fp32_graph, scope):
             continue  # nothing more to keep in fp32: the same graph again
-        _save_openvino(int8.quantize_int8(fp32_graph, calibration_files, gate.size, scope), path)
+        _save_openvino(int8.quantize_int8(fp32_graph, gate.int8_calibration, gate.size, scope), path)
         exported = ExportedScorer(runner(OPENVINO_INT8, path), gate.size, gate.tail, gate.ood is not None)
         raw, ood_scores, per_s = _scored_described(exported.score_described, gate.int8_images, gate.ood)
         figures = gates.int8_gate(fp32_raw, raw, gate.int8_is_validation, gate.calibration, labels)
@@ -388,7 +387,7 @@ def _export_int8(fp32_graph: Any, gate: GateInputs) -> dict[str, Any]:
         speed = {
             "export_images_per_s": per_s,
             "export_one_image_ms": one_image_ms(exported.score_images, first),
-            "calibration_images": len(calibration_files),
+            "calibration_images": len(gate.int8_calibration),
             "held_out_training_files": gate.int8_images[: int(np.sum(~gate.int8_is_validation))],
         }
         figures.update(scope=scope, **gate.torch_speed, **speed)
